@@ -1,0 +1,1 @@
+"""Talking to Asterisk ARI: REST requests and the events WebSocket."""

@@ -1,0 +1,139 @@
+"""
+The seams between avr's parts. Each interface has a real provider and a fake one (in `avr.testing` or the tests);
+tests check both with ``verifyObject``.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IAudioSocketLeg(Interface):
+    """The Asterisk side of one call: an AudioSocket connection, as the call sees it."""
+
+    uuid = Attribute("The call's UUID (lower-case canonical string) from the 0x01 frame.")
+    connected = Attribute("True until the connection is lost or hung up.")
+
+    def send_audio(kind: int, pcm: bytes) -> None:
+        """Write one audio frame (kind 0x10-0x18, non-empty PCM16LE of at most 65535 bytes) in a single write."""
+
+    def hang_up() -> None:
+        """Send the 0x00 hang-up frame and close the connection (idempotent)."""
+
+
+class IStsHandler(Interface):
+    """Receives what an STS session delivers for one call (implemented by the call)."""
+
+    def sts_audio(pcm: bytes) -> None:
+        """Agent audio: PCM16LE at the STS sample rate, any length."""
+
+    def sts_interruption() -> None:
+        """The caller barged in: queued agent audio must be dropped."""
+
+    def sts_transcript(role: str, text: str) -> None:
+        """A final transcript; ``role`` is ``user`` or ``agent``."""
+
+    def sts_error(message: str) -> None:
+        """The STS reported an error (the session may go on or close next)."""
+
+    def sts_closed(reason: str) -> None:
+        """The session ended, whoever ended it. Called exactly once per opened session."""
+
+
+class IStsSession(Interface):
+    """One open connection to a speech-to-speech service, for one call."""
+
+    def send_audio(pcm: bytes) -> None:
+        """Caller audio: PCM16LE at the STS sample rate."""
+
+    def send_dtmf(digit: str) -> None:
+        """A DTMF digit the caller pressed."""
+
+    def close() -> None:
+        """End the session (idempotent); `IStsHandler.sts_closed` follows."""
+
+
+class IStsConnector(Interface):
+    """Opens STS sessions."""
+
+    def connect(url: str | None, uuid: str, handler: IStsHandler):  # type: ignore[no-untyped-def]
+        """
+        Open a session for call ``uuid`` at ``url`` (``None`` = the built-in echo agent) and perform the protocol's
+        opening (``init`` for WebSocket STS).
+
+        :return: a Deferred firing with an `IStsSession`, or failing with a readable reason (refused, timeout,
+            bad certificate, handshake rejected).
+        """
+
+
+class IWebhooks(Interface):
+    """Delivers avr-core call webhooks."""
+
+    def emit(uuid: str, type: str, payload: dict) -> None:
+        """
+        Queue one event for delivery. Events of one call are delivered in the order emitted; delivery never raises
+        and never blocks the caller.
+        """
+
+    def call_initiated(uuid: str, payload: dict):  # type: ignore[no-untyped-def]
+        """
+        Send ``call_initiated`` and wait (at most the webhook timeout) for the reply.
+
+        :return: a Deferred that fires with the ``sts_url`` the receiver returned, or ``None`` (no webhook configured,
+            no override, receiver down, slow or malformed). It never fails.
+        """
+
+
+class ICallSink(Interface):
+    """A call as its AudioSocket connection sees it: where inbound frames go."""
+
+    def caller_audio(kind: int, payload: bytes) -> None:
+        """An audio frame from Asterisk (kind 0x10-0x18; 0x10 payloads may be raw G.711)."""
+
+    def caller_dtmf(digit: str) -> None:
+        """A DTMF digit (kind 0x03) from Asterisk."""
+
+    def caller_gone(reason: str) -> None:
+        """The leg is over: 0x00 or 0xff received, EOF, reset, or a malformed frame. Called once."""
+
+
+class ICallRouter(Interface):
+    """Decides what handles a new AudioSocket connection, once its UUID is known."""
+
+    def attach(leg: IAudioSocketLeg) -> ICallSink:
+        """
+        Start handling ``leg``.
+
+        :raises avr.calls.CallRefused: the UUID is not admitted (not registered while admission control is on,
+            or already connected); the connection is then closed with the logged reason.
+        """
+
+
+class IAriClient(Interface):
+    """ARI REST, relative to the ``/ari`` base (e.g. ``request("POST", "/channels/1.2/answer")``)."""
+
+    def request(method: str, path: str, params: dict | None = None, body: dict | None = None):  # type: ignore[no-untyped-def]
+        """
+        :return: a Deferred firing with the parsed JSON body (``None`` for 204), or failing with
+            `avr.ari.errors.AriError` (Asterisk answered non-2xx) or `avr.ari.errors.AriUnavailable`.
+        """
+
+    def stream(path: str):  # type: ignore[no-untyped-def]
+        """
+        GET a binary resource (a stored recording's ``/file``).
+
+        :return: a Deferred firing with the treq response, body not yet read; same failures as `request`.
+        """
+
+
+class IAriEventListener(Interface):
+    """Receives the ARI events WebSocket's traffic (implemented by the call-control model)."""
+
+    def ari_connected() -> None:
+        """The events socket is (re)connected: the listener should resynchronise its state from REST."""
+
+    def ari_event(event: dict) -> None:
+        """One ARI event (the parsed JSON object, with ``type``)."""
+
+    def ari_disconnected(reason: str) -> None:
+        """The events socket dropped; a reconnect with backoff is under way."""
