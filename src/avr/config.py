@@ -13,7 +13,7 @@ import configparser
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
-from attrs import field, frozen
+from attrs import frozen
 
 #: Sample rates (Hz) that AudioSocket audio kinds 0x10-0x18 can carry, and so the rates an STS may use.
 AUDIO_RATES = (8000, 12000, 16000, 24000, 32000, 44100, 48000, 96000, 192000)
@@ -157,6 +157,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ari_inbound", "ARI_INBOUND", _choice(*INBOUND_POLICIES), "answer",
             "What to do with calls entering the Stasis app: answer, ring (indicate ringing, leave unanswered) "
             "or none"),
+    Setting("ari_audiosocket_address", "ARI_AUDIOSOCKET_ADDRESS", _text, None,
+            "host:port at which Asterisk reaches avr's AudioSocket server for uploaded-audio playback "
+            "(default: BIND_ADDRESS:PORT, or 127.0.0.1:PORT when binding all interfaces)"),
     Setting("api_key", "API_KEY", _secret, None,
             "When set, required as X-API-Key (or ?api_key=) on every route but GET / and GET /health", secret=True),
     Setting("events_webhook_url", "EVENTS_WEBHOOK_URL", _url("http", "https"), None,
@@ -166,7 +169,7 @@ SETTINGS: tuple[Setting, ...] = (
 _BY_ATTRIBUTE = {s.attribute: s for s in SETTINGS}
 
 
-@frozen
+@frozen(repr=False)
 class Config:
     """The values of every `Setting`, after precedence and validation. Build with `load_config`."""
 
@@ -178,7 +181,7 @@ class Config:
     sts_connect_timeout: int = 5000
     sts_ca_file: str | None = None
     webhook_url: str | None = None
-    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_secret: str | None = None
     webhook_timeout: int = 3000
     webhook_retry: int = 0
     require_call_init: bool = False
@@ -186,11 +189,15 @@ class Config:
     http_max_body: int = 64 * 1024
     ari_url: str | None = None
     ari_username: str | None = None
-    ari_password: str | None = field(default=None, repr=False)
+    ari_password: str | None = None
     ari_app: str = "avr"
     ari_inbound: str = "answer"
-    api_key: str | None = field(default=None, repr=False)
+    ari_audiosocket_address: str | None = None
+    api_key: str | None = None
     events_webhook_url: str | None = None
+
+    def __repr__(self) -> str:
+        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in self.describe().items()) + ")"
 
     def describe(self) -> dict[str, Any]:
         """The settings as a dict that is safe to log: secrets are masked, URL credentials removed."""
@@ -269,15 +276,14 @@ def load_config(
         source, text = _pick(s, environ, options, file_values)
         if text is None:
             continue
-        if text == "" and source == "environment" and not s.secret:
-            # An empty variable (``STS_URL=``) means "unset", as shells and compose files often produce it.
+        if not text.strip():
+            # An empty value (``API_KEY=`` in a .env file) means "unset", never a crash.
             continue
         try:
             values[s.attribute] = s.parse(text)
         except ValueError as e:
-            where = {"command line": f"--{s.option}", "environment": s.env, "config file": s.file_key}[source]
-            message = "must not be empty" if s.secret and text == "" else str(e)
-            problems.append(f"{where} ({s.help.split(';')[0].split(' (')[0]}): {message}")
+            where = {"command line": f"--{s.option}", "environment": s.env, "config file": f"{s.file_key} (config file)"}
+            problems.append(f"{where[source]}: {e}")
     config = Config(**values)
     problems.extend(_consistency_problems(config))
     if problems:
@@ -309,4 +315,9 @@ def _consistency_problems(config: Config) -> list[str]:
         for attribute in ("ari_username", "ari_password"):
             if getattr(config, attribute) is None:
                 problems.append(f"{_BY_ATTRIBUTE[attribute].env} is required when ARI_URL is set")
+    if config.ari_audiosocket_address is not None:
+        host, sep, port = config.ari_audiosocket_address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            problems.append(
+                f"ARI_AUDIOSOCKET_ADDRESS must be host:port, got {config.ari_audiosocket_address!r}")
     return problems

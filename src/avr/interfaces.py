@@ -137,3 +137,41 @@ class IAriEventListener(Interface):
 
     def ari_disconnected(reason: str) -> None:
         """The events socket dropped; a reconnect with backoff is under way."""
+
+
+class IEventSink(Interface):
+    """Where call-control events go: the /events hub and the events webhook."""
+
+    def publish(event: dict) -> None:
+        """
+        One event, already in its wire form: ``{"type", "callId" or "bridgeId", "timestamp", "data"}``.
+        Never raises, never blocks.
+        """
+
+
+class IAudioInjector(Interface):
+    """Plays PCM into Asterisk through an AudioSocket connection that Asterisk opens to avr (ARI externalMedia)."""
+
+    def expect(uuid: str, pcm: bytes, rate: int):  # type: ignore[no-untyped-def]
+        """
+        Arrange that the AudioSocket connection which arrives with ``uuid`` is fed ``pcm`` (PCM16LE mono at ``rate``,
+        one of the AudioSocket rates), paced at 20 ms per frame, and then hung up.
+
+        :return: a Deferred that fires with ``None`` when the audio has been played, or fails if no connection
+            arrives in time or it drops. Cancelling it stops the playback and hangs up the connection.
+        """
+
+
+class ICallControl(Interface):
+    """
+    Call control over ARI: the model behind the REST API. Every method that talks to Asterisk is ``async``;
+    failures are `avr.control.errors.ControlError` subclasses (not found, conflict, invalid, unavailable)
+    or `avr.ari.errors.AriError` with Asterisk's status.
+    Calls and bridges are returned as JSON-ready dicts.
+    """
+
+    def status() -> dict:
+        """``{"ari": "connected"|"connecting"|"disconnected"|"not configured", "activeCalls": n, ...}``."""
+
+    def snapshot() -> dict:
+        """``{"calls": [...active calls], "bridges": [...]}`` for a new /events subscriber."""

@@ -1,0 +1,366 @@
+"""
+AVR Core calls: each AudioSocket connection bridged to one STS session, with webhooks and paced playback.
+
+`CallManager` is the `ICallRouter` the AudioSocket factory asks when a connection has sent its UUID. It admits the
+call (registration from ``POST /call``, admission control), and builds a `Call`. It also serves uploaded-audio
+playback for call control (`IAudioInjector`): an ARI externalMedia channel connects back to avr's AudioSocket port
+with a UUID that was announced with `CallManager.expect`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+from attrs import define, field
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from avr.audio import InboundAudio, Resampler
+from avr.audiosocket import CallRefused
+from avr.config import redact_url
+from avr.frames import AUDIO_KIND_RATES, Kind, audio_kind_for_rate
+from avr.interfaces import (
+    IAudioInjector,
+    IAudioSocketLeg,
+    ICallRouter,
+    ICallSink,
+    IStsConnector,
+    IStsHandler,
+    IStsSession,
+    IWebhooks,
+)
+from avr.playout import FrameTicker, PlaybackQueue, frame_bytes_for_rate
+from avr.registrations import Registrations
+
+#: Caller audio kept while the STS connection opens (seconds); older audio is dropped first.
+PENDING_AUDIO_SECONDS = 2.0
+
+
+@implementer(ICallSink, IStsHandler)
+@define(eq=False)
+class Call:
+    """
+    One Asterisk call bridged to one STS session.
+
+    Outbound audio uses the call's own AudioSocket kind, taken from the first audio frame Asterisk sends (PCM16 at
+    that rate, even when the caller's leg is G.711: Asterisk transcodes what it receives). If the agent speaks
+    before the caller has sent any audio, the call plays at 8 kHz (kind 0x10, which every Asterisk accepts) and
+    stays there, since Asterisk should not see the rate change mid-call.
+    """
+
+    uuid: str
+    leg: IAudioSocketLeg
+    sts_url: str | None
+    sts_rate: int
+    connector: IStsConnector
+    webhooks: IWebhooks
+    ticker: FrameTicker
+    on_end: Callable[[Call], None]
+    ended: bool = False
+    end_reason: str | None = None
+    _inbound: InboundAudio = field(init=False)
+    _session: IStsSession | None = None
+    _connecting: Deferred | None = None
+    _pending: deque[bytes | str] = field(factory=deque)
+    _pending_bytes: int = 0
+    _out_kind: int | None = None
+    _outbound: Resampler | None = None
+    _queue: PlaybackQueue | None = None
+    log = Logger()
+
+    def __attrs_post_init__(self) -> None:
+        self._inbound = InboundAudio(self.sts_rate, log_context={"uuid": self.uuid})
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Announce the call and open its STS session."""
+        self.webhooks.emit(self.uuid, "call_started", {})
+        self.log.info("Call started: {uuid} (STS: {sts})", uuid=self.uuid,
+                      sts=redact_url(self.sts_url) if self.sts_url else "built-in echo agent")
+        d = self._connecting = self.connector.connect(self.sts_url, self.uuid, self)
+        d.addCallbacks(self._sts_opened, self._sts_failed)
+
+    def end(self, reason: str) -> None:
+        """
+        End the call once: close the STS session, hang up Asterisk's leg if it is still there, stop playback, send
+        ``call_ended``. Idempotent.
+        """
+        if self.ended:
+            return
+        self.ended = True
+        self.end_reason = reason
+        self.ticker.discard(self)
+        if self._queue is not None:
+            self._queue.clear()
+        self._pending.clear()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._session is not None:
+            session, self._session = self._session, None
+            session.close()
+        if self.leg.connected:
+            self.leg.hang_up()
+        self.log.info("Call ended: {uuid} ({reason})", uuid=self.uuid, reason=reason)
+        self.webhooks.emit(self.uuid, "call_ended", {})
+        self.on_end(self)
+
+    def _sts_opened(self, session: IStsSession) -> None:
+        self._connecting = None
+        if self.ended:
+            session.close()
+            return
+        self._session = session
+        while self._pending:
+            item = self._pending.popleft()
+            if isinstance(item, bytes):
+                session.send_audio(item)
+            else:
+                session.send_dtmf(item)
+        self._pending_bytes = 0
+
+    def _sts_failed(self, failure: Failure) -> None:
+        self._connecting = None
+        if failure.check(CancelledError) and self.ended:
+            return
+        self.log.error("STS connection failed for call {uuid}: {reason}", uuid=self.uuid,
+                       reason=failure.getErrorMessage() or failure.type.__name__)
+        self.end("STS unreachable")
+
+    # -- ICallSink: from Asterisk ------------------------------------------------------------------------------
+
+    def caller_audio(self, kind: int, payload: bytes) -> None:
+        if self.ended:
+            return
+        if self._out_kind is None:
+            self._start_playout(kind)
+        pcm = self._inbound.feed(kind, payload)
+        if not pcm:
+            return
+        if self._session is not None:
+            self._session.send_audio(pcm)
+        else:
+            self._buffer(pcm)
+
+    def caller_dtmf(self, digit: str) -> None:
+        if self.ended:
+            return
+        self.log.info("DTMF {digit} on call {uuid}", digit=digit, uuid=self.uuid)
+        self.webhooks.emit(self.uuid, "dtmf_digit", {"digit": digit})
+        if self._session is not None:
+            self._session.send_dtmf(digit)
+        else:
+            self._pending.append(digit)
+
+    def caller_gone(self, reason: str) -> None:
+        self.end(f"Asterisk: {reason}")
+
+    def _buffer(self, pcm: bytes) -> None:
+        self._pending.append(pcm)
+        self._pending_bytes += len(pcm)
+        limit = int(PENDING_AUDIO_SECONDS * self.sts_rate) * 2
+        while self._pending_bytes > limit:
+            oldest = self._pending.popleft()
+            if isinstance(oldest, bytes):
+                self._pending_bytes -= len(oldest)
+            else:
+                self._pending.append(oldest)  # keep digits; they are tiny and matter
+
+    # -- IStsHandler: from the agent ---------------------------------------------------------------------------
+
+    def sts_audio(self, pcm: bytes) -> None:
+        if self.ended:
+            return
+        if self._out_kind is None:
+            self._start_playout(Kind.SLIN8)
+        assert self._outbound is not None and self._queue is not None
+        self._queue.feed(self._outbound.convert(pcm))
+
+    def sts_interruption(self) -> None:
+        if self.ended:
+            return
+        dropped = self._queue.clear() if self._queue is not None else 0
+        self.log.info("Interruption on call {uuid}: {frames} queued frames dropped", uuid=self.uuid, frames=dropped)
+        self.webhooks.emit(self.uuid, "interruption", {})
+
+    def sts_transcript(self, role: str, text: str) -> None:
+        if not self.ended:
+            self.webhooks.emit(self.uuid, "transcription", {"role": role, "text": text})
+
+    def sts_error(self, message: str) -> None:
+        self.log.warn("STS error on call {uuid}: {message}", uuid=self.uuid, message=message)
+
+    def sts_closed(self, reason: str) -> None:
+        self._session = None
+        if not self.ended:
+            self.log.warn("STS closed call {uuid}: {reason}", uuid=self.uuid, reason=reason)
+            self.end(f"STS closed: {reason}")
+
+    # -- playback -----------------------------------------------------------------------------------------------
+
+    def _start_playout(self, kind: int) -> None:
+        self._out_kind = kind
+        rate = AUDIO_KIND_RATES[kind]
+        self._outbound = Resampler(self.sts_rate, rate)
+        self._queue = PlaybackQueue(frame_bytes_for_rate(rate))
+        self.ticker.add(self)
+
+    def play_frame(self) -> None:
+        """Called by the ticker every 20 ms: send the next queued frame to Asterisk, if any."""
+        assert self._queue is not None and self._out_kind is not None
+        frame = self._queue.next_frame()
+        if frame is not None:
+            self.leg.send_audio(self._out_kind, frame)
+
+
+@implementer(ICallSink)
+@define(eq=False)
+class InjectedPlayback:
+    """Feeds announced PCM to one AudioSocket connection, paced, then hangs it up (see `CallManager.expect`)."""
+
+    uuid: str
+    pcm: bytes
+    rate: int
+    done: Deferred
+    ticker: FrameTicker
+    leg: IAudioSocketLeg | None = None
+    _kind: int = 0
+    _queue: PlaybackQueue | None = None
+    log = Logger()
+
+    def start(self, leg: IAudioSocketLeg) -> None:
+        """The connection arrived: start playing."""
+        self.leg = leg
+        self._kind = audio_kind_for_rate(self.rate)
+        self._queue = PlaybackQueue(frame_bytes_for_rate(self.rate), max_frames=2**31)
+        self._queue.feed(self.pcm)
+        self.pcm = b""
+        self.ticker.add(self)
+
+    def play_frame(self) -> None:
+        """Send the next frame; after the last one, hang up and report success."""
+        assert self._queue is not None and self.leg is not None
+        frame = self._queue.next_frame()
+        if frame is not None:
+            self.leg.send_audio(self._kind, frame)
+        elif self._queue.idle:
+            self._finish(None)
+
+    def stop(self, reason: Failure | None) -> None:
+        """Stop early (cancelled, or the connection dropped)."""
+        self._finish(reason)
+
+    def _finish(self, result: Failure | None) -> None:
+        self.ticker.discard(self)
+        if self.leg is not None and self.leg.connected:
+            self.leg.hang_up()
+        if self.done.called:
+            return
+        if result is None:
+            self.done.callback(None)
+        else:
+            self.done.errback(result)
+
+    def caller_audio(self, kind: int, payload: bytes) -> None:
+        """Audio from the media channel is not needed."""
+
+    def caller_dtmf(self, digit: str) -> None:
+        """DTMF on the media channel is not needed."""
+
+    def caller_gone(self, reason: str) -> None:
+        if not self.done.called:
+            self.stop(Failure(ConnectionError(f"playback connection ended early: {reason}")))
+
+
+@implementer(ICallRouter, IAudioInjector)
+@define(eq=False)
+class CallManager:
+    """Admits AudioSocket connections and owns the live calls."""
+
+    clock: IReactorTime
+    connector: IStsConnector
+    webhooks: IWebhooks
+    ticker: FrameTicker
+    registrations: Registrations
+    sts_url: str | None
+    sts_rate: int = 8000
+    require_registration: bool = False
+    #: Seconds an announced playback waits for its AudioSocket connection.
+    injection_timeout: float = 10.0
+    _calls: dict[str, Call] = field(factory=dict)
+    _injections: dict[str, tuple[InjectedPlayback, IDelayedCall]] = field(factory=dict)
+    log = Logger()
+
+    def attach(self, leg: IAudioSocketLeg) -> ICallSink:
+        """See `ICallRouter.attach`."""
+        uuid = leg.uuid
+        injection = self._injections.pop(uuid, None)
+        if injection is not None:
+            playback, timeout = injection
+            timeout.cancel()
+            playback.start(leg)
+            return playback
+        if uuid in self._calls:
+            raise CallRefused(f"call {uuid} is already connected")
+        registration = self.registrations.take(uuid)
+        if registration is None and self.require_registration:
+            raise CallRefused(f"call {uuid} was not registered with POST /call (REQUIRE_CALL_INIT is on)")
+        call = Call(
+            uuid=uuid,
+            leg=leg,
+            sts_url=registration.sts_url if registration is not None else self.sts_url,
+            sts_rate=self.sts_rate,
+            connector=self.connector,
+            webhooks=self.webhooks,
+            ticker=self.ticker,
+            on_end=self._ended,
+        )
+        self._calls[uuid] = call
+        call.start()
+        return call
+
+    def _ended(self, call: Call) -> None:
+        if self._calls.get(call.uuid) is call:
+            del self._calls[call.uuid]
+
+    def __len__(self) -> int:
+        """Live calls."""
+        return len(self._calls)
+
+    def get(self, uuid: str) -> Call | None:
+        """The live call with ``uuid``, if any."""
+        return self._calls.get(uuid)
+
+    def expect(self, uuid: str, pcm: bytes, rate: int) -> Deferred:
+        """See `IAudioInjector.expect`."""
+        audio_kind_for_rate(rate)  # validates the rate
+
+        def cancel(d: Deferred) -> None:
+            entry = self._injections.pop(uuid, None)
+            if entry is not None:
+                entry[1].cancel()
+            playback.stop(Failure(CancelledError(f"playback {uuid} cancelled")))
+
+        done: Deferred = Deferred(cancel)
+        playback = InjectedPlayback(uuid=uuid, pcm=pcm, rate=rate, done=done, ticker=self.ticker)
+
+        def timed_out() -> None:
+            self._injections.pop(uuid, None)
+            playback.stop(Failure(TimeoutError(f"no AudioSocket connection for playback {uuid}")))
+
+        self._injections[uuid] = (playback, self.clock.callLater(self.injection_timeout, timed_out))
+        return done
+
+    def stop(self) -> Deferred:
+        """End every call (server shutdown): each gets its hang-up frame and ``call_ended``."""
+        for call in list(self._calls.values()):
+            call.end("server shutting down")
+        for playback, timeout in list(self._injections.values()):
+            timeout.cancel()
+            playback.stop(Failure(CancelledError("server shutting down")))
+        self._injections.clear()
+        return succeed(None)

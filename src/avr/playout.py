@@ -1,0 +1,155 @@
+"""
+Real-time playback to Asterisk.
+
+Asterisk neither buffers nor paces what an AudioSocket server sends (protocols.md A8): a burst becomes an RTP burst
+that the far end's jitter buffer drops. So agent audio is cut into 20 ms frames (`PlaybackQueue`, sans-IO) and one
+shared `FrameTicker` releases one frame per call every 20 ms on an absolute schedule, so that the stream never drifts
+however long the call.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol
+
+from attrs import define, field
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+#: Frame duration, seconds: Asterisk's own ptime and the rate its softmix bridges expect.
+FRAME_SECONDS = 0.020
+
+
+def frame_bytes_for_rate(rate: int) -> int:
+    """Bytes of one 20 ms frame of mono PCM16 at ``rate`` Hz (320 at 8 kHz, 640 at 16 kHz, 1764 at 44.1 kHz)."""
+    return rate // 50 * 2
+
+
+@define(eq=False)
+class PlaybackQueue:
+    """
+    Audio waiting to be played, cut into frames of ``frame_bytes``, whatever the sizes of the chunks fed in.
+
+    A trailing partial frame is held for one tick in case the rest of it is on its way; if nothing arrives by then
+    it is padded with silence and played, so the end of an utterance is never stuck.
+    """
+
+    frame_bytes: int
+    #: Most frames held (older audio keeps playing; audio beyond this is dropped and counted in `dropped`).
+    max_frames: int = 50 * 300
+    dropped: int = 0
+    _frames: deque[bytes] = field(factory=deque)
+    _partial: bytes = b""
+    _partial_waited: bool = False
+
+    def feed(self, pcm: bytes) -> None:
+        """Queue ``pcm`` (PCM16LE at the playback rate) behind what is already queued."""
+        if self._partial:
+            pcm = self._partial + pcm
+            self._partial = b""
+            self._partial_waited = False
+        size = self.frame_bytes
+        whole = len(pcm) - len(pcm) % size
+        if whole:
+            room = self.max_frames - len(self._frames)
+            count = whole // size
+            if count > room:
+                self.dropped += count - room
+                count = room
+            if count == 1 and whole == len(pcm):
+                self._frames.append(pcm)
+            else:
+                self._frames.extend(pcm[i : i + size] for i in range(0, count * size, size))
+        self._partial = pcm[whole:]
+
+    def next_frame(self) -> bytes | None:
+        """The frame to play at this tick, or ``None`` when there is nothing to play."""
+        if self._frames:
+            return self._frames.popleft()
+        if not self._partial:
+            return None
+        if not self._partial_waited:
+            self._partial_waited = True
+            return None
+        frame = self._partial + bytes(self.frame_bytes - len(self._partial))
+        self._partial = b""
+        self._partial_waited = False
+        return frame
+
+    def clear(self) -> int:
+        """Drop everything queued (barge-in). :return: the number of whole frames dropped."""
+        dropped = len(self._frames)
+        self._frames.clear()
+        self._partial = b""
+        self._partial_waited = False
+        return dropped
+
+    def __len__(self) -> int:
+        """Whole frames queued."""
+        return len(self._frames)
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing at all (not even a partial frame) is queued."""
+        return not self._frames and not self._partial
+
+
+class Player(Protocol):
+    """Something the ticker drives: plays at most one frame per call of `play_frame`."""
+
+    def play_frame(self) -> None:
+        """Send the next frame, if any."""
+
+
+@define(eq=False)
+class FrameTicker:
+    """
+    One 20 ms clock for every call's playback.
+
+    Ticks follow ``start + n × 20 ms`` (`LoopingCall` schedules from its start time, not from the previous tick), so
+    there is no drift. If the reactor was held up for more than a tick, each player gets the missed frames at once,
+    up to ``max_catch_up`` (a lead Asterisk's softmix bridge tolerates), and the rest of the lateness is absorbed.
+    The ticker runs only while at least one player is registered.
+    """
+
+    clock: IReactorTime
+    interval: float = FRAME_SECONDS
+    max_catch_up: int = 3
+    _players: dict[int, Player] = field(factory=dict)
+    _loop: LoopingCall | None = None
+    log = Logger()
+
+    def add(self, player: Player) -> None:
+        """Start driving ``player`` from the next tick on."""
+        self._players[id(player)] = player
+        if self._loop is None:
+            loop = LoopingCall.withCount(self._tick)
+            loop.clock = self.clock
+            self._loop = loop
+            # now=False: the first tick comes one interval later; a new call's first frame waits at most 20 ms.
+            loop.start(self.interval, now=False).addErrback(
+                lambda f: self.log.failure("Playback ticker stopped", f)
+            )
+
+    def discard(self, player: Player) -> None:
+        """Stop driving ``player`` (idempotent)."""
+        self._players.pop(id(player), None)
+        if not self._players and self._loop is not None:
+            self._loop.stop()
+            self._loop = None
+
+    def __len__(self) -> int:
+        return len(self._players)
+
+    def _tick(self, count: int) -> None:
+        rounds = min(count, self.max_catch_up)
+        for player in list(self._players.values()):
+            for _ in range(rounds):
+                try:
+                    player.play_frame()
+                except Exception:
+                    # One call's failure must never stop the others' audio.
+                    self.log.failure("Playback failed for {player!r}", player=player)
+                    self._players.pop(id(player), None)
+                    break

@@ -1,0 +1,65 @@
+"""
+``twistd avr``: command-line options and the service maker. The only module that touches the global reactor.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from avr.config import SETTINGS, Config, ConfigError, load_config, read_config_file
+
+
+class Options(usage.Options):
+    """Options of ``twistd avr``: one ``--long-option`` per setting, plus ``--config``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Bridges Asterisk AudioSocket calls to speech-to-speech agents and offers call control over ARI. "
+        "Every option can also be given as an environment variable (the upper-case name, e.g. STS_URL) or as a "
+        "key of the [avr] section of the --config file; options win over the environment, which wins over the "
+        "file."
+    )
+    optParameters = [["config", "c", None, "INI config file with an [avr] section (see etc/avr.conf.example)"]] + [
+        [s.option, None, None, f"{s.help} [env {s.env}]" + (f" (default: {s.default})" if s.default is not None else "")]
+        for s in SETTINGS
+    ]
+
+    def postOptions(self) -> None:
+        """Combine options, environment and config file into ``self["avr-config"]``, or refuse them all."""
+        try:
+            file_values = read_config_file(self["config"]) if self["config"] else {}
+            self["avr-config"] = load_config(
+                os.environ, {s.attribute: self[s.option] for s in SETTINGS}, file_values
+            )
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options) -> IService:
+    """Build avr on the global reactor (called by twistd once the reactor is chosen)."""
+    from twisted.internet import reactor
+
+    return build_real_service(reactor, options["avr-config"])
+
+
+def build_real_service(reactor: Any, config: Config) -> IService:
+    """avr with real network clients on ``reactor``."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from avr.service import build
+    from avr.sts.connector import build_sts_connector
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    http_client = HTTPClient(Agent(reactor, pool=pool))
+    avr = build(
+        reactor,
+        config,
+        http_client=http_client,
+        sts_connector=build_sts_connector(reactor, config),
+    )
+    return avr.service

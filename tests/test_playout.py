@@ -1,0 +1,159 @@
+"""Tests for avr.playout: re-framing agent audio and pacing it at 20 ms on an absolute schedule."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+
+from avr.playout import FrameTicker, PlaybackQueue, frame_bytes_for_rate
+
+
+def drain(queue: PlaybackQueue) -> list[bytes]:
+    """Every frame the queue gives until it stays empty for two ticks."""
+    frames = []
+    misses = 0
+    while misses < 2:
+        frame = queue.next_frame()
+        if frame is None:
+            misses += 1
+        else:
+            misses = 0
+            frames.append(frame)
+    return frames
+
+
+@pytest.mark.parametrize(
+    "rate, size", [(8000, 320), (12000, 480), (16000, 640), (24000, 960), (44100, 1764), (48000, 1920)]
+)
+def test_frame_sizes(rate: int, size: int) -> None:
+    """A 20 ms frame of mono PCM16 has rate/50 samples of 2 bytes."""
+    assert frame_bytes_for_rate(rate) == size
+
+
+@given(st.lists(st.binary(min_size=1, max_size=2000), min_size=1, max_size=30))
+def test_any_chunking_gives_the_same_frames(chunks: list[bytes]) -> None:
+    """However the audio is chunked, the frames are the audio cut every 320 bytes, the tail padded with silence."""
+    queue = PlaybackQueue(320)
+    for chunk in chunks:
+        queue.feed(chunk)
+    audio = b"".join(chunks)
+    frames = drain(queue)
+    assert all(len(f) == 320 for f in frames)
+    padded = audio + bytes(-len(audio) % 320)
+    assert b"".join(frames) == padded
+
+
+def test_partial_frame_waits_one_tick_for_its_rest() -> None:
+    """A trailing partial frame is held one tick, so audio that arrives just after it is not split by silence."""
+    queue = PlaybackQueue(320)
+    queue.feed(b"\x01" * 400)
+    assert queue.next_frame() == b"\x01" * 320
+    assert queue.next_frame() is None  # 80 bytes wait
+    queue.feed(b"\x02" * 240)
+    assert queue.next_frame() == b"\x01" * 80 + b"\x02" * 240
+    assert queue.idle
+
+
+def test_clear_drops_everything_including_the_partial_frame() -> None:
+    """An interruption empties the queue: no queued audio is played after it."""
+    queue = PlaybackQueue(320)
+    queue.feed(bytes(320 * 250 + 17))
+    assert queue.clear() == 250
+    assert queue.idle
+    assert drain(queue) == []
+
+
+def test_queue_is_bounded() -> None:
+    """Audio beyond max_frames is dropped and counted, the oldest keeps playing."""
+    queue = PlaybackQueue(320, max_frames=3)
+    queue.feed(b"a" * 320 + b"b" * 320 + b"c" * 320 + b"d" * 320)
+    assert queue.dropped == 1
+    assert drain(queue) == [b"a" * 320, b"b" * 320, b"c" * 320]
+
+
+class Recorder:
+    """A player that records the clock time of every frame it is asked to play."""
+
+    def __init__(self, clock: Clock, frames: int | None = None) -> None:
+        self.clock = clock
+        self.times: list[float] = []
+        self.left = frames
+
+    def play_frame(self) -> None:
+        if self.left is None or self.left > 0:
+            self.times.append(self.clock.seconds())
+            if self.left is not None:
+                self.left -= 1
+
+
+def test_ticker_has_no_drift_over_ten_minutes() -> None:
+    """30,000 ticks (10 minutes) each land within the reactor's lateness of start + n x 20 ms: no accumulation."""
+    clock = Clock()
+    ticker = FrameTicker(clock)
+    player = Recorder(clock)
+    ticker.add(player)
+    for _ in range(30_000):
+        # Uneven steps, as a busy reactor gives: every tick fires up to 13 ms late.
+        clock.advance(0.013)
+        clock.advance(0.007)
+    clock.advance(1e-6)  # float rounding of 60,000 additions
+    assert len(player.times) == 30_000
+    lateness = [t - (n + 1) * 0.020 for n, t in enumerate(player.times)]
+    assert min(lateness) > -1e-6
+    assert max(lateness) < 0.0131
+    # The last frame is as punctual as the first: lateness does not grow.
+    assert abs(lateness[-1] - lateness[0]) < 1e-6
+    ticker.discard(player)
+    assert not clock.getDelayedCalls()
+
+
+def test_ticker_catches_up_boundedly_after_a_stall() -> None:
+    """After a 100 ms stall each player gets at most max_catch_up frames at once, then the cadence resumes."""
+    clock = Clock()
+    ticker = FrameTicker(clock, max_catch_up=3)
+    player = Recorder(clock)
+    ticker.add(player)
+    clock.advance(0.020)
+    assert len(player.times) == 1
+    clock.advance(0.100)  # 5 ticks late
+    assert len(player.times) == 1 + 3
+    clock.advance(0.020)
+    assert len(player.times) == 5
+    ticker.discard(player)
+
+
+def test_ticker_serves_every_player_and_stops_when_empty() -> None:
+    """One tick serves all registered players; with none left no timer remains."""
+    clock = Clock()
+    ticker = FrameTicker(clock)
+    players = [Recorder(clock) for _ in range(20)]
+    for p in players:
+        ticker.add(p)
+    for _ in range(50):
+        clock.advance(0.020)
+    assert all(len(p.times) == 50 for p in players)
+    for p in players:
+        ticker.discard(p)
+    assert len(ticker) == 0
+    assert not clock.getDelayedCalls()
+
+
+def test_a_failing_player_does_not_stop_the_others() -> None:
+    """An exception in one call's playback removes that call only."""
+    clock = Clock()
+    ticker = FrameTicker(clock)
+
+    class Broken:
+        def play_frame(self) -> None:
+            raise RuntimeError("boom")
+
+    good = Recorder(clock)
+    ticker.add(Broken())
+    ticker.add(good)
+    for _ in range(5):
+        clock.advance(0.020)
+    assert len(good.times) == 5
+    assert len(ticker) == 1
+    ticker.discard(good)
