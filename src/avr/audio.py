@@ -186,7 +186,6 @@ class InboundAudio:
         self._odd = b""
         self._votes = {SLIN: 0, ULAW: 0, ALAW: 0}
         self._prior = SLIN
-        self._sized = False
         self._unclear_frames = 0
         self._warned_unknown = False
 
@@ -243,8 +242,7 @@ class InboundAudio:
         self._resampler = Resampler(rate, self.sts_rate)
 
     def _detect(self, payload: bytes) -> None:
-        if not self._sized:
-            self._sized = True
+        if len(payload) >= _MIN_SAMPLES * 2:
             self._prior = ULAW if len(payload) in _G711_LENGTHS else SLIN
         vote = _judge(payload)
         if vote is _QUIET:

@@ -73,7 +73,7 @@ class Call:
     log = Logger()
 
     def __attrs_post_init__(self) -> None:
-        self._inbound = InboundAudio(self.sts_rate, log_context={"uuid": self.uuid})
+        self._inbound = InboundAudio(self.sts_rate, uuid=self.uuid)
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 

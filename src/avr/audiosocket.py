@@ -1,0 +1,284 @@
+"""
+The AudioSocket server side: one `AudioSocketProtocol` per TCP connection from Asterisk, made by
+`AudioSocketFactory`. It parses frames (`avr.frames`), hands the call to an `ICallRouter` once the UUID is known, and
+forwards audio, DTMF and the end of the leg to the returned `ICallSink`. What happens with the audio is not its job.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from avr.frames import (
+    AUDIO_KIND_RATES,
+    DEFAULT_MAX_AUDIO_PAYLOAD,
+    HANGUP_FRAME,
+    MAX_PAYLOAD,
+    Frame,
+    FrameError,
+    FrameParser,
+    Kind,
+    decode_uuid,
+    encode_frame,
+    kind_name,
+)
+from avr.interfaces import IAudioSocketLeg, ICallRouter, ICallSink
+
+#: DTMF characters Asterisk can send (``0-9 * # A-D``).
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+
+
+class CallRefused(Exception):
+    """
+    Raised by `ICallRouter.attach` when a call is not admitted; the connection is closed.
+
+    :ivar reason: why, for the log.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@implementer(IAudioSocketLeg)
+class AudioSocketProtocol(Protocol):
+    """
+    One AudioSocket connection from Asterisk.
+
+    The first frame must be the UUID (0x01); a connection that sends none within ``factory.uuid_timeout`` seconds, or
+    starts with anything else, is closed. After ``factory.router.attach(self)`` returned an `ICallSink`, audio goes to
+    ``caller_audio``, DTMF to ``caller_dtmf``, and the end of the leg (0x00, 0xff, malformed frame, EOF, reset, a sink
+    failure) to ``caller_gone``, at most once. Ending the leg with `hang_up` does not call ``caller_gone``: the call
+    ended it itself.
+
+    ``factory`` must provide ``router`` (`ICallRouter`), ``clock`` (`IReactorTime`), ``uuid_timeout`` and
+    ``max_payload``, as `AudioSocketFactory` does.
+    """
+
+    log = Logger()
+    factory: AudioSocketFactory
+
+    def __init__(self) -> None:
+        #: The call's UUID (lower-case canonical), once the 0x01 frame arrived.
+        self.uuid: str | None = None
+        #: True from connectionMade until the connection is lost or hung up.
+        self.connected = False
+        self.peer = "?"
+        self._parser: FrameParser | None = None
+        self._sink: ICallSink | None = None
+        self._uuid_timer: Any = None
+        self._closing = False
+        self._gone = False
+
+    # --- IAudioSocketLeg -------------------------------------------------------------------------------------------
+
+    def send_audio(self, kind: int, pcm: bytes) -> None:
+        """
+        Write one audio frame in a single ``write``; nothing happens once the leg is no longer connected.
+
+        :raises ValueError: ``kind`` is not 0x10-0x18, or ``pcm`` is empty or longer than 65535 bytes.
+        """
+        if kind not in AUDIO_KIND_RATES:
+            raise ValueError(f"not an audio kind: 0x{kind:02x}")
+        if not 0 < len(pcm) <= MAX_PAYLOAD:
+            raise ValueError(f"audio payload must be 1..{MAX_PAYLOAD} bytes, got {len(pcm)}")
+        if self.connected:
+            self.transport.write(encode_frame(kind, pcm))  # type: ignore[union-attr]
+
+    def hang_up(self) -> None:
+        """Send the 0x00 hang-up frame and close the connection; later calls do nothing."""
+        if self._closing:
+            return
+        self._closing = True
+        self._gone = True  # the call ended the leg itself: no caller_gone
+        self._cancel_uuid_timer()
+        if self.connected:
+            self.connected = False
+            self.transport.write(HANGUP_FRAME)  # type: ignore[union-attr]
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    # --- Protocol ----------------------------------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """Set TCP_NODELAY, start parsing and arm the UUID timeout."""
+        self.connected = True
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '?')}"
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError as e:
+                self.log.debug("AudioSocket connection from {peer}: cannot set TCP_NODELAY: {error}",
+                               peer=self.peer, error=e)
+        self._parser = FrameParser(max_payload=self.factory.max_payload)
+        self._uuid_timer = self.factory.clock.callLater(self.factory.uuid_timeout, self._uuid_timed_out)
+        self.factory.connections.add(self)
+        self.log.debug("AudioSocket connection from {peer}", peer=self.peer)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Parse ``data`` and act on each complete frame."""
+        if self._closing or self._parser is None:
+            return
+        try:
+            frames = self._parser.feed(data)
+        except FrameError as e:
+            self._malformed(e.reason)
+            return
+        for frame in frames:
+            self._frame(frame)
+            if self._closing:
+                return
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Tell the sink the leg is over (once), release the timer."""
+        self.connected = False
+        self._closing = True
+        self._cancel_uuid_timer()
+        self.factory.connections.discard(self)
+        if self._sink is not None:
+            self._caller_gone(f"connection lost: {reason.getErrorMessage() if reason else 'unknown'}")
+        elif self.uuid is None:
+            # The AudioSocket() app connects before checking the channel is answered and then closes without a UUID.
+            self.log.debug("AudioSocket connection from {peer} closed before sending a UUID", peer=self.peer)
+
+    # --- frames ------------------------------------------------------------------------------------------------------
+
+    def _frame(self, frame: Frame) -> None:
+        kind = frame.kind
+        if self._sink is None:
+            if self.uuid is None:
+                self._first_frame(frame)
+            return
+        if kind in AUDIO_KIND_RATES:
+            if frame.payload:
+                self._to_sink(self._sink.caller_audio, kind, frame.payload)  # empty audio is ignored
+        elif kind == Kind.DTMF:
+            digit = chr(frame.payload[0]).upper()
+            if digit in DTMF_DIGITS:
+                self._to_sink(self._sink.caller_dtmf, digit)
+            else:
+                self.log.warn("Call {uuid}: ignoring DTMF byte 0x{byte:02x}", uuid=self.uuid, byte=frame.payload[0])
+        elif kind == Kind.HANGUP:
+            self.log.info("Call {uuid}: Asterisk sent a hangup frame", uuid=self.uuid)
+            self._end("hangup frame", send_hangup=False)
+        elif kind == Kind.ERROR:
+            code = f"0x{frame.payload[0]:02x}" if frame.payload else "none"
+            self.log.warn("Call {uuid}: Asterisk sent an error frame (code {code})", uuid=self.uuid, code=code)
+            self._end(f"error frame (code {code})", send_hangup=False)
+        elif kind == Kind.UUID:
+            self.log.warn("Call {uuid}: ignoring a second UUID frame", uuid=self.uuid)
+
+    def _first_frame(self, frame: Frame) -> None:
+        if frame.kind != Kind.UUID:
+            self.log.warn(
+                "AudioSocket connection from {peer}: first frame is {kind}, not the UUID (0x01); closing",
+                peer=self.peer, kind=kind_name(frame.kind))
+            self.hang_up()
+            return
+        self._cancel_uuid_timer()
+        self.uuid = decode_uuid(frame.payload)
+        self.log.info("AudioSocket call {uuid} connected from {peer}", uuid=self.uuid, peer=self.peer)
+        try:
+            sink = self.factory.router.attach(self)
+        except CallRefused as e:
+            self.log.warn("AudioSocket call {uuid} refused: {reason}", uuid=self.uuid, reason=e.reason)
+            self.hang_up()
+            return
+        except Exception:
+            self.log.failure("AudioSocket call {uuid}: the router failed; closing", uuid=self.uuid)
+            self.hang_up()
+            return
+        if self._closing:
+            return  # the router hung up already
+        self._sink = sink
+
+    def _malformed(self, reason: str) -> None:
+        if self.uuid is None:
+            self.log.warn("AudioSocket connection from {peer}: malformed frame ({reason}); closing",
+                          peer=self.peer, reason=reason)
+        else:
+            self.log.warn("Call {uuid}: malformed frame from Asterisk ({reason}); hanging up",
+                          uuid=self.uuid, reason=reason)
+        self._end(f"malformed frame: {reason}", send_hangup=True)
+
+    def _to_sink(self, method: Callable[..., None], *args: Any) -> None:
+        try:
+            method(*args)
+        except Exception:
+            self.log.failure("Call {uuid}: the call failed on an inbound frame; hanging up", uuid=self.uuid)
+            self._end("internal error", send_hangup=True)
+
+    def _end(self, reason: str, send_hangup: bool) -> None:
+        """End the leg from this side: close (with 0x00 if asked), then tell the sink."""
+        if not self._closing:
+            self._closing = True
+            self._cancel_uuid_timer()
+            if self.connected:
+                self.connected = False
+                if send_hangup:
+                    self.transport.write(HANGUP_FRAME)  # type: ignore[union-attr]
+                self.transport.loseConnection()  # type: ignore[union-attr]
+        self._caller_gone(reason)
+
+    def _caller_gone(self, reason: str) -> None:
+        if self._gone or self._sink is None:
+            return
+        self._gone = True
+        try:
+            self._sink.caller_gone(reason)
+        except Exception:
+            self.log.failure("Call {uuid}: the call failed while ending", uuid=self.uuid)
+
+    def _uuid_timed_out(self) -> None:
+        self._uuid_timer = None
+        self.log.warn("AudioSocket connection from {peer} sent no UUID within {timeout} s; closing",
+                      peer=self.peer, timeout=self.factory.uuid_timeout)
+        self.hang_up()
+
+    def _cancel_uuid_timer(self) -> None:
+        if self._uuid_timer is not None:
+            if self._uuid_timer.active():
+                self._uuid_timer.cancel()
+            self._uuid_timer = None
+
+
+class AudioSocketFactory(Factory):
+    """
+    Makes an `AudioSocketProtocol` per connection and keeps the live ones in `connections`.
+
+    :param router: decides what handles each call (`ICallRouter`).
+    :param clock: the time source for UUID timeouts.
+    :param uuid_timeout: seconds a connection may take to send its UUID.
+    :param max_payload: largest inbound audio payload accepted (bytes).
+    """
+
+    protocol = AudioSocketProtocol
+    noisy = False
+
+    def __init__(
+        self,
+        router: ICallRouter,
+        clock: IReactorTime,
+        uuid_timeout: float = 5.0,
+        max_payload: int = DEFAULT_MAX_AUDIO_PAYLOAD,
+    ) -> None:
+        self.router = router
+        self.clock = clock
+        self.uuid_timeout = uuid_timeout
+        self.max_payload = max_payload
+        #: The connections currently open.
+        self.connections: set[AudioSocketProtocol] = set()
+
+    def hang_up_all(self) -> None:
+        """Hang up every open connection (e.g. on shutdown)."""
+        for connection in list(self.connections):
+            connection.hang_up()
+
+
+__all__ = ["AudioSocketFactory", "AudioSocketProtocol", "CallRefused", "DTMF_DIGITS"]

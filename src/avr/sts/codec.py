@@ -1,0 +1,221 @@
+"""
+Sans-IO codec of the AVR STS WebSocket protocol: JSON text frames, audio as base64 of PCM16LE.
+
+Client (avr) to STS: ``init`` ``{uuid}``, ``audio`` ``{audio}``, ``dtmf_digit`` ``{digit}``.
+STS to client: ``audio`` ``{audio}``, ``interruption``, ``transcript`` ``{role, text}``, ``error`` ``{message}``; any other
+type must be ignored by the client.
+
+Encoders return UTF-8 bytes ready for ``sendMessage(payload, isBinary=False)``. Decoders return frozen values and raise
+`StsProtocolError` for messages that cannot be understood.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+from base64 import b64decode, b64encode
+from typing import Union
+
+from attrs import frozen
+
+#: The digits a ``dtmf_digit`` message may carry (AudioSocket's 0x03 payloads: 0-9, *, #, A-D).
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+
+#: The roles a ``transcript`` message may carry.
+TRANSCRIPT_ROLES = ("user", "agent")
+
+
+class StsProtocolError(Exception):
+    """
+    A message that does not follow the AVR STS protocol.
+
+    :ivar reason: what is wrong with it, for logs (never the whole message).
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@frozen
+class AudioMessage:
+    """Audio (PCM16LE at the STS sample rate, any length, possibly odd) in either direction."""
+
+    pcm: bytes
+
+
+@frozen
+class Interruption:
+    """The STS tells the client the caller barged in: queued agent audio must be dropped."""
+
+
+@frozen
+class Transcript:
+    """A final transcript from the STS; ``role`` is ``user`` or ``agent``."""
+
+    role: str
+    text: str
+
+
+@frozen
+class StsErrorMessage:
+    """The STS reports an error (``message`` is empty when the STS gave none)."""
+
+    message: str
+
+
+@frozen
+class UnknownMessage:
+    """A well-formed message of a type this codec does not know (e.g. ``tool_invocation``): to be ignored."""
+
+    type: str
+
+
+@frozen
+class Init:
+    """The client's first message: the call's UUID."""
+
+    uuid: str
+
+
+@frozen
+class DtmfDigit:
+    """A DTMF digit the caller pressed (client to STS)."""
+
+    digit: str
+
+
+#: What an STS sends to the client.
+StsMessage = Union[AudioMessage, Interruption, Transcript, StsErrorMessage, UnknownMessage]
+
+#: What a client sends to an STS.
+ClientMessage = Union[Init, AudioMessage, DtmfDigit, UnknownMessage]
+
+_AUDIO_PREFIX = b'{"type":"audio","audio":"'
+_AUDIO_SUFFIX = b'"}'
+
+
+def encode_init(uuid: str) -> bytes:
+    """The ``init`` message for call ``uuid``."""
+    return json.dumps({"type": "init", "uuid": uuid}, separators=(",", ":")).encode("utf-8")
+
+
+def encode_audio(pcm: bytes) -> bytes:
+    """
+    An ``audio`` message carrying ``pcm``.
+
+    Built by concatenation around the base64 text (which needs no JSON escaping): this runs for every 20 ms frame.
+    """
+    return _AUDIO_PREFIX + b64encode(pcm) + _AUDIO_SUFFIX
+
+
+def encode_dtmf(digit: str) -> bytes:
+    """
+    A ``dtmf_digit`` message.
+
+    :raises ValueError: ``digit`` is not one of 0-9, ``*``, ``#``, A-D.
+    """
+    if digit not in DTMF_DIGITS:
+        raise ValueError(f"not a DTMF digit: {digit!r}")
+    return b'{"type":"dtmf_digit","digit":"' + digit.encode("ascii") + b'"}'
+
+
+def encode_interruption() -> bytes:
+    """An ``interruption`` message (STS side)."""
+    return b'{"type":"interruption"}'
+
+
+def encode_transcript(role: str, text: str) -> bytes:
+    """A ``transcript`` message (STS side)."""
+    return json.dumps({"type": "transcript", "role": role, "text": text}, separators=(",", ":")).encode("utf-8")
+
+
+def encode_error(message: str | None) -> bytes:
+    """An ``error`` message (STS side); ``None`` leaves ``message`` out, as some peers do."""
+    body: dict[str, str] = {"type": "error"}
+    if message is not None:
+        body["message"] = message
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def _parse(payload: bytes | str) -> tuple[str, dict]:
+    try:
+        obj = json.loads(payload)
+    except UnicodeDecodeError:
+        raise StsProtocolError("message is not valid UTF-8") from None
+    except ValueError as e:
+        raise StsProtocolError(f"message is not JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise StsProtocolError(f"message is a JSON {type(obj).__name__}, not an object")
+    kind = obj.get("type")
+    if kind is None:
+        raise StsProtocolError("message has no type")
+    if not isinstance(kind, str):
+        raise StsProtocolError(f"message type is a {type(kind).__name__}, not a string")
+    return kind, obj
+
+
+def _audio(obj: dict) -> AudioMessage:
+    text = obj.get("audio")
+    if not isinstance(text, str):
+        raise StsProtocolError("audio message without an audio string" if text is None
+                               else f"audio field is a {type(text).__name__}, not a string")
+    # Tolerate missing padding; reject anything outside the base64 alphabet rather than silently skipping it.
+    missing = -len(text) % 4
+    if missing:
+        text += "=" * missing
+    try:
+        return AudioMessage(b64decode(text, validate=True))
+    except (binascii.Error, ValueError):
+        raise StsProtocolError("audio field is not valid base64") from None
+
+
+def decode_message(payload: bytes | str) -> StsMessage:
+    """
+    Decode one text frame from an STS.
+
+    :raises StsProtocolError: not JSON, not an object, no string ``type``, or fields missing or invalid for the type.
+    """
+    kind, obj = _parse(payload)
+    if kind == "audio":
+        return _audio(obj)
+    if kind == "interruption":
+        return Interruption()
+    if kind == "transcript":
+        role = obj.get("role")
+        text = obj.get("text")
+        if role not in TRANSCRIPT_ROLES:
+            raise StsProtocolError(f"transcript role must be user or agent, got {role!r:.40}")
+        if not isinstance(text, str):
+            raise StsProtocolError("transcript without a text string")
+        return Transcript(role, text)
+    if kind == "error":
+        message = obj.get("message")
+        if message is None:
+            message = ""
+        elif not isinstance(message, str):
+            message = json.dumps(message, separators=(",", ":"))
+        return StsErrorMessage(message)
+    return UnknownMessage(kind)
+
+
+def decode_client_message(payload: bytes | str) -> ClientMessage:
+    """
+    Decode one text frame from a client (what an STS receives); used by fakes and for checks.
+
+    :raises StsProtocolError: as `decode_message`, for ``init`` without a string ``uuid`` and bad ``dtmf_digit``.
+    """
+    kind, obj = _parse(payload)
+    if kind == "audio":
+        return _audio(obj)
+    if kind == "init":
+        uuid = obj.get("uuid")
+        if not isinstance(uuid, str) or not uuid:
+            raise StsProtocolError("init without a uuid string")
+        return Init(uuid)
+    if kind == "dtmf_digit":
+        digit = obj.get("digit")
+        if not isinstance(digit, str) or digit not in DTMF_DIGITS:
+            raise StsProtocolError(f"dtmf_digit with an invalid digit {digit!r:.20}")
+        return DtmfDigit(digit)
+    return UnknownMessage(kind)

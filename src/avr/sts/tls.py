@@ -1,0 +1,49 @@
+"""
+Certificate trust for wss:// and https:// STS peers: the platform's CA store by default, or the CAs of a PEM file.
+
+Both the certificate chain and the host name are always verified (Twisted's `optionsForClientTLS` and
+`BrowserLikePolicyForHTTPS`, with service_identity); there is deliberately no way to turn verification off.
+"""
+
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
+from twisted.web.client import BrowserLikePolicyForHTTPS
+
+from avr.config import ConfigError
+
+
+def load_trust_root(path: str):  # type: ignore[no-untyped-def]
+    """
+    The CA certificates of the PEM file ``path``, as a Twisted trust root.
+
+    :raises avr.config.ConfigError: the file cannot be read or holds no PEM certificate.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError([f"STS_CA_FILE {path}: cannot be read ({e.strerror})"]) from None
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError as e:
+        raise ConfigError([f"STS_CA_FILE {path}: no usable PEM certificate ({e})"]) from None
+    return trustRootFromCertificates(
+        [Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in certificates]
+    )
+
+
+def client_tls_options(hostname: str, trust_root=None) -> IOpenSSLClientConnectionCreator:  # type: ignore[no-untyped-def]
+    """
+    TLS client options that verify the peer's chain against ``trust_root`` (``None``: the platform's CAs) and its
+    identity against ``hostname`` (a DNS name or an IP address).
+    """
+    return optionsForClientTLS(hostname, trustRoot=trust_root)
+
+
+def https_policy(trust_root=None) -> BrowserLikePolicyForHTTPS:  # type: ignore[no-untyped-def]
+    """The `twisted.web.client.Agent` TLS policy for https:// STS peers, verifying like `client_tls_options`."""
+    return BrowserLikePolicyForHTTPS(trustRoot=trust_root)

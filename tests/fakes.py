@@ -1,0 +1,110 @@
+"""In-test fakes of avr's own seams (interfaces.py). Fakes of external systems live in avr.testing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+
+from avr.interfaces import IAudioSocketLeg, IStsConnector, IStsHandler, IStsSession, IWebhooks
+
+
+@implementer(IAudioSocketLeg)
+class FakeLeg:
+    """An AudioSocket connection that records what avr sends, with the times from a clock."""
+
+    def __init__(self, uuid: str, clock: Any = None) -> None:
+        self.uuid = uuid
+        self.connected = True
+        self.clock = clock
+        self.sent: list[tuple[int, bytes]] = []
+        self.times: list[float] = []
+        self.hung_up = 0
+
+    def send_audio(self, kind: int, pcm: bytes) -> None:
+        assert self.connected, "audio sent after hang-up"
+        assert pcm and len(pcm) <= 65535
+        self.sent.append((kind, pcm))
+        if self.clock is not None:
+            self.times.append(self.clock.seconds())
+
+    def hang_up(self) -> None:
+        if self.connected:
+            self.hung_up += 1
+            self.connected = False
+
+
+@implementer(IStsSession)
+class FakeStsSession:
+    """An STS session that records what it was sent."""
+
+    def __init__(self, handler: IStsHandler) -> None:
+        self.handler = handler
+        self.audio: list[bytes] = []
+        self.dtmf: list[str] = []
+        self.closed = False
+
+    def send_audio(self, pcm: bytes) -> None:
+        assert not self.closed
+        self.audio.append(pcm)
+
+    def send_dtmf(self, digit: str) -> None:
+        assert not self.closed
+        self.dtmf.append(digit)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.handler.sts_closed("closed by avr")
+
+
+@implementer(IStsConnector)
+class FakeStsConnector:
+    """Opens `FakeStsSession`s when the test says so (``open``) or refuses them (``refuse``)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, tuple[Deferred, IStsHandler, str | None]] = {}
+        self.sessions: dict[str, FakeStsSession] = {}
+        self.cancelled: list[str] = []
+
+    def connect(self, url: str | None, uuid: str, handler: IStsHandler) -> Deferred:
+        def cancel(d: Deferred) -> None:
+            self.cancelled.append(uuid)
+            self.pending.pop(uuid, None)
+
+        d: Deferred = Deferred(cancel)
+        self.pending[uuid] = (d, handler, url)
+        return d
+
+    def url_for(self, uuid: str) -> str | None:
+        return self.pending[uuid][2]
+
+    def open(self, uuid: str) -> FakeStsSession:
+        d, handler, _ = self.pending.pop(uuid)
+        session = self.sessions[uuid] = FakeStsSession(handler)
+        d.callback(session)
+        return session
+
+    def refuse(self, uuid: str, reason: str = "Connection refused") -> None:
+        d, _, _ = self.pending.pop(uuid)
+        d.errback(ConnectionRefusedError(reason))
+
+
+@implementer(IWebhooks)
+class FakeWebhooks:
+    """Records emitted webhooks; ``call_initiated`` answers with ``override``."""
+
+    def __init__(self, override: str | None = None) -> None:
+        self.events: list[tuple[str, str, dict]] = []
+        self.override = override
+
+    def emit(self, uuid: str, type: str, payload: dict) -> None:
+        self.events.append((uuid, type, payload))
+
+    def call_initiated(self, uuid: str, payload: dict) -> Deferred:
+        self.events.append((uuid, "call_initiated", payload))
+        return succeed(self.override)
+
+    def types(self, uuid: str) -> list[str]:
+        return [t for u, t, _ in self.events if u == uuid]

@@ -1,0 +1,310 @@
+"""Tests for avr.calls: one AudioSocket call bridged to one STS session, paced playback, webhooks, admission."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import pytest
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from avr.audiosocket import CallRefused
+from avr.calls import CallManager
+from avr.interfaces import IAudioInjector, IAudioSocketLeg, ICallRouter, ICallSink, IStsConnector, IStsSession, IWebhooks
+from avr.playout import FrameTicker
+from avr.registrations import Registrations
+from fakes import FakeLeg, FakeStsConnector, FakeWebhooks
+
+U1 = "935652e3-7c59-4edc-b17f-9646a9c2a265"
+U2 = "0f6b2d9e-1111-4c1c-9d3e-5a2f7b9c0d11"
+
+
+def tone(rate: int, ms: int, freq: float = 440.0) -> bytes:
+    """PCM16LE sine wave."""
+    n = rate * ms // 1000
+    return struct.pack(f"<{n}h", *(int(8000 * math.sin(2 * math.pi * freq * i / rate)) for i in range(n)))
+
+
+class World:
+    """A CallManager wired to fakes on one Clock."""
+
+    def __init__(self, **kwargs: object) -> None:
+        self.clock = Clock()
+        self.sts = FakeStsConnector()
+        self.webhooks = FakeWebhooks()
+        self.registrations = Registrations(self.clock, 60)
+        self.ticker = FrameTicker(self.clock)
+        options = {"sts_url": "ws://sts.example:6030", "sts_rate": 8000, **kwargs}
+        self.manager = CallManager(
+            clock=self.clock,
+            connector=self.sts,
+            webhooks=self.webhooks,
+            ticker=self.ticker,
+            registrations=self.registrations,
+            **options,  # type: ignore[arg-type]
+        )
+
+    def connect(self, uuid: str = U1) -> tuple[FakeLeg, ICallSink]:
+        leg = FakeLeg(uuid, self.clock)
+        return leg, self.manager.attach(leg)
+
+    def run(self, seconds: float) -> None:
+        for _ in range(round(seconds / 0.001)):
+            self.clock.advance(0.001)
+
+
+def test_interfaces() -> None:
+    """The manager, the fakes and the call provide the interfaces they claim."""
+    world = World()
+    verifyObject(ICallRouter, world.manager)
+    verifyObject(IAudioInjector, world.manager)
+    verifyObject(IStsConnector, world.sts)
+    verifyObject(IWebhooks, world.webhooks)
+    leg, call = world.connect()
+    verifyObject(IAudioSocketLeg, leg)
+    verifyObject(ICallSink, call)
+    verifyObject(IStsSession, world.sts.open(U1))
+
+
+def test_call_start_webhook_and_default_sts_url() -> None:
+    """A call without POST /call uses STS_URL and announces call_started."""
+    world = World()
+    world.connect()
+    assert world.sts.url_for(U1) == "ws://sts.example:6030"
+    assert world.webhooks.types(U1) == ["call_started"]
+
+
+def test_registered_call_uses_its_url_once() -> None:
+    """A registration from POST /call selects the STS URL and is consumed by the connection."""
+    world = World()
+    world.registrations.register(U1, {"from": "2000"}, "ws://other:7000/?from=2000", True)
+    world.connect()
+    assert world.sts.url_for(U1) == "ws://other:7000/?from=2000"
+    assert world.registrations.take(U1) is None
+
+
+def test_admission_control_and_duplicates() -> None:
+    """With admission control an unregistered UUID is refused; a UUID already connected is always refused."""
+    world = World(require_registration=True)
+    with pytest.raises(CallRefused, match="not registered"):
+        world.connect()
+    world.registrations.register(U1, {}, None, False)
+    world.connect()
+    with pytest.raises(CallRefused, match="already connected"):
+        world.connect()
+
+
+def test_audio_before_sts_opens_is_buffered_in_order_with_dtmf() -> None:
+    """Caller audio and digits that arrive while the STS connects are delivered, in order, once it opens."""
+    world = World()
+    _, call = world.connect()
+    frames = [bytes([i]) * 320 for i in range(1, 6)]
+    call.caller_audio(0x10, frames[0])
+    call.caller_audio(0x10, frames[1])
+    call.caller_dtmf("5")
+    call.caller_audio(0x10, frames[2])
+    session = world.sts.open(U1)
+    call.caller_audio(0x10, frames[3])
+    assert session.audio == frames[:4]
+    assert session.dtmf == ["5"]
+    assert world.webhooks.types(U1) == ["call_started", "dtmf_digit"]
+    assert world.webhooks.events[-1][2] == {"digit": "5"}
+
+
+def test_pending_audio_is_bounded() -> None:
+    """At most two seconds of caller audio wait for the STS; the oldest goes first."""
+    world = World()
+    _, call = world.connect()
+    for i in range(150):  # 3 s of 20 ms frames
+        call.caller_audio(0x10, struct.pack("<h", i) * 160)
+    session = world.sts.open(U1)
+    assert len(session.audio) == 100
+    assert session.audio[0] == struct.pack("<h", 50) * 160
+
+
+def test_one_second_of_agent_audio_is_paced_over_one_second() -> None:
+    """16000 bytes of 8 kHz agent audio become 50 frames of 320 bytes, 20 ms apart, in the call's kind."""
+    world = World()
+    leg, call = world.connect()
+    call.caller_audio(0x10, bytes(320))
+    world.sts.open(U1)
+    audio = tone(8000, 1000)
+    call.sts_audio(audio)
+    world.run(1.2)
+    assert [k for k, _ in leg.sent] == [0x10] * 50
+    assert all(len(p) == 320 for _, p in leg.sent)
+    assert b"".join(p for _, p in leg.sent) == audio
+    gaps = [b - a for a, b in zip(leg.times, leg.times[1:])]
+    # Released on the 20 ms grid (observed to the 1 ms resolution of this test's clock steps).
+    assert min(gaps) == pytest.approx(0.020, abs=0.0011) and max(gaps) == pytest.approx(0.020, abs=0.0011)
+
+
+def test_odd_chunks_are_reframed() -> None:
+    """Agent audio in odd-sized chunks is re-cut into whole 20 ms frames without losing a byte."""
+    world = World()
+    leg, call = world.connect()
+    call.caller_audio(0x10, bytes(320))
+    world.sts.open(U1)
+    audio = tone(8000, 500)
+    for i in range(0, len(audio), 333):
+        call.sts_audio(audio[i : i + 333])
+    world.run(1.0)
+    assert all(len(p) == 320 for _, p in leg.sent)
+    assert b"".join(p for _, p in leg.sent)[: len(audio)] == audio
+
+
+def test_wideband_call_gets_wideband_frames() -> None:
+    """A 16 kHz (0x12) caller gets 640-byte 0x12 frames: 8 kHz agent audio is resampled up."""
+    world = World()
+    leg, call = world.connect()
+    call.caller_audio(0x12, tone(16000, 20))
+    session = world.sts.open(U1)
+    assert len(session.audio[0]) in (318, 320, 322)  # 20 ms at 8 kHz, give or take the resampler's phase
+    call.sts_audio(tone(8000, 1000))
+    world.run(1.2)
+    assert {k for k, _ in leg.sent} == {0x12}
+    assert all(len(p) == 640 for _, p in leg.sent)
+    assert 49 <= len(leg.sent) <= 51
+
+
+def test_agent_speaking_first_plays_8khz_and_keeps_it() -> None:
+    """If the agent speaks before any caller audio, the call plays 0x10 and does not switch rate later."""
+    world = World()
+    leg, call = world.connect()
+    world.sts.open(U1)
+    call.sts_audio(tone(8000, 100))
+    world.run(0.2)
+    call.caller_audio(0x12, tone(16000, 20))
+    call.sts_audio(tone(8000, 100))
+    world.run(0.2)
+    assert {k for k, _ in leg.sent} == {0x10}
+
+
+def test_interruption_drops_queued_audio_at_once() -> None:
+    """After an interruption no queued frame is sent; the webhook reports it."""
+    world = World()
+    leg, call = world.connect()
+    call.caller_audio(0x10, bytes(320))
+    world.sts.open(U1)
+    call.sts_audio(tone(8000, 5000))
+    world.run(0.5)
+    sent = len(leg.sent)
+    call.sts_interruption()
+    world.run(1.0)
+    assert len(leg.sent) == sent
+    assert world.webhooks.types(U1)[-1] == "interruption"
+    call.sts_audio(tone(8000, 100))  # the agent's next turn plays again
+    world.run(0.2)
+    assert len(leg.sent) == sent + 5
+
+
+def test_transcripts_become_webhooks() -> None:
+    """STS transcripts are reported as transcription webhooks with role and text."""
+    world = World()
+    _, call = world.connect()
+    call.sts_transcript("user", "hi")
+    assert world.webhooks.events[-1] == (U1, "transcription", {"role": "user", "text": "hi"})
+
+
+def test_sts_refused_ends_only_that_call() -> None:
+    """An unreachable STS ends its call (hang-up frame, call_ended once); another call is untouched."""
+    world = World()
+    leg1, _ = world.connect(U1)
+    leg2, call2 = world.connect(U2)
+    world.sts.refuse(U1)
+    assert leg1.hung_up == 1 and not leg1.connected
+    assert world.webhooks.types(U1) == ["call_started", "call_ended"]
+    assert world.manager.get(U1) is None
+    session2 = world.sts.open(U2)
+    call2.caller_audio(0x10, bytes(320))
+    assert session2.audio == [bytes(320)]
+    assert leg2.connected
+
+
+def test_sts_closing_mid_call_hangs_up() -> None:
+    """When the STS closes the socket, the caller is hung up and call_ended sent once."""
+    world = World()
+    leg, call = world.connect()
+    call.caller_audio(0x10, bytes(320))
+    session = world.sts.open(U1)
+    call.sts_audio(tone(8000, 1000))
+    world.run(0.1)
+    session.closed = True
+    call.sts_closed("code 1011: provider failed")
+    world.run(1.0)
+    assert leg.hung_up == 1
+    assert world.webhooks.types(U1).count("call_ended") == 1
+    assert len(world.ticker) == 0
+    assert not world.clock.getDelayedCalls()
+
+
+def test_caller_hangup_releases_everything() -> None:
+    """EOF from Asterisk closes the STS session, stops playback, sends call_ended once, leaves no timers."""
+    world = World()
+    leg, call = world.connect()
+    call.caller_audio(0x10, bytes(320))
+    session = world.sts.open(U1)
+    call.sts_audio(tone(8000, 1000))
+    world.run(0.1)
+    leg.connected = False
+    call.caller_gone("connection lost")
+    call.caller_gone("connection lost")
+    call.sts_audio(tone(8000, 100))
+    assert session.closed
+    assert world.webhooks.types(U1).count("call_ended") == 1
+    assert len(world.manager) == 0 and len(world.ticker) == 0
+    assert not world.clock.getDelayedCalls()
+    assert leg.hung_up == 0
+
+
+def test_hangup_while_sts_is_connecting_cancels_the_attempt() -> None:
+    """A caller who hangs up before the STS answers cancels the connection attempt."""
+    world = World()
+    leg, call = world.connect()
+    leg.connected = False
+    call.caller_gone("connection lost")
+    assert world.sts.cancelled == [U1]
+    assert world.webhooks.types(U1) == ["call_started", "call_ended"]
+
+
+def test_stop_ends_every_call() -> None:
+    """At shutdown every call is hung up with a 0x00 frame and gets its call_ended."""
+    world = World()
+    legs = [world.connect(u)[0] for u in (U1, U2)]
+    world.manager.stop()
+    assert all(leg.hung_up == 1 for leg in legs)
+    assert world.webhooks.types(U2) == ["call_started", "call_ended"]
+
+
+def test_injected_playback_is_paced_then_hung_up() -> None:
+    """Announced PCM is played paced to the connection with that UUID, which is then hung up."""
+    world = World()
+    done = world.manager.expect(U2, tone(16000, 200), 16000)
+    results: list[object] = []
+    done.addBoth(results.append)
+    leg, sink = world.connect(U2)
+    sink.caller_audio(0x12, bytes(640))  # ignored
+    world.run(0.5)
+    assert [k for k, _ in leg.sent] == [0x12] * 10
+    assert leg.hung_up == 1
+    assert results == [None]
+    assert world.webhooks.events == []  # not an AVR Core call
+
+
+def test_injected_playback_times_out_and_can_be_cancelled() -> None:
+    """No connection in time fails the playback; cancelling one stops it and hangs up."""
+    world = World()
+    failures: list[object] = []
+    world.manager.expect(U1, bytes(640), 16000).addErrback(failures.append)
+    world.clock.advance(10.0)
+    assert failures and failures[0].check(TimeoutError)  # type: ignore[attr-defined]
+    d = world.manager.expect(U2, tone(16000, 1000), 16000)
+    d.addErrback(failures.append)
+    leg, _ = world.connect(U2)
+    world.run(0.1)
+    d.cancel()
+    assert leg.hung_up == 1
+    assert len(failures) == 2
+    world.run(0.1)
+    assert len(world.ticker) == 0 and not world.clock.getDelayedCalls()
