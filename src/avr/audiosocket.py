@@ -108,7 +108,8 @@ class AudioSocketProtocol(Protocol):
         """Set TCP_NODELAY, start parsing and arm the UUID timeout."""
         self.connected = True
         peer = self.transport.getPeer()  # type: ignore[union-attr]
-        self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '?')}"
+        host = str(getattr(peer, "host", peer))
+        self.peer = f"[{host}]:{getattr(peer, 'port', '?')}" if ":" in host else f"{host}:{getattr(peer, 'port', '?')}"
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             try:
@@ -125,15 +126,17 @@ class AudioSocketProtocol(Protocol):
         """Parse ``data`` and act on each complete frame."""
         if self._closing or self._parser is None:
             return
+        error = None
         try:
             frames = self._parser.feed(data)
         except FrameError as e:
-            self._malformed(e.reason)
-            return
+            error, frames = e, e.frames
         for frame in frames:
             self._frame(frame)
             if self._closing:
                 return
+        if error is not None:
+            self._malformed(error.reason)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Tell the sink the leg is over (once), release the timer."""

@@ -143,6 +143,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("webhook_timeout", "WEBHOOK_TIMEOUT", _integer(1, 600000), 3000, "Milliseconds per webhook attempt"),
     Setting("webhook_retry", "WEBHOOK_RETRY", _integer(0, 10), 0,
             "Extra webhook attempts after a failure, with exponential backoff"),
+    Setting("uuid_timeout", "AUDIOSOCKET_UUID_TIMEOUT", _integer(1, 600), 5,
+            "Seconds a new AudioSocket connection may take to send its UUID before it is closed"),
     Setting("require_call_init", "REQUIRE_CALL_INIT", _boolean, False,
             "Refuse AudioSocket calls whose UUID was not registered with POST /call"),
     Setting("call_init_ttl", "CALL_INIT_TTL", _integer(1, 86400), 60,
@@ -184,6 +186,7 @@ class Config:
     webhook_secret: str | None = None
     webhook_timeout: int = 3000
     webhook_retry: int = 0
+    uuid_timeout: int = 5
     require_call_init: bool = False
     call_init_ttl: int = 60
     http_max_body: int = 64 * 1024

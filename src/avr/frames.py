@@ -109,11 +109,14 @@ class FrameError(Exception):
     The byte stream is not valid AudioSocket.
 
     :ivar reason: a readable explanation.
+    :ivar frames: the valid frames the failing `FrameParser.feed` completed before the bad header, in order (so they
+        can still be handled).
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, frames: list[Frame] | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.frames: list[Frame] = frames if frames is not None else []
 
 
 class FrameParser:
@@ -148,7 +151,8 @@ class FrameParser:
         Add received bytes.
 
         :return: the frames completed by ``data``, in order (often empty or one).
-        :raises FrameError: the stream is invalid (unknown kind, bad length); also on every call after that.
+        :raises FrameError: the stream is invalid (unknown kind, bad length); its ``frames`` holds the valid frames
+            before the bad header. Every later call raises too.
         """
         if self._error is not None:
             raise FrameError(f"parser already failed: {self._error.reason}")
@@ -176,6 +180,7 @@ class FrameParser:
                 pos = end
         except FrameError as e:
             self._error = e
+            e.frames = frames
             raise
         if pos < total:
             pending += memoryview(data)[pos:]

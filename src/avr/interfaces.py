@@ -104,7 +104,7 @@ class ICallRouter(Interface):
         """
         Start handling ``leg``.
 
-        :raises avr.calls.CallRefused: the UUID is not admitted (not registered while admission control is on,
+        :raises avr.audiosocket.CallRefused: the UUID is not admitted (not registered while admission control is on,
             or already connected); the connection is then closed with the logged reason.
         """
 

@@ -21,6 +21,7 @@ from twisted.web.server import Site
 from avr.audiosocket import AudioSocketFactory
 from avr.calls import CallManager
 from avr.config import Config, redact_url
+from avr.http.auth import redacted_access_log
 from avr.http.core import CoreRoutes
 from avr.http.json import install_error_handlers
 from avr.interfaces import IStsConnector, IWebhooks
@@ -75,6 +76,7 @@ class CallsService(Service):
     """Ends live calls and cancels pending timers and deliveries at shutdown."""
 
     calls: CallManager
+    factory: AudioSocketFactory
     registrations: Registrations
     webhooks: WebhookClient
 
@@ -84,8 +86,11 @@ class CallsService(Service):
     def stopService(self) -> Deferred:
         Service.stopService(self)
         self.calls.stop()
-        self.registrations.clear()
-        return self.webhooks.stop()
+        self.factory.hang_up_all()
+        d = self.webhooks.stop()
+        # Cleared after the webhooks settled: a /call answered by stop() may still register.
+        d.addBoth(lambda result: (self.registrations.clear(), result)[1])
+        return d
 
 
 def server_endpoint(reactor: Any, address: str, port: int) -> IStreamServerEndpoint:
@@ -118,14 +123,7 @@ def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: ISts
     log = Logger(namespace="avr.service")
     top = MultiService()
     registrations = Registrations(reactor, config.call_init_ttl)
-    webhooks = WebhookClient(
-        http=http_client,
-        clock=reactor,
-        url=config.webhook_url,
-        secret=config.webhook_secret,
-        timeout_ms=config.webhook_timeout,
-        retries=config.webhook_retry,
-    )
+    webhooks = WebhookClient.from_config(http_client, reactor, config)
     ticker = FrameTicker(reactor)
     calls = CallManager(
         clock=reactor,
@@ -137,27 +135,22 @@ def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: ISts
         sts_rate=config.sts_sample_rate,
         require_registration=config.require_call_init,
     )
-    CallsService(calls, registrations, webhooks).setServiceParent(top)
+    factory = AudioSocketFactory(calls, reactor, uuid_timeout=config.uuid_timeout)
+    CallsService(calls, factory, registrations, webhooks).setServiceParent(top)
 
     audiosocket = ListeningService(
         server_endpoint(reactor, config.bind_address, config.port),
-        AudioSocketFactory(calls, reactor),
+        factory,
         "AVR AudioSocket Server listening on port {port}",
     )
     app = None
     if config.http_port is not None:
         app = Klein()
         install_error_handlers(app)
-        CoreRoutes(
-            sts_url=config.sts_url,
-            registrations=registrations,
-            webhooks=webhooks,
-            max_body=config.http_max_body,
-            api_key=config.api_key,
-        ).install(app)
+        CoreRoutes.from_config(config, registrations, webhooks).install(app)
         http = ListeningService(
             server_endpoint(reactor, config.bind_address, config.http_port),
-            Site(app.resource(), reactor=reactor),
+            Site(app.resource(), reactor=reactor, logFormatter=redacted_access_log),
             "AVR HTTP Server listening on port {port}",
         )
         http.setName("http")

@@ -26,7 +26,7 @@ def sts_url_with_params(base: str, payload: Mapping[str, Any]) -> str:
       becomes ``%2F`` and a space ``%20``, which every query decoder reads back correctly; a ``+`` would not be).
     - Values: strings as they are; numbers as their JSON text (``5``, ``1.5``); booleans ``true``/``false``; ``null``
       an empty value (``key=``); objects and arrays as compact JSON (``{"a":1}``).
-    - The fragment, if any, is kept at the end.
+    - The fragment, if any, is kept at the end. Lone surrogates (JSON allows ``"\\ud800"``) are written as ``%3F``.
 
     :param base: an absolute URL (see `is_sts_url`).
     :param payload: the call metadata, in the order its parameters are appended.
@@ -72,4 +72,5 @@ def is_sts_url(text: object) -> bool:
 
 
 def _encode(text: str) -> str:
-    return quote(text, safe="", encoding="utf-8", errors="strict")
+    # Lone surrogates (possible in JSON text) are not Unicode: they become "?" rather than an error.
+    return quote(text, safe="", encoding="utf-8", errors="replace")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hmac
 
+from twisted.web.http import combinedLogFormatter
 from twisted.web.iweb import IRequest
 
+from avr.config import redact_url
 from avr.http.json import ApiError
 
 #: Request header carrying the key.
@@ -36,3 +38,26 @@ def check_api_key(request: IRequest, api_key: str | None) -> None:
         matched |= hmac.compare_digest(value, expected)
     if not matched:
         raise ApiError(401, "invalid API key")
+
+
+class _RedactedUriRequest:
+    """A view of a request whose ``uri`` has secret-looking query values masked (everything else delegated)."""
+
+    def __init__(self, request: IRequest) -> None:
+        self._request = request
+
+    @property
+    def uri(self) -> bytes:
+        return redact_url(self._request.uri.decode("latin-1")).encode("latin-1")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._request, name)
+
+
+def redacted_access_log(timestamp: str, request: IRequest) -> str:
+    """
+    An access-log formatter for ``twisted.web.server.Site(..., logFormatter=redacted_access_log)``: the combined log
+    format, with the values of secret-looking query parameters (``api_key``, ``token``, ...) written as ``***``.
+    Without it, a ``?api_key=`` in a request line would be written to the log as is.
+    """
+    return combinedLogFormatter(timestamp, _RedactedUriRequest(request))

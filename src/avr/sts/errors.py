@@ -48,6 +48,21 @@ def _leaves(reason: BaseException) -> list[BaseException]:
     return [reason]
 
 
+def tls_problem(reason: Failure | BaseException, host: str | None = None) -> str | None:
+    """
+    The TLS problem behind a failure (untrusted certificate, host name mismatch, handshake error), or ``None``.
+
+    A TLS problem explains everything else that follows it (the aborted connection), so callers check it first.
+    """
+    for leaf in _leaves(reason.value if isinstance(reason, Failure) else reason):
+        if VerificationError is not None and isinstance(leaf, VerificationError):
+            target = f" {host}" if host else ""
+            return f"TLS certificate verification failed: host name mismatch (certificate is not valid for{target})"
+        if SSL is not None and isinstance(leaf, SSL.Error):
+            return f"TLS handshake failed: {_tls_reasons(leaf)}"
+    return None
+
+
 def describe_failure(reason: Failure | BaseException, host: str | None = None) -> str:
     """
     A short readable text for a connection failure.
@@ -55,16 +70,10 @@ def describe_failure(reason: Failure | BaseException, host: str | None = None) -
     :param reason: the failure (or exception) a connection attempt or a transport reported.
     :param host: the host name that was connected to, for TLS host name mismatches.
     """
-    value = reason.value if isinstance(reason, Failure) else reason
-    leaves = _leaves(value)
-    # A TLS verification problem explains everything else (the aborted connection), so it wins.
-    for leaf in leaves:
-        if VerificationError is not None and isinstance(leaf, VerificationError):
-            target = f" {host}" if host else ""
-            return f"TLS certificate verification failed: host name mismatch (certificate is not valid for{target})"
-        if SSL is not None and isinstance(leaf, SSL.Error):
-            return f"TLS handshake failed: {_tls_reasons(leaf)}"
-    leaf = leaves[0]
+    problem = tls_problem(reason, host)
+    if problem:
+        return problem
+    leaf = _leaves(reason.value if isinstance(reason, Failure) else reason)[0]
     if isinstance(leaf, error.ConnectionRefusedError):
         return "connection refused"
     if isinstance(leaf, error.DNSLookupError):

@@ -1,0 +1,429 @@
+"""
+Calls: the operations on one call (originate, answer, hang up, DTMF, endpoints) and the ARI channel events that
+drive the call state machine.
+
+How a call ends: ``ChannelDestroyed`` carries the Q.850 cause and is what ends a call avr originated (the app stays
+subscribed to such channels, so it always comes, even after a hand-off to the dialplan). A channel that entered the
+app from the dialplan (inbound) is not subscribed: after ``StasisEnd`` Asterisk may send nothing more about it, so
+the call ends at ``StasisEnd``, with the cause of the last real (not ``soft``) ``ChannelHangupRequest``, else the
+reason avr asked for. ``soft: true`` causes (32 = hung up over ARI, 4 = shutdown) are flags, never reported as Q.850.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from avr.ari.client import path_segment
+from avr.ari.errors import AriError, AriUnavailable
+from avr.control.core import ControlCore
+from avr.control.errors import Conflict, Invalid
+from avr.control.records import (
+    DIAL_STATUS_CAUSES,
+    HANGUP_REASONS,
+    INBOUND,
+    OUTBOUND,
+    Call,
+    cause_text,
+)
+
+_ENDPOINT = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*/[^\s,]+$")
+_DTMF = re.compile(r"^[0-9A-Da-d*#wW]+$")
+_CALLER_ID = re.compile(r'^\s*"?([^"<]*?)"?\s*<([^>]*)>\s*$')
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+#: Largest originate/transfer dial timeout accepted, in seconds.
+MAX_DIAL_TIMEOUT = 600
+
+
+def check_endpoint(endpoint: Any) -> str:
+    """``endpoint`` if it looks like an ARI dial string (``TECH/resource``), else `Invalid`."""
+    if not isinstance(endpoint, str) or len(endpoint) > 256 or not _ENDPOINT.match(endpoint):
+        raise Invalid("endpoint must be a dial string like PJSIP/1001 or PJSIP/5551234@trunk")
+    return endpoint
+
+
+def check_text(name: str, value: Any, limit: int = 256) -> str | None:
+    """``value`` if it is ``None`` or a short string without control characters, else `Invalid`."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > limit or _CONTROL.search(value):
+        raise Invalid(f"{name} must be a string of at most {limit} characters without control characters")
+    return value
+
+
+def check_int(name: str, value: Any, low: int, high: int) -> int:
+    """``value`` if it is a whole number in ``[low, high]``, else `Invalid`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise Invalid(f"{name} must be a whole number from {low} to {high}")
+    return value
+
+
+def parse_caller_id(caller_id: str | None) -> tuple[str, str]:
+    """``(name, number)`` from ``"Name" <number>``, ``Name <number>`` or a bare number."""
+    if not caller_id:
+        return "", ""
+    match = _CALLER_ID.match(caller_id)
+    if match:
+        return match.group(1).strip(), match.group(2).strip()
+    return "", caller_id.strip()
+
+
+def channel_in_app(channel: dict, app: str) -> bool:
+    """The channel (ARI Channel JSON) is currently in Stasis application ``app``."""
+    dialplan = channel.get("dialplan") or {}
+    if dialplan.get("app_name") != "Stasis":
+        return False
+    return str(dialplan.get("app_data") or "").split(",")[0] == app
+
+
+class CallOps(ControlCore):
+    """Operations on calls and the channel events."""
+
+    async def list_calls(self) -> list[dict]:
+        """The active (not ended) calls."""
+        return [c.to_dict() for c in self._calls.values() if not c.ended and not c.pending]
+
+    async def get_call(self, call_id: str) -> dict:
+        """
+        One call, active or ended within the retention period.
+
+        :raises NotFound: unknown call.
+        """
+        return self._get(call_id).to_dict()
+
+    async def list_endpoints(self) -> list[dict]:
+        """Asterisk's endpoints: ``[{"technology", "resource", "state", "channelIds"}]``."""
+        endpoints = await self._require_ari().request("GET", "/endpoints")
+        return [
+            {"technology": e.get("technology"), "resource": e.get("resource"), "state": e.get("state"),
+             "channelIds": list(e.get("channel_ids") or [])}
+            for e in endpoints or [] if isinstance(e, dict)
+        ]
+
+    async def originate(
+        self,
+        endpoint: str,
+        caller_id: str | None = None,
+        timeout: int = 30,
+        variables: dict | None = None,
+        context: str | None = None,
+        extension: str | None = None,
+        priority: int | None = None,
+    ) -> dict:
+        """
+        Dial ``endpoint``. The channel is always originated into the Stasis app, with an id chosen by avr (the call
+        id), so that its events are recognised even when they arrive before Asterisk's response.
+
+        With ``context``/``extension`` (``priority`` defaults to 1) the call goes to the dialplan instead: once
+        answered it enters the app and is at once continued to that extension. It stays tracked (events, state,
+        hangup, ``call.ended`` with the real cause) until it is destroyed, but media operations then answer 409.
+
+        :param caller_id: ``"Name <number>"`` or a number.
+        :param timeout: seconds to ring (1-600).
+        :param variables: channel variables, names to string values.
+        :return: the call, state ``dialing`` (or later, when events came first). Its ``call.created`` event is
+            published before any other event of the call.
+        :raises Invalid: bad arguments. :raises Unavailable: ARI not configured or not connected.
+        :raises AriError: Asterisk refused the originate (e.g. 400 invalid endpoint, 500 unknown technology).
+        """
+        check_endpoint(endpoint)
+        check_text("callerId", caller_id)
+        check_int("timeout", timeout, 1, MAX_DIAL_TIMEOUT)
+        if variables is not None:
+            if not isinstance(variables, dict) or not all(
+                    isinstance(k, str) and k and isinstance(v, str) for k, v in variables.items()):
+                raise Invalid("variables must map variable names to string values")
+        dialplan = None
+        if context is not None or extension is not None or priority is not None:
+            if not context or not extension:
+                raise Invalid("context and extension must both be given to send the call to the dialplan")
+            check_text("context", context, 80)
+            check_text("extension", extension, 80)
+            dialplan = (context, extension, 1 if priority is None else check_int("priority", priority, 1, 100000))
+        self._require_connected()
+        call = await self._originate(endpoint, caller_id, timeout, variables, dialplan)
+        return call.to_dict()
+
+    async def _originate(self, endpoint: str, caller_id: str | None, timeout: int, variables: dict | None,
+                         dialplan: tuple[str, str, int] | None = None, transferred_from: str | None = None) -> Call:
+        ari = self._require_ari()
+        name, number = parse_caller_id(caller_id)
+        call = Call(self._new_id(), OUTBOUND, self.clock.seconds(), endpoint=endpoint, caller_number=number,
+                    caller_name=name, callee_number=endpoint, subscribed=True, pending=True, dialplan=dialplan,
+                    transferred_from=transferred_from)
+        call.state = call.derived_state()
+        created = call.to_dict()
+        self._calls[call.id] = call
+        params = {"endpoint": endpoint, "app": self.app, "channelId": call.id, "timeout": timeout,
+                  "callerId": caller_id}
+        try:
+            channel = await ari.request("POST", "/channels", params, {"variables": variables} if variables else None)
+        except AriUnavailable:
+            # The channel may exist (e.g. a timeout after Asterisk acted): make sure it does not ring on.
+            self._discard(call)
+            self._abandon(call.id)
+            raise
+        except BaseException:
+            self._discard(call)
+            raise
+        if isinstance(channel, dict):
+            call.channel_name = str(channel.get("name") or "")
+        self.log.info("Originated call {id} to {endpoint}", id=call.id, endpoint=endpoint)
+        call.pending = False
+        queued, call.queued = call.queued, []
+        self._publish("call.created", created, call)
+        for event in queued:
+            self._publish(event["type"], event["data"], call)
+        return call
+
+    def _discard(self, call: Call) -> None:
+        call.queued = []
+        self._cancel_timer(call.retention)
+        if self._calls.get(call.id) is call:
+            del self._calls[call.id]
+
+    def _abandon(self, channel_id: str) -> None:
+        self._hang_up_quietly(channel_id)
+        self._abandoned[channel_id] = self._later(MAX_DIAL_TIMEOUT + 60, self._abandoned.pop, channel_id, None)
+
+    async def answer(self, call_id: str) -> dict:
+        """
+        Answer a ringing inbound call (for ``ARI_INBOUND=ring`` or ``none``). Answering an answered call is a no-op.
+
+        :return: the call. :raises NotFound, Conflict: unknown, ended, outbound or not in Stasis.
+        """
+        call = self._live(call_id)
+        if call.answered_at is not None:
+            return call.to_dict()
+        if call.direction == OUTBOUND:
+            raise Conflict(f"Call {call_id} is outbound: the far end answers it")
+        self._require_stasis(call)
+        await self._require_ari().request("POST", f"/channels/{path_segment(call.id)}/answer")
+        self._answered(call)
+        return call.to_dict()
+
+    def _answered(self, call: Call) -> None:
+        if not call.ended and call.answered_at is None:
+            call.answered_at = self.clock.seconds()
+            self._refresh(call)
+
+    async def hangup(self, call_id: str, reason: str = "normal") -> dict:
+        """
+        Hang up a call. ``call.ended`` follows from Asterisk's events, exactly once, with the Q.850 cause.
+
+        :param reason: one of ARI's reasons (`avr.control.records.HANGUP_REASONS`), checked before Asterisk is
+            asked, so an invalid one never leaves a live channel reported as hung up.
+        :return: the call (usually not yet ``ended``). :raises Invalid: bad reason. :raises NotFound: unknown call.
+        :raises Conflict: the call has already ended.
+        """
+        if reason not in HANGUP_REASONS:
+            raise Invalid(f"reason must be one of {', '.join(HANGUP_REASONS)}")
+        call = self._live(call_id)
+        ari = self._require_ari()
+        call.requested_reason = reason
+        try:
+            await ari.request("DELETE", f"/channels/{path_segment(call.id)}", {"reason": reason})
+        except AriError as e:
+            if e.status != 404:
+                raise
+            # Already gone: its ChannelDestroyed is on the way, or was lost while the socket was down.
+            self._later(2.0, self._end_if_alive, call, "the channel was already gone")
+        return call.to_dict()
+
+    def _end_if_alive(self, call: Call, note: str) -> None:
+        if not call.ended:
+            code = HANGUP_REASONS.get(call.requested_reason or "")
+            self._end_call(call, code, cause_text(code) if code is not None else "Unknown", note=note)
+
+    async def send_dtmf(self, call_id: str, dtmf: str, between: int | None = None,
+                        duration: int | None = None) -> dict:
+        """
+        Send DTMF digits to the call (0-9, A-D, ``*``, ``#``; ``w`` pauses 500 ms).
+
+        :param between: ms between digits (ARI default 100). :param duration: ms per digit (ARI default 100).
+        :return: ``{"callId", "dtmf"}`` once Asterisk accepted them (it plays them afterwards).
+        """
+        if not isinstance(dtmf, str) or not 0 < len(dtmf) <= 100 or not _DTMF.match(dtmf):
+            raise Invalid("dtmf must contain only DTMF characters (0-9, A-D, *, #, w)")
+        if between is not None:
+            check_int("between", between, 0, 10000)
+        if duration is not None:
+            check_int("duration", duration, 1, 10000)
+        call = self._live(call_id)
+        self._require_stasis(call)
+        await self._require_ari().request("POST", f"/channels/{path_segment(call.id)}/dtmf",
+                                          {"dtmf": dtmf, "between": between, "duration": duration})
+        return {"callId": call.id, "dtmf": dtmf}
+
+    # -- inbound ------------------------------------------------------------------------------------------------
+
+    def _inbound(self, channel: dict, args: list[str], resynced: bool = False) -> Call:
+        caller = channel.get("caller") or {}
+        call = Call(str(channel["id"]), INBOUND, self.clock.seconds(), caller_number=str(caller.get("number") or ""),
+                    caller_name=str(caller.get("name") or ""),
+                    callee_number=str((channel.get("dialplan") or {}).get("exten") or ""),
+                    channel_name=str(channel.get("name") or ""), args=args, in_stasis=True)
+        if channel.get("state") == "Up":
+            call.answered_at = call.created_at
+        call.state = call.derived_state()
+        self._calls[call.id] = call
+        created = call.to_dict()
+        if resynced:
+            created["resynced"] = True
+        self.log.info("Inbound call {id} from {caller!r} to {callee!r}", id=call.id, caller=call.caller_number,
+                      callee=call.callee_number)
+        self._publish("call.created", created, call)
+        if call.answered_at is None:
+            if self.inbound_policy == "answer":
+                self._spawn(self._auto_answer(call), f"answering call {call.id}")
+            elif self.inbound_policy == "ring":
+                self._spawn(self._quietly("POST", f"/channels/{path_segment(call.id)}/ring"),
+                            f"ringing call {call.id}")
+        return call
+
+    async def _auto_answer(self, call: Call) -> None:
+        try:
+            await self._require_ari().request("POST", f"/channels/{path_segment(call.id)}/answer")
+        except (AriError, AriUnavailable) as e:
+            if not call.ended:
+                self.log.warn("Cannot answer inbound call {id}: {error}", id=call.id, error=e)
+            return
+        self._answered(call)
+
+    # -- channel events -------------------------------------------------------------------------------------------
+
+    def _on_stasis_start(self, event: dict) -> None:
+        channel = event.get("channel") or {}
+        channel_id = channel.get("id")
+        if not isinstance(channel_id, str):
+            return
+        args = [str(a) for a in event.get("args") or []]
+        if self._is_internal(channel_id):
+            self._internal_entered(channel_id)
+            return
+        call = self._calls.get(channel_id)
+        if call is None:
+            if channel_id in self._abandoned:
+                self._hang_up_quietly(channel_id)
+                return
+            self._inbound(channel, args)
+            return
+        if call.ended:
+            return
+        call.in_stasis = True
+        if channel.get("state") == "Up" and call.answered_at is None:
+            call.answered_at = self.clock.seconds()
+        self._refresh(call)
+        if call.dialplan is not None and not call.handed_off:
+            call.handed_off = True
+            self._spawn(self._hand_off(call), f"handing call {call.id} to the dialplan")
+            return
+        hooks, call.on_stasis = call.on_stasis, []
+        for hook in hooks:
+            hook()
+
+    async def _hand_off(self, call: Call) -> None:
+        assert call.dialplan is not None
+        context, extension, priority = call.dialplan
+        try:
+            await self._require_ari().request("POST", f"/channels/{path_segment(call.id)}/continue",
+                                              {"context": context, "extension": extension, "priority": priority})
+        except (AriError, AriUnavailable) as e:
+            if not call.ended:
+                self.log.warn("Cannot send call {id} to {extension}@{context}: {error}; hanging it up", id=call.id,
+                              extension=extension, context=context, error=e)
+                self._hang_up_quietly(call.id)
+
+    def _internal_entered(self, channel_id: str) -> None:
+        if channel_id not in self._internal:
+            self.log.info("Hanging up leftover media channel {id}", id=channel_id)
+            self._hang_up_quietly(channel_id)
+            return
+        self._internal[channel_id] = True
+        for waiter in self._stasis_waiters.pop(channel_id, []):
+            if not waiter.called:
+                waiter.callback(None)
+
+    def _on_stasis_end(self, event: dict) -> None:
+        channel_id = (event.get("channel") or {}).get("id")
+        call = self._calls.get(channel_id) if isinstance(channel_id, str) else None
+        if call is None or call.ended:
+            return
+        call.in_stasis = False
+        if call.subscribed:
+            return  # ChannelDestroyed will follow, with the real cause
+        code = call.hangup_request_cause
+        if code is None and call.requested_reason is not None:
+            code = HANGUP_REASONS[call.requested_reason]
+        if code is None:
+            self._end_call(call, None, "Unknown", note="left the Stasis application")
+        else:
+            self._end_call(call, code, cause_text(code))
+
+    def _on_channel_destroyed(self, event: dict) -> None:
+        channel_id = (event.get("channel") or {}).get("id")
+        if not isinstance(channel_id, str):
+            return
+        if self._is_internal(channel_id):
+            self._internal.pop(channel_id, None)
+            for waiter in self._stasis_waiters.pop(channel_id, []):
+                if not waiter.called:
+                    waiter.errback(Conflict(f"media channel {channel_id} was hung up"))
+            return
+        call = self._calls.get(channel_id)
+        if call is None:
+            return
+        code = event.get("cause")
+        text = event.get("cause_txt")
+        if not isinstance(code, int):
+            code, text = None, None
+        if code in (0, None) and call.dial_status in DIAL_STATUS_CAUSES:
+            code = DIAL_STATUS_CAUSES[call.dial_status]
+            text = cause_text(code)
+        self._end_call(call, code, text or cause_text(code))
+
+    def _on_channel_state_change(self, event: dict) -> None:
+        channel = event.get("channel") or {}
+        call = self._calls.get(channel.get("id"))
+        if call is None or call.ended:
+            return
+        state = channel.get("state")
+        if state == "Up" and call.answered_at is None:
+            call.answered_at = self.clock.seconds()
+        elif state == "Ringing" and call.direction == OUTBOUND:
+            call.remote_ringing = True
+        self._refresh(call)
+
+    def _on_channel_hangup_request(self, event: dict) -> None:
+        call = self._calls.get((event.get("channel") or {}).get("id"))
+        if call is None or call.ended:
+            return
+        cause = event.get("cause")
+        if not event.get("soft") and isinstance(cause, int):
+            call.hangup_request_cause = cause
+
+    def _on_dial(self, event: dict) -> None:
+        call = self._calls.get((event.get("peer") or {}).get("id"))
+        status = event.get("dialstatus")
+        if call is None or call.ended or not status:
+            return
+        call.dial_status = status
+        if status in ("RINGING", "PROGRESS") and call.direction == OUTBOUND:
+            call.remote_ringing = True
+            self._refresh(call)
+
+    def _on_channel_dtmf_received(self, event: dict) -> None:
+        call = self._calls.get((event.get("channel") or {}).get("id"))
+        digit = event.get("digit")
+        if call is None or call.ended or not isinstance(digit, str):
+            return
+        self._publish("call.dtmf", {"digit": digit, "durationMs": event.get("duration_ms")}, call)
+
+    def _on_channel_caller_id(self, event: dict) -> None:
+        channel = event.get("channel") or {}
+        call = self._calls.get(channel.get("id"))
+        if call is not None and not call.ended:
+            caller = channel.get("caller") or {}
+            call.caller_number = str(caller.get("number") or call.caller_number)
+            call.caller_name = str(caller.get("name") or call.caller_name)

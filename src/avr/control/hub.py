@@ -1,0 +1,330 @@
+"""
+The ``/events`` WebSocket stream: `EventsHub` fans call-control events out to every connected client.
+
+A client first gets one ``snapshot`` message (the active calls and bridges), then every published event as one JSON
+text message, in order. The snapshot is taken and the client subscribed in the same reactor turn, so no event is
+lost or repeated between the two.
+
+Each connection is a push producer for its transport: when the TCP send buffer fills, the transport pauses it and
+further events wait in a bounded per-client queue; a client whose queue overflows is dropped (close code 1008) so
+that it never slows the others or grows memory. Client messages are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from attrs import define, field
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from avr.interfaces import IEventSink
+
+#: Close codes: policy violation (client too slow), going away (server shutting down), internal error.
+CLOSE_TOO_SLOW = 1008
+CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL_ERROR = 1011
+
+
+def iso_timestamp(seconds: float) -> str:
+    """``seconds`` since the epoch as ISO 8601 UTC with milliseconds, e.g. ``2025-01-01T00:00:00.000Z``."""
+    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def encode_event(event: dict[str, Any]) -> bytes:
+    """One event as the UTF-8 JSON text of a WebSocket message (raises `ValueError`/`TypeError` if not JSON-able)."""
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+@implementer(IEventSink)
+class FanOut:
+    """
+    An `IEventSink` that hands each event to several sinks, in the order given; one failing sink never stops the
+    others (a sink must not raise, but if it does the error is logged).
+    """
+
+    log = Logger()
+
+    def __init__(self, *sinks: IEventSink) -> None:
+        self.sinks = sinks
+
+    def publish(self, event: dict) -> None:
+        """Publish ``event`` to every sink."""
+        for sink in self.sinks:
+            try:
+                sink.publish(event)
+            except Exception:
+                self.log.failure("Event sink {sink!r} failed on a {type} event", sink=sink, type=event.get("type"))
+
+
+@implementer(IEventSink)
+@define(eq=False)
+class EventsHub:
+    """
+    The subscribers of ``/events``.
+
+    :param clock: time source for the snapshot timestamp and the drop/shutdown grace timers.
+    :param max_queue: events a client may have waiting while its connection is paused (send buffer full) before
+        it is dropped.
+    :param ping_interval: seconds between WebSocket pings (0 disables; autobahn runs this timer on the global
+        reactor, so tests disable it).
+    :param ping_timeout: seconds to wait for a pong before dropping the client (0 disables).
+    :param handshake_timeout: seconds for the opening and closing handshakes (autobahn; 0 disables).
+    :param drop_timeout: seconds a client being closed (too slow, shutdown) may take to go away before its TCP
+        connection is aborted (on ``clock``).
+    """
+
+    clock: IReactorTime
+    max_queue: int = 1000
+    ping_interval: float = 30.0
+    ping_timeout: float = 10.0
+    handshake_timeout: float = 5.0
+    drop_timeout: float = 5.0
+    _subscribers: list[EventsServerProtocol] = field(factory=list, init=False)
+    _connections: set[EventsServerProtocol] = field(factory=set, init=False)
+    _stopping: bool = field(default=False, init=False)
+    log = Logger()
+
+    @property
+    def subscriber_count(self) -> int:
+        """Clients currently receiving events."""
+        return len(self._subscribers)
+
+    def resource(self, snapshot: Callable[[], dict] | None = None) -> WebSocketResource:
+        """
+        A ``WebSocketResource`` for a Klein route to return (check authentication before returning it).
+
+        :param snapshot: returns ``{"calls": [...], "bridges": [...]}`` for a new client; ``None`` sends empty
+            lists (ARI not configured).
+        """
+        return WebSocketResource(EventsServerFactory(self, snapshot))
+
+    def publish(self, event: dict) -> None:
+        """Send ``event`` to every subscriber (`IEventSink`). Never raises, never blocks."""
+        try:
+            payload = encode_event(event)
+        except (TypeError, ValueError):
+            self.log.failure("Dropping an event that is not JSON: type={type}", type=event.get("type"))
+            return
+        for subscriber in list(self._subscribers):
+            subscriber.deliver(payload)
+
+    def stop(self) -> Deferred:
+        """
+        Close every client (code 1001) and refuse new ones.
+
+        :return: a Deferred that fires when every connection is gone (stragglers are aborted after
+            ``drop_timeout``).
+        """
+        self._stopping = True
+        self._subscribers.clear()
+        waits = []
+        for connection in list(self._connections):
+            waits.append(connection.when_lost())
+            connection.close(CLOSE_GOING_AWAY, "server shutting down")
+        if not waits:
+            return succeed(None)
+        return DeferredList(waits).addCallback(lambda _: None)
+
+    # -- called by EventsServerProtocol ----------------------------------------------------------------------------
+
+    def connected(self, protocol: EventsServerProtocol) -> None:
+        """A TCP connection was handed to the WebSocket protocol (before the handshake)."""
+        self._connections.add(protocol)
+
+    def opened(self, protocol: EventsServerProtocol, snapshot: Callable[[], dict] | None) -> None:
+        """The handshake is done: send the snapshot and subscribe, in one go."""
+        if self._stopping:
+            protocol.close(CLOSE_GOING_AWAY, "server shutting down")
+            return
+        try:
+            state = snapshot() if snapshot is not None else {}
+            message = {
+                "type": "snapshot",
+                "calls": list(state.get("calls", [])),
+                "bridges": list(state.get("bridges", [])),
+                "timestamp": iso_timestamp(self.clock.seconds()),
+            }
+            payload = encode_event(message)
+        except Exception:
+            self.log.failure("Cannot build the /events snapshot for {peer}", peer=protocol.peer)
+            protocol.close(CLOSE_INTERNAL_ERROR, "snapshot failed")
+            return
+        protocol.deliver(payload)
+        self._subscribers.append(protocol)
+        self.log.info("/events client connected: {peer} ({count} subscribed)", peer=protocol.peer,
+                      count=len(self._subscribers))
+
+    def unsubscribe(self, protocol: EventsServerProtocol) -> None:
+        """Stop sending events to ``protocol`` (idempotent)."""
+        if protocol in self._subscribers:
+            self._subscribers.remove(protocol)
+
+    def lost(self, protocol: EventsServerProtocol) -> None:
+        """The connection is gone."""
+        was_subscribed = protocol in self._subscribers
+        self.unsubscribe(protocol)
+        self._connections.discard(protocol)
+        if was_subscribed:
+            self.log.info("/events client disconnected: {peer} ({count} subscribed)", peer=protocol.peer,
+                          count=len(self._subscribers))
+
+
+@implementer(IPushProducer)
+class EventsServerProtocol(WebSocketServerProtocol):
+    """
+    One ``/events`` client. Sends the hub's messages; ignores what the client sends.
+
+    Registers itself as the streaming producer of its transport (replacing the HTTP channel that owned the
+    connection before the upgrade), so the transport's ``pauseProducing`` tells it when the client is not keeping up.
+    """
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        WebSocketServerProtocol.__init__(self)
+        self._queue: deque[bytes] = deque()
+        self._paused = False
+        self._closing = False
+        self._drop_call: IDelayedCall | None = None
+        self._lost = False
+        self._lost_waiters: list[Deferred] = []
+
+    @property
+    def hub(self) -> EventsHub:
+        """The hub this connection belongs to."""
+        return self.factory.hub
+
+    # -- autobahn / Twisted callbacks --------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        WebSocketServerProtocol.connectionMade(self)
+        self.hub.connected(self)
+
+    def onOpen(self) -> None:
+        try:
+            # The HTTP channel registered itself as the producer before the upgrade; it no longer uses the connection.
+            self.transport.unregisterProducer()
+            self.transport.registerProducer(self, True)
+        except Exception:
+            self.log.failure("Cannot watch the send buffer of /events client {peer}", peer=self.peer)
+        self.hub.opened(self, self.factory.snapshot)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """Client messages carry no meaning: ignored."""
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.hub.unsubscribe(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        WebSocketServerProtocol.connectionLost(self, reason)
+        self._lost = True
+        self._queue.clear()
+        if self._drop_call is not None and self._drop_call.active():
+            self._drop_call.cancel()
+        self._drop_call = None
+        self.hub.lost(self)
+        waiters, self._lost_waiters = self._lost_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    # -- IPushProducer (driven by the transport) -----------------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        """The transport's send buffer is full: queue events from now on."""
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        """The send buffer drained: send what waited, until it fills again."""
+        self._paused = False
+        while self._queue and not self._paused and not self._closing:
+            self._send(self._queue.popleft())
+
+    def stopProducing(self) -> None:
+        """The connection is going away (``connectionLost`` follows)."""
+        self._queue.clear()
+
+    # -- used by the hub -----------------------------------------------------------------------------------------
+
+    def deliver(self, payload: bytes) -> None:
+        """Send one message now, or queue it while the transport is paused; drop the client on overflow."""
+        if self._closing or self._lost:
+            return
+        if self._paused or self._queue:
+            if len(self._queue) >= self.hub.max_queue:
+                self.log.warn(
+                    "Dropping /events client {peer}: too slow, {count} events waiting", peer=self.peer,
+                    count=len(self._queue))
+                self.close(CLOSE_TOO_SLOW, f"too slow: more than {self.hub.max_queue} events waiting")
+                return
+            self._queue.append(payload)
+            return
+        self._send(payload)
+
+    def close(self, code: int, reason: str) -> None:
+        """
+        Stop sending events, send a close frame with ``code`` and ``reason``, and abort the connection if it is
+        still there after the hub's ``drop_timeout``.
+        """
+        if self._lost:
+            return
+        self.hub.unsubscribe(self)
+        self._queue.clear()
+        if self._closing:
+            return
+        self._closing = True
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123])
+            self._drop_call = self.hub.clock.callLater(self.hub.drop_timeout, self._abort)
+        else:
+            self._abort()
+
+    def when_lost(self) -> Deferred:
+        """A Deferred that fires once the connection is gone."""
+        if self._lost:
+            return succeed(None)
+        waiter: Deferred = Deferred()
+        self._lost_waiters.append(waiter)
+        return waiter
+
+    def _abort(self) -> None:
+        self._drop_call = None
+        if not self._lost:
+            self.dropConnection(abort=True)
+
+    def _send(self, payload: bytes) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(payload, isBinary=False)
+
+
+class EventsServerFactory(WebSocketServerFactory):
+    """
+    Builds `EventsServerProtocol` for `EventsHub.resource`; served behind a ``WebSocketResource`` (no URL, no
+    external port: the HTTP site owns the port).
+
+    :param hub: the hub the connections join.
+    :param snapshot: the snapshot source for new clients (``None``: empty lists).
+    """
+
+    protocol = EventsServerProtocol
+
+    def __init__(self, hub: EventsHub, snapshot: Callable[[], dict] | None) -> None:
+        WebSocketServerFactory.__init__(self, reactor=hub.clock)
+        self.hub = hub
+        self.snapshot = snapshot
+        self.setProtocolOptions(
+            webStatus=False,
+            autoPingInterval=hub.ping_interval,
+            autoPingTimeout=hub.ping_timeout,
+            openHandshakeTimeout=hub.handshake_timeout,
+            closeHandshakeTimeout=hub.handshake_timeout,
+        )

@@ -1,0 +1,230 @@
+"""
+The records of the call-control model (calls, bridges, playbacks, recordings), their JSON form, and the fixed
+tables the model uses (call states, hang-up reasons and Q.850 causes, media schemes, AudioSocket formats).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from attrs import define, field
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+
+#: Call states. ``dialing``: originated, far end not ringing yet; ``ringing``: far end alerting (outbound) or caller
+#: waiting for an answer (inbound); ``answered``; ``bridged``: answered and in a bridge made through this API;
+#: ``ended``: gone (kept readable for a while).
+DIALING, RINGING, ANSWERED, BRIDGED, ENDED = "dialing", "ringing", "answered", "bridged", "ended"
+STATES = (DIALING, RINGING, ANSWERED, BRIDGED, ENDED)
+
+INBOUND, OUTBOUND = "inbound", "outbound"
+
+#: ARI's hang-up reasons (``DELETE /channels/{id}?reason=``) and the Q.850 cause each one sends.
+HANGUP_REASONS = {
+    "normal": 16, "busy": 17, "congestion": 34, "no_answer": 19, "timeout": 18, "rejected": 21, "unallocated": 1,
+    "normal_unspecified": 31, "number_incomplete": 28, "codec_mismatch": 58, "interworking": 127, "failure": 38,
+    "answered_elsewhere": 26,
+}
+
+#: Asterisk's texts for the Q.850 causes it commonly reports (``ast_cause2str``).
+CAUSE_TEXTS = {
+    0: "Unknown", 1: "Unallocated (unassigned) number", 16: "Normal Clearing", 17: "User busy",
+    18: "No user responding", 19: "User alerting, no answer", 20: "Subscriber absent", 21: "Call Rejected",
+    26: "Answered elsewhere", 27: "Destination out of order", 28: "Invalid number format (incomplete number)",
+    31: "Normal, unspecified", 34: "Circuit/channel congestion", 38: "Network out of order",
+    58: "Bearer capability not available", 127: "Interworking, unspecified",
+}
+
+#: Final ``Dial`` statuses that tell why an originated channel died when ChannelDestroyed only says cause 0 (a Local
+#: channel whose far end is Busy() is destroyed with cause 0 "Unknown" after a Dial event with BUSY).
+DIAL_STATUS_CAUSES = {"BUSY": 17, "NOANSWER": 19, "CONGESTION": 34}
+
+#: Media URI schemes ARI plays. Another scheme is accepted by Asterisk (201) but never finishes, so it is refused.
+MEDIA_SCHEMES = ("sound:", "recording:", "number:", "digits:", "characters:", "tone:")
+
+#: ARI ``externalMedia`` format for each AudioSocket sample rate.
+SLIN_FORMATS = {
+    8000: "slin", 12000: "slin12", 16000: "slin16", 24000: "slin24", 32000: "slin32", 44100: "slin44",
+    48000: "slin48", 96000: "slin96", 192000: "slin192",
+}
+
+#: Prefix of the ids of avr's internal channels (externalMedia legs playing uploaded audio) and temporary bridges.
+MEDIA_CHANNEL_PREFIX = "avr-media-"
+TEMP_BRIDGE_PREFIX = "avr-tmp-"
+
+
+def iso(seconds: float | None) -> str | None:
+    """``seconds`` since the epoch as ISO 8601 UTC with milliseconds (``2025-01-01T00:00:00.000Z``)."""
+    if seconds is None:
+        return None
+    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def cause_text(code: int | None) -> str:
+    """A readable text for a Q.850 cause code."""
+    if code is None:
+        return "Unknown"
+    return CAUSE_TEXTS.get(code, f"Cause {code}")
+
+
+@define(eq=False)
+class Call:
+    """One call: an ARI channel in (or originated into) the Stasis app. Its API id is its ARI channel id."""
+
+    id: str
+    direction: str
+    created_at: float
+    endpoint: str | None = None
+    caller_number: str = ""
+    caller_name: str = ""
+    callee_number: str = ""
+    channel_name: str = ""
+    args: list[str] = field(factory=list)
+    state: str = RINGING
+    answered_at: float | None = None
+    ended_at: float | None = None
+    #: Outbound: the far end is alerting (ChannelStateChange Ringing or Dial RINGING/PROGRESS).
+    remote_ringing: bool = False
+    in_stasis: bool = False
+    #: Originated by avr: the app stays subscribed to the channel, so ChannelDestroyed always comes.
+    subscribed: bool = False
+    #: Where a dialplan call goes once answered (context, extension, priority), and whether it went.
+    dialplan: tuple[str, str, int] | None = None
+    handed_off: bool = False
+    #: The bridge made through this API that the call is in (user-visible), and any bridge Asterisk reports.
+    bridge_id: str | None = None
+    ari_bridge_id: str | None = None
+    dial_status: str | None = None
+    #: Q.850 cause of a real (not ``soft``) ChannelHangupRequest, and the reason avr asked for.
+    hangup_request_cause: int | None = None
+    requested_reason: str | None = None
+    cause: int | None = None
+    cause_text: str | None = None
+    transferred_from: str | None = None
+    transfer_pending: bool = False
+    recordings: list[str] = field(factory=list)
+    #: An originate whose response has not come yet: events are held back until it does (or it fails).
+    pending: bool = False
+    queued: list[dict] = field(factory=list)
+    retention: IDelayedCall | None = None
+    #: One-shot hooks run when the channel enters Stasis / when the call ends (used by transfer).
+    on_stasis: list[Callable[[], None]] = field(factory=list)
+    on_end: list[Callable[[], None]] = field(factory=list)
+
+    @property
+    def ended(self) -> bool:
+        """The call is over."""
+        return self.ended_at is not None
+
+    def derived_state(self) -> str:
+        """The state the facts imply (see `STATES`)."""
+        if self.ended_at is not None:
+            return ENDED
+        if self.answered_at is not None:
+            return BRIDGED if self.bridge_id is not None else ANSWERED
+        if self.direction == OUTBOUND and not self.remote_ringing:
+            return DIALING
+        return RINGING
+
+    def to_dict(self) -> dict[str, Any]:
+        """The call as JSON."""
+        return {
+            "id": self.id,
+            "channelId": self.id,
+            "direction": self.direction,
+            "state": self.state,
+            "callerNumber": self.caller_number,
+            "callerName": self.caller_name,
+            "calleeNumber": self.callee_number,
+            "endpoint": self.endpoint,
+            "channelName": self.channel_name,
+            "args": list(self.args),
+            "createdAt": iso(self.created_at),
+            "answeredAt": iso(self.answered_at),
+            "endedAt": iso(self.ended_at),
+            "bridgeId": self.bridge_id,
+            "inStasis": self.in_stasis,
+            "dialStatus": self.dial_status,
+            "hangupCause": self.cause,
+            "hangupCauseText": self.cause_text,
+            "transferredFrom": self.transferred_from,
+            "recordings": list(self.recordings),
+        }
+
+
+@define(eq=False)
+class Bridge:
+    """A mixing bridge made through this API (``kind`` ``user``) or by a transfer (``transfer``)."""
+
+    id: str
+    name: str | None
+    created_at: float
+    kind: str = "user"
+    calls: list[str] = field(factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The bridge as JSON."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "type": "mixing",
+            "kind": self.kind,
+            "calls": list(self.calls),
+            "createdAt": iso(self.created_at),
+        }
+
+
+@define(eq=False)
+class Playback:
+    """
+    Something playing to a call: ARI media (``kind`` ``media``, one ARI playback for the whole list) or uploaded
+    PCM through an externalMedia AudioSocket leg (``kind`` ``pcm``).
+    """
+
+    id: str
+    call_id: str
+    kind: str
+    created_at: float
+    media: list[str] = field(factory=list)
+    #: queued, playing, done, failed, stopped.
+    state: str = "queued"
+    started_published: bool = False
+    finished: bool = False
+    stop_requested: bool = False
+    rate: int | None = None
+    duration_ms: int | None = None
+    media_channel: str | None = None
+    bridge_id: str | None = None
+    temp_bridge: bool = False
+    played: Deferred | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The playback as JSON."""
+        data: dict[str, Any] = {"playbackId": self.id, "callId": self.call_id, "kind": self.kind,
+                                "state": self.state}
+        if self.kind == "media":
+            data["media"] = list(self.media)
+        else:
+            data["rate"] = self.rate
+            data["durationMs"] = self.duration_ms
+        return data
+
+
+@define(eq=False)
+class Recording:
+    """A live recording of a call started through this API."""
+
+    name: str
+    call_id: str
+    format: str
+    created_at: float
+    state: str = "queued"
+    started_published: bool = False
+    finished: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recording as JSON."""
+        return {"name": self.name, "callId": self.call_id, "format": self.format, "state": self.state}

@@ -1,0 +1,704 @@
+"""
+The call-control REST API (asterisk-api's routes) and ``/events``, installed on avr's Klein app next to avr-core's
+``/health`` and ``/call``.
+
+Every route but ``GET /`` needs the API key when one is configured. Request bodies are validated strictly (unknown
+fields, wrong types and out-of-range values are a 400 listing every problem) and ids are checked before use. Every
+error is JSON: the model's `ControlError` carries its status; Asterisk's answers map to 400/404/409/422 or 502 with
+Asterisk's message; an unreachable ARI is 503; so is every call-control route when ARI is not configured, while the
+rest of the server works.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Awaitable, Callable, Iterable
+
+from attrs import define, field, frozen
+from klein import Klein
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import UNKNOWN_LENGTH, IRequest
+
+import avr
+from avr.ari.errors import AriError, AriUnavailable
+from avr.control.errors import ControlError
+from avr.control.records import HANGUP_REASONS as _REASON_CAUSES
+from avr.control.records import MEDIA_SCHEMES
+from avr.control.hub import EventsHub
+from avr.control.wav import WavError, decode_wav
+from avr.http.auth import check_api_key
+from avr.http.json import ApiError, add_route, json_response, read_json_body
+from avr.interfaces import ICallControl
+
+#: Answer of every call-control route while ARI is not configured.
+NOT_CONFIGURED = "ARI is not configured (set ARI_URL, ARI_USERNAME, ARI_PASSWORD)"
+
+#: Largest uploaded WAV file (``POST /calls/<id>/play/file``).
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+#: Content types accepted for an uploaded WAV file.
+WAV_CONTENT_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "application/octet-stream")
+
+#: Recording formats offered (Asterisk's format names; one whose module is not loaded is refused by Asterisk: 422).
+RECORD_FORMATS = ("wav", "wav16", "gsm", "ulaw", "alaw", "sln", "sln16", "g722")
+#: What to do when a recording of that name exists (ARI ``ifExists``).
+IF_EXISTS = ("fail", "overwrite", "append")
+#: ARI's hang-up reasons (``DELETE /channels/{id}?reason=``).
+HANGUP_REASONS = tuple(_REASON_CAUSES)
+#: Most media URIs in one ``play`` request.
+MAX_MEDIA = 20
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_RECORDING_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ENDPOINT = re.compile(r"[A-Za-z][A-Za-z0-9_]*/[^\s\x00-\x1f\x7f]{1,250}")
+# DTMF digits, plus Asterisk's pauses: w = 0.5 s, W = 1 s.
+_DTMF = re.compile(r"[0-9A-Da-d*#wW]{1,100}")
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_().:-]{0,79}")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_RULE_ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+
+log = Logger()
+
+
+# --- request validation ----------------------------------------------------------------------------------------------
+
+
+class _Invalid(ValueError):
+    """One field's problem (the message follows ``<field>: ``)."""
+
+
+@frozen
+class _Field:
+    """One allowed field of a JSON request body: ``check`` returns the value to use or raises `_Invalid`."""
+
+    name: str
+    check: Callable[[Any], Any]
+    required: bool = False
+
+
+def _validate(body: Any, fields: Iterable[_Field]) -> dict[str, Any]:
+    """
+    Check ``body`` against ``fields``; a field given as ``null`` counts as not given.
+
+    :return: the checked values of the fields present.
+    :raises ApiError: 400 ``{"error": "Validation failed: ...", "details": [...]}`` listing every problem.
+    """
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    fields = tuple(fields)
+    known = {f.name for f in fields}
+    details = [f"{key}: unknown field" for key in body if key not in known]
+    values: dict[str, Any] = {}
+    for f in fields:
+        value = body.get(f.name)
+        if value is None:
+            if f.required:
+                details.append(f"{f.name}: required")
+            continue
+        try:
+            values[f.name] = f.check(value)
+        except _Invalid as e:
+            details.append(f"{f.name}: {e}")
+    if details:
+        raise ApiError(400, "Validation failed: " + "; ".join(details), details=details)
+    return values
+
+
+def _text(max_length: int, pattern: re.Pattern[str] | None = None, hint: str = "") -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise _Invalid(f"must be a string, not {_json_type(value)}")
+        if not value:
+            raise _Invalid("must not be empty")
+        if len(value) > max_length:
+            raise _Invalid(f"must be at most {max_length} characters")
+        if _CONTROL_CHARS.search(value):
+            raise _Invalid("must not contain control characters")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise _Invalid(hint)
+        return value
+
+    return check
+
+
+def _integer(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"must be a whole number, not {_json_type(value)}")
+        if not low <= value <= high:
+            raise _Invalid(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return check
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be true or false, not {_json_type(value)}")
+    return value
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise _Invalid(f"must be one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+def _media_uri(value: Any) -> str:
+    uri = _text(500)(value)
+    scheme, sep, rest = uri.partition(":")
+    if not sep or scheme + sep not in MEDIA_SCHEMES or not rest:
+        raise _Invalid(f"{uri!r} is not a media URI ({', '.join(MEDIA_SCHEMES)}...), e.g. 'sound:hello-world'")
+    return uri
+
+
+def _media(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [_media_uri(value)]
+    if not isinstance(value, list):
+        raise _Invalid(f"must be a media URI or a list of them, not {_json_type(value)}")
+    if not 1 <= len(value) <= MAX_MEDIA:
+        raise _Invalid(f"must list 1 to {MAX_MEDIA} media URIs, got {len(value)}")
+    uris = []
+    for i, item in enumerate(value):
+        try:
+            uris.append(_media_uri(item))
+        except _Invalid as e:
+            raise _Invalid(f"item {i}: {e}") from None
+    return uris
+
+
+def _variables(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be an object of strings, not {_json_type(value)}")
+    if len(value) > 100:
+        raise _Invalid("must have at most 100 entries")
+    for name, text in value.items():
+        if not _VARIABLE_NAME.fullmatch(name):
+            raise _Invalid(f"{name!r} is not a channel variable name")
+        if not isinstance(text, str):
+            raise _Invalid(f"{name}: value must be a string, not {_json_type(text)}")
+        if len(text) > 1000 or "\x00" in text:
+            raise _Invalid(f"{name}: value must be at most 1000 characters, without NUL")
+    return dict(value)
+
+
+def _dtmf(value: Any) -> str:
+    digits = _text(100, _DTMF, "must contain only DTMF characters 0-9, A-D, *, # and the pauses w (0.5 s) and "
+                                "W (1 s)")(value)
+    return digits.translate(str.maketrans("abcd", "ABCD"))
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+_ENDPOINT_HINT = "must be a dial string like 'PJSIP/1001' or 'PJSIP/5551234@trunk'"
+_CALL_ID_HINT = "must be a call id"
+_RECORDING_HINT = "must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+ORIGINATE = (
+    _Field("endpoint", _text(256, _ENDPOINT, _ENDPOINT_HINT), required=True),
+    _Field("callerId", _text(128)),
+    _Field("timeout", _integer(1, 120)),
+    _Field("variables", _variables),
+    _Field("context", _text(80)),
+    _Field("extension", _text(80)),
+    _Field("priority", _integer(1, 100000)),
+)
+HANGUP = (_Field("reason", _choice(HANGUP_REASONS)),)
+PLAY = (_Field("media", _media, required=True),)
+RECORD = (
+    _Field("name", _text(128, _RECORDING_NAME, _RECORDING_HINT)),
+    _Field("format", _choice(RECORD_FORMATS)),
+    _Field("maxDurationSeconds", _integer(1, 7200)),
+    _Field("beep", _boolean),
+    _Field("ifExists", _choice(IF_EXISTS)),
+)
+DTMF = (
+    _Field("dtmf", _dtmf, required=True),
+    _Field("between", _integer(0, 10000)),
+    _Field("duration", _integer(40, 10000)),
+)
+TRANSFER = (
+    _Field("endpoint", _text(256, _ENDPOINT, _ENDPOINT_HINT), required=True),
+    _Field("callerId", _text(128)),
+    _Field("timeout", _integer(1, 120)),
+)
+CREATE_BRIDGE = (_Field("name", _text(80)),)
+BRIDGE_MEMBER = (_Field("callId", _text(128, _ID, _CALL_ID_HINT), required=True),)
+COPY_RECORDING = (_Field("destinationName", _text(128, _RECORDING_NAME, _RECORDING_HINT), required=True),)
+
+
+def _checked_id(value: str, what: str) -> str:
+    if not _ID.fullmatch(value):
+        raise ApiError(400, f"invalid {what} id: must be 1-128 letters, digits, '.', '_', ':' or '-'")
+    return value
+
+
+def _checked_recording_name(value: str) -> str:
+    if not _RECORDING_NAME.fullmatch(value):
+        raise ApiError(400, f"invalid recording name: {_RECORDING_HINT}")
+    return value
+
+
+def _query(request: IRequest, name: str) -> str | None:
+    values = (request.args or {}).get(name.encode("ascii"))
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ApiError(400, f"query parameter {name} given more than once")
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, f"query parameter {name} is not UTF-8") from None
+
+
+def _body_is_empty(request: IRequest) -> bool:
+    content = request.content
+    if content is None:
+        return True
+    content.seek(0)
+    empty = not content.read(4096).strip()
+    content.seek(0)
+    return empty
+
+
+def _read_raw_body(request: IRequest, max_bytes: int) -> bytes:
+    length = request.getHeader("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise ApiError(413, f"request body is larger than the limit of {max_bytes} bytes", limit=max_bytes)
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    data: bytes = content.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ApiError(413, f"request body is larger than the limit of {max_bytes} bytes", limit=max_bytes)
+    return data
+
+
+def _error_response(request: IRequest, error: BaseException) -> bytes:
+    """The JSON answer for a failed call-control operation."""
+    if isinstance(error, ApiError):
+        return json_response(request, error.status, error.body())
+    if isinstance(error, ControlError):
+        extra = {k: v for k, v in error.extra.items() if k != "error"}
+        return json_response(request, error.status, {"error": error.message, **extra})
+    if isinstance(error, AriError):
+        status = {400: 400, 404: 404, 409: 409, 412: 409, 422: 422}.get(error.status, 502)
+        return json_response(request, status, {"error": f"Asterisk: {error.message}", "ariStatus": error.status})
+    if isinstance(error, AriUnavailable):
+        return json_response(request, 503, {"error": f"ARI is not reachable: {error.message}"})
+    return json_response(request, 500, {"error": "internal error"})
+
+
+# --- the routes ------------------------------------------------------------------------------------------------------
+
+
+@frozen
+class _Route:
+    method: str
+    path: str
+    name: str
+    #: Needs the call-control model (503 while ARI is not configured).
+    control: bool = True
+    #: Served without the API key.
+    open: bool = False
+
+
+_ROUTES = (
+    _Route("GET", "/", "index", control=False, open=True),
+    _Route("GET", "/events", "events", control=False),
+    _Route("GET", "/endpoints", "list_endpoints"),
+    _Route("GET", "/calls", "list_calls"),
+    _Route("POST", "/calls", "originate"),
+    _Route("GET", "/calls/<call_id>", "get_call"),
+    _Route("DELETE", "/calls/<call_id>", "hangup"),
+    _Route("POST", "/calls/<call_id>/answer", "answer"),
+    _Route("POST", "/calls/<call_id>/play", "play"),
+    _Route("DELETE", "/calls/<call_id>/play/<playback_id>", "stop_playback"),
+    _Route("POST", "/calls/<call_id>/play/file", "play_file"),
+    _Route("POST", "/calls/<call_id>/record", "record"),
+    _Route("POST", "/calls/<call_id>/dtmf", "send_dtmf"),
+    _Route("POST", "/calls/<call_id>/transfer", "transfer"),
+    _Route("POST", "/bridges", "create_bridge"),
+    _Route("GET", "/bridges", "list_bridges"),
+    _Route("GET", "/bridges/<bridge_id>", "get_bridge"),
+    _Route("DELETE", "/bridges/<bridge_id>", "destroy_bridge"),
+    _Route("POST", "/bridges/<bridge_id>/addChannel", "add_to_bridge"),
+    _Route("POST", "/bridges/<bridge_id>/removeChannel", "remove_from_bridge"),
+    _Route("GET", "/recordings", "list_recordings"),
+    _Route("GET", "/recordings/<name>", "get_recording"),
+    _Route("GET", "/recordings/<name>/file", "recording_file"),
+    _Route("POST", "/recordings/<name>/copy", "copy_recording"),
+    _Route("DELETE", "/recordings/<name>", "delete_recording"),
+)
+
+
+@define(eq=False)
+class ControlRoutes:
+    """
+    Installs the REST API and ``/events`` on a Klein app.
+
+    :param control: the call-control model, or ``None`` when ARI is not configured.
+    :param hub: the ``/events`` hub (its resource is built once, here).
+    :param max_body: largest JSON request body, in bytes.
+    :param api_key: required on every route but ``GET /`` when not ``None``.
+    :param clock: time source.
+    :param max_upload: largest uploaded WAV file, in bytes.
+    """
+
+    control: ICallControl | None
+    hub: EventsHub
+    max_body: int
+    api_key: str | None = field(repr=False)
+    clock: IReactorTime
+    max_upload: int = MAX_UPLOAD_BYTES
+    _app: Klein | None = field(default=None, init=False)
+    _descriptions: dict[str, str] = field(factory=dict, init=False)
+    _events_resource: Any = field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        snapshot = self.control.snapshot if self.control is not None else None
+        self._events_resource = self.hub.resource(snapshot)
+
+    def install(self, app: Klein) -> None:
+        """Register every route on ``app`` (endpoint names ``control.<name>``)."""
+        self._app = app
+        for route in _ROUTES:
+            handler = getattr(self, "_" + route.name)
+            endpoint = "control." + route.name
+            self._descriptions[endpoint] = (handler.__doc__ or "").strip().splitlines()[0]
+            add_route(app, route.path, self._guarded(route, handler), methods=[route.method], endpoint=endpoint)
+
+    def _guarded(self, route: _Route, handler: Callable[..., Awaitable[Any]]) -> Callable[..., Deferred]:
+        async def guarded(request: IRequest, **values: str) -> Any:
+            try:
+                if not route.open:
+                    check_api_key(request, self.api_key)
+                if route.control and self.control is None:
+                    raise ApiError(503, NOT_CONFIGURED)
+                return await handler(request, **values)
+            except CancelledError:
+                raise
+            except (ApiError, ControlError, AriError, AriUnavailable) as e:
+                return _error_response(request, e)
+            except Exception:
+                log.failure("Unhandled error serving {method} {path}", method=route.method, path=route.path)
+                return _error_response(request, RuntimeError())
+
+        def start(request: IRequest, **values: str) -> Deferred:
+            return Deferred.fromCoroutine(guarded(request, **values))
+
+        return start
+
+    @property
+    def _model(self) -> Any:
+        # Only reached behind the "configured" check of `_guarded`.
+        assert self.control is not None
+        return self.control
+
+    def _json(self, request: IRequest, fields: tuple[_Field, ...]) -> Awaitable[dict[str, Any]]:
+        return self._read_fields(request, fields, optional=False)
+
+    async def _read_fields(self, request: IRequest, fields: tuple[_Field, ...], optional: bool) -> dict[str, Any]:
+        if optional and _body_is_empty(request):
+            return {}
+        return _validate(await read_json_body(request, self.max_body), fields)
+
+    # --- handlers (the first docstring line is the description in GET /) ---------------------------------------------
+
+    async def _index(self, request: IRequest) -> bytes:
+        """API overview with every available endpoint."""
+        endpoints: dict[str, str] = {}
+        assert self._app is not None
+        rules = sorted(self._app.url_map.iter_rules(), key=lambda r: r.rule)
+        for rule in rules:
+            path = _RULE_ARGUMENT.sub(r":\1", rule.rule)
+            for method in sorted(m for m in (rule.methods or ()) if m not in ("HEAD", "OPTIONS")):
+                endpoints[f"{method} {path}"] = self._describe(rule.endpoint)
+        overview = {
+            "name": "avr",
+            "version": avr.__version__,
+            "description": "Asterisk call control over ARI, avr-core AudioSocket bridge, and a real-time event stream",
+            "ari": "configured" if self.control is not None else "not configured",
+            "authentication": ("API key required on every route but GET /health and GET /: header X-API-Key or "
+                               "query parameter api_key") if self.api_key is not None else "none",
+            "endpoints": endpoints,
+        }
+        return json_response(request, 200, overview)
+
+    def _describe(self, endpoint: str) -> str:
+        if endpoint in self._descriptions:
+            return self._descriptions[endpoint]
+        assert self._app is not None
+        doc = getattr(self._app.endpoints.get(endpoint), "__doc__", None) or ""
+        lines = doc.strip().splitlines()
+        return lines[0] if lines else ""
+
+    async def _events(self, request: IRequest) -> Any:
+        """WebSocket: real-time call event stream (a snapshot, then one JSON message per event)."""
+        return self._events_resource
+
+    async def _list_endpoints(self, request: IRequest) -> bytes:
+        """List the SIP/PJSIP endpoints Asterisk knows."""
+        return json_response(request, 200, {"endpoints": await self._model.list_endpoints()})
+
+    async def _list_calls(self, request: IRequest) -> bytes:
+        """List active calls."""
+        return json_response(request, 200, {"calls": await self._model.list_calls()})
+
+    async def _originate(self, request: IRequest) -> bytes:
+        """Originate an outbound call."""
+        body = await self._json(request, ORIGINATE)
+        call = await self._model.originate(
+            body["endpoint"],
+            caller_id=body.get("callerId"),
+            timeout=body.get("timeout", 30),
+            variables=body.get("variables"),
+            context=body.get("context"),
+            extension=body.get("extension"),
+            priority=body.get("priority"),
+        )
+        return json_response(request, 201, {"call": call})
+
+    async def _get_call(self, request: IRequest, call_id: str) -> bytes:
+        """Get call details."""
+        call = await self._model.get_call(_checked_id(call_id, "call"))
+        return json_response(request, 200, {"call": call})
+
+    async def _hangup(self, request: IRequest, call_id: str) -> bytes:
+        """Hang up a call (optional reason in the body or query: normal, busy, congestion, ...)."""
+        call_id = _checked_id(call_id, "call")
+        body = await self._read_fields(request, HANGUP, optional=True)
+        reason = body.get("reason")
+        query_reason = _query(request, "reason")
+        if query_reason is not None:
+            if reason is not None and reason != query_reason:
+                raise ApiError(400, "reason given twice (body and query) with different values")
+            reason = _validate({"reason": query_reason}, HANGUP)["reason"]
+        await self._model.hangup(call_id, reason=reason or "normal")
+        return json_response(request, 200, {"status": "hungup", "callId": call_id, "reason": reason or "normal"})
+
+    async def _answer(self, request: IRequest, call_id: str) -> bytes:
+        """Answer a ringing inbound call."""
+        call_id = _checked_id(call_id, "call")
+        await self._read_fields(request, (), optional=True)
+        result = await self._model.answer(call_id)
+        return json_response(request, 200, {"status": "answered", **_as_object("call", result)})
+
+    async def _play(self, request: IRequest, call_id: str) -> bytes:
+        """Play audio: one media URI or a sequential playlist (sound:, recording:, digits:, tone:, ...)."""
+        call_id = _checked_id(call_id, "call")
+        body = await self._json(request, PLAY)
+        result = await self._model.play(call_id, body["media"])
+        return json_response(request, 201, _as_object("playback", result))
+
+    async def _stop_playback(self, request: IRequest, call_id: str, playback_id: str) -> bytes:
+        """Stop a playback started with POST /calls/:id/play."""
+        call_id = _checked_id(call_id, "call")
+        playback_id = _checked_id(playback_id, "playback")
+        await self._model.stop_playback(call_id, playback_id)
+        return json_response(request, 200, {"status": "stopped", "playbackId": playback_id})
+
+    async def _play_file(self, request: IRequest, call_id: str) -> bytes:
+        """Upload and play a WAV file (raw body, Content-Type audio/wav; PCM 8/16-bit, mono/stereo, up to 10 MB)."""
+        call_id = _checked_id(call_id, "call")
+        media_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+        if media_type not in WAV_CONTENT_TYPES:
+            raise ApiError(415, "send the WAV file as the raw request body with Content-Type audio/wav "
+                                f"(got {media_type or 'none'})", accepted=list(WAV_CONTENT_TYPES))
+        data = _read_raw_body(request, self.max_upload)
+        if not data:
+            raise ApiError(400, "request body is empty: expected a WAV file")
+        try:
+            audio = decode_wav(data)
+        except WavError as e:
+            raise ApiError(e.status, e.message) from None
+        result = await self._model.play_pcm(call_id, audio.pcm, audio.rate)
+        answer = {"status": "ok", "durationSeconds": round(audio.duration, 3), "sampleRate": audio.rate}
+        return json_response(request, 200, {**answer, **_as_object("playback", result)})
+
+    async def _record(self, request: IRequest, call_id: str) -> bytes:
+        """Start recording a call."""
+        call_id = _checked_id(call_id, "call")
+        body = await self._json(request, RECORD)
+        options = {snake: body[camel] for camel, snake in (
+            ("name", "name"), ("format", "format"), ("maxDurationSeconds", "max_duration"), ("beep", "beep"),
+            ("ifExists", "if_exists")) if camel in body}
+        result = await self._model.record(call_id, **options)
+        return json_response(request, 201, _recording_answer(result))
+
+    async def _send_dtmf(self, request: IRequest, call_id: str) -> bytes:
+        """Send DTMF tones (0-9, A-D, *, #; w/W pause 0.5/1 s)."""
+        call_id = _checked_id(call_id, "call")
+        body = await self._json(request, DTMF)
+        await self._model.send_dtmf(call_id, body["dtmf"], between=body.get("between"),
+                                    duration=body.get("duration"))
+        return json_response(request, 200, {"status": "ok", "dtmf": body["dtmf"]})
+
+    async def _transfer(self, request: IRequest, call_id: str) -> bytes:
+        """Transfer a call to another endpoint (bridged when the target answers)."""
+        call_id = _checked_id(call_id, "call")
+        body = await self._json(request, TRANSFER)
+        result = await self._model.transfer(call_id, body["endpoint"], caller_id=body.get("callerId"),
+                                            timeout=body.get("timeout", 30))
+        return json_response(request, 201, result if isinstance(result, dict) else {"status": "ok"})
+
+    async def _create_bridge(self, request: IRequest) -> bytes:
+        """Create a mixing bridge."""
+        body = await self._read_fields(request, CREATE_BRIDGE, optional=True)
+        bridge = await self._model.create_bridge(name=body.get("name"))
+        return json_response(request, 201, {"bridge": bridge})
+
+    async def _list_bridges(self, request: IRequest) -> bytes:
+        """List all bridges."""
+        return json_response(request, 200, {"bridges": await self._model.list_bridges()})
+
+    async def _get_bridge(self, request: IRequest, bridge_id: str) -> bytes:
+        """Get bridge details."""
+        bridge = await self._model.get_bridge(_checked_id(bridge_id, "bridge"))
+        return json_response(request, 200, {"bridge": bridge})
+
+    async def _destroy_bridge(self, request: IRequest, bridge_id: str) -> bytes:
+        """Destroy a bridge."""
+        bridge_id = _checked_id(bridge_id, "bridge")
+        await self._model.destroy_bridge(bridge_id)
+        return json_response(request, 200, {"status": "destroyed", "bridgeId": bridge_id})
+
+    async def _add_to_bridge(self, request: IRequest, bridge_id: str) -> bytes:
+        """Add a call to a bridge (body: callId)."""
+        bridge_id = _checked_id(bridge_id, "bridge")
+        body = await self._json(request, BRIDGE_MEMBER)
+        result = await self._model.add_to_bridge(bridge_id, body["callId"])
+        return json_response(request, 200, {"status": "ok", **_as_object("bridge", result)})
+
+    async def _remove_from_bridge(self, request: IRequest, bridge_id: str) -> bytes:
+        """Remove a call from a bridge (body: callId)."""
+        bridge_id = _checked_id(bridge_id, "bridge")
+        body = await self._json(request, BRIDGE_MEMBER)
+        result = await self._model.remove_from_bridge(bridge_id, body["callId"])
+        return json_response(request, 200, {"status": "ok", **_as_object("bridge", result)})
+
+    async def _list_recordings(self, request: IRequest) -> bytes:
+        """List stored recordings."""
+        return json_response(request, 200, {"recordings": await self._model.list_recordings()})
+
+    async def _get_recording(self, request: IRequest, name: str) -> bytes:
+        """Get a stored recording's metadata."""
+        recording = await self._model.get_recording(_checked_recording_name(name))
+        return json_response(request, 200, {"recording": recording})
+
+    async def _recording_file(self, request: IRequest, name: str) -> None:
+        """Download a stored recording (streamed, with Asterisk's content type)."""
+        name = _checked_recording_name(name)
+        response = await self._model.recording_file(name)
+        await _relay(response, request)
+
+    async def _copy_recording(self, request: IRequest, name: str) -> bytes:
+        """Copy a stored recording (body: destinationName)."""
+        name = _checked_recording_name(name)
+        body = await self._json(request, COPY_RECORDING)
+        recording = await self._model.copy_recording(name, body["destinationName"])
+        return json_response(request, 201, {"recording": recording})
+
+    async def _delete_recording(self, request: IRequest, name: str) -> bytes:
+        """Stop a live recording, or delete a stored one (?stored=true)."""
+        name = _checked_recording_name(name)
+        stored = _query(request, "stored")
+        if stored not in (None, "true", "false"):
+            raise ApiError(400, "query parameter stored must be true or false")
+        if stored == "true":
+            await self._model.delete_recording(name)
+            return json_response(request, 200, {"status": "deleted", "name": name})
+        await self._model.stop_recording(name)
+        return json_response(request, 200, {"status": "stopped", "name": name})
+
+
+def _as_object(key: str, result: Any) -> dict[str, Any]:
+    """A model result as response fields: a dict goes under ``key``; nothing adds nothing."""
+    if result is None:
+        return {}
+    return {key: result}
+
+
+def _recording_answer(result: Any) -> dict[str, Any]:
+    if isinstance(result, dict):
+        return {"recordingName": result.get("name"), "recording": result}
+    return {"recordingName": result}
+
+
+# --- streaming a recording -------------------------------------------------------------------------------------------
+
+
+class _Relay(Protocol):
+    """
+    Copies a response body (from ARI) to a server request as it arrives. The ARI body's transport is registered as
+    the request's producer, so a slow client pauses the download instead of buffering the file.
+    """
+
+    def __init__(self, request: IRequest) -> None:
+        self.request = request
+        self.done: Deferred[None] = Deferred(self._cancel)
+        self.sent = 0
+
+    def connectionMade(self) -> None:
+        self.request.registerProducer(self.transport, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.sent += len(data)
+        self.request.write(data)
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+        self.request.unregisterProducer()
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
+
+    def _cancel(self, d: Deferred[None]) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+
+async def _relay(response: Any, request: IRequest) -> None:
+    """Stream ``response``'s body to ``request`` with its content type and length."""
+    content_type = (response.headers.getRawHeaders(b"content-type") or [b"audio/wav"])[0]
+    request.setResponseCode(200)
+    request.setHeader(b"content-type", content_type)
+    if response.length is not UNKNOWN_LENGTH:
+        request.setHeader(b"content-length", str(response.length).encode("ascii"))
+    relay = _Relay(request)
+    response.deliverBody(relay)
+    try:
+        await relay.done
+    except CancelledError:
+        raise
+    except Exception:
+        # The status line is gone already: all that is left is to cut the download so the client sees it short.
+        log.failure("Recording download broke off after {sent} bytes", sent=relay.sent)
+        transport = getattr(request, "channel", None) and request.channel.transport
+        if transport is not None:
+            transport.abortConnection()
+        await Deferred()  # Klein cancels this when the connection is gone; it must not finish the response.

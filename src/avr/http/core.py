@@ -1,0 +1,146 @@
+"""
+avr-core's HTTP web service: ``GET /health`` and ``POST /call`` (call registration and dynamic STS routing).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import define, field
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+
+import avr
+from avr.config import redact_url
+from avr.http.auth import check_api_key
+from avr.http.json import ApiError, add_route, json_response, read_json_body
+from avr.interfaces import IWebhooks
+from avr.registrations import Registration, Registrations, canonical_uuid
+from avr.urls import sts_url_with_params
+
+
+@define(eq=False)
+class CoreRoutes:
+    """
+    The avr-core routes, installed on an app built elsewhere (see `install`).
+
+    :param sts_url: ``STS_URL``, the base STS URL of calls (``None`` = the built-in echo agent).
+    :param registrations: where ``POST /call`` registers calls for their AudioSocket connection.
+    :param webhooks: sends ``call_initiated`` and reads its ``sts_url`` override.
+    :param max_body: largest accepted request body, in bytes (``HTTP_MAX_BODY``).
+    :param api_key: when set, required by ``POST /call`` (header ``X-API-Key`` or query ``api_key``); ``/health``
+        stays open.
+    """
+
+    log = Logger()
+
+    sts_url: str | None
+    registrations: Registrations
+    webhooks: IWebhooks
+    max_body: int = 64 * 1024
+    api_key: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_config(cls, config: Any, registrations: Registrations, webhooks: IWebhooks) -> CoreRoutes:
+        """The routes for an `avr.config.Config`."""
+        return cls(config.sts_url, registrations, webhooks, config.http_max_body, config.api_key)
+
+    def install(self, app: Klein) -> None:
+        """Register ``GET /health`` and ``POST /call`` on ``app`` (endpoints ``core.health`` and ``core.call``)."""
+        add_route(app, "/health", self.health, methods=["GET"], endpoint="core.health")
+        add_route(app, "/call", self.call, methods=["POST"], endpoint="core.call")
+
+    def health(self, request: IRequest) -> bytes:
+        """``GET /health``: 200 ``{"status": "ok", "service": "avr", "version": ..., "registrations": n}``."""
+        return json_response(
+            request,
+            200,
+            {"status": "ok", "service": "avr", "version": avr.__version__, "registrations": len(self.registrations)},
+        )
+
+    async def call(self, request: IRequest) -> bytes:
+        """
+        ``POST /call`` with ``{"uuid": "<uuid>", "payload": {...}}``: decide the call's STS URL (``STS_URL`` or the
+        ``call_initiated`` webhook's ``sts_url``, plus every payload field as a query parameter), register the call,
+        and answer 200 ``{"sts_url": <url or null>, "override": <bool>}``.
+
+        The registration completes even if the client hangs up while the webhook is being asked.
+        """
+        check_api_key(request, self.api_key)
+        uuid, payload = _parse_call(await read_json_body(request, self.max_body))
+        registration = await _uncancellable(self._initiate(uuid, payload))
+        return json_response(request, 200, {"sts_url": registration.sts_url, "override": registration.override})
+
+    def _initiate(self, uuid: str, payload: dict[str, Any]) -> Deferred[Registration]:
+        d = self.webhooks.call_initiated(uuid, payload)
+        return d.addCallback(self._register, uuid, payload)
+
+    def _register(self, override_url: str | None, uuid: str, payload: dict[str, Any]) -> Registration:
+        base = override_url if override_url is not None else self.sts_url
+        url = sts_url_with_params(base, payload) if base is not None else None
+        registration = self.registrations.register(uuid, payload, url, override_url is not None)
+        self.log.info(
+            "Call {uuid} initialised: STS URL {url} (override: {override})",
+            uuid=uuid, url=redact_url(url) if url else "<echo agent>", override=registration.override,
+        )
+        return registration
+
+
+def _parse_call(body: Any) -> tuple[str, dict[str, Any]]:
+    """The canonical uuid and the payload of a ``POST /call`` body (other top-level keys are ignored)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body must be a JSON object, got {_json_kind(body)}")
+    if "uuid" not in body:
+        raise ApiError(400, "uuid is required")
+    uuid = body["uuid"]
+    if not isinstance(uuid, str):
+        raise ApiError(400, f"uuid must be a string, got {_json_kind(uuid)}")
+    try:
+        uuid = canonical_uuid(uuid)
+    except ValueError as e:
+        raise ApiError(400, f"uuid {e}") from None
+    payload = body.get("payload", {})
+    if not isinstance(payload, dict):
+        raise ApiError(400, f"payload must be a JSON object, got {_json_kind(payload)}")
+    return uuid, payload
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _uncancellable(d: Deferred[Any]) -> Deferred[Any]:
+    """
+    A Deferred with ``d``'s result that can be cancelled without cancelling ``d``: work that must outlive the request
+    (Klein cancels the handler when the client disconnects) goes on, and its failure is still logged.
+    """
+    shield: Deferred[Any] = Deferred()
+
+    def relay(result: Any) -> None:
+        if shield.called:
+            if isinstance(result, Failure):
+                CoreRoutes.log.failure("Call initialisation failed after the client left", result)
+            return
+        if isinstance(result, Failure):
+            shield.errback(result)
+        else:
+            shield.callback(result)
+
+    d.addBoth(relay)
+    return shield
+
+
+__all__ = ["CoreRoutes"]
