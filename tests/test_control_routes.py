@@ -108,8 +108,8 @@ class FakeControl:
         self._called("play", call_id, media)
         return {**PLAYBACK, "media": media}
 
-    async def stop_playback(self, call_id: str, playback_id: str) -> None:
-        self._called("stop_playback", call_id, playback_id)
+    async def stop_playback(self, playback_id: str, call_id: str | None = None) -> None:
+        self._called("stop_playback", playback_id, call_id=call_id)
 
     async def play_pcm(self, call_id: str, pcm: bytes, rate: int) -> dict:
         self._called("play_pcm", call_id, pcm, rate)
@@ -324,8 +324,8 @@ def test_index_is_open_and_lists_every_registered_route() -> None:
     assert status == 200
     endpoints = payload["endpoints"]
     for method, path, _ in ALL_PROTECTED:
-        generic = path.replace("/c1", "/:call_id").replace("/b1", "/:bridge_id").replace("/r1", "/:name")
-        generic = generic.replace("/pb-1", "/:playback_id")
+        generic = path.replace("/c1", "/:id").replace("/b1", "/:id").replace("/r1", "/:name")
+        generic = generic.replace("/pb-1", "/:playbackId")
         assert f"{method} {generic}" in endpoints
     assert endpoints["GET /"].startswith("API overview")
     assert endpoints["POST /calls"] == "Originate an outbound call."
@@ -444,7 +444,7 @@ def test_stop_playback() -> None:
     api = Api(FakeControl())
     status, payload, _ = api.request("DELETE", "/calls/c1/play/pb-1")
     assert status == 200 and payload["status"] == "stopped"
-    assert api.control.calls == [("stop_playback", ("c1", "pb-1"), {})]  # type: ignore[union-attr]
+    assert api.control.calls == [("stop_playback", ("pb-1",), {"call_id": "c1"})]  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("content_type", ["audio/wav", "audio/x-wav", "audio/wave", "application/octet-stream",
@@ -456,7 +456,7 @@ def test_play_file_decodes_the_wav_and_plays_pcm(content_type: str) -> None:
     status, payload, _ = api.request("POST", "/calls/c1/play/file",
                                      raw=wav_file(frames, rate=22050, channels=2),
                                      headers={"Content-Type": content_type})
-    assert status == 200, payload
+    assert status == 201, payload
     assert payload["status"] == "ok" and payload["sampleRate"] == 24000
     assert payload["durationSeconds"] == pytest.approx(0.2, abs=0.002)
     name, (call_id, pcm, rate), _ = api.control.calls[-1]  # type: ignore[union-attr]
@@ -556,6 +556,7 @@ def test_recording_download_cut_by_asterisk_is_cut_for_the_client() -> None:
     ("POST", "/calls", {"endpoint": 1001}, "endpoint: must be a string, not a number"),
     ("POST", "/calls", {"endpoint": "1001"}, "endpoint: must be a dial string"),
     ("POST", "/calls", {"endpoint": "PJSIP/10 01"}, "endpoint: must be a dial string"),
+    ("POST", "/calls", {"endpoint": "PJSIP/1001,PJSIP/1002"}, "endpoint: must be a dial string"),
     ("POST", "/calls", {"endpoint": ""}, "endpoint: must not be empty"),
     ("POST", "/calls", {"endpoint": "PJSIP/1001", "timeout": 0}, "timeout: must be between 1 and 120"),
     ("POST", "/calls", {"endpoint": "PJSIP/1001", "timeout": 121}, "timeout: must be between 1 and 120"),
@@ -580,8 +581,11 @@ def test_recording_download_cut_by_asterisk_is_cut_for_the_client() -> None:
     ("POST", "/calls/c1/record", {"maxDurationSeconds": 0}, "maxDurationSeconds: must be between 1 and 7200"),
     ("POST", "/calls/c1/record", {"maxDurationSeconds": 7201}, "maxDurationSeconds: must be between 1 and 7200"),
     ("POST", "/calls/c1/record", {"beep": "yes"}, "beep: must be true or false"),
-    ("POST", "/calls/c1/record", {"name": "../etc/passwd"}, "name: must be 1-128 letters"),
-    ("POST", "/calls/c1/record", {"name": ".hidden"}, "name: must be 1-128 letters"),
+    ("POST", "/calls/c1/record", {"name": "../etc/passwd"}, "name: must be 1-200 letters"),
+    ("POST", "/calls/c1/record", {"name": ".hidden"}, "name: must be 1-200 letters"),
+    ("POST", "/calls/c1/record", {"name": "a..b"}, "name: must be 1-200 letters"),
+    ("POST", "/calls/c1/play", {"media": "sound:a,sound:b"}, "must not contain commas"),
+    ("POST", "/calls/c1/play", {"media": [" sound:a"]}, "surrounding spaces"),
     ("POST", "/calls/c1/record", {"ifExists": "replace"}, "ifExists: must be one of fail, overwrite, append"),
     ("POST", "/calls/c1/dtmf", {}, "dtmf: required"),
     ("POST", "/calls/c1/dtmf", {"dtmf": "12x"}, "dtmf: must contain only DTMF characters"),
@@ -596,7 +600,7 @@ def test_recording_download_cut_by_asterisk_is_cut_for_the_client() -> None:
     ("POST", "/bridges/b1/addChannel", {"callId": "bad id!"}, "callId: must be a call id"),
     ("POST", "/bridges/b1/removeChannel", {"channel": "c1"}, "channel: unknown field"),
     ("POST", "/recordings/r1/copy", {}, "destinationName: required"),
-    ("POST", "/recordings/r1/copy", {"destinationName": "a/b"}, "destinationName: must be 1-128"),
+    ("POST", "/recordings/r1/copy", {"destinationName": "a/b"}, "destinationName: must be 1-200"),
     ("DELETE", "/calls/c1", {"reason": "bogus"}, "reason: must be one of normal, busy"),
     ("POST", "/calls/c1/answer", {"force": True}, "force: unknown field"),
 ])
@@ -717,7 +721,7 @@ def test_upload_may_exceed_the_json_limit() -> None:
     api = Api(FakeControl(), max_body=4096)
     status, _, _ = api.request("POST", "/calls/c1/play/file", raw=wav_file(b"\x00\x00" * 8000),
                                headers={"Content-Type": "audio/wav"})
-    assert status == 200
+    assert status == 201
 
 
 # --- failures from the model and from Asterisk ------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from autobahn.twisted.websocket import WebSocketClientFactory
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.defer import CancelledError, DeferredList
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
@@ -487,3 +487,46 @@ async def test_loopback_wss_wrong_host_name_is_refused(tmp_path):
     assert error.reason == (
         "TLS certificate verification failed: host name mismatch (certificate is not valid for 127.0.0.1)"
     )
+
+
+# -- the fake STS itself
+
+
+def test_fake_echo_reflects_audio_frames_unchanged_without_recording():
+    """Lean echo mode sends each audio frame back as-is and only counts it."""
+    clock = Clock()
+    client, server, handler, pump, _ = pair(FakeStsServerFactory(clock, echo=True, record_audio=False))
+    client.send_audio(b"\x05\x06" * 160)
+    client.send_audio(b"\x07")
+    pump.flush()
+    assert handler.audio == b"\x05\x06" * 160 + b"\x07"
+    assert server.messages == [Init(UUID)]
+    assert server.audio_messages == 2
+
+
+def test_fake_records_protocol_violations():
+    """A client that sends audio before init, a second init or junk is caught by the fake (and not echoed)."""
+    clock = Clock()
+    factory = FakeStsServerFactory(clock, echo=True)
+    client_factory = WebSocketClientFactory(URL, reactor=clock)
+    disable_autobahn_timers(client_factory)
+    client_factory.protocol = WebSocketClientProtocol
+    client = client_factory.buildProtocol(None)
+    received: list = []
+    client.onMessage = lambda payload, is_binary: received.append(payload)
+    server = factory.buildProtocol(None)
+    pump = iosim.connect(server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client), clock=clock)
+    client.sendMessage(b'{"type":"audio","audio":"AAA="}')
+    client.sendMessage(b'{"type":"init","uuid":"u1"}')
+    client.sendMessage(b'{"type":"init","uuid":"u2"}')
+    client.sendMessage(b"junk")
+    client.sendMessage(b"\x00", isBinary=True)
+    client.sendMessage(b'{"type":"tool_result"}')
+    pump.flush()
+    assert server.uuid == "u1"
+    assert server.violations == ["AudioMessage before init", "duplicate init",
+                                 "undecodable message: message is not JSON (Expecting value: line 1 column 1 (char 0))",
+                                 "binary frame of 1 bytes"]
+    assert server.messages[-1] == UnknownMessage("tool_result")
+    assert received == []
+    assert factory.open_connections == [server]

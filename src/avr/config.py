@@ -10,6 +10,7 @@ lists every problem at once, and never repeats the value of a secret.
 from __future__ import annotations
 
 import configparser
+import os
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -318,6 +319,8 @@ def _consistency_problems(config: Config) -> list[str]:
         for attribute in ("ari_username", "ari_password"):
             if getattr(config, attribute) is None:
                 problems.append(f"{_BY_ATTRIBUTE[attribute].env} is required when ARI_URL is set")
+    if config.sts_ca_file is not None and not os.access(config.sts_ca_file, os.R_OK):
+        problems.append(f"STS_CA_FILE: cannot read {config.sts_ca_file!r}")
     if config.ari_audiosocket_address is not None:
         host, sep, port = config.ari_audiosocket_address.rpartition(":")
         if not sep or not host or not port.isdigit():

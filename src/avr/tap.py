@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
 from twisted.python import usage
 
 from avr.config import SETTINGS, Config, ConfigError, load_config, read_config_file
@@ -52,14 +52,27 @@ def build_real_service(reactor: Any, config: Config) -> IService:
     from twisted.web.client import Agent, HTTPConnectionPool
 
     from avr.service import build
-    from avr.sts.connector import build_sts_connector
+    from avr.sts.connector import StsConnector
 
     pool = HTTPConnectionPool(reactor, persistent=True)
-    http_client = HTTPClient(Agent(reactor, pool=pool))
     avr = build(
         reactor,
         config,
-        http_client=http_client,
-        sts_connector=build_sts_connector(reactor, config),
+        http_client=HTTPClient(Agent(reactor, pool=pool)),
+        sts_connector=StsConnector.for_reactor(
+            reactor, connect_timeout=config.sts_connect_timeout / 1000, trust_root=config.sts_ca_file
+        ),
     )
+    PoolCloser(pool).setServiceParent(avr.service)
     return avr.service
+
+
+class PoolCloser(Service):
+    """Closes the HTTP client's kept-alive connections at shutdown, so twistd exits promptly."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        return self.pool.closeCachedConnections()

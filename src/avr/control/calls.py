@@ -153,8 +153,8 @@ class CallOps(ControlCore):
                     caller_name=name, callee_number=endpoint, subscribed=True, pending=True, dialplan=dialplan,
                     transferred_from=transferred_from)
         call.state = call.derived_state()
-        created = call.to_dict()
         self._calls[call.id] = call
+        self._publish("call.created", call.to_dict(), call)  # held back (pending) until Asterisk accepts
         params = {"endpoint": endpoint, "app": self.app, "channelId": call.id, "timeout": timeout,
                   "callerId": caller_id}
         try:
@@ -172,9 +172,8 @@ class CallOps(ControlCore):
         self.log.info("Originated call {id} to {endpoint}", id=call.id, endpoint=endpoint)
         call.pending = False
         queued, call.queued = call.queued, []
-        self._publish("call.created", created, call)
         for event in queued:
-            self._publish(event["type"], event["data"], call)
+            self._send(event)
         return call
 
     def _discard(self, call: Call) -> None:

@@ -203,10 +203,13 @@ class ControlCore:
         if call is not None and call.pending:
             call.queued.append(event)
             return
+        self._send(event)
+
+    def _send(self, event: dict) -> None:
         try:
             self.sink.publish(event)
         except Exception:
-            self.log.failure("Cannot publish a {type} event", type=type_)
+            self.log.failure("Cannot publish a {type} event", type=event.get("type"))
 
     def _refresh(self, call: Call) -> None:
         """Move ``call`` to the state its facts imply, publishing ``call.state_changed`` on a real change."""
@@ -251,6 +254,9 @@ class ControlCore:
 
     def _call_gone(self, call: Call) -> None:
         """Release what the ended ``call`` held (overridden by the mixins, each calling up)."""
+
+    def _temp_bridge_left(self, bridge_id: str, call_id: str) -> None:
+        """A call left one of avr's temporary playback bridges (overridden by the media mixin)."""
 
     def _forget(self, call: Call) -> None:
         call.retention = None

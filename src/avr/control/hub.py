@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 from attrs import define, field
@@ -26,18 +25,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from avr.control.records import iso
 from avr.interfaces import IEventSink
 
 #: Close codes: policy violation (client too slow), going away (server shutting down), internal error.
 CLOSE_TOO_SLOW = 1008
 CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL_ERROR = 1011
-
-
-def iso_timestamp(seconds: float) -> str:
-    """``seconds`` since the epoch as ISO 8601 UTC with milliseconds, e.g. ``2025-01-01T00:00:00.000Z``."""
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
@@ -152,7 +146,7 @@ class EventsHub:
                 "type": "snapshot",
                 "calls": list(state.get("calls", [])),
                 "bridges": list(state.get("bridges", [])),
-                "timestamp": iso_timestamp(self.clock.seconds()),
+                "timestamp": iso(self.clock.seconds()),
             }
             payload = encode_event(message)
         except Exception:

@@ -54,8 +54,9 @@ HANGUP_REASONS = tuple(_REASON_CAUSES)
 MAX_MEDIA = 20
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-_RECORDING_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_ENDPOINT = re.compile(r"[A-Za-z][A-Za-z0-9_]*/[^\s\x00-\x1f\x7f]{1,250}")
+# No sub-directories and no "..": a name never points outside Asterisk's recording directory.
+_RECORDING_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
+_ENDPOINT = re.compile(r"[A-Za-z][A-Za-z0-9_-]*/[^\s,\x00-\x1f\x7f]{1,250}")
 # DTMF digits, plus Asterisk's pauses: w = 0.5 s, W = 1 s.
 _DTMF = re.compile(r"[0-9A-Da-d*#wW]{1,100}")
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_().:-]{0,79}")
@@ -128,6 +129,8 @@ def _text(max_length: int, pattern: re.Pattern[str] | None = None, hint: str = "
 
 def _integer(low: int, high: int) -> Callable[[Any], int]:
     def check(value: Any) -> int:
+        if isinstance(value, float):
+            raise _Invalid(f"must be a whole number, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, int):
             raise _Invalid(f"must be a whole number, not {_json_type(value)}")
         if not low <= value <= high:
@@ -153,7 +156,10 @@ def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
 
 
 def _media_uri(value: Any) -> str:
-    uri = _text(500)(value)
+    uri = _text(1000)(value)
+    if "," in uri or uri.strip() != uri:
+        # ARI takes a playlist as one comma-separated value: a comma would split this URI.
+        raise _Invalid(f"{uri!r}: a media URI must not contain commas or surrounding spaces")
     scheme, sep, rest = uri.partition(":")
     if not sep or scheme + sep not in MEDIA_SCHEMES or not rest:
         raise _Invalid(f"{uri!r} is not a media URI ({', '.join(MEDIA_SCHEMES)}...), e.g. 'sound:hello-world'")
@@ -213,7 +219,7 @@ def _json_type(value: Any) -> str:
 
 _ENDPOINT_HINT = "must be a dial string like 'PJSIP/1001' or 'PJSIP/5551234@trunk'"
 _CALL_ID_HINT = "must be a call id"
-_RECORDING_HINT = "must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+_RECORDING_HINT = "must be 1-200 letters, digits, '.', '_' or '-', not starting with '.' or '-', without '..'"
 
 ORIGINATE = (
     _Field("endpoint", _text(256, _ENDPOINT, _ENDPOINT_HINT), required=True),
@@ -227,7 +233,7 @@ ORIGINATE = (
 HANGUP = (_Field("reason", _choice(HANGUP_REASONS)),)
 PLAY = (_Field("media", _media, required=True),)
 RECORD = (
-    _Field("name", _text(128, _RECORDING_NAME, _RECORDING_HINT)),
+    _Field("name", _text(200, _RECORDING_NAME, _RECORDING_HINT)),
     _Field("format", _choice(RECORD_FORMATS)),
     _Field("maxDurationSeconds", _integer(1, 7200)),
     _Field("beep", _boolean),
@@ -245,7 +251,7 @@ TRANSFER = (
 )
 CREATE_BRIDGE = (_Field("name", _text(80)),)
 BRIDGE_MEMBER = (_Field("callId", _text(128, _ID, _CALL_ID_HINT), required=True),)
-COPY_RECORDING = (_Field("destinationName", _text(128, _RECORDING_NAME, _RECORDING_HINT), required=True),)
+COPY_RECORDING = (_Field("destinationName", _text(200, _RECORDING_NAME, _RECORDING_HINT), required=True),)
 
 
 def _checked_id(value: str, what: str) -> str:
@@ -272,12 +278,12 @@ def _query(request: IRequest, name: str) -> str | None:
         raise ApiError(400, f"query parameter {name} is not UTF-8") from None
 
 
-def _body_is_empty(request: IRequest) -> bool:
+def _body_is_empty(request: IRequest, max_bytes: int) -> bool:
     content = request.content
     if content is None:
         return True
     content.seek(0)
-    empty = not content.read(4096).strip()
+    empty = not content.read(max_bytes + 1).strip()
     content.seek(0)
     return empty
 
@@ -331,21 +337,21 @@ _ROUTES = (
     _Route("GET", "/endpoints", "list_endpoints"),
     _Route("GET", "/calls", "list_calls"),
     _Route("POST", "/calls", "originate"),
-    _Route("GET", "/calls/<call_id>", "get_call"),
-    _Route("DELETE", "/calls/<call_id>", "hangup"),
-    _Route("POST", "/calls/<call_id>/answer", "answer"),
-    _Route("POST", "/calls/<call_id>/play", "play"),
-    _Route("DELETE", "/calls/<call_id>/play/<playback_id>", "stop_playback"),
-    _Route("POST", "/calls/<call_id>/play/file", "play_file"),
-    _Route("POST", "/calls/<call_id>/record", "record"),
-    _Route("POST", "/calls/<call_id>/dtmf", "send_dtmf"),
-    _Route("POST", "/calls/<call_id>/transfer", "transfer"),
+    _Route("GET", "/calls/<id>", "get_call"),
+    _Route("DELETE", "/calls/<id>", "hangup"),
+    _Route("POST", "/calls/<id>/answer", "answer"),
+    _Route("POST", "/calls/<id>/play", "play"),
+    _Route("DELETE", "/calls/<id>/play/<playbackId>", "stop_playback"),
+    _Route("POST", "/calls/<id>/play/file", "play_file"),
+    _Route("POST", "/calls/<id>/record", "record"),
+    _Route("POST", "/calls/<id>/dtmf", "send_dtmf"),
+    _Route("POST", "/calls/<id>/transfer", "transfer"),
     _Route("POST", "/bridges", "create_bridge"),
     _Route("GET", "/bridges", "list_bridges"),
-    _Route("GET", "/bridges/<bridge_id>", "get_bridge"),
-    _Route("DELETE", "/bridges/<bridge_id>", "destroy_bridge"),
-    _Route("POST", "/bridges/<bridge_id>/addChannel", "add_to_bridge"),
-    _Route("POST", "/bridges/<bridge_id>/removeChannel", "remove_from_bridge"),
+    _Route("GET", "/bridges/<id>", "get_bridge"),
+    _Route("DELETE", "/bridges/<id>", "destroy_bridge"),
+    _Route("POST", "/bridges/<id>/addChannel", "add_to_bridge"),
+    _Route("POST", "/bridges/<id>/removeChannel", "remove_from_bridge"),
     _Route("GET", "/recordings", "list_recordings"),
     _Route("GET", "/recordings/<name>", "get_recording"),
     _Route("GET", "/recordings/<name>/file", "recording_file"),
@@ -421,7 +427,7 @@ class ControlRoutes:
         return self._read_fields(request, fields, optional=False)
 
     async def _read_fields(self, request: IRequest, fields: tuple[_Field, ...], optional: bool) -> dict[str, Any]:
-        if optional and _body_is_empty(request):
+        if optional and _body_is_empty(request, self.max_body):
             return {}
         return _validate(await read_json_body(request, self.max_body), fields)
 
@@ -481,14 +487,14 @@ class ControlRoutes:
         )
         return json_response(request, 201, {"call": call})
 
-    async def _get_call(self, request: IRequest, call_id: str) -> bytes:
+    async def _get_call(self, request: IRequest, id: str) -> bytes:
         """Get call details."""
-        call = await self._model.get_call(_checked_id(call_id, "call"))
+        call = await self._model.get_call(_checked_id(id, "call"))
         return json_response(request, 200, {"call": call})
 
-    async def _hangup(self, request: IRequest, call_id: str) -> bytes:
+    async def _hangup(self, request: IRequest, id: str) -> bytes:
         """Hang up a call (optional reason in the body or query: normal, busy, congestion, ...)."""
-        call_id = _checked_id(call_id, "call")
+        call_id = _checked_id(id, "call")
         body = await self._read_fields(request, HANGUP, optional=True)
         reason = body.get("reason")
         query_reason = _query(request, "reason")
@@ -496,33 +502,34 @@ class ControlRoutes:
             if reason is not None and reason != query_reason:
                 raise ApiError(400, "reason given twice (body and query) with different values")
             reason = _validate({"reason": query_reason}, HANGUP)["reason"]
-        await self._model.hangup(call_id, reason=reason or "normal")
-        return json_response(request, 200, {"status": "hungup", "callId": call_id, "reason": reason or "normal"})
+        result = await self._model.hangup(call_id, reason=reason or "normal")
+        answer = {"status": "hungup", "callId": call_id, "reason": reason or "normal"}
+        return json_response(request, 200, {**answer, **_as_object("call", result)})
 
-    async def _answer(self, request: IRequest, call_id: str) -> bytes:
+    async def _answer(self, request: IRequest, id: str) -> bytes:
         """Answer a ringing inbound call."""
-        call_id = _checked_id(call_id, "call")
+        call_id = _checked_id(id, "call")
         await self._read_fields(request, (), optional=True)
         result = await self._model.answer(call_id)
         return json_response(request, 200, {"status": "answered", **_as_object("call", result)})
 
-    async def _play(self, request: IRequest, call_id: str) -> bytes:
+    async def _play(self, request: IRequest, id: str) -> bytes:
         """Play audio: one media URI or a sequential playlist (sound:, recording:, digits:, tone:, ...)."""
-        call_id = _checked_id(call_id, "call")
+        call_id = _checked_id(id, "call")
         body = await self._json(request, PLAY)
         result = await self._model.play(call_id, body["media"])
         return json_response(request, 201, _as_object("playback", result))
 
-    async def _stop_playback(self, request: IRequest, call_id: str, playback_id: str) -> bytes:
+    async def _stop_playback(self, request: IRequest, id: str, playbackId: str) -> bytes:
         """Stop a playback started with POST /calls/:id/play."""
-        call_id = _checked_id(call_id, "call")
-        playback_id = _checked_id(playback_id, "playback")
-        await self._model.stop_playback(call_id, playback_id)
+        call_id = _checked_id(id, "call")
+        playback_id = _checked_id(playbackId, "playback")
+        await self._model.stop_playback(playback_id, call_id=call_id)
         return json_response(request, 200, {"status": "stopped", "playbackId": playback_id})
 
-    async def _play_file(self, request: IRequest, call_id: str) -> bytes:
+    async def _play_file(self, request: IRequest, id: str) -> bytes:
         """Upload and play a WAV file (raw body, Content-Type audio/wav; PCM 8/16-bit, mono/stereo, up to 10 MB)."""
-        call_id = _checked_id(call_id, "call")
+        call_id = _checked_id(id, "call")
         media_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
         if media_type not in WAV_CONTENT_TYPES:
             raise ApiError(415, "send the WAV file as the raw request body with Content-Type audio/wav "
@@ -536,11 +543,11 @@ class ControlRoutes:
             raise ApiError(e.status, e.message) from None
         result = await self._model.play_pcm(call_id, audio.pcm, audio.rate)
         answer = {"status": "ok", "durationSeconds": round(audio.duration, 3), "sampleRate": audio.rate}
-        return json_response(request, 200, {**answer, **_as_object("playback", result)})
+        return json_response(request, 201, {**answer, **_as_object("playback", result)})
 
-    async def _record(self, request: IRequest, call_id: str) -> bytes:
+    async def _record(self, request: IRequest, id: str) -> bytes:
         """Start recording a call."""
-        call_id = _checked_id(call_id, "call")
+        call_id = _checked_id(id, "call")
         body = await self._json(request, RECORD)
         options = {snake: body[camel] for camel, snake in (
             ("name", "name"), ("format", "format"), ("maxDurationSeconds", "max_duration"), ("beep", "beep"),
@@ -548,17 +555,17 @@ class ControlRoutes:
         result = await self._model.record(call_id, **options)
         return json_response(request, 201, _recording_answer(result))
 
-    async def _send_dtmf(self, request: IRequest, call_id: str) -> bytes:
+    async def _send_dtmf(self, request: IRequest, id: str) -> bytes:
         """Send DTMF tones (0-9, A-D, *, #; w/W pause 0.5/1 s)."""
-        call_id = _checked_id(call_id, "call")
+        call_id = _checked_id(id, "call")
         body = await self._json(request, DTMF)
         await self._model.send_dtmf(call_id, body["dtmf"], between=body.get("between"),
                                     duration=body.get("duration"))
         return json_response(request, 200, {"status": "ok", "dtmf": body["dtmf"]})
 
-    async def _transfer(self, request: IRequest, call_id: str) -> bytes:
+    async def _transfer(self, request: IRequest, id: str) -> bytes:
         """Transfer a call to another endpoint (bridged when the target answers)."""
-        call_id = _checked_id(call_id, "call")
+        call_id = _checked_id(id, "call")
         body = await self._json(request, TRANSFER)
         result = await self._model.transfer(call_id, body["endpoint"], caller_id=body.get("callerId"),
                                             timeout=body.get("timeout", 30))
@@ -574,27 +581,27 @@ class ControlRoutes:
         """List all bridges."""
         return json_response(request, 200, {"bridges": await self._model.list_bridges()})
 
-    async def _get_bridge(self, request: IRequest, bridge_id: str) -> bytes:
+    async def _get_bridge(self, request: IRequest, id: str) -> bytes:
         """Get bridge details."""
-        bridge = await self._model.get_bridge(_checked_id(bridge_id, "bridge"))
+        bridge = await self._model.get_bridge(_checked_id(id, "bridge"))
         return json_response(request, 200, {"bridge": bridge})
 
-    async def _destroy_bridge(self, request: IRequest, bridge_id: str) -> bytes:
+    async def _destroy_bridge(self, request: IRequest, id: str) -> bytes:
         """Destroy a bridge."""
-        bridge_id = _checked_id(bridge_id, "bridge")
+        bridge_id = _checked_id(id, "bridge")
         await self._model.destroy_bridge(bridge_id)
         return json_response(request, 200, {"status": "destroyed", "bridgeId": bridge_id})
 
-    async def _add_to_bridge(self, request: IRequest, bridge_id: str) -> bytes:
+    async def _add_to_bridge(self, request: IRequest, id: str) -> bytes:
         """Add a call to a bridge (body: callId)."""
-        bridge_id = _checked_id(bridge_id, "bridge")
+        bridge_id = _checked_id(id, "bridge")
         body = await self._json(request, BRIDGE_MEMBER)
         result = await self._model.add_to_bridge(bridge_id, body["callId"])
         return json_response(request, 200, {"status": "ok", **_as_object("bridge", result)})
 
-    async def _remove_from_bridge(self, request: IRequest, bridge_id: str) -> bytes:
+    async def _remove_from_bridge(self, request: IRequest, id: str) -> bytes:
         """Remove a call from a bridge (body: callId)."""
-        bridge_id = _checked_id(bridge_id, "bridge")
+        bridge_id = _checked_id(id, "bridge")
         body = await self._json(request, BRIDGE_MEMBER)
         result = await self._model.remove_from_bridge(bridge_id, body["callId"])
         return json_response(request, 200, {"status": "ok", **_as_object("bridge", result)})

@@ -11,7 +11,7 @@ from zope.interface import implementer
 from avr.interfaces import IStsConnector, IStsHandler
 from avr.sts.echo import EchoStsConnector
 from avr.sts.errors import StsConnectError
-from avr.sts.http import HttpStsConnector, sts_http_client
+from avr.sts.http import HttpStsConnector
 from avr.sts.websocket import DEFAULT_MAX_PENDING_BYTES, WebSocketStsConnector
 
 
@@ -46,7 +46,7 @@ class StsConnector:
         """
         return cls(
             WebSocketStsConnector(reactor, connect_timeout, trust_root, max_pending_bytes),
-            HttpStsConnector(sts_http_client(reactor, trust_root), reactor, connect_timeout),
+            HttpStsConnector(reactor, connect_timeout, trust_root),
             EchoStsConnector(reactor),
         )
 

@@ -1,145 +1,324 @@
 """
 The legacy HTTP STS (``http://`` and ``https://``, avr-core before WebSocket STS): one streaming POST per call.
 
-The request (header ``X-UUID: <uuid>``, chunked body) streams the caller's raw PCM as it arrives; the response body
-streams the agent's raw PCM back. There is no DTMF, interruption or transcript channel; the end of the request is the
-end of the call.
+The request (header ``X-UUID: <uuid>``, chunked body) streams the caller's raw PCM as it arrives while the response
+body streams the agent's raw PCM back, for the whole call: the exchange is full duplex. There is no DTMF, interruption
+or transcript channel; the end of the request is the end of the call.
 
-The session counts as open once the request is on the wire (the body producer is started): real peers only send
-response headers with their first audio, which may be long after the call starts.
+twisted.web's `Agent` (and so treq) cannot do this: it hands over the response only once the request body is finished
+(``HTTP11ClientProtocol.request`` chains the response Deferred when the request is written or the response complete),
+i.e. at the end of the call. So this module speaks the little HTTP/1.1 it needs itself: a sans-IO `ResponseParser`
+and a thin protocol. TLS is the same as for wss:// (`avr.sts.tls`: chain and host name verified).
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
-from attrs import define, field
+from attrs import frozen
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.protocol import Protocol
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
-from treq.client import HTTPClient
 from zope.interface import implementer
 
+from avr import __version__
 from avr.config import redact_url
 from avr.interfaces import IStsConnector, IStsHandler, IStsSession
+from avr.sts.attempt import ConnectAttempt
 from avr.sts.errors import StsConnectError, describe_failure
-from avr.sts.tls import https_policy, load_trust_root
+from avr.sts.tls import client_tls_options, load_trust_root
 
 log = Logger()
 
+#: Largest response head (status line and headers) accepted.
+MAX_HEAD_BYTES = 64 * 1024
 
-def sts_http_client(reactor: Any, trust_root: str | None = None, pool: HTTPConnectionPool | None = None) -> HTTPClient:
+_LINE_LIMIT = 4096
+
+
+class HttpResponseError(Exception):
+    """The STS's response is not HTTP/1.x as expected; ``reason`` says how."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@frozen
+class ResponseHead:
+    """Status and headers of a response (header names lower-case; repeated headers joined with ``, ``)."""
+
+    status: int
+    phrase: str
+    headers: dict[str, str]
+
+
+class ResponseEnd:
+    """The response body is complete."""
+
+
+RESPONSE_END = ResponseEnd()
+
+_HEAD, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _LENGTH, _UNTIL_CLOSE, _DONE = range(8)
+
+
+class ResponseParser:
     """
-    A treq client for legacy HTTP STS peers, verifying https:// certificates and host names against the platform's
-    CAs or the PEM CA file ``trust_root``.
-
-    :param pool: connection pool; default a non-persistent one (each call's stream is its own connection, so nothing
-        stays cached after a call).
+    Sans-IO parser of one streamed HTTP/1.x response: `feed` bytes, get events back as soon as they are complete:
+    a `ResponseHead`, then body data (``bytes``, as it arrives, chunk boundaries not preserved), then `RESPONSE_END`.
+    Interim 1xx responses are skipped.
     """
-    root = load_trust_root(trust_root) if trust_root is not None else None
-    agent = Agent(reactor, contextFactory=https_policy(root), pool=pool or HTTPConnectionPool(reactor, persistent=False))
-    return HTTPClient(agent)
-
-
-@implementer(IBodyProducer)
-class CallerAudioProducer:
-    """
-    The request body: caller PCM written to the connection as it arrives, until `finish`.
-
-    While the connection pushes back (paused), audio is dropped rather than queued: it is real-time and stale audio
-    is worse than a gap.
-    """
-
-    length = UNKNOWN_LENGTH
 
     def __init__(self) -> None:
-        self.started: Deferred = Deferred()
-        self._consumer: Any = None
-        self._finished: Deferred | None = None
-        self._paused = False
-        self._stopped = False
-        self.dropped_bytes = 0
+        self._state = _HEAD
+        self._buffer = bytearray()
+        self._remaining = 0
 
-    def startProducing(self, consumer: Any) -> Deferred:
-        """The request is being written: audio may flow."""
-        self._consumer = consumer
-        self._finished = Deferred()
-        finished = self._finished
-        if not self.started.called:
-            self.started.callback(self)
-        return finished
+    @property
+    def complete(self) -> bool:
+        """The whole response has been parsed."""
+        return self._state == _DONE
 
-    def write(self, pcm: bytes) -> None:
-        """Send caller audio, if the body is open and the connection keeps up."""
-        if self._consumer is None or self._stopped or not pcm:
-            return
-        if self._paused:
-            self.dropped_bytes += len(pcm)
-            return
-        self._consumer.write(pcm)
+    def feed(self, data: bytes) -> list[Any]:
+        """
+        Parse more bytes.
 
-    def finish(self) -> None:
-        """End the request body (idempotent)."""
-        finished, self._finished = self._finished, None
-        self._consumer = None
-        if finished is not None and not self._stopped:
-            finished.callback(None)
+        :raises HttpResponseError: malformed status line, headers or chunked encoding, or a head that is too large.
+        """
+        self._buffer += data
+        events: list[Any] = []
+        buffer = self._buffer
+        while buffer:
+            state = self._state
+            if state == _HEAD:
+                end = buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buffer) > MAX_HEAD_BYTES:
+                        raise HttpResponseError("response head too large")
+                    break
+                head = self._head(bytes(buffer[:end]))
+                del buffer[:end + 4]
+                if head is not None:
+                    events.append(head)
+                    if self._state == _DONE:
+                        events.append(RESPONSE_END)
+            elif state == _CHUNK_SIZE:
+                line = self._line()
+                if line is None:
+                    break
+                try:
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise HttpResponseError("bad chunk size in the response body") from None
+                if size < 0:
+                    raise HttpResponseError("bad chunk size in the response body")
+                self._remaining = size
+                self._state = _CHUNK_DATA if size else _TRAILERS
+            elif state == _CHUNK_DATA or state == _LENGTH:
+                piece = bytes(buffer[:self._remaining])
+                del buffer[:len(piece)]
+                self._remaining -= len(piece)
+                events.append(piece)
+                if not self._remaining:
+                    if state == _CHUNK_DATA:
+                        self._state = _CHUNK_CRLF
+                    else:
+                        self._state = _DONE
+                        events.append(RESPONSE_END)
+            elif state == _CHUNK_CRLF:
+                if len(buffer) < 2:
+                    break
+                if buffer[:2] != b"\r\n":
+                    raise HttpResponseError("missing CRLF after a chunk of the response body")
+                del buffer[:2]
+                self._state = _CHUNK_SIZE
+            elif state == _TRAILERS:
+                line = self._line()
+                if line is None:
+                    break
+                if not line:
+                    self._state = _DONE
+                    events.append(RESPONSE_END)
+            elif state == _UNTIL_CLOSE:
+                events.append(bytes(buffer))
+                buffer.clear()
+            else:  # _DONE: nothing may follow on a connection we close
+                buffer.clear()
+        return events
 
-    def pauseProducing(self) -> None:
-        """The connection's buffer is full."""
-        self._paused = True
+    def connection_lost(self) -> list[Any]:
+        """
+        The connection closed.
 
-    def resumeProducing(self) -> None:
-        """The connection's buffer drained."""
-        self._paused = False
+        :raises HttpResponseError: the response was not complete.
+        """
+        if self._state == _UNTIL_CLOSE:
+            self._state = _DONE
+            return [RESPONSE_END]
+        if self._state == _DONE:
+            return []
+        raise HttpResponseError("connection closed before the response was complete")
 
-    def stopProducing(self) -> None:
-        """The request was abandoned: the Deferred of `startProducing` must not fire."""
-        self._stopped = True
-        self._consumer = None
-        self._finished = None
+    def _line(self) -> bytes | None:
+        end = self._buffer.find(b"\r\n")
+        if end < 0:
+            if len(self._buffer) > _LINE_LIMIT:
+                raise HttpResponseError("line too long in the response body")
+            return None
+        line = bytes(self._buffer[:end])
+        del self._buffer[:end + 2]
+        return line
 
-
-class _AudioBody(Protocol):
-    """Receives the response body and hands each chunk to the session as it arrives."""
-
-    def __init__(self, session: HttpStsSession) -> None:
-        self._session = session
-
-    def dataReceived(self, data: bytes) -> None:
-        self._session._agent_audio(data)
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self._session._end("the STS ended the audio stream")
+    def _head(self, raw: bytes) -> ResponseHead | None:
+        lines = raw.split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3 or not parts[1].isdigit():
+            raise HttpResponseError("bad HTTP status line")
+        status = int(parts[1])
+        phrase = parts[2].decode("latin-1").strip() if len(parts) > 2 else ""
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip():
+                raise HttpResponseError("bad header line in the response")
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1").strip()
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        if 100 <= status < 200:
+            return None  # interim response (e.g. 100 Continue): the real one follows
+        encoding = headers.get("transfer-encoding", "").lower()
+        if encoding:
+            if encoding.rsplit(",", 1)[-1].strip() != "chunked":
+                raise HttpResponseError(f"unsupported transfer encoding {encoding!r}")
+            self._state = _CHUNK_SIZE
+        elif status in (204, 304):
+            self._state = _DONE
+        elif "content-length" in headers:
+            try:
+                self._remaining = int(headers["content-length"])
+            except ValueError:
+                raise HttpResponseError("bad content-length") from None
+            if self._remaining < 0:
+                raise HttpResponseError("bad content-length")
+            self._state = _LENGTH if self._remaining else _DONE
         else:
-            self._session._end(f"connection lost ({describe_failure(reason)})")
+            self._state = _UNTIL_CLOSE
+        return ResponseHead(status, phrase, headers)
+
+
+def request_head(url: str, uuid: str) -> bytes:
+    """The head of the streaming POST for call ``uuid`` (chunked body, one request per connection)."""
+    parts = urlsplit(url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    default_port = 443 if parts.scheme == "https" else 80
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port and parts.port != default_port:
+        host = f"{host}:{parts.port}"
+    lines = [
+        f"POST {target} HTTP/1.1",
+        f"Host: {host}",
+        f"X-UUID: {uuid}",
+        "Content-Type: application/octet-stream",
+        "Transfer-Encoding: chunked",
+        "Connection: close",
+        f"User-Agent: avr/{__version__}",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+@implementer(IStsSession, IPushProducer, IHandshakeListener)
+class HttpStsProtocol(Protocol):
+    """
+    One call's streaming POST, and its `IStsSession`.
+
+    Open (for `when_opened`) once connected (http) or once the TLS handshake verified the peer (https). Caller audio
+    goes out as one chunk per `send_audio`; while the connection pushes back (paused) it is dropped, not queued:
+    it is real-time, and stale audio is worse than a gap.
+
+    :param head: the request head (`request_head`).
+    :param uuid: the call's UUID (for logs).
+    :param handler: receives agent audio, errors and the end of the session.
+    :param secure: the connection is TLS (open at the handshake rather than at connect).
+    """
+
+    def __init__(self, head: bytes, uuid: str, handler: IStsHandler, secure: bool) -> None:
+        self.uuid = uuid
+        self._head = head
+        self._handler = handler
+        self._secure = secure
+        self._parser = ResponseParser()
+        self._status: int | None = None
+        self._open = False
+        self._ended = False
+        self._body_finished = False
+        self._paused = False
+        self._gone = False
+        self._dropped_bytes = 0
+        self._open_waiters: list[Deferred] = []
+        self._open_outcome: Any = None
+
+    # -- opening
+
+    def when_opened(self) -> Deferred:
+        """Fires with this protocol once open; fails with the connection's end reason if it ends before."""
+        d: Deferred = Deferred()
+        if self._open_outcome is None:
+            self._open_waiters.append(d)
+        elif isinstance(self._open_outcome, Failure):
+            d.errback(self._open_outcome)
+        else:
+            d.callback(self)
+        return d
+
+    def _resolve_open(self, outcome: Any) -> None:
+        self._open_outcome = outcome
+        waiters, self._open_waiters = self._open_waiters, []
+        for d in waiters:
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(self)
+
+    def connectionMade(self) -> None:
+        """Send the request head; plain http is open now."""
+        self.transport.registerProducer(self, True)
+        self.transport.write(self._head)
+        if not self._secure:
+            self._opened()
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up and the peer verified: https is open now."""
+        self._opened()
+
+    def _opened(self) -> None:
+        if self._open or self._ended:
+            return
+        self._open = True
+        log.info("Legacy HTTP STS stream open for call {uuid}", uuid=self.uuid)
+        self._resolve_open(self)
 
     def abort(self) -> None:
+        """Drop the connection at once."""
         if self.transport is not None:
-            self.transport.stopProducing()
+            self.transport.abortConnection()
 
-
-@implementer(IStsSession)
-@define(eq=False)
-class HttpStsSession:
-    """One call's streaming POST to a legacy HTTP STS."""
-
-    uuid: str
-    handler: IStsHandler
-    producer: CallerAudioProducer = field(factory=CallerAudioProducer)
-    _response: Deferred | None = field(default=None, init=False)
-    _body: _AudioBody | None = field(default=None, init=False)
-    _closed: bool = field(default=False, init=False)
+    # -- IStsSession
 
     def send_audio(self, pcm: bytes) -> None:
-        """Stream caller audio in the request body."""
-        if not self._closed:
-            self.producer.write(pcm)
+        """Stream caller audio as one body chunk."""
+        if not self._open or self._ended or self._body_finished or not pcm:
+            return
+        if self._paused:
+            self._dropped_bytes += len(pcm)
+            return
+        self.transport.writeSequence([b"%x\r\n" % len(pcm), pcm, b"\r\n"])
 
     def send_dtmf(self, digit: str) -> None:
         """The legacy protocol has no DTMF channel: ignored."""
@@ -147,67 +326,94 @@ class HttpStsSession:
                   digit=digit)
 
     def close(self) -> None:
-        """Finish the request body, abandon the response; `IStsHandler.sts_closed` is called before this returns."""
+        """Finish the request body and stop reading the response; `IStsHandler.sts_closed` is called at once."""
         self._end("closed")
 
-    def _watch(self, response: Deferred) -> None:
-        self._response = response
-        response.addCallbacks(self._got_response, self._no_response)
+    # -- IPushProducer (the transport's flow control)
 
-    def _got_response(self, response: Any) -> None:
-        self._response = None
-        if self._closed:
-            self._discard(response)
-            return
-        if not 200 <= response.code < 300:
-            phrase = response.phrase.decode("latin-1", "replace") if isinstance(response.phrase, bytes) else ""
-            text = f"STS answered HTTP {response.code} {phrase}".rstrip()
-            log.warn("Legacy HTTP STS for call {uuid}: {error}", uuid=self.uuid, error=text)
-            try:
-                self.handler.sts_error(text)
-            except Exception:
-                log.failure("Legacy HTTP STS for call {uuid}: the call failed to handle an error", uuid=self.uuid)
-            self._end(f"STS answered HTTP {response.code}")
-            self._discard(response)
-            return
-        self._body = _AudioBody(self)
-        response.deliverBody(self._body)
+    def pauseProducing(self) -> None:
+        """The connection's send buffer is full."""
+        self._paused = True
 
-    def _discard(self, response: Any) -> None:
-        body = _AudioBody(self)
-        response.deliverBody(body)
-        body.abort()
+    def resumeProducing(self) -> None:
+        """The connection's send buffer drained."""
+        self._paused = False
 
-    def _no_response(self, failure: Failure) -> None:
-        self._response = None
-        if not self._closed:
-            self._end(f"connection lost ({describe_failure(failure)})")
+    def stopProducing(self) -> None:
+        """The connection is going away."""
+        self._paused = True
 
-    def _agent_audio(self, pcm: bytes) -> None:
-        if self._closed:
+    # -- response
+
+    def dataReceived(self, data: bytes) -> None:
+        """Parse the response and hand agent audio to the call as it arrives."""
+        if self._ended:
             return
         try:
-            self.handler.sts_audio(pcm)
-        except Exception:
-            log.failure("Legacy HTTP STS for call {uuid}: the call failed to handle audio", uuid=self.uuid)
+            events = self._parser.feed(data)
+        except HttpResponseError as e:
+            self._end(f"bad response from the STS ({e.reason})")
+            return
+        self._deliver(events)
+
+    def _deliver(self, events: list[Any]) -> None:
+        for event in events:
+            if self._ended:
+                return
+            if isinstance(event, bytes):
+                if event:
+                    try:
+                        self._handler.sts_audio(event)
+                    except Exception:
+                        log.failure("Legacy HTTP STS for call {uuid}: the call failed to handle audio", uuid=self.uuid)
+            elif isinstance(event, ResponseHead):
+                self._status = event.status
+                if not 200 <= event.status < 300:
+                    text = f"STS answered HTTP {event.status} {event.phrase}".rstrip()
+                    log.warn("Legacy HTTP STS for call {uuid}: {error}", uuid=self.uuid, error=text)
+                    try:
+                        self._handler.sts_error(text)
+                    except Exception:
+                        log.failure("Legacy HTTP STS for call {uuid}: the call failed to handle an error",
+                                    uuid=self.uuid)
+                    self._end(f"STS answered HTTP {event.status}")
+            else:
+                self._end("the STS ended the audio stream")
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        """End the session (or fail the opening) with the reason."""
+        self._gone = True
+        if not self._open:
+            # The connect attempt turns this into a readable StsConnectError (TLS problem, refused...).
+            self._ended = True
+            self._resolve_open(reason)
+            return
+        if self._ended:
+            return
+        try:
+            events = self._parser.connection_lost()
+        except HttpResponseError:
+            self._end(f"connection lost ({describe_failure(reason)})")
+            return
+        self._deliver(events)
+        self._end("connection closed by the STS")
 
     def _end(self, reason: str) -> None:
-        if self._closed:
+        if self._ended:
             return
-        self._closed = True
-        self.producer.finish()
-        response, self._response = self._response, None
-        if response is not None:
-            response.cancel()
-        body, self._body = self._body, None
-        if body is not None:
-            body.abort()
-        if self.producer.dropped_bytes:
+        self._ended = True
+        if not self._gone and self.transport is not None:
+            if not self._body_finished:
+                self._body_finished = True
+                self.transport.write(b"0\r\n\r\n")
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+        if self._dropped_bytes:
             log.warn("Legacy HTTP STS for call {uuid}: {dropped} bytes of caller audio dropped (connection too slow)",
-                     uuid=self.uuid, dropped=self.producer.dropped_bytes)
+                     uuid=self.uuid, dropped=self._dropped_bytes)
         log.info("Legacy HTTP STS session for call {uuid} ended: {reason}", uuid=self.uuid, reason=reason)
         try:
-            self.handler.sts_closed(reason)
+            self._handler.sts_closed(reason)
         except Exception:
             log.failure("Legacy HTTP STS for call {uuid}: the call failed to handle the end", uuid=self.uuid)
 
@@ -217,97 +423,39 @@ class HttpStsConnector:
     """
     Opens legacy HTTP STS sessions.
 
-    :param http_client: a treq `HTTPClient` (see `sts_http_client` for one with the right TLS policy).
-    :param clock: for the connect timeout.
-    :param connect_timeout: seconds until the request must be on the wire.
+    :param reactor: for TCP connections and the connect timeout (IReactorTCP + IReactorTime).
+    :param connect_timeout: seconds until the request is on the wire (https: until the peer is verified).
+    :param trust_root: ``None`` to trust the platform's CAs for https://, or a PEM CA file (read now;
+        `avr.config.ConfigError` if unusable). Chain and host name are always verified.
     """
 
-    def __init__(self, http_client: Any, clock: Any, connect_timeout: float = 5.0) -> None:
-        self._http = http_client
-        self._clock = clock
+    def __init__(self, reactor: Any, connect_timeout: float = 5.0, trust_root: str | None = None) -> None:
+        self._reactor = reactor
         self._connect_timeout = connect_timeout
+        self._trust_root = load_trust_root(trust_root) if trust_root is not None else None
 
     def connect(self, url: str | None, uuid: str, handler: IStsHandler) -> Deferred:
         """
         Start the POST for call ``uuid``.
 
-        :return: a Deferred firing with an `HttpStsSession` once the request is being sent, or failing with
-            `StsConnectError`.
+        :return: a Deferred firing with the `HttpStsProtocol` once open, or failing with `StsConnectError`
+            (cancelling it abandons the attempt).
         """
         if url is None:
             return fail(StsConnectError("no STS HTTP URL"))
         log.info("Connecting to legacy HTTP STS: {url}", url=redact_url(url))
-        session = HttpStsSession(uuid, handler)
         try:
-            response = self._http.request(
-                "POST", url,
-                headers={"X-UUID": uuid, "Content-Type": "application/octet-stream"},
-                data=session.producer,
-                allow_redirects=False,
-                unbuffered=True,
-                reactor=self._clock,
-            )
-        except Exception as e:
-            return fail(StsConnectError(f"cannot send the request ({type(e).__name__})"))
-        return _HttpAttempt(self._clock, self._connect_timeout, session, response).result
-
-
-@define(eq=False)
-class _HttpAttempt:
-    """Waits for the request to be on the wire, within the timeout; then hands the response over to the session."""
-
-    clock: Any
-    timeout: float
-    session: HttpStsSession
-    response: Deferred
-    result: Deferred = field(init=False)
-    _timer: Any = field(default=None, init=False)
-    _done: bool = field(default=False, init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.result = Deferred(self._cancelled)
-        self._timer = self.clock.callLater(self.timeout, self._timed_out)
-        self.session.producer.started.addCallback(self._started)
-        self.response.addErrback(self._failed_early)
-
-    def _started(self, _: Any) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._stop_timer()
-        self.session._watch(self.response)
-        log.info("Legacy HTTP STS stream open for call {uuid}", uuid=self.session.uuid)
-        self.result.callback(self.session)
-
-    def _failed_early(self, failure: Failure) -> Any:
-        if self._done:
-            return failure
-        self._done = True
-        self._stop_timer()
-        self.result.errback(StsConnectError(describe_failure(failure)))
-        return None
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        if self._done:
-            return
-        self._done = True
-        self.result.errback(StsConnectError(f"timed out after {self.timeout:g} s"))
-        self._abandon()
-
-    def _cancelled(self, _: Deferred) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._stop_timer()
-        self._abandon()
-
-    def _abandon(self) -> None:
-        self.response.addErrback(lambda _: None)
-        self.response.cancel()
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+            parts = urlsplit(url)
+            host = parts.hostname
+            secure = parts.scheme.lower() == "https"
+            port = parts.port or (443 if secure else 80)
+            if parts.scheme.lower() not in ("http", "https") or not host:
+                raise ValueError("not http(s)")
+            head = request_head(url, uuid)
+        except (ValueError, UnicodeEncodeError):
+            return fail(StsConnectError("not a valid http:// or https:// URL"))
+        factory = Factory.forProtocol(lambda: HttpStsProtocol(head, uuid, handler, secure))
+        endpoint: Any = HostnameEndpoint(self._reactor, host, port, timeout=self._connect_timeout)
+        if secure:
+            endpoint = wrapClientTLS(client_tls_options(host, self._trust_root), endpoint)
+        return ConnectAttempt(self._reactor, self._connect_timeout, host).start(endpoint, factory)

@@ -16,7 +16,6 @@ from collections import deque
 from functools import partial
 from typing import Any
 
-from attrs import define, field
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.defer import Deferred, fail
@@ -29,6 +28,7 @@ from zope.interface import implementer
 from avr import __version__
 from avr.config import redact_url
 from avr.interfaces import IStsConnector, IStsHandler, IStsSession
+from avr.sts.attempt import ConnectAttempt
 from avr.sts.codec import (
     AudioMessage,
     Interruption,
@@ -152,7 +152,7 @@ class StsClientProtocol(WebSocketClientProtocol):
             self.sendClose(code=WebSocketProtocol.CLOSE_STATUS_CODE_NORMAL)
             self._arm_close_timer()
         elif state in _CONNECTING:
-            self._abort()
+            self.abort()
         elif state is not None and state != _CLOSED:
             self._arm_close_timer()
 
@@ -181,7 +181,8 @@ class StsClientProtocol(WebSocketClientProtocol):
             else:
                 d.callback(self)
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
+        """Drop the connection at once (no closing handshake)."""
         if getattr(self, "state", _CLOSED) != _CLOSED:
             self.dropConnection(abort=True)
 
@@ -271,7 +272,7 @@ class StsClientProtocol(WebSocketClientProtocol):
         self._close_timer = None
         if self.state != _CLOSED:
             self.wasNotCleanReason = f"closing handshake not finished within {self._close_timeout:g} s"
-            self._abort()
+            self.abort()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         """Remember why the transport went away (TLS verification, reset...) before autobahn reports the close."""
@@ -324,82 +325,6 @@ class StsClientProtocol(WebSocketClientProtocol):
         return f"connection lost ({detail})"
 
 
-@define(eq=False)
-class _Attempt:
-    """One connection attempt: the overall timeout, cancellation, and the readable failure."""
-
-    clock: Any
-    timeout: float
-    host: str
-    result: Deferred = field(init=False)
-    _connecting: Deferred | None = field(default=None, init=False)
-    _protocol: StsClientProtocol | None = field(default=None, init=False)
-    _timer: Any = field(default=None, init=False)
-    _done: bool = field(default=False, init=False)
-
-    def start(self, endpoint: Any, factory: WebSocketClientFactory) -> Deferred:
-        self.result = Deferred(self._cancelled)
-        self._timer = self.clock.callLater(self.timeout, self._timed_out)
-        self._connecting = endpoint.connect(factory)
-        self._connecting.addCallbacks(self._connected, self._connect_failed)
-        return self.result
-
-    def _connected(self, protocol: StsClientProtocol) -> None:
-        self._connecting = None
-        self._protocol = protocol
-        protocol.when_opened().addCallbacks(self._opened, self._failed)
-
-    def _connect_failed(self, failure: Failure) -> None:
-        self._connecting = None
-        self._fail(StsConnectError(describe_failure(failure, self.host)))
-
-    def _failed(self, failure: Failure) -> None:
-        if isinstance(failure.value, StsConnectError):
-            self._fail(failure.value)
-        else:
-            self._fail(StsConnectError(describe_failure(failure, self.host)))
-
-    def _opened(self, protocol: StsClientProtocol) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._stop_timer()
-        self.result.callback(protocol)
-
-    def _fail(self, reason: StsConnectError) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._stop_timer()
-        self.result.errback(reason)
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        self._fail(StsConnectError(f"timed out after {self.timeout:g} s"))
-        self._abandon()
-
-    def _cancelled(self, _: Deferred) -> None:
-        # The caller gave up (e.g. the call ended while connecting); the result then fails with CancelledError.
-        if self._done:
-            return
-        self._done = True
-        self._stop_timer()
-        self._abandon()
-
-    def _abandon(self) -> None:
-        connecting, self._connecting = self._connecting, None
-        if connecting is not None:
-            connecting.cancel()
-        if self._protocol is not None:
-            self._protocol._abort()
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
-
-
 @implementer(IStsConnector)
 class WebSocketStsConnector:
     """
@@ -450,4 +375,4 @@ class WebSocketStsConnector:
         endpoint: Any = HostnameEndpoint(self._reactor, factory.host, factory.port, timeout=self._connect_timeout)
         if factory.isSecure:
             endpoint = wrapClientTLS(client_tls_options(factory.host, self._trust_root), endpoint)
-        return _Attempt(self._reactor, self._connect_timeout, factory.host).start(endpoint, factory)
+        return ConnectAttempt(self._reactor, self._connect_timeout, factory.host).start(endpoint, factory)

@@ -344,6 +344,8 @@ class Channel:
     snoops: list = field(factory=list)
     snoop_target: Channel | None = None
     formats: str = ""
+    #: the ;2 half of a Local pair made by ``/channels/create``, dialled by ``/dial``
+    pending_two: Channel | None = None
 
     def to_json(self, with_vars: bool = True) -> dict:
         """The ARI Channel object (``channelvars`` only when variables were added with ``report_events``)."""
@@ -437,7 +439,8 @@ class Playback:
     #: seconds left of the current item (while paused), and when it started playing (clock time)
     remaining: float | None = None
     started_at: float = 0.0
-    call: Any = None
+    skipms: int = 3000
+    timers: list = field(factory=list)
     #: an unknown media scheme: plays forever and is never reported finished
     stuck: bool = False
 
@@ -469,7 +472,7 @@ class LiveRecording:
     state: str = "queued"
     active: float = 0.0
     resumed_at: float | None = None
-    call: Any = None
+    timers: list = field(factory=list)
     muted: bool = False
     cancelled: bool = False
     duration: int | None = None
@@ -496,6 +499,7 @@ class StoredRecording:
     name: str
     format: str
     data: bytes
+    seconds: float = 0.0
 
     def to_json(self) -> dict:
         """The ARI StoredRecording object."""

@@ -35,6 +35,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.web.resource import Resource
+from twisted.web.http import HTTPChannel
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
@@ -447,10 +448,28 @@ class FakeHttpStsResource(Resource):
         self.status = status
         self.sessions: list[FakeHttpStsSession] = []
         self._waiters = _Waiters()
+        self._channels: set[Any] = set()
+        self._idle_waiters: list[Deferred] = []
 
     def session_opened(self, uuid: str | None = None) -> Deferred:
         """A Deferred firing with the session once the POST for ``uuid`` (``None``: the first one) arrived."""
         return self._waiters.wait(uuid)
+
+    def when_disconnected(self) -> Deferred:
+        """A Deferred firing once no connection (of a `fake_http_sts_site`) is open any more."""
+        d: Deferred = Deferred()
+        if self._channels:
+            self._idle_waiters.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def _channel_lost(self, channel: Any) -> None:
+        self._channels.discard(channel)
+        if not self._channels:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
 
     def render_POST(self, request: Request) -> Any:
         """Start a session; the body is delivered to it as it arrives (with `fake_http_sts_site`)."""
@@ -516,10 +535,26 @@ class _StreamingRequest(Request):
         super().finish()
 
 
+class _TrackedChannel(HTTPChannel):
+    """An HTTP/1.1 channel that tells its fake resource when the connection is gone."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.resource._channels.add(self)
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        self.site.resource._channel_lost(self)
+
+
 def fake_http_sts_site(resource: FakeHttpStsResource, reactor: Any) -> Site:
-    """A `Site` serving ``resource`` with streaming request bodies (see the module docstring)."""
+    """
+    A `Site` serving ``resource`` with streaming request bodies (see the module docstring), HTTP/1.1 only, whose
+    connections `FakeHttpStsResource.when_disconnected` can wait for.
+    """
     site = Site(resource, reactor=reactor)
     site.requestFactory = _StreamingRequest
+    site.protocol = _TrackedChannel
     return site
 
 

@@ -1,0 +1,97 @@
+"""
+`CallControl`: the in-memory model of calls and bridges behind the call-control REST API, kept in step with
+Asterisk by the ARI events (`IAriEventListener`) and driving Asterisk through ARI REST (`IAriClient`).
+
+Identity: a call's API id is its ARI channel id. It needs no mapping table, stays the same across a resync or an
+avr restart (``GET /channels`` gives the same ids), and can be used with Asterisk's own tools. For calls avr
+originates, avr chooses the id (a UUID4) and registers the call before asking Asterisk, so events that arrive
+before Asterisk's response (they usually do) are never mistaken for an unknown channel.
+
+Call states (`avr.control.records.STATES`): outbound ``dialing`` → ``ringing`` → ``answered``; inbound ``ringing``
+→ ``answered``; ``answered`` ⇄ ``bridged`` (in a bridge made through the API or a transfer); any → ``ended``.
+``call.state_changed`` is published only on a real change; the end is ``call.ended`` (not a state change), exactly
+once per call, with the Q.850 cause. Playback and recording are events, not states. Ended calls stay readable
+through `get_call` for ``retention`` seconds.
+
+Events published (``{"type", "callId" | "bridgeId", "timestamp", "data"}``): ``call.created`` (data: the call),
+``call.state_changed`` (``previousState``, ``state``, plus ``answeredAt`` / ``bridgeId``), ``call.ended``
+(``previousState``, ``cause``, ``causeText``, ``endedAt``, maybe ``dialStatus``, ``hangupReason``, ``note``),
+``call.dtmf`` (``digit``, ``durationMs``), ``call.transferred``, ``call.transfer_failed``, ``playback.started``,
+``playback.finished`` (``playbackId``, ``kind``, ``status``: done/failed/stopped/unknown, maybe ``error``),
+``recording.started``, ``recording.finished`` (``name``, ``format``, ``state``, ``duration``), ``bridge.created``
+(data: the bridge), ``bridge.destroyed``, ``bridge.channel_entered`` and ``bridge.channel_left`` (``callId``).
+
+Every operation is a coroutine (``async def``); wrap it with ``Deferred.fromCoroutine`` at the HTTP boundary.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from zope.interface import implementer
+
+from avr.control.media import MediaOps
+from avr.control.recordings import RecordingOps
+from avr.control.resync import ResyncOps
+from avr.control.transfer import TransferOps
+from avr.interfaces import IAriEventListener, ICallControl
+
+
+@implementer(ICallControl, IAriEventListener)
+class CallControl(TransferOps, ResyncOps, MediaOps, RecordingOps):
+    """
+    Call control over ARI. See the module documentation; the constructor's parameters are those of
+    `avr.control.core.ControlCore` (``ari``, ``clock``, ``sink``, ``app``, ``inbound_policy``, ``injector``,
+    ``audiosocket_address``, ``retention``, ...).
+
+    Operations (all ``async``; failures are `avr.control.errors.ControlError` subclasses or
+    `avr.ari.errors.AriError` carrying Asterisk's status): `list_calls`, `get_call`, `originate`, `answer`,
+    `hangup`, `send_dtmf`, `play`, `stop_playback`, `play_pcm`, `record`, `stop_recording`, `cancel_recording`,
+    `transfer`, `create_bridge`, `list_bridges`, `get_bridge`, `destroy_bridge`, `add_to_bridge`,
+    `remove_from_bridge`, `list_recordings`, `get_recording`, `recording_file`, `copy_recording`,
+    `delete_recording`, `list_endpoints`. Synchronous: `status`, `snapshot`, `stop`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._handlers: dict[str, Callable[[dict], None]] = {
+            "StasisStart": self._on_stasis_start,
+            "StasisEnd": self._on_stasis_end,
+            "ChannelDestroyed": self._on_channel_destroyed,
+            "ChannelStateChange": self._on_channel_state_change,
+            "ChannelHangupRequest": self._on_channel_hangup_request,
+            "ChannelDtmfReceived": self._on_channel_dtmf_received,
+            "ChannelCallerId": self._on_channel_caller_id,
+            "Dial": self._on_dial,
+            "PlaybackStarted": self._on_playback_started,
+            "PlaybackFinished": self._on_playback_finished,
+            "RecordingStarted": self._on_recording_started,
+            "RecordingFinished": self._on_recording_finished,
+            "RecordingFailed": self._on_recording_failed,
+            "ChannelEnteredBridge": self._on_channel_entered_bridge,
+            "ChannelLeftBridge": self._on_channel_left_bridge,
+            "BridgeDestroyed": self._on_bridge_destroyed,
+        }
+
+    def ari_connected(self) -> None:
+        """The events socket is up: mark ARI connected and resynchronise from REST."""
+        self._ari_state = "connected"
+        self._ari_reason = None
+        self._start_resync()
+
+    def ari_event(self, event: dict) -> None:
+        """Apply one ARI event to the model (unknown types and channels are ignored)."""
+        handler = self._handlers.get(event.get("type", ""))
+        if handler is None or self._stopped:
+            return
+        try:
+            handler(event)
+        except Exception:
+            self.log.failure("Call control cannot apply an ARI {type} event", type=event.get("type"))
+
+    def ari_disconnected(self, reason: str) -> None:
+        """The events socket dropped: mark ARI disconnected (calls are kept; the next connect resynchronises)."""
+        self._ari_state = "disconnected"
+        self._ari_reason = reason
+        self._cancel_timer(self._resync_retry)
+        self._resync_retry = None

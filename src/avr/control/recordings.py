@@ -1,0 +1,211 @@
+"""
+Recordings: recording a call (live recordings, with ``recording.started``/``recording.finished`` events) and the
+stored recordings on the Asterisk host (list, get, download, copy, delete).
+
+Recording names are limited to letters, digits, ``.``, ``_`` and ``-`` (no sub-directories), so a name can never
+point outside Asterisk's recording directory.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from avr.ari.client import path_segment
+from avr.ari.errors import AriError
+from avr.control.core import ControlCore
+from avr.control.errors import Conflict, Invalid, NotFound
+from avr.control.records import Call, Recording
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
+_FORMAT = re.compile(r"^[a-z0-9]{1,16}$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+#: ARI ``ifExists`` choices.
+IF_EXISTS = ("fail", "overwrite", "append")
+
+
+def check_name(value: Any, what: str = "name") -> str:
+    """``value`` if it is a valid recording name, else `Invalid`."""
+    if not isinstance(value, str) or not _NAME.match(value) or ".." in value:
+        raise Invalid(f"{what} must be 1-200 letters, digits, '.', '_' or '-' (not starting with '.' or '-')")
+    return value
+
+
+def _not_found(error: AriError, name: str) -> Exception:
+    if error.status == 404:
+        return NotFound(f"Recording {name} not found")
+    if error.status == 409:
+        return Conflict(error.message)
+    return error
+
+
+class RecordingOps(ControlCore):
+    """Recording operations and the recording events."""
+
+    async def record(self, call_id: str, name: str | None = None, format: str = "wav", max_duration: int = 300,
+                     beep: bool = False, if_exists: str = "fail") -> dict:
+        """
+        Record what the call's channel hears from the far end (ARI channel recording).
+
+        :param name: recording name (default ``call-<id>-<epoch ms>``).
+        :param format: file format Asterisk writes (``wav``, ``gsm``, ``ulaw``, ``alaw``, ``sln``, ``sln16``, ...;
+            an unknown one gets Asterisk's 422).
+        :param max_duration: seconds (0 = no limit, at most 86400).
+        :param if_exists: ``fail``, ``overwrite`` or ``append``.
+        :return: the live recording once Asterisk accepted it; ``recording.finished`` reports the end.
+        :raises Conflict: the name is in use (or exists, with ``fail``).
+        """
+        if name is not None:
+            check_name(name)
+        if not isinstance(format, str) or not _FORMAT.match(format):
+            raise Invalid("format must be a short lower-case format name such as wav or sln16")
+        if isinstance(max_duration, bool) or not isinstance(max_duration, int) or not 0 <= max_duration <= 86400:
+            raise Invalid("max_duration must be a whole number of seconds from 0 (no limit) to 86400")
+        if not isinstance(beep, bool):
+            raise Invalid("beep must be true or false")
+        if if_exists not in IF_EXISTS:
+            raise Invalid(f"if_exists must be one of {', '.join(IF_EXISTS)}")
+        call = self._live(call_id)
+        self._require_stasis(call)
+        ari = self._require_ari()
+        if name is None:
+            name = f"call-{_UNSAFE.sub('-', call.id)}-{int(self.clock.seconds() * 1000)}"
+        if name in self._recordings:
+            raise Conflict(f"Recording {name} is already in progress")
+        recording = Recording(name, call.id, format, self.clock.seconds())
+        self._recordings[name] = recording
+        try:
+            await ari.request("POST", f"/channels/{path_segment(call.id)}/record", {
+                "name": name, "format": format, "maxDurationSeconds": max_duration, "beep": beep,
+                "ifExists": if_exists, "terminateOn": "none"})
+        except AriError as e:
+            if not recording.started_published:
+                self._recordings.pop(name, None)
+            if e.status == 409:
+                raise Conflict(e.message) from None
+            raise
+        except BaseException:
+            if not recording.started_published:
+                self._recordings.pop(name, None)
+            raise
+        if name not in call.recordings:
+            call.recordings.append(name)
+        if not recording.finished:
+            recording.state = "recording"
+        self._recording_started(recording)
+        return recording.to_dict()
+
+    async def stop_recording(self, name: str) -> dict:
+        """Stop a live recording and keep the file (``recording.finished`` follows). :raises NotFound:"""
+        check_name(name)
+        try:
+            await self._require_ari().request("POST", f"/recordings/live/{path_segment(name)}/stop")
+        except AriError as e:
+            raise _not_found(e, name) from None
+        return {"name": name, "status": "stopped"}
+
+    async def cancel_recording(self, name: str) -> dict:
+        """Stop a live recording and discard the file. :raises NotFound:"""
+        check_name(name)
+        try:
+            await self._require_ari().request("DELETE", f"/recordings/live/{path_segment(name)}")
+        except AriError as e:
+            raise _not_found(e, name) from None
+        return {"name": name, "status": "cancelled"}
+
+    async def list_recordings(self) -> list[dict]:
+        """The stored recordings: ``[{"name", "format"}]``."""
+        stored = await self._require_ari().request("GET", "/recordings/stored")
+        return [{"name": r.get("name"), "format": r.get("format")} for r in stored or [] if isinstance(r, dict)]
+
+    async def get_recording(self, name: str) -> dict:
+        """One stored recording: ``{"name", "format"}``. :raises NotFound:"""
+        check_name(name)
+        try:
+            stored = await self._require_ari().request("GET", f"/recordings/stored/{path_segment(name)}")
+        except AriError as e:
+            raise _not_found(e, name) from None
+        return {"name": stored.get("name", name), "format": stored.get("format")}
+
+    async def recording_file(self, name: str) -> Any:
+        """
+        The stored recording's file.
+
+        :return: the treq response, body unread (stream it; its ``Content-Type`` is Asterisk's, e.g. audio/wav).
+        :raises NotFound:
+        """
+        check_name(name)
+        try:
+            return await self._require_ari().stream(f"/recordings/stored/{path_segment(name)}/file")
+        except AriError as e:
+            raise _not_found(e, name) from None
+
+    async def copy_recording(self, name: str, destination: str) -> dict:
+        """Copy a stored recording. :return: ``{"name", "format"}`` of the copy. :raises NotFound, Conflict:"""
+        check_name(name)
+        check_name(destination, "destination")
+        try:
+            copy = await self._require_ari().request("POST", f"/recordings/stored/{path_segment(name)}/copy",
+                                                     {"destinationRecordingName": destination})
+        except AriError as e:
+            raise _not_found(e, name) from None
+        return {"name": (copy or {}).get("name", destination), "format": (copy or {}).get("format")}
+
+    async def delete_recording(self, name: str) -> dict:
+        """Delete a stored recording. :raises NotFound:"""
+        check_name(name)
+        try:
+            await self._require_ari().request("DELETE", f"/recordings/stored/{path_segment(name)}")
+        except AriError as e:
+            raise _not_found(e, name) from None
+        return {"name": name, "status": "deleted"}
+
+    # -- events -------------------------------------------------------------------------------------------------
+
+    def _recording_started(self, recording: Recording) -> None:
+        if recording.started_published:
+            return
+        recording.started_published = True
+        self._publish("recording.started", {"name": recording.name, "format": recording.format},
+                      self._calls.get(recording.call_id))
+
+    def _recording_finished(self, recording: Recording, state: str, duration: Any = None,
+                            cause: Any = None) -> None:
+        if recording.finished:
+            return
+        self._recording_started(recording)
+        recording.finished = True
+        recording.state = state
+        self._recordings.pop(recording.name, None)
+        data: dict[str, Any] = {"name": recording.name, "format": recording.format, "state": state,
+                                "duration": duration}
+        if cause:
+            data["cause"] = cause
+        self._publish("recording.finished", data, self._calls.get(recording.call_id))
+
+    def _ari_recording(self, event: dict) -> tuple[Recording | None, dict]:
+        live = event.get("recording") or {}
+        return self._recordings.get(live.get("name")), live
+
+    def _on_recording_started(self, event: dict) -> None:
+        recording, _ = self._ari_recording(event)
+        if recording is not None and not recording.finished:
+            recording.state = "recording"
+            self._recording_started(recording)
+
+    def _on_recording_finished(self, event: dict) -> None:
+        recording, live = self._ari_recording(event)
+        if recording is not None:
+            self._recording_finished(recording, str(live.get("state") or "done"), live.get("duration"),
+                                     live.get("cause"))
+
+    def _on_recording_failed(self, event: dict) -> None:
+        recording, live = self._ari_recording(event)
+        if recording is not None:
+            self._recording_finished(recording, "failed", live.get("duration"), live.get("cause"))
+
+    def _call_gone(self, call: Call) -> None:
+        super()._call_gone(call)
+        for recording in [r for r in self._recordings.values() if r.call_id == call.id]:
+            self._recording_finished(recording, "unknown")

@@ -1,0 +1,150 @@
+"""
+Resynchronisation with Asterisk after every (re)connect of the events socket: events sent while nobody listened are
+lost, so the model re-reads ``GET /channels`` and ``GET /bridges`` and reconciles.
+
+* A call whose channel is gone is ended (``call.ended`` with cause ``null`` and a ``note``). An inbound call whose
+  channel left the app is ended too; an originated one is still tracked until it is destroyed.
+* A channel in the Stasis app that the model does not know appears as an inbound call (``call.created`` with
+  ``resynced: true``), and gets the inbound policy if it is not answered. Leftover avr media channels and temporary
+  bridges are removed.
+* Tracked bridges that are gone are destroyed in the model; members are reconciled; a Stasis bridge holding some
+  of our calls that the model does not know (made before avr restarted) is adopted.
+* Playbacks and live recordings that no longer exist are reported finished with status/state ``unknown``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from avr.ari.client import path_segment
+from avr.ari.errors import AriError, AriUnavailable
+from avr.control.bridges import BridgeOps
+from avr.control.calls import CallOps, channel_in_app
+from avr.control.records import MEDIA_CHANNEL_PREFIX, TEMP_BRIDGE_PREFIX
+
+#: Seconds before a failed resync is tried again (while connected).
+RESYNC_RETRY = 5.0
+
+
+class ResyncOps(CallOps, BridgeOps):
+    """The resync after each connect."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._resyncing = False
+        self._resync_again = False
+        self._resync_retry: Any = None
+
+    def _start_resync(self) -> None:
+        if self._stopped or self.ari is None:
+            return
+        self._cancel_timer(self._resync_retry)
+        self._resync_retry = None
+        if self._resyncing:
+            self._resync_again = True
+            return
+        self._resyncing = True
+        self._spawn(self._resync_loop(), "resynchronising with Asterisk")
+
+    async def _resync_loop(self) -> None:
+        try:
+            while True:
+                self._resync_again = False
+                try:
+                    await self._resync()
+                except (AriError, AriUnavailable) as e:
+                    self.log.warn("Cannot resynchronise with Asterisk ({error}); retrying in {delay:g} s", error=e,
+                                  delay=RESYNC_RETRY)
+                    if self._ari_state == "connected" and not self._stopped:
+                        self._resync_retry = self._later(RESYNC_RETRY, self._start_resync)
+                    return
+                if not self._resync_again:
+                    return
+        finally:
+            self._resyncing = False
+
+    async def _resync(self) -> None:
+        ari = self._require_ari()
+        channels = [c for c in await ari.request("GET", "/channels") or [] if isinstance(c, dict) and "id" in c]
+        bridges = [b for b in await ari.request("GET", "/bridges") or [] if isinstance(b, dict) and "id" in b]
+        if self._stopped:
+            return
+        by_id = {str(c["id"]): c for c in channels}
+        self._resync_calls(by_id)
+        self._resync_bridges(bridges)
+        await self._resync_media()
+        self.log.info("Resynchronised with Asterisk: {calls} active calls, {bridges} bridges",
+                      calls=self.status()["activeCalls"], bridges=len(self._bridges))
+
+    def _resync_calls(self, by_id: dict[str, dict]) -> None:
+        for call in list(self._calls.values()):
+            if call.ended or call.pending:
+                continue
+            channel = by_id.get(call.id)
+            if channel is None:
+                self._end_call(call, None, "Unknown", note="the channel was gone when ARI reconnected")
+                continue
+            in_app = channel_in_app(channel, self.app)
+            if call.in_stasis and not in_app and not call.subscribed:
+                self._end_call(call, None, "Unknown", note="left the Stasis application")
+                continue
+            call.in_stasis = in_app
+            if channel.get("state") == "Up" and call.answered_at is None:
+                call.answered_at = self.clock.seconds()
+            self._refresh(call)
+        for channel_id, channel in by_id.items():
+            if channel_id in self._calls or not channel_in_app(channel, self.app):
+                continue
+            if channel_id.startswith(MEDIA_CHANNEL_PREFIX) or channel_id in self._abandoned:
+                if channel_id not in self._internal:
+                    self._hang_up_quietly(channel_id)
+                continue
+            args = str((channel.get("dialplan") or {}).get("app_data") or "").split(",")[1:]
+            self._inbound(channel, args, resynced=True)
+
+    def _resync_bridges(self, bridges: list[dict]) -> None:
+        by_id = {str(b["id"]): b for b in bridges}
+        live = {c.id: c for c in self._calls.values() if not c.ended and not c.pending}
+        where: dict[str, str] = {}
+        for ari_bridge in bridges:
+            for channel_id in ari_bridge.get("channels") or []:
+                where[str(channel_id)] = str(ari_bridge["id"])
+        for call in live.values():
+            call.ari_bridge_id = where.get(call.id)
+        for bridge in list(self._bridges.values()):
+            ari_bridge = by_id.get(bridge.id)
+            if ari_bridge is None:
+                self._bridge_gone(bridge)
+                continue
+            members = [str(c) for c in ari_bridge.get("channels") or [] if str(c) in live]
+            for call_id in list(bridge.calls):
+                if call_id not in members:
+                    self._member_left(bridge, call_id)
+            for call_id in members:
+                if bridge.id in self._bridges:
+                    self._member_entered(bridge, live[call_id])
+        for bridge_id, ari_bridge in by_id.items():
+            if bridge_id in self._bridges:
+                continue
+            if bridge_id.startswith(TEMP_BRIDGE_PREFIX):
+                if bridge_id not in self._temp_bridges:
+                    self._destroy_bridge_quietly(bridge_id)
+                continue
+            members = [live[str(c)] for c in ari_bridge.get("channels") or [] if str(c) in live]
+            if members and ari_bridge.get("bridge_class") == "stasis":
+                self._adopt_bridge(ari_bridge, members)
+
+    async def _resync_media(self) -> None:
+        ari = self._require_ari()
+        for playback in [p for p in self._playbacks.values() if p.kind == "media" and p.state == "playing"]:
+            try:
+                await ari.request("GET", f"/playbacks/{path_segment(playback.id)}")
+            except AriError as e:
+                if e.status == 404:
+                    self._playback_finished(playback, "unknown")
+        for recording in [r for r in self._recordings.values() if r.state == "recording"]:
+            try:
+                await ari.request("GET", f"/recordings/live/{path_segment(recording.name)}")
+            except AriError as e:
+                if e.status == 404:
+                    self._recording_finished(recording, "unknown")

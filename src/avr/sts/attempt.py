@@ -1,0 +1,107 @@
+"""One attempt to open an STS connection: overall timeout on the injected clock, cancellation, readable failures."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from attrs import define, field
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from avr.sts.errors import StsConnectError, describe_failure
+
+
+class Opening(Protocol):
+    """What `ConnectAttempt` needs from the protocol an endpoint connected."""
+
+    def when_opened(self) -> Deferred:
+        """Fires with the protocol once the session is open; fails with `StsConnectError` if it never will be."""
+
+    def abort(self) -> None:
+        """Drop the connection at once."""
+
+
+@define(eq=False)
+class ConnectAttempt:
+    """
+    Connects ``factory`` through ``endpoint`` and waits until the protocol says the session is open, all within
+    ``timeout`` seconds of ``clock``.
+
+    `result` fires with the open protocol or fails with `StsConnectError`; cancelling it abandons the attempt (the
+    socket is dropped, the timer cancelled) and fails it with ``CancelledError``.
+    """
+
+    clock: Any
+    timeout: float
+    host: str
+    result: Deferred = field(init=False)
+    _connecting: Deferred | None = field(default=None, init=False)
+    _protocol: Opening | None = field(default=None, init=False)
+    _timer: Any = field(default=None, init=False)
+    _done: bool = field(default=False, init=False)
+
+    def start(self, endpoint: Any, factory: Any) -> Deferred:
+        """Begin; :return: `result`."""
+        self.result = Deferred(self._cancelled)
+        self._timer = self.clock.callLater(self.timeout, self._timed_out)
+        self._connecting = endpoint.connect(factory)
+        self._connecting.addCallbacks(self._connected, self._connect_failed)
+        return self.result
+
+    def _connected(self, protocol: Opening) -> None:
+        self._connecting = None
+        self._protocol = protocol
+        if self._done:
+            protocol.abort()
+            return
+        protocol.when_opened().addCallbacks(self._opened, self._failed)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._connecting = None
+        self._fail(StsConnectError(describe_failure(failure, self.host)))
+
+    def _failed(self, failure: Failure) -> None:
+        if isinstance(failure.value, StsConnectError):
+            self._fail(failure.value)
+        else:
+            self._fail(StsConnectError(describe_failure(failure, self.host)))
+
+    def _opened(self, protocol: Opening) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._stop_timer()
+        self.result.callback(protocol)
+
+    def _fail(self, reason: StsConnectError) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._stop_timer()
+        self.result.errback(reason)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._fail(StsConnectError(f"timed out after {self.timeout:g} s"))
+        self._abandon()
+
+    def _cancelled(self, _: Deferred) -> None:
+        # The caller gave up (e.g. the call ended while connecting); `result` then fails with CancelledError.
+        if self._done:
+            return
+        self._done = True
+        self._stop_timer()
+        self._abandon()
+
+    def _abandon(self) -> None:
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.cancel()
+        if self._protocol is not None:
+            self._protocol.abort()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
