@@ -133,9 +133,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         loop.stop()
         await deferLater(reactor, 0.3, lambda: None)  # let the last echoes arrive
         elapsed = time.monotonic() - started
+        reports = [c.report() for c in calls]
         for call in calls:
             call.asterisk.hang_up()
-        reports = [c.report() for c in calls]
         return {"duration_s": round(elapsed, 3), "rate": args.rate, "calls": args.calls, "per_call": reports}
     finally:
         server.send_signal(signal.SIGINT)

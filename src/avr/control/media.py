@@ -73,15 +73,16 @@ class MediaOps(ControlCore):
         self._playback_started(playback)
         return playback.to_dict()
 
-    async def stop_playback(self, playback_id: str, call_id: str | None = None) -> dict:
+    async def stop_playback(self, call_id: str, playback_id: str) -> dict:
         """
-        Stop a running playback; ``playback.finished`` follows with ``status`` ``stopped``.
+        Stop a running playback of the call (`play` or `play_pcm`); ``playback.finished`` follows with ``status``
+        ``stopped``.
 
-        :param call_id: when given, the playback must belong to this call.
-        :raises NotFound: no such running playback.
+        :return: the playback. :raises NotFound: unknown call, or no such running playback on it.
         """
+        self._get(call_id)
         playback = self._playbacks.get(playback_id)
-        if playback is None or (call_id is not None and playback.call_id != call_id):
+        if playback is None or playback.call_id != call_id:
             raise NotFound(f"Playback {playback_id} not found (or already finished)")
         playback.stop_requested = True
         if playback.kind == "pcm":

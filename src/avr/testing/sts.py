@@ -10,6 +10,9 @@ without decoding it (``record_audio=False`` also skips recording it), which keep
 Serve it with `fake_http_sts_site` so that it sees the request body as it arrives, like the real (Express) peers:
 plain twisted.web only renders a request once its body is complete, which for this protocol is the end of the call.
 
+`RecordingStsHandler` is an `IStsHandler` that records what a session delivers (with Deferreds to await it), and
+`make_certificates` makes a throw-away CA and server certificate for wss:// and https:// fakes.
+
 autobahn's own timers are disabled (they would run on the global reactor), so the fake works on a `MemoryReactorClock`
 with `twisted.test.iosim` as well as on real loopback sockets.
 """
