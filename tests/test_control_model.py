@@ -285,6 +285,18 @@ def test_auto_answer_failure_is_logged_not_raised() -> None:
     assert h.sink.types("in-1") == ["call.created", "call.ended"]
 
 
+def test_inbound_channel_back_in_the_app_is_a_new_call() -> None:
+    """A channel that left the app (call ended) and enters it again is tracked as a new inbound call."""
+    h = make("none")
+    cid = answered_inbound(h)
+    h.feed(stasis_end(cid))
+    h.feed(stasis_start(cid, "Up"))
+    assert h.sink.types(cid) == ["call.ended", "call.created"]
+    assert h.run(h.control.get_call(cid))["state"] == "answered"
+    h.clock.advance(300)
+    assert h.run(h.control.get_call(cid))["state"] == "answered"
+
+
 def test_internal_and_unknown_channels_never_become_calls() -> None:
     """A leftover avr media channel is hung up; events about unknown channels are ignored."""
     h = make()
@@ -362,7 +374,8 @@ def test_hangup_of_a_channel_already_gone() -> None:
     assert h.sink.of("call.ended") == []
     h.clock.advance(2)
     ended = h.sink.of("call.ended")
-    assert len(ended) == 1 and ended[0]["data"]["cause"] == 17
+    assert len(ended) == 1 and ended[0]["data"]["cause"] is None
+    assert ended[0]["data"]["note"] == "the channel was already gone" and ended[0]["data"]["hangupReason"] == "busy"
     h.feed(stasis_end(cid), destroyed(cid))
     assert len(h.sink.of("call.ended")) == 1
 

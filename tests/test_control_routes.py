@@ -15,6 +15,8 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
@@ -108,8 +110,8 @@ class FakeControl:
         self._called("play", call_id, media)
         return {**PLAYBACK, "media": media}
 
-    async def stop_playback(self, playback_id: str, call_id: str | None = None) -> None:
-        self._called("stop_playback", playback_id, call_id=call_id)
+    async def stop_playback(self, call_id: str, playback_id: str) -> None:
+        self._called("stop_playback", call_id, playback_id)
 
     async def play_pcm(self, call_id: str, pcm: bytes, rate: int) -> dict:
         self._called("play_pcm", call_id, pcm, rate)
@@ -330,7 +332,7 @@ def test_index_is_open_and_lists_every_registered_route() -> None:
     assert endpoints["GET /"].startswith("API overview")
     assert endpoints["POST /calls"] == "Originate an outbound call."
     assert "GET /health" in endpoints
-    assert payload["ari"] == "configured"
+    assert payload["ari"] == "connected"  # the model's live status
     assert "X-API-Key" in payload["authentication"]
     assert API_KEY not in json.dumps(payload)
 
@@ -444,7 +446,7 @@ def test_stop_playback() -> None:
     api = Api(FakeControl())
     status, payload, _ = api.request("DELETE", "/calls/c1/play/pb-1")
     assert status == 200 and payload["status"] == "stopped"
-    assert api.control.calls == [("stop_playback", ("pb-1",), {"call_id": "c1"})]  # type: ignore[union-attr]
+    assert api.control.calls == [("stop_playback", ("c1", "pb-1"), {})]  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("content_type", ["audio/wav", "audio/x-wav", "audio/wave", "application/octet-stream",
@@ -770,3 +772,31 @@ def test_control_error_extra_fields_are_kept() -> None:
     control.failures["originate"] = errors.NotFound("Endpoint not found", endpoint="PJSIP/9")
     status, payload, _ = Api(control).request("POST", "/calls", {"endpoint": "PJSIP/9"})
     assert (status, payload) == (404, {"error": "Endpoint not found", "endpoint": "PJSIP/9"})
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=12,
+)
+FIELD_NAMES = st.sampled_from(["endpoint", "callerId", "timeout", "variables", "media", "dtmf", "between",
+                               "duration", "name", "format", "maxDurationSeconds", "beep", "ifExists", "callId",
+                               "destinationName", "reason", "context", "extension", "priority", "other"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([("POST", "/calls"), ("POST", "/calls/c1/play"), ("POST", "/calls/c1/record"),
+                        ("POST", "/calls/c1/dtmf"), ("POST", "/calls/c1/transfer"), ("POST", "/bridges"),
+                        ("POST", "/bridges/b1/addChannel"), ("POST", "/recordings/r1/copy"),
+                        ("DELETE", "/calls/c1")]),
+       st.dictionaries(FIELD_NAMES, JSON_VALUES, max_size=5) | JSON_VALUES)
+def test_arbitrary_json_bodies_never_cause_a_500(route: tuple[str, str], body: Any) -> None:
+    """Whatever JSON a client sends, the answer is a success or a 400 JSON error, never a 500."""
+    method, path = route
+    api = Api(FakeControl(), max_body=1 << 20)
+    status, payload, _ = api.request(method, path, raw=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    assert status in (200, 201, 400), payload
+    if status == 400:
+        assert isinstance(payload["error"], str) and payload["error"]

@@ -62,28 +62,17 @@ def test_providers_implement_the_interfaces():
     assert verifyObject(IStsHandler, RecordingStsHandler())
 
 
-def test_init_is_sent_first_then_audio_buffered_before_open_in_order():
-    """Audio and DTMF sent while the handshake runs go out right after init, in the order they were sent."""
+def test_sends_before_open_are_dropped_not_queued():
+    """The connector hands a session out only once open; sends before that (misuse) are dropped with a debug log."""
     client, server, _, pump, _ = pair(greet=False)
-    client.send_audio(b"\x01\x02" * 160)
-    client.send_dtmf("5")
-    client.send_audio(b"\x03")
-    assert server.messages == []
-    pump.flush()
-    assert server.messages == [Init(UUID), AudioMessage(b"\x01\x02" * 160), DtmfDigit("5"), AudioMessage(b"\x03")]
-    assert server.violations == []
-
-
-def test_audio_buffered_before_open_is_capped_dropping_the_oldest():
-    """Beyond the cap, the oldest caller audio is dropped (logged once), the newest is kept."""
-    client, server, _, pump, _ = pair(greet=False, max_pending_bytes=640)
-    chunks = [bytes([i]) * 320 for i in range(5)]
     with capturedLogs() as events:
-        for chunk in chunks:
-            client.send_audio(chunk)
+        client.send_audio(b"\x01\x02" * 160)
+        client.send_dtmf("5")
     pump.flush()
-    assert server.messages == [Init(UUID), AudioMessage(chunks[3]), AudioMessage(chunks[4])]
-    assert sum("dropping the oldest caller audio" in e["log_format"] for e in events) == 1
+    assert client.state == client.STATE_OPEN
+    assert server.messages == [Init(UUID)]
+    dropped = [e for e in events if e["log_format"] == "STS for call {uuid} is not open: {what} not sent"]
+    assert [(e["log_level"].name, e["what"]) for e in dropped] == [("debug", "audio"), ("debug", "DTMF")]
 
 
 def test_audio_and_dtmf_after_open_go_straight_out():

@@ -26,8 +26,10 @@ from avr.ari.errors import AriError, AriUnavailable
 from avr.config import redact_url
 from avr.interfaces import IAriClient
 
-#: Characters left as they are in query values: ``,`` separates list items for ARI, ``:`` appears in every media URI.
-_QUERY_SAFE = ",:"
+#: Characters left as they are in query values (as Asterisk's own captures show them): ``,`` separates list items for
+#: ARI, ``:`` is in every media URI, ``/`` and ``@`` in dial strings, ``;`` in tone URIs. ``+``, ``=``, ``&``, spaces
+#: and ``%`` are always escaped.
+_QUERY_SAFE = ",:/@;"
 
 
 def path_segment(value: str) -> str:
@@ -54,7 +56,8 @@ def encode_query(params: Mapping[str, Any]) -> str:
     return "&".join(pairs)
 
 
-def _describe_connection_failure(failure: BaseException) -> str:
+def describe_connection_failure(failure: BaseException) -> str:
+    """A short readable reason for a failed connection or request (no addresses, no credentials)."""
     if isinstance(failure, ConnectionRefusedError):
         return "connection refused"
     if isinstance(failure, DNSLookupError):
@@ -168,9 +171,9 @@ class AriClient:
         except ResponseFailed as e:
             if any(r.check(CancelledError) for r in e.reasons):
                 raise CancelledError() from None
-            raise AriUnavailable(f"ARI request {method} {path} failed: {_describe_connection_failure(e)}") from None
+            raise AriUnavailable(f"ARI request {method} {path} failed: {describe_connection_failure(e)}") from None
         except Exception as e:
-            raise AriUnavailable(f"ARI request {method} {path} failed: {_describe_connection_failure(e)}") from None
+            raise AriUnavailable(f"ARI request {method} {path} failed: {describe_connection_failure(e)}") from None
 
     async def _read(self, response: Any, method: str, path: str) -> bytes:
         try:
@@ -178,7 +181,7 @@ class AriClient:
         except CancelledError:
             raise
         except Exception as e:
-            raise AriUnavailable(f"ARI request {method} {path} failed: {_describe_connection_failure(e)}") from None
+            raise AriUnavailable(f"ARI request {method} {path} failed: {describe_connection_failure(e)}") from None
 
     async def _request(self, method: str, path: str, params: dict | None, body: dict | None) -> Any:
         response = await self._send(method, path, params, body, unbuffered=False)

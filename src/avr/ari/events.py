@@ -27,6 +27,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from avr.ari.client import describe_connection_failure
 from avr.config import redact_url
 from avr.interfaces import IAriEventListener
 
@@ -300,6 +301,9 @@ class AriEventStream:
     def _message(self, protocol: AriEventsProtocol, payload: bytes, is_binary: bool) -> None:
         if protocol is not self._protocol or self._replaced:
             return
+        if is_binary:
+            self.log.warn("Skipping a binary message on the ARI events WebSocket ({size} bytes)", size=len(payload))
+            return
         try:
             event = json.loads(payload.decode("utf-8"))
         except ValueError:
@@ -416,6 +420,4 @@ def _close_reason(code: int | None, reason: str | None) -> str:
 def _describe(failure: Failure) -> str:
     if failure.check(CancelledError):
         return "attempt cancelled"
-    from avr.ari.client import _describe_connection_failure
-
-    return _describe_connection_failure(failure.value)
+    return describe_connection_failure(failure.value)

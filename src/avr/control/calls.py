@@ -35,6 +35,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Largest originate/transfer dial timeout accepted, in seconds.
 MAX_DIAL_TIMEOUT = 600
 
+#: Seconds to wait for the events of a channel that was already gone when avr tried to hang it up.
+HANGUP_GRACE = 2.0
+
 
 def check_endpoint(endpoint: Any) -> str:
     """``endpoint`` if it looks like an ARI dial string (``TECH/resource``), else `Invalid`."""
@@ -227,13 +230,12 @@ class CallOps(ControlCore):
             if e.status != 404:
                 raise
             # Already gone: its ChannelDestroyed is on the way, or was lost while the socket was down.
-            self._later(2.0, self._end_if_alive, call, "the channel was already gone")
+            self._later(HANGUP_GRACE, self._end_if_alive, call, "the channel was already gone")
         return call.to_dict()
 
     def _end_if_alive(self, call: Call, note: str) -> None:
         if not call.ended:
-            code = HANGUP_REASONS.get(call.requested_reason or "")
-            self._end_call(call, code, cause_text(code) if code is not None else "Unknown", note=note)
+            self._end_call(call, None, "Unknown", note=note)
 
     async def send_dtmf(self, call_id: str, dtmf: str, between: int | None = None,
                         duration: int | None = None) -> dict:
@@ -309,6 +311,11 @@ class CallOps(ControlCore):
             self._inbound(channel, args)
             return
         if call.ended:
+            if call.direction == INBOUND:
+                # The channel came back into the app (the dialplan sent it again): a new inbound call.
+                self._cancel_timer(call.retention)
+                del self._calls[channel_id]
+                self._inbound(channel, args)
             return
         call.in_stasis = True
         if channel.get("state") == "Up" and call.answered_at is None:

@@ -209,8 +209,6 @@ class MediaOps(ControlCore):
             raise
         playback.state = "playing"
         self._playback_started(playback)
-        if played.called:
-            self._pcm_ended(playback.error, playback)
         return playback.to_dict()
 
     async def _pcm_setup(self, call: Call, playback: Playback, in_stasis: Deferred) -> None:

@@ -28,9 +28,10 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IRequest
 import avr
 from avr.ari.errors import AriError, AriUnavailable
 from avr.control.errors import ControlError
+from avr.control.hub import EventsHub
+from avr.control.recordings import IF_EXISTS
 from avr.control.records import HANGUP_REASONS as _REASON_CAUSES
 from avr.control.records import MEDIA_SCHEMES
-from avr.control.hub import EventsHub
 from avr.control.wav import WavError, decode_wav
 from avr.http.auth import check_api_key
 from avr.http.json import ApiError, add_route, json_response, read_json_body
@@ -46,8 +47,6 @@ WAV_CONTENT_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "application/octe
 
 #: Recording formats offered (Asterisk's format names; one whose module is not loaded is refused by Asterisk: 422).
 RECORD_FORMATS = ("wav", "wav16", "gsm", "ulaw", "alaw", "sln", "sln16", "g722")
-#: What to do when a recording of that name exists (ARI ``ifExists``).
-IF_EXISTS = ("fail", "overwrite", "append")
 #: ARI's hang-up reasons (``DELETE /channels/{id}?reason=``).
 HANGUP_REASONS = tuple(_REASON_CAUSES)
 #: Most media URIs in one ``play`` request.
@@ -369,7 +368,7 @@ class ControlRoutes:
     :param hub: the ``/events`` hub (its resource is built once, here).
     :param max_body: largest JSON request body, in bytes.
     :param api_key: required on every route but ``GET /`` when not ``None``.
-    :param clock: time source.
+    :param clock: the reactor's time (part of the wiring contract; the routes themselves keep no timers).
     :param max_upload: largest uploaded WAV file, in bytes.
     """
 
@@ -446,7 +445,7 @@ class ControlRoutes:
             "name": "avr",
             "version": avr.__version__,
             "description": "Asterisk call control over ARI, avr-core AudioSocket bridge, and a real-time event stream",
-            "ari": "configured" if self.control is not None else "not configured",
+            "ari": self.control.status().get("ari") if self.control is not None else "not configured",
             "authentication": ("API key required on every route but GET /health and GET /: header X-API-Key or "
                                "query parameter api_key") if self.api_key is not None else "none",
             "endpoints": endpoints,
@@ -524,7 +523,7 @@ class ControlRoutes:
         """Stop a playback started with POST /calls/:id/play."""
         call_id = _checked_id(id, "call")
         playback_id = _checked_id(playbackId, "playback")
-        await self._model.stop_playback(playback_id, call_id=call_id)
+        await self._model.stop_playback(call_id, playback_id)
         return json_response(request, 200, {"status": "stopped", "playbackId": playback_id})
 
     async def _play_file(self, request: IRequest, id: str) -> bytes:

@@ -97,6 +97,7 @@ def add_route(
         return handler(args[-1], **kwargs)
 
     route.__name__ = route.__qualname__ = endpoint.replace(".", "_")
+    route.__doc__ = handler.__doc__
     app.route(url, methods=list(methods), endpoint=endpoint)(route)
 
 

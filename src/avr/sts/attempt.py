@@ -1,14 +1,17 @@
-"""One attempt to open an STS connection: overall timeout on the injected clock, cancellation, readable failures."""
+"""Opening STS connections: TCP and verified TLS, an overall timeout on the injected clock, cancellation, readable
+failures."""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from attrs import define, field
+from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.python.failure import Failure
 
 from avr.sts.errors import StsConnectError, describe_failure
+from avr.sts.tls import client_tls_options
 
 
 class Opening(Protocol):
@@ -19,6 +22,32 @@ class Opening(Protocol):
 
     def abort(self) -> None:
         """Drop the connection at once."""
+
+
+@frozen
+class Dialer:
+    """
+    Connects to STS peers: TCP to ``host:port``, then TLS when ``secure`` (chain and host name verified against
+    ``trust_root``), the whole opening within ``timeout`` seconds of ``reactor``.
+
+    :param reactor: IReactorTCP + IReactorTime.
+    :param trust_root: from `avr.sts.tls.load_trust_root`; ``None``: the platform's CAs.
+    """
+
+    reactor: Any
+    timeout: float
+    trust_root: Any = None
+
+    def dial(self, host: str, port: int, secure: bool, factory: Any) -> Deferred:
+        """
+        Connect ``factory`` and wait until its protocol (an `Opening`) is open.
+
+        :return: `ConnectAttempt.result`.
+        """
+        endpoint: Any = HostnameEndpoint(self.reactor, host, port, timeout=self.timeout)
+        if secure:
+            endpoint = wrapClientTLS(client_tls_options(host, self.trust_root), endpoint)
+        return ConnectAttempt(self.reactor, self.timeout, host).start(endpoint, factory)
 
 
 @define(eq=False)
@@ -58,7 +87,7 @@ class ConnectAttempt:
 
     def _connect_failed(self, failure: Failure) -> None:
         self._connecting = None
-        self._fail(StsConnectError(describe_failure(failure, self.host)))
+        self._failed(failure)
 
     def _failed(self, failure: Failure) -> None:
         if isinstance(failure.value, StsConnectError):
@@ -67,18 +96,12 @@ class ConnectAttempt:
             self._fail(StsConnectError(describe_failure(failure, self.host)))
 
     def _opened(self, protocol: Opening) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._stop_timer()
-        self.result.callback(protocol)
+        if self._decide():
+            self.result.callback(protocol)
 
     def _fail(self, reason: StsConnectError) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._stop_timer()
-        self.result.errback(reason)
+        if self._decide():
+            self.result.errback(reason)
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -87,11 +110,19 @@ class ConnectAttempt:
 
     def _cancelled(self, _: Deferred) -> None:
         # The caller gave up (e.g. the call ended while connecting); `result` then fails with CancelledError.
+        if self._decide():
+            self._abandon()
+
+    def _decide(self) -> bool:
+        """Mark the attempt decided and stop the timer; False if it was decided already."""
         if self._done:
-            return
+            return False
         self._done = True
-        self._stop_timer()
-        self._abandon()
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        return True
 
     def _abandon(self) -> None:
         connecting, self._connecting = self._connecting, None
@@ -99,9 +130,3 @@ class ConnectAttempt:
             connecting.cancel()
         if self._protocol is not None:
             self._protocol.abort()
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None

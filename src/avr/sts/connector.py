@@ -12,7 +12,7 @@ from avr.interfaces import IStsConnector, IStsHandler
 from avr.sts.echo import EchoStsConnector
 from avr.sts.errors import StsConnectError
 from avr.sts.http import HttpStsConnector
-from avr.sts.websocket import DEFAULT_MAX_PENDING_BYTES, WebSocketStsConnector
+from avr.sts.websocket import WebSocketStsConnector
 
 
 @implementer(IStsConnector)
@@ -31,13 +31,7 @@ class StsConnector:
         self._echo = echo
 
     @classmethod
-    def for_reactor(
-        cls,
-        reactor: Any,
-        connect_timeout: float = 5.0,
-        trust_root: str | None = None,
-        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
-    ) -> StsConnector:
+    def for_reactor(cls, reactor: Any, connect_timeout: float = 5.0, trust_root: str | None = None) -> StsConnector:
         """
         The production wiring: all three connectors on ``reactor``.
 
@@ -45,7 +39,7 @@ class StsConnector:
         :raises avr.config.ConfigError: ``trust_root`` cannot be used.
         """
         return cls(
-            WebSocketStsConnector(reactor, connect_timeout, trust_root, max_pending_bytes),
+            WebSocketStsConnector(reactor, connect_timeout, trust_root),
             HttpStsConnector(reactor, connect_timeout, trust_root),
             EchoStsConnector(reactor),
         )

@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -29,9 +28,10 @@ from zope.interface import implementer
 from avr import __version__
 from avr.config import redact_url
 from avr.interfaces import IStsConnector, IStsHandler, IStsSession
-from avr.sts.attempt import ConnectAttempt
+from avr.sts.attempt import Dialer
 from avr.sts.errors import StsConnectError, describe_failure
-from avr.sts.tls import client_tls_options, load_trust_root
+from avr.sts.once import Once
+from avr.sts.tls import load_trust_root
 
 log = Logger()
 
@@ -78,11 +78,6 @@ class ResponseParser:
         self._state = _HEAD
         self._buffer = bytearray()
         self._remaining = 0
-
-    @property
-    def complete(self) -> bool:
-        """The whole response has been parsed."""
-        return self._state == _DONE
 
     def feed(self, data: bytes) -> list[Any]:
         """
@@ -254,37 +249,19 @@ class HttpStsProtocol(Protocol):
         self._handler = handler
         self._secure = secure
         self._parser = ResponseParser()
-        self._status: int | None = None
         self._open = False
         self._ended = False
         self._body_finished = False
         self._paused = False
         self._gone = False
         self._dropped_bytes = 0
-        self._open_waiters: list[Deferred] = []
-        self._open_outcome: Any = None
+        self._opening = Once()
 
     # -- opening
 
     def when_opened(self) -> Deferred:
         """Fires with this protocol once open; fails with the connection's end reason if it ends before."""
-        d: Deferred = Deferred()
-        if self._open_outcome is None:
-            self._open_waiters.append(d)
-        elif isinstance(self._open_outcome, Failure):
-            d.errback(self._open_outcome)
-        else:
-            d.callback(self)
-        return d
-
-    def _resolve_open(self, outcome: Any) -> None:
-        self._open_outcome = outcome
-        waiters, self._open_waiters = self._open_waiters, []
-        for d in waiters:
-            if isinstance(outcome, Failure):
-                d.errback(outcome)
-            else:
-                d.callback(self)
+        return self._opening.wait()
 
     def connectionMade(self) -> None:
         """Send the request head; plain http is open now."""
@@ -302,7 +279,7 @@ class HttpStsProtocol(Protocol):
             return
         self._open = True
         log.info("Legacy HTTP STS stream open for call {uuid}", uuid=self.uuid)
-        self._resolve_open(self)
+        self._opening.fire(self)
 
     def abort(self) -> None:
         """Drop the connection at once."""
@@ -367,7 +344,6 @@ class HttpStsProtocol(Protocol):
                     except Exception:
                         log.failure("Legacy HTTP STS for call {uuid}: the call failed to handle audio", uuid=self.uuid)
             elif isinstance(event, ResponseHead):
-                self._status = event.status
                 if not 200 <= event.status < 300:
                     text = f"STS answered HTTP {event.status} {event.phrase}".rstrip()
                     log.warn("Legacy HTTP STS for call {uuid}: {error}", uuid=self.uuid, error=text)
@@ -386,7 +362,7 @@ class HttpStsProtocol(Protocol):
         if not self._open:
             # The connect attempt turns this into a readable StsConnectError (TLS problem, refused...).
             self._ended = True
-            self._resolve_open(reason)
+            self._opening.fire(reason)
             return
         if self._ended:
             return
@@ -430,9 +406,7 @@ class HttpStsConnector:
     """
 
     def __init__(self, reactor: Any, connect_timeout: float = 5.0, trust_root: str | None = None) -> None:
-        self._reactor = reactor
-        self._connect_timeout = connect_timeout
-        self._trust_root = load_trust_root(trust_root) if trust_root is not None else None
+        self._dialer = Dialer(reactor, connect_timeout, load_trust_root(trust_root))
 
     def connect(self, url: str | None, uuid: str, handler: IStsHandler) -> Deferred:
         """
@@ -455,7 +429,4 @@ class HttpStsConnector:
         except (ValueError, UnicodeEncodeError):
             return fail(StsConnectError("not a valid http:// or https:// URL"))
         factory = Factory.forProtocol(lambda: HttpStsProtocol(head, uuid, handler, secure))
-        endpoint: Any = HostnameEndpoint(self._reactor, host, port, timeout=self._connect_timeout)
-        if secure:
-            endpoint = wrapClientTLS(client_tls_options(host, self._trust_root), endpoint)
-        return ConnectAttempt(self._reactor, self._connect_timeout, host).start(endpoint, factory)
+        return self._dialer.dial(host, port, secure, factory)

@@ -1,8 +1,8 @@
 """
 Certificate trust for wss:// and https:// STS peers: the platform's CA store by default, or the CAs of a PEM file.
 
-Both the certificate chain and the host name are always verified (Twisted's `optionsForClientTLS` and
-`BrowserLikePolicyForHTTPS`, with service_identity); there is deliberately no way to turn verification off.
+Both the certificate chain and the host name are always verified (Twisted's `optionsForClientTLS`, with
+service_identity); there is deliberately no way to turn verification off.
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
-from twisted.web.client import BrowserLikePolicyForHTTPS
 
 from avr.config import ConfigError
 
 
-def load_trust_root(path: str):  # type: ignore[no-untyped-def]
+def load_trust_root(path: str | None):  # type: ignore[no-untyped-def]
     """
-    The CA certificates of the PEM file ``path``, as a Twisted trust root.
+    The CA certificates of the PEM file ``path``, as a Twisted trust root (``None`` for ``None``: the platform's CAs).
 
     :raises avr.config.ConfigError: the file cannot be read or holds no PEM certificate.
     """
+    if path is None:
+        return None
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -42,8 +43,3 @@ def client_tls_options(hostname: str, trust_root=None) -> IOpenSSLClientConnecti
     identity against ``hostname`` (a DNS name or an IP address).
     """
     return optionsForClientTLS(hostname, trustRoot=trust_root)
-
-
-def https_policy(trust_root=None) -> BrowserLikePolicyForHTTPS:  # type: ignore[no-untyped-def]
-    """The `twisted.web.client.Agent` TLS policy for https:// STS peers, verifying like `client_tls_options`."""
-    return BrowserLikePolicyForHTTPS(trustRoot=trust_root)

@@ -12,14 +12,12 @@ connect timeout (`WebSocketStsConnector`) and the closing handshake timeout (`St
 from __future__ import annotations
 
 import re
-from collections import deque
 from functools import partial
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,7 +26,7 @@ from zope.interface import implementer
 from avr import __version__
 from avr.config import redact_url
 from avr.interfaces import IStsConnector, IStsHandler, IStsSession
-from avr.sts.attempt import ConnectAttempt
+from avr.sts.attempt import Dialer
 from avr.sts.codec import (
     AudioMessage,
     Interruption,
@@ -42,12 +40,10 @@ from avr.sts.codec import (
     encode_init,
 )
 from avr.sts.errors import StsConnectError, describe_failure, tls_problem
-from avr.sts.tls import client_tls_options, load_trust_root
+from avr.sts.once import Once
+from avr.sts.tls import load_trust_root
 
 log = Logger()
-
-#: Caller audio kept while the connection opens: 2 s of PCM16 at 8 kHz. Older audio is dropped first.
-DEFAULT_MAX_PENDING_BYTES = 32_000
 
 #: Largest STS message accepted (a 16 MiB frame is minutes of audio; beyond that the peer is broken).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -59,7 +55,6 @@ _UPGRADE_FAILED = re.compile(r"upgrade failed \[(\d+)\]:\s*(.*)")
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSED = WebSocketProtocol.STATE_CLOSED
-_CONNECTING = (WebSocketProtocol.STATE_CONNECTING, WebSocketProtocol.STATE_PROXY_CONNECTING)
 
 
 def disable_autobahn_timers(factory: Any) -> None:
@@ -76,10 +71,8 @@ def disable_autobahn_timers(factory: Any) -> None:
 @implementer(IStsSession)
 class StsClientProtocol(WebSocketClientProtocol):
     """
-    One call's STS WebSocket connection, and its `IStsSession`.
-
-    Audio and DTMF sent before the handshake completes are kept (at most ``max_pending_bytes`` of audio, oldest
-    dropped first) and sent right after ``init``.
+    One call's STS WebSocket connection, and its `IStsSession` once open (`WebSocketStsConnector` hands it out only
+    then). Audio and DTMF are sent only while the session is open and not closing; otherwise they are dropped.
 
     :param uuid: the call's UUID, sent in ``init``.
     :param handler: receives what the STS sends, and `IStsHandler.sts_closed` once if the session opened.
@@ -91,69 +84,56 @@ class StsClientProtocol(WebSocketClientProtocol):
         uuid: str,
         handler: IStsHandler,
         clock: Any,
-        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     ) -> None:
         super().__init__()
         self.uuid = uuid
         self._handler = handler
         self._clock = clock
-        self._max_pending_bytes = max_pending_bytes
         self._close_timeout = close_timeout
-        self._pending: deque[tuple[bytes, int]] = deque()
-        self._pending_bytes = 0
-        self._dropped_bytes = 0
         self._was_open = False
         self._close_requested = False
         self._ended = False
         self._close_timer: Any = None
         self._lost_reason: Failure | None = None
-        self._open_waiters: list[Deferred] = []
-        self._open_outcome: Any = None
+        self._opening = Once()
         self._noted: set[str] = set()
 
     # -- IStsSession
 
     def send_audio(self, pcm: bytes) -> None:
-        """Send caller audio (kept until the connection is open; dropped once the session is closing)."""
-        if self._close_requested or self._ended:
-            return
-        payload = encode_audio(pcm)
-        if self._was_open:
-            if self.state == _OPEN:
-                self.sendMessage(payload, isBinary=False)
-            return
-        self._keep(payload, len(pcm))
+        """Send caller audio (dropped unless the session is open and not closing)."""
+        if self._can_send("audio"):
+            self.sendMessage(encode_audio(pcm), isBinary=False)
 
     def send_dtmf(self, digit: str) -> None:
         """Send a ``dtmf_digit`` message; an invalid digit is logged and ignored."""
-        if self._close_requested or self._ended:
+        if not self._can_send("DTMF"):
             return
         try:
             payload = encode_dtmf(digit)
         except ValueError:
             log.warn("STS for call {uuid}: not sending invalid DTMF digit {digit!r}", uuid=self.uuid, digit=digit)
             return
-        if self._was_open:
-            if self.state == _OPEN:
-                self.sendMessage(payload, isBinary=False)
-            return
-        self._keep(payload, 0)
+        self.sendMessage(payload, isBinary=False)
+
+    def _can_send(self, what: str) -> bool:
+        if not self._was_open:
+            # Only reachable by misuse: the connector hands the session out once open, and the call keeps its own
+            # audio until then. Not raising: a send never breaks the call's real-time audio path.
+            log.debug("STS for call {uuid} is not open: {what} not sent", uuid=self.uuid, what=what)
+            return False
+        # Closing (either side) or closed: the STS no longer takes audio.
+        return self.state == _OPEN and not self._close_requested
 
     def close(self) -> None:
         """Start a normal close (code 1000); `IStsHandler.sts_closed` follows. Idempotent."""
         if self._close_requested or self._ended:
             return
         self._close_requested = True
-        self._pending.clear()
-        self._pending_bytes = 0
-        state = getattr(self, "state", None)
-        if state == _OPEN:
+        if self.state == _OPEN:
             self.sendClose(code=WebSocketProtocol.CLOSE_STATUS_CODE_NORMAL)
-            self._arm_close_timer()
-        elif state in _CONNECTING:
-            self.abort()
-        elif state is not None and state != _CLOSED:
+        if self.state != _CLOSED:
             self._arm_close_timer()
 
     # -- connection progress, for the connector
@@ -163,56 +143,21 @@ class StsClientProtocol(WebSocketClientProtocol):
         A Deferred firing with this protocol once the handshake completed and ``init`` was sent, or failing with
         `StsConnectError` if the connection ends before that.
         """
-        d: Deferred = Deferred()
-        if self._open_outcome is None:
-            self._open_waiters.append(d)
-        elif isinstance(self._open_outcome, Failure):
-            d.errback(self._open_outcome)
-        else:
-            d.callback(self)
-        return d
-
-    def _resolve_open(self, outcome: Any) -> None:
-        self._open_outcome = outcome
-        waiters, self._open_waiters = self._open_waiters, []
-        for d in waiters:
-            if isinstance(outcome, Failure):
-                d.errback(outcome)
-            else:
-                d.callback(self)
+        return self._opening.wait()
 
     def abort(self) -> None:
         """Drop the connection at once (no closing handshake)."""
-        if getattr(self, "state", _CLOSED) != _CLOSED:
+        if self.state != _CLOSED:
             self.dropConnection(abort=True)
-
-    # -- outbound buffering before open
-
-    def _keep(self, payload: bytes, size: int) -> None:
-        self._pending.append((payload, size))
-        self._pending_bytes += size
-        while self._pending_bytes > self._max_pending_bytes and self._pending:
-            _, dropped = self._pending.popleft()
-            self._pending_bytes -= dropped
-            if not self._dropped_bytes:
-                log.warn(
-                    "STS for call {uuid} is not open yet: dropping the oldest caller audio beyond {limit} bytes",
-                    uuid=self.uuid, limit=self._max_pending_bytes,
-                )
-            self._dropped_bytes += dropped
 
     # -- autobahn callbacks
 
     def onOpen(self) -> None:
-        """Send ``init`` first, then whatever the caller sent while the connection was opening."""
+        """Send ``init``: the session is open."""
         self.sendMessage(encode_init(self.uuid), isBinary=False)
-        pending, self._pending = self._pending, deque()
-        self._pending_bytes = 0
-        for payload, _ in pending:
-            self.sendMessage(payload, isBinary=False)
         self._was_open = True
         log.info("STS WebSocket open for call {uuid}", uuid=self.uuid)
-        self._resolve_open(self)
+        self._opening.fire(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         """Decode one message and hand it to the handler; what cannot be understood is logged and ignored."""
@@ -288,10 +233,8 @@ class StsClientProtocol(WebSocketClientProtocol):
         if self._ended:
             return
         self._ended = True
-        self._pending.clear()
-        self._pending_bytes = 0
         if not self._was_open:
-            self._resolve_open(Failure(StsConnectError(self._connect_failure(reason))))
+            self._opening.fire(Failure(StsConnectError(self._connect_failure(reason))))
             return
         text = self._closed_text(wasClean, code, reason)
         log.info("STS session for call {uuid} ended: {reason}", uuid=self.uuid, reason=text)
@@ -301,12 +244,12 @@ class StsClientProtocol(WebSocketClientProtocol):
             log.failure("STS for call {uuid}: the call failed to handle the end of the session", uuid=self.uuid)
 
     def _connect_failure(self, reason: str | None) -> str:
-        host = getattr(getattr(self, "factory", None), "host", None)
+        host = self.factory.host
         if self._lost_reason is not None:
             problem = tls_problem(self._lost_reason, host)
             if problem:
                 return problem
-        not_clean = getattr(self, "wasNotCleanReason", None) or ""
+        not_clean = self.wasNotCleanReason or ""
         match = _UPGRADE_FAILED.search(not_clean)
         if match:
             return f"WebSocket handshake rejected: HTTP {match[1]} {match[2]}".rstrip()
@@ -334,8 +277,6 @@ class WebSocketStsConnector:
     :param connect_timeout: seconds for the whole opening (TCP, TLS, WebSocket handshake).
     :param trust_root: ``None`` to trust the platform's CAs for wss://, or the path of a PEM file of CA certificates
         (read now; `avr.config.ConfigError` if unusable). Certificate chain and host name are always verified.
-    :param max_pending_bytes: caller audio kept while a connection opens (default 2 s at 8 kHz; use
-        ``4 * sample_rate`` for 2 s at other rates).
     :param close_timeout: seconds the STS gets to finish the closing handshake.
     """
 
@@ -344,13 +285,10 @@ class WebSocketStsConnector:
         reactor: Any,
         connect_timeout: float = 5.0,
         trust_root: str | None = None,
-        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     ) -> None:
         self._reactor = reactor
-        self._connect_timeout = connect_timeout
-        self._trust_root = load_trust_root(trust_root) if trust_root is not None else None
-        self._max_pending_bytes = max_pending_bytes
+        self._dialer = Dialer(reactor, connect_timeout, load_trust_root(trust_root))
         self._close_timeout = close_timeout
 
     def connect(self, url: str | None, uuid: str, handler: IStsHandler) -> Deferred:
@@ -369,10 +307,5 @@ class WebSocketStsConnector:
             return fail(StsConnectError("not a valid ws:// or wss:// URL"))
         disable_autobahn_timers(factory)
         factory.setProtocolOptions(maxMessagePayloadSize=MAX_MESSAGE_BYTES)
-        factory.protocol = partial(
-            StsClientProtocol, uuid, handler, self._reactor, self._max_pending_bytes, self._close_timeout
-        )
-        endpoint: Any = HostnameEndpoint(self._reactor, factory.host, factory.port, timeout=self._connect_timeout)
-        if factory.isSecure:
-            endpoint = wrapClientTLS(client_tls_options(factory.host, self._trust_root), endpoint)
-        return ConnectAttempt(self._reactor, self._connect_timeout, factory.host).start(endpoint, factory)
+        factory.protocol = partial(StsClientProtocol, uuid, handler, self._reactor, self._close_timeout)
+        return self._dialer.dial(factory.host, factory.port, factory.isSecure, factory)

@@ -103,8 +103,9 @@ class AsteriskEngine(MediaMixin):
         self.audiosocket_connect = audiosocket_connect
         self._uuid = uuid_factory or (lambda: str(uuid.uuid4()))
         self.endpoints: dict[tuple[str, str], Endpoint] = {}
+        #: global variables as configured (``[globals]``): restored on every restart
+        self.config_globals: dict[str, str] = {}
         self.stored: dict[str, StoredRecording] = {}
-        self.global_vars: dict[str, str] = {}
         #: every event delivered to a socket: ``(application, event dict)``
         self.delivered: list[tuple[str, dict]] = []
         #: DTMF sent to channels whose far end is outside the fake (PJSIP), per channel id
@@ -127,7 +128,7 @@ class AsteriskEngine(MediaMixin):
         self.playbacks: dict[str, Playback] = {}
         self.live_recordings: dict[str, LiveRecording] = {}
         self.apps: dict[str, App] = {}
-        self.global_vars = {}
+        self.global_vars = dict(self.config_globals)
         self._seq = 0
         self._unreal = 0
         self._snoop_seq = 0
@@ -161,6 +162,20 @@ class AsteriskEngine(MediaMixin):
             if call.active():
                 call.cancel()
         owner.timers.clear()
+
+    def cancel_all(self) -> None:
+        """Cancel every pending timer and close every AudioSocket connection (stop, restart, test teardown)."""
+        for ch in list(self.channels.values()):
+            self._cancel_timers(ch)
+            if ch.stasis is not None:
+                for cmd in [ch.stasis.current, *ch.stasis.queue]:
+                    if cmd is not None:
+                        self._cancel_timers(cmd)
+            if ch.audiosocket is not None:
+                conn, ch.audiosocket = ch.audiosocket, None
+                conn.close()
+        for owner in [*self.playbacks.values(), *self.live_recordings.values()]:
+            self._cancel_timers(owner)
 
     def shutdown(self) -> None:
         """
@@ -389,17 +404,21 @@ class AsteriskEngine(MediaMixin):
 
     def _start_dial(self, ch: Channel, two: Channel | None, timeout: int, variables: dict[str, str]) -> None:
         ch.dialing = True
+        if two is not None and not self.dialplan.get(two.context, {}).get(two.exten):
+            # local_call fails before anything is dialled: no Dial event, both halves go with cause 0
+            self.log.info("Fake Asterisk: no extension {exten}@{context}", exten=two.exten, context=two.context)
+            self._end_channel(two, 0)
+            return
         if timeout > 0:
             self._later(ch, timeout, self._dial_timeout, ch)
         self._dial_event(ch, "")
         if two is not None:
             for var, value in reversed(list(variables.items())):
-                if not var.endswith(")"):
+                if not var.endswith(")"):  # dialplan functions (CALLERID) arrive with the caller copy below
                     self._setvar(two, var, value)
-                else:
-                    self._set_any(two, var, value, quiet=True)
-            two.caller_name, two.caller_number = ch.caller_name, ch.caller_number
-            two.connected_name, two.connected_number = ch.connected_name, ch.connected_number
+            # the Local ;2 half sees the call from the other side: caller and connected line swap
+            two.caller_name, two.caller_number = ch.connected_name, ch.connected_number
+            two.connected_name, two.connected_number = ch.caller_name, ch.caller_number
             if ch.caller_name or ch.caller_number:
                 self.emit("ChannelCallerId", [("caller_presentation", 0),
                           ("caller_presentation_txt", "Presentation Allowed, Not Screened"), ("channel", two)],
@@ -471,7 +490,7 @@ class AsteriskEngine(MediaMixin):
         ch.app_name, ch.app_data = "Stasis", ",".join([app, *args])
         self.emit("ChannelDialplan", [("dialplan_app", "Stasis"), ("dialplan_app_data", ch.app_data),
                                       ("channel", ch)], channels=[ch])  # fmt: skip
-        if not self._enter_stasis(ch, app, args, "create"):
+        if not self._enter_stasis(ch, app, args, "create", saved=("", "")):
             self._end_channel(ch, 16)
         return snapshot
 
@@ -510,9 +529,10 @@ class AsteriskEngine(MediaMixin):
                                caller_number=caller_number, context=context, exten=exten, endpoint=known)  # fmt: skip
         args = list(args)
         ch.priority = 2 if answered else 1
-        ch.app_name, ch.app_data = "Stasis", ",".join([app, *args])
         ch.pbx_started = True
-        if not self._enter_stasis(ch, app, args, "inbound"):
+        ch.pbx_kind = "real"
+        ch.nested_app = ("", "")
+        if not self._enter_stasis(ch, app, args, "inbound", saved=("", "")):
             ch.variables["STASISSTATUS"] = "FAILED"
             self._end_channel(ch, 16)
         return ch
@@ -550,23 +570,27 @@ class AsteriskEngine(MediaMixin):
         if ch.state in ("Down", "Rsrved", "Ringing"):
             raise AriHttpError(412, "Channel in invalid state")
 
-    def _enter_stasis(self, ch: Channel, app: str, args: list[str], origin: str) -> bool:
+    def _enter_stasis(self, ch: Channel, app: str, args: list[str], origin: str,
+                      saved: tuple[str, str] | None = None) -> bool:  # fmt: skip
         """Run ``Stasis(app,args)`` on ``ch``: ``STASISSTATUS=""`` then StasisStart; False if the app does not exist."""
+        if saved is None:
+            saved = (ch.app_name, ch.app_data)
         ch.app_name, ch.app_data = "Stasis", ",".join([app, *args])
         if app not in self.apps:
             self.log.info("Fake Asterisk: Stasis app '{app}' doesn't exist", app=app)
             ch.variables["STASISSTATUS"] = "FAILED"
             return False
         self._setvar(ch, "STASISSTATUS", "")
-        ch.stasis = StasisState(app=app, args=list(args), origin=origin)
+        ch.stasis = StasisState(app=app, args=list(args), origin=origin, saved_app=saved)
         self._subscribe(app, ch)
         self.emit("StasisStart", [("args", list(args)), ("channel", ch)], channels=[ch], only_app=app)
         return True
 
-    def _leave_stasis(self, ch: Channel, *, report_status: bool) -> None:
+    def _leave_stasis(self, ch: Channel, *, report_status: bool) -> tuple[str, str]:
+        """StasisEnd; on hangup (``report_status``) running media fails and ``STASISSTATUS=SUCCESS`` is reported."""
         state = ch.stasis
         assert state is not None
-        self._abort_commands(ch, hangup=not report_status)
+        self._abort_commands(ch, hangup=report_status)
         self.emit("StasisEnd", [("channel", ch)], channels=[ch], only_app=state.app)
         ch.stasis = None
         self._subscribe(state.app, ch, -1)
@@ -579,6 +603,9 @@ class AsteriskEngine(MediaMixin):
             ch.variables["STASISSTATUS"] = "SUCCESS"
         else:
             ch.deferred_stasis_status = True
+        if not report_status:
+            ch.app_name, ch.app_data = state.saved_app
+        return state.saved_app
 
     def continue_in_dialplan(self, ch: Channel, params: dict[str, Any]) -> None:
         """``POST /channels/{id}/continue`` (StasisEnd, then the dialplan runs; fact 25)."""
@@ -599,8 +626,11 @@ class AsteriskEngine(MediaMixin):
                 raise AriHttpError(400, "Requested priority is illegal")
         elif not priority:
             priority = ch.priority + 1 if not context_p and not exten_p else 1
+        nested = self.control(ch).origin != "dialplan"
+        if nested and ch.nested_app is None:
+            ch.nested_app = self.control(ch).saved_app
         self._leave_stasis(ch, report_status=False)
-        self._pbx_start(ch, context, exten, priority)
+        self._pbx_start(ch, context, exten, priority, nested=nested)
 
     def move(self, ch: Channel, params: dict[str, Any]) -> None:
         """``POST /channels/{id}/move``: to a registered app, or ApplicationMoveFailed (204 either way)."""
@@ -617,8 +647,7 @@ class AsteriskEngine(MediaMixin):
         self.emit("StasisEnd", [("channel", ch)], channels=[ch], only_app=state.app)
         self._subscribe(state.app, ch, -1)
         ch.deferred_stasis_status = True
-        ch.app_data = ",".join([app, *args])
-        ch.stasis = StasisState(app=app, args=args, origin=state.origin)
+        ch.stasis = StasisState(app=app, args=args, origin=state.origin, saved_app=state.saved_app)
         self._subscribe(app, ch)
         self.emit("StasisStart", [("args", args), ("channel", ch)], channels=[ch], only_app=app)
 
@@ -683,15 +712,18 @@ class AsteriskEngine(MediaMixin):
         ch.dialing = False
         if ch.bridge is not None:
             self._bridge_leave(ch, ch.bridge, by_hangup=True)
+        restore = None
         if ch.stasis is not None:
-            self._leave_stasis(ch, report_status=True)
+            restore = self._leave_stasis(ch, report_status=True)
         elif ch.deferred_stasis_status:
             self._setvar(ch, "STASISSTATUS", "SUCCESS")
         if ch.pbx_app == "Playback":
             self._setvar(ch, "PLAYBACKSTATUS", "SUCCESS")
         ch.pbx_app = ""
-        if ch.half == 2 and ch.pbx_started:
+        if ch.pbx_kind == "real":
             self._hangup_request(ch, SOFT_APPUNLOAD, soft=True)
+        if restore is not None:
+            ch.app_name, ch.app_data = restore  # pbx_exec returns from Stasis()
         peer = ch.peer
         peer_cause = cause
         if peer is not None and not peer.gone and not peer.ending:
@@ -701,6 +733,8 @@ class AsteriskEngine(MediaMixin):
                 peer_cause = peer.hangupcause
         else:
             peer = None
+        if ch.pbx_kind and ch.nested_app is not None:
+            ch.app_name, ch.app_data = ch.nested_app  # the PBX has ended: the application before it shows again
         self.emit("ChannelDestroyed", [("cause", cause), ("cause_txt", cause_text(cause)), ("channel", ch)],
                   channels=[ch])  # fmt: skip
         self._destroy(ch)
@@ -730,7 +764,7 @@ class AsteriskEngine(MediaMixin):
     # ----------------------------------------------------------------------------------------------------------------
     # The dialplan interpreter (Local channels)
 
-    def _pbx_start(self, ch: Channel, context: str, exten: str, priority: int) -> None:
+    def _pbx_start(self, ch: Channel, context: str, exten: str, priority: int, nested: bool = False) -> None:
         steps = self.dialplan.get(context, {}).get(exten)
         if not steps or priority > len(steps) or priority < 1:
             self.log.info("Fake Asterisk: no extension {exten}@{context} for {name}", exten=exten, context=context,
@@ -739,6 +773,10 @@ class AsteriskEngine(MediaMixin):
             self._end_channel(ch, 0)
             return
         ch.pbx_started = True
+        if not ch.pbx_kind:
+            ch.pbx_kind = "nested" if nested else "real"
+            if ch.nested_app is None:
+                ch.nested_app = (ch.app_name, ch.app_data)
         ch.context, ch.exten, ch.priority = context, exten, priority
         self._pbx_run(ch)
 
@@ -750,6 +788,7 @@ class AsteriskEngine(MediaMixin):
                 return
             step = steps[ch.priority - 1]
             data = self._substitute(ch, step.data)
+            ch.saved_app = (ch.app_name, ch.app_data)
             ch.app_name, ch.app_data = step.app, data
             self.emit("ChannelDialplan", [("dialplan_app", step.app), ("dialplan_app_data", data),
                                           ("channel", ch)], channels=[ch])  # fmt: skip
@@ -827,7 +866,7 @@ class AsteriskEngine(MediaMixin):
             return 0.0
         if name == "stasis":
             stasis_app = args[0] if args else ""
-            if not self._enter_stasis(ch, stasis_app, args[1:], "dialplan"):
+            if not self._enter_stasis(ch, stasis_app, args[1:], "dialplan", saved=ch.saved_app):
                 self._setvar(ch, "STASISSTATUS", "FAILED")
                 return 0.0
             return None

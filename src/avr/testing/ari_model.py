@@ -291,6 +291,8 @@ class StasisState:
     current: Any = None
     #: a hangup that waits for an uninterruptible command (DTMF) to finish: the cause
     pending_end: int | None = None
+    #: the dialplan application shown before Stasis ran (``pbx_exec`` restores it when Stasis returns)
+    saved_app: tuple[str, str] = ("", "")
 
 
 @define(eq=False)
@@ -332,6 +334,12 @@ class Channel:
     originate_dialplan: tuple[str, str, int] | None = None
     #: the dialplan interpreter's state: the running application and the DelayedCall that continues it
     pbx_started: bool = False
+    #: ``real``: the channel runs its own PBX (ast_pbx_run: Local ;2 halves, inbound calls, originate to an
+    #: extension); ``nested``: dialplan run after ``continue`` inside the Stasis() that an originate started
+    pbx_kind: str = ""
+    #: what the snapshot shows once the PBX has ended (the application before it, e.g. AppDial2 or "")
+    nested_app: tuple[str, str] | None = None
+    saved_app: tuple[str, str] = ("", "")
     pbx_app: str = ""
     pbx_call: Any = None
     timers: list = field(factory=list)
@@ -420,7 +428,7 @@ class Bridge:
             "bridge_class": "stasis",
             "creator": "Stasis",
             "name": self.name,
-            "channels": [c.id for c in self.channels],
+            "channels": sorted(c.id for c in self.channels),
             "creationtime": format_timestamp(self.creationtime),
             "video_mode": "sfu" if "video_sfu" in self.types else "talker",
         }

@@ -54,6 +54,7 @@ from avr.sts.codec import (
     encode_interruption,
     encode_transcript,
 )
+from avr.sts.once import Once
 from avr.sts.websocket import disable_autobahn_timers
 
 log = Logger()
@@ -67,26 +68,18 @@ def _chunks(pcm: bytes, chunk_size: int | None) -> list[bytes]:
     return [pcm[i:i + chunk_size] for i in range(0, len(pcm), chunk_size)]
 
 
-class _Waiters:
-    """Deferreds waiting for "the session of call X" (or the first session, key ``None``)."""
+class _Sessions:
+    """"The session of call X" (or the first session, key ``None``), for whoever waits for it."""
 
     def __init__(self) -> None:
-        self._found: dict[str | None, Any] = {}
-        self._waiting: dict[str | None, list[Deferred]] = {}
+        self._by_uuid: dict[str | None, Once] = {}
 
     def wait(self, uuid: str | None) -> Deferred:
-        d: Deferred = Deferred()
-        if uuid in self._found:
-            d.callback(self._found[uuid])
-        else:
-            self._waiting.setdefault(uuid, []).append(d)
-        return d
+        return self._by_uuid.setdefault(uuid, Once()).wait()
 
     def arrived(self, uuid: str | None, session: Any) -> None:
         for key in (uuid, None):
-            self._found.setdefault(key, session)
-            for d in self._waiting.pop(key, []):
-                d.callback(session)
+            self._by_uuid.setdefault(key, Once()).fire(session)
 
 
 @implementer(IStsHandler)
@@ -181,7 +174,7 @@ class FakeStsServerProtocol(WebSocketServerProtocol):
         self.audio_messages = 0
         self.violations: list[str] = []
         self.close_info: tuple[bool, int | None, str | None] | None = None
-        self._close_waiters: list[Deferred] = []
+        self._closed = Once()
 
     # -- what was received
 
@@ -202,12 +195,7 @@ class FakeStsServerProtocol(WebSocketServerProtocol):
 
     def when_closed(self) -> Deferred:
         """A Deferred firing with ``(was_clean, code, reason)`` when the connection is closed."""
-        d: Deferred = Deferred()
-        if self.close_info is not None:
-            d.callback(self.close_info)
-        else:
-            self._close_waiters.append(d)
-        return d
+        return self._closed.wait()
 
     # -- scripting the STS side
 
@@ -303,9 +291,7 @@ class FakeStsServerProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         """Record the close and wake whoever waits for it."""
         self.close_info = (wasClean, code, reason)
-        waiters, self._close_waiters = self._close_waiters, []
-        for d in waiters:
-            d.callback(self.close_info)
+        self._closed.fire(self.close_info)
 
 
 class FakeStsServerFactory(WebSocketServerFactory):
@@ -338,7 +324,7 @@ class FakeStsServerFactory(WebSocketServerFactory):
         self.reject = reject
         self.on_session = on_session
         self.connections: list[FakeStsServerProtocol] = []
-        self._sessions = _Waiters()
+        self._sessions = _Sessions()
 
     @property
     def open_connections(self) -> list[FakeStsServerProtocol]:
@@ -380,7 +366,7 @@ class FakeHttpStsSession:
         self.body_ended = False
         self.violations: list[str] = [] if self.uuid else ["no X-UUID header"]
         self._finished = False
-        self._ended_waiters: list[Deferred] = []
+        self._ended = Once()
         request.notifyFinish().addBoth(self._request_done)
 
     def body_chunk(self, data: bytes) -> None:
@@ -395,7 +381,7 @@ class FakeHttpStsSession:
     def body_end(self) -> None:
         """The client finished the request (the call ended): end the response too, as the real peers do."""
         self.body_ended = True
-        self._wake()
+        self._ended.fire(self)
         self.finish()
 
     def send_audio(self, pcm: bytes, chunk_size: int | None = None) -> None:
@@ -413,26 +399,17 @@ class FakeHttpStsSession:
     def drop(self) -> None:
         """Drop the connection (a crash)."""
         self._finished = True
+        self._ended.fire(self)
         self.request.channel.transport.abortConnection()
 
     def when_ended(self) -> Deferred:
         """A Deferred firing with this session once the request body ended or the connection went away."""
-        d: Deferred = Deferred()
-        if self.body_ended or self._finished:
-            d.callback(self)
-        else:
-            self._ended_waiters.append(d)
-        return d
+        return self._ended.wait()
 
     def _request_done(self, result: Any) -> None:
         # Fires on a finished response and (with a Failure) on a lost connection: both end the session.
         self._finished = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiters, self._ended_waiters = self._ended_waiters, []
-        for d in waiters:
-            d.callback(self)
+        self._ended.fire(self)
 
 
 class FakeHttpStsResource(Resource):
@@ -450,13 +427,13 @@ class FakeHttpStsResource(Resource):
         self.echo = echo
         self.status = status
         self.sessions: list[FakeHttpStsSession] = []
-        self._waiters = _Waiters()
+        self._sessions = _Sessions()
         self._channels: set[Any] = set()
         self._idle_waiters: list[Deferred] = []
 
     def session_opened(self, uuid: str | None = None) -> Deferred:
         """A Deferred firing with the session once the POST for ``uuid`` (``None``: the first one) arrived."""
-        return self._waiters.wait(uuid)
+        return self._sessions.wait(uuid)
 
     def when_disconnected(self) -> Deferred:
         """A Deferred firing once no connection (of a `fake_http_sts_site`) is open any more."""
@@ -491,7 +468,7 @@ class FakeHttpStsResource(Resource):
         else:
             session.body_chunk(request.content.read())
             session.body_end()
-        self._waiters.arrived(session.uuid, session)
+        self._sessions.arrived(session.uuid, session)
         return NOT_DONE_YET
 
 

@@ -1,0 +1,306 @@
+"""
+The REST API and /events over real loopback HTTP: ControlRoutes on a Klein Site, the real CallControl, AriClient and
+AriEventStream, against the fake Asterisk (`avr.testing.ari.FakeAsterisk`) listening on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator, Callable
+
+import pytest
+import pytest_twisted
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from klein import Klein
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.task import deferLater
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.server import Site
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from avr.ari.client import AriClient
+from avr.ari.events import AriEventStream, endpoint_connector
+from avr.control.hub import EventsHub, FanOut
+from avr.control.model import CallControl
+from avr.control.routes import ControlRoutes
+from avr.http.json import install_error_handlers
+from avr.interfaces import IAriEventListener, ICallControl, IEventSink
+from avr.testing.ari import FakeAsterisk
+
+pytestmark = pytest.mark.integration
+
+API_KEY = "integration-key"
+WAIT = 5.0
+
+
+def _matcher(predicate: Callable[[dict], bool], timeout: float, reactor: Any, seen: list[dict],
+             waiters: list[tuple[Callable[[dict], bool], Deferred]]) -> Deferred:
+    for item in seen:
+        if predicate(item):
+            return succeed(item)
+    d: Deferred = Deferred()
+    waiters.append((predicate, d))
+    return d.addTimeout(timeout, reactor)
+
+
+def _offer(item: dict, waiters: list[tuple[Callable[[dict], bool], Deferred]]) -> None:
+    for entry in list(waiters):
+        predicate, d = entry
+        if not d.called and predicate(item):
+            waiters.remove(entry)
+            d.callback(item)
+
+
+@implementer(IAriEventListener)
+class Tap:
+    """Passes ARI traffic to the model and lets the test wait for it (no polling)."""
+
+    def __init__(self, control: CallControl, reactor: Any) -> None:
+        self.control = control
+        self.reactor = reactor
+        self.connected: Deferred = Deferred()
+        self.events: list[dict] = []
+        self._waiters: list[tuple[Callable[[dict], bool], Deferred]] = []
+
+    def ari_connected(self) -> None:
+        self.control.ari_connected()
+        if not self.connected.called:
+            self.connected.callback(None)
+
+    def ari_event(self, event: dict) -> None:
+        self.control.ari_event(event)
+        self.events.append(event)
+        _offer(event, self._waiters)
+
+    def ari_disconnected(self, reason: str) -> None:
+        self.control.ari_disconnected(reason)
+
+    def wait(self, predicate: Callable[[dict], bool]) -> Deferred:
+        return _matcher(predicate, WAIT, self.reactor, self.events, self._waiters)
+
+
+class EventsClient(WebSocketClientProtocol):
+    """A client of avr's /events that records the messages and lets the test wait for one."""
+
+    def __init__(self) -> None:
+        WebSocketClientProtocol.__init__(self)
+        self.messages: list[dict] = []
+        self._waiters: list[tuple[Callable[[dict], bool], Deferred]] = []
+        self.opened: Deferred = Deferred()
+        self.closed: Deferred = Deferred()
+
+    def onOpen(self) -> None:
+        self.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        message = json.loads(payload)
+        self.messages.append(message)
+        _offer(message, self._waiters)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if not self.opened.called:
+            self.opened.errback(RuntimeError(f"/events refused: {code} {reason}"))
+        if not self.closed.called:
+            self.closed.callback(code)
+
+    def wait(self, predicate: Callable[[dict], bool]) -> Deferred:
+        return _matcher(predicate, WAIT, self.factory.reactor, self.messages, self._waiters)
+
+
+class Rig:
+    """Fake Asterisk, the model and the API, all on loopback."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.fake = FakeAsterisk(reactor, app="avr")
+        self.fake.listen(reactor)
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.http = HTTPClient(Agent(reactor, pool=self.pool))
+        ari_url = f"http://127.0.0.1:{self.fake.port}"
+        self.ari = AriClient(self.http, reactor, ari_url, "avr", "avrpass")
+        self.hub = EventsHub(reactor, ping_interval=0, ping_timeout=0, handshake_timeout=0)
+        self.published: list[dict] = []
+        self.control = CallControl(self.ari, reactor, FanOut(self.hub, _Collect(self.published)), "avr")
+        self.tap = Tap(self.control, reactor)
+        self.stream = AriEventStream(reactor, endpoint_connector(reactor), ari_url, "avr", "avr", "avrpass",
+                                     self.tap, ping_interval=None)
+        app = Klein()
+        install_error_handlers(app)
+        ControlRoutes(self.control, self.hub, max_body=65536, api_key=API_KEY, clock=reactor).install(app)
+        self.port = reactor.listenTCP(0, Site(app.resource(), reactor=reactor), interface="127.0.0.1")
+        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.clients: list[EventsClient] = []
+
+    async def start(self) -> None:
+        self.stream.start()
+        await self.tap.connected.addTimeout(WAIT, self.reactor)
+
+    async def call_api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        kwargs: dict[str, Any] = {"headers": {"X-API-Key": API_KEY}}
+        if body is not None:
+            kwargs["json"] = body
+        response = await self.http.request(method, self.base + path, **kwargs)
+        content = await response.content()
+        return response.code, (json.loads(content) if content else None)
+
+    async def events_client(self, key: str | None = API_KEY) -> EventsClient:
+        query = f"?api_key={key}" if key else ""
+        factory = WebSocketClientFactory(f"ws://127.0.0.1:{self.port.getHost().port}/events{query}",
+                                         reactor=self.reactor)
+        factory.protocol = EventsClient
+        factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, serverConnectionDropTimeout=0,
+                                   autoPingInterval=0)
+        client = await TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port.getHost().port).connect(factory)
+        self.clients.append(client)
+        await client.opened.addTimeout(WAIT, self.reactor)
+        return client
+
+    async def stop(self) -> None:
+        await self.hub.stop()
+        for client in self.clients:
+            if not client.closed.called:
+                client.dropConnection(abort=True)
+                await client.closed
+        await self.stream.stop()
+        await self.control.stop()
+        await self.port.stopListening()
+        await self.fake.close()
+        await self.pool.closeCachedConnections()
+
+
+@implementer(IEventSink)
+class _Collect:
+    def __init__(self, into: list[dict]) -> None:
+        self.into = into
+
+    def publish(self, event: dict) -> None:
+        self.into.append(event)
+
+
+@pytest_twisted.async_yield_fixture
+async def rig() -> AsyncIterator[Rig]:
+    from twisted.internet import reactor
+
+    before = set(reactor.getDelayedCalls())
+    r = Rig(reactor)
+    try:
+        await r.start()
+        yield r
+    finally:
+        await r.stop()
+    # Connections close a reactor turn after stopListening/abort: give them a few turns, then nothing may be left.
+    for _ in range(20):
+        if set(reactor.getDelayedCalls()) <= before:
+            break
+        await deferLater(reactor, 0, lambda: None)
+    left = [c for c in reactor.getDelayedCalls() if c not in before]
+    assert not left, f"timers left behind: {left}"
+
+
+def of_call(call_id: str, type_: str, **data: Any) -> Callable[[dict], bool]:
+    """Matches an event of ``type_`` for ``call_id`` whose data has the given items."""
+    def match(event: dict) -> bool:
+        return (event.get("type") == type_ and event.get("callId") == call_id
+                and all(event.get("data", {}).get(k) == v for k, v in data.items()))
+    return match
+
+
+@pytest_twisted.ensureDeferred
+async def test_originate_answer_play_dtmf_hangup_with_events(rig: Rig) -> None:
+    """
+    POST /calls → the far end answers → play (and stop it) → DTMF both ways → DELETE /calls/:id, checked through the
+    REST answers, the fake Asterisk's state, and the /events stream (snapshot first, events in order, one end).
+    """
+    assert verifyObject(ICallControl, rig.control)
+    rig.fake.add_endpoint("1001", answer="manual")
+    client = await rig.events_client()
+    snapshot = await client.wait(lambda m: m["type"] == "snapshot")
+    assert client.messages[0] is snapshot
+    assert (snapshot["calls"], snapshot["bridges"]) == ([], [])
+
+    status, body = await rig.call_api("POST", "/calls", {"endpoint": "PJSIP/1001", "callerId": "Bob <5551234>",
+                                                         "timeout": 30})
+    assert status == 201, body
+    call_id = body["call"]["id"]
+    assert call_id in rig.fake.channels
+    await client.wait(of_call(call_id, "call.created"))
+    status, body = await rig.call_api("GET", "/calls")
+    assert [c["id"] for c in body["calls"]] == [call_id]
+
+    rig.fake.answer_remote(call_id)
+    await rig.tap.wait(lambda e: e["type"] == "StasisStart" and e["channel"]["id"] == call_id)
+    await client.wait(of_call(call_id, "call.state_changed", state="answered"))
+
+    status, body = await rig.call_api("POST", f"/calls/{call_id}/play", {"media": ["sound:hello-world",
+                                                                                   "sound:beep"]})
+    assert status == 201, body
+    playback_id = body["playback"]["playbackId"]
+    await client.wait(of_call(call_id, "playback.started", playbackId=playback_id))
+    status, body = await rig.call_api("DELETE", f"/calls/{call_id}/play/{playback_id}")
+    assert status == 200, body
+    await client.wait(of_call(call_id, "playback.finished", playbackId=playback_id, status="stopped"))
+
+    status, body = await rig.call_api("POST", f"/calls/{call_id}/dtmf", {"dtmf": "12#", "duration": 40,
+                                                                         "between": 0})
+    assert (status, body) == (200, {"status": "ok", "dtmf": "12#"})
+    rig.fake.remote_dtmf(call_id, "5", duration_ms=300)
+    await client.wait(of_call(call_id, "call.dtmf", digit="5"))
+    assert rig.fake.sent_dtmf[call_id] == ["1", "2", "#"]
+
+    status, body = await rig.call_api("DELETE", f"/calls/{call_id}", {"reason": "normal"})
+    assert status == 200 and body["status"] == "hungup"
+    ended = await client.wait(of_call(call_id, "call.ended"))
+    assert ended["data"]["cause"] == 16
+    assert call_id not in rig.fake.channels
+    status, body = await rig.call_api("GET", "/calls")
+    assert body == {"calls": []}
+
+    mine = [m for m in client.messages[1:] if m.get("callId") == call_id]
+    assert mine[0]["type"] == "call.created" and mine[-1]["type"] == "call.ended"
+    assert [m["type"] for m in mine].count("call.ended") == 1
+    assert client.messages[1:] == rig.published  # the stream is exactly what the model published, in order
+
+
+@pytest_twisted.ensureDeferred
+async def test_errors_from_the_real_model_and_asterisk(rig: Rig) -> None:
+    """Real failures map to JSON: unknown call 404, Asterisk's refusal 502, a non-answered call 409."""
+    status, body = await rig.call_api("GET", "/calls/1700000000.99")
+    assert status == 404 and "not found" in body["error"]
+    status, body = await rig.call_api("POST", "/calls", {"endpoint": "PJSIP/nobody"})
+    assert status == 502 and body["error"].startswith("Asterisk: ") and body["ariStatus"] == 500
+    rig.fake.add_endpoint("1002", answer="manual")
+    status, body = await rig.call_api("POST", "/calls", {"endpoint": "PJSIP/1002"})
+    call_id = body["call"]["id"]
+    status, body = await rig.call_api("POST", f"/calls/{call_id}/play", {"media": "sound:beep"})
+    assert status == 409 and "answered" in body["error"]
+    status, body = await rig.call_api("DELETE", f"/calls/{call_id}")
+    assert status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_recording_file_is_streamed_from_asterisk(rig: Rig) -> None:
+    """GET /recordings/:name/file streams the stored file with Asterisk's content type."""
+    rig.fake.add_stored_recording("greeting", "wav", seconds=2.0)
+    expected = rig.fake.stored_recordings["greeting"].data
+    response = await rig.http.get(rig.base + "/recordings/greeting/file", headers={"X-API-Key": API_KEY})
+    body = await response.content()
+    assert response.code == 200
+    assert body == expected and len(body) > 30000
+    assert response.headers.getRawHeaders(b"content-type")[0].startswith(b"audio/")
+    status, listing = await rig.call_api("GET", "/recordings")
+    assert {"name": "greeting", "format": "wav"} in listing["recordings"]
+    status, body = await rig.call_api("GET", "/recordings/missing/file")
+    assert status == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_needs_the_key_over_loopback(rig: Rig) -> None:
+    """/events refuses a client without the API key (401 before the upgrade)."""
+    with pytest.raises(RuntimeError, match="refused"):
+        await rig.events_client(key=None)
+    response = await rig.http.get(rig.base + "/events")
+    assert response.code == 401
+    assert "API key" in (await response.json())["error"]
