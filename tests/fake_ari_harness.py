@@ -168,6 +168,7 @@ class Harness:
         )
         sock = Socket(client, server, pump)
         self.sockets.append(sock)
+        self.pump()
         return sock
 
     def pump(self) -> None:

@@ -8,7 +8,6 @@ from avr.control.errors import Conflict, Invalid, NotFound, Timeout, Unavailable
 from tests.ari_fakes import (
     answered_inbound,
     ari_404,
-    destroyed,
     entered_bridge,
     fixture_events,
     hangup_request,

@@ -315,6 +315,8 @@ def _consistency_problems(config: Config) -> list[str]:
         problems.append(f"HTTP_PORT and PORT are both {config.port}: they must differ")
     if config.require_call_init and config.http_port is None:
         problems.append("REQUIRE_CALL_INIT needs HTTP_PORT: calls can only be registered through POST /call")
+    if config.ari_url is not None and config.http_port is None:
+        problems.append("ARI_URL needs HTTP_PORT: the call-control REST API and /events are served there")
     if config.ari_url is not None:
         for attribute in ("ari_username", "ari_password"):
             if getattr(config, attribute) is None:

@@ -9,18 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from attrs import define, field
+from attrs import define
 from klein import Klein
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from avr.ari.client import AriClient
+from avr.ari.events import AriEventStream, endpoint_connector
 from avr.audiosocket import AudioSocketFactory
 from avr.calls import CallManager
 from avr.config import Config, redact_url
+from avr.control.hub import EventsHub, FanOut
+from avr.control.model import CallControl
+from avr.control.routes import ControlRoutes
+from avr.control.webhook import EventsWebhook
 from avr.http.auth import redacted_access_log
 from avr.http.core import CoreRoutes
 from avr.http.json import install_error_handlers
@@ -93,6 +99,76 @@ class CallsService(Service):
         return d
 
 
+@define(eq=False)
+class ControlService(Service):
+    """Runs the ARI events stream while running; at shutdown closes /events clients and stops deliveries."""
+
+    hub: EventsHub
+    control: CallControl | None = None
+    stream: AriEventStream | None = None
+    events_webhook: EventsWebhook | None = None
+
+    def __attrs_post_init__(self) -> None:
+        Service.__init__(self)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self.stream is not None:
+            self.stream.start()
+
+    async def _stop(self) -> None:
+        if self.stream is not None:
+            await self.stream.stop()
+        stops = [self.hub.stop()]
+        if self.control is not None:
+            stops.append(self.control.stop())
+        if self.events_webhook is not None:
+            stops.append(self.events_webhook.stop())
+        await DeferredList(stops, consumeErrors=True)
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop())
+
+
+def audiosocket_address(config: Config) -> str:
+    """Where Asterisk reaches avr's AudioSocket server (``ARI_AUDIOSOCKET_ADDRESS``, else derived from the bind)."""
+    if config.ari_audiosocket_address is not None:
+        return config.ari_audiosocket_address
+    host = config.bind_address if config.bind_address not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"[{host}]:{config.port}" if ":" in host else f"{host}:{config.port}"
+
+
+def build_control(reactor: Any, config: Config, http_client: Any, injector: CallManager) -> ControlService:
+    """The call-control side: ARI client, events stream, model, /events hub and events webhook."""
+    hub = EventsHub(reactor)
+    if config.ari_url is None:
+        return ControlService(hub)
+    assert config.ari_username is not None and config.ari_password is not None
+    events_webhook = None
+    sinks: list[Any] = [hub]
+    if config.events_webhook_url is not None:
+        events_webhook = EventsWebhook(
+            http_client, reactor, config.events_webhook_url,
+            timeout=config.webhook_timeout / 1000, retries=config.webhook_retry,
+        )
+        sinks.append(events_webhook)
+    control = CallControl(
+        AriClient(http_client, reactor, config.ari_url, config.ari_username, config.ari_password),
+        reactor,
+        FanOut(*sinks),
+        config.ari_app,
+        config.ari_inbound,
+        injector=injector,
+        audiosocket_address=audiosocket_address(config),
+    )
+    stream = AriEventStream(
+        reactor, endpoint_connector(reactor), config.ari_url, config.ari_app,
+        config.ari_username, config.ari_password, control,
+    )
+    return ControlService(hub, control, stream, events_webhook)
+
+
 def server_endpoint(reactor: Any, address: str, port: int) -> IStreamServerEndpoint:
     """A TCP listening endpoint on ``address`` (IPv4 or IPv6 literal, or ``0.0.0.0``/``::``)."""
     if ":" in address:
@@ -108,8 +184,8 @@ class Avr:
     calls: CallManager
     registrations: Registrations
     webhooks: IWebhooks
+    control: CallControl | None = None
     http_app: Klein | None = None
-    extra: dict[str, Any] = field(factory=dict)
 
 
 def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: IStsConnector) -> Avr:
@@ -143,11 +219,17 @@ def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: ISts
         factory,
         "AVR AudioSocket Server listening on port {port}",
     )
+    control = build_control(reactor, config, http_client, calls)
+    control.setName("control")
+    control.setServiceParent(top)
     app = None
     if config.http_port is not None:
         app = Klein()
         install_error_handlers(app)
-        CoreRoutes.from_config(config, registrations, webhooks).install(app)
+        CoreRoutes.from_config(config, registrations, webhooks, lambda: _health(calls, control)).install(app)
+        ControlRoutes(
+            control.control, control.hub, max_body=config.http_max_body, api_key=config.api_key, clock=reactor
+        ).install(app)
         http = ListeningService(
             server_endpoint(reactor, config.bind_address, config.http_port),
             Site(app.resource(), reactor=reactor, logFormatter=redacted_access_log),
@@ -162,4 +244,14 @@ def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: ISts
         log.info("No STS_URL configured: calls are answered by the built-in echo agent (callers hear themselves)")
     else:
         log.info("STS: {url} at {rate} Hz", url=redact_url(config.sts_url), rate=config.sts_sample_rate)
-    return Avr(service=top, calls=calls, registrations=registrations, webhooks=webhooks, http_app=app)
+    return Avr(service=top, calls=calls, registrations=registrations, webhooks=webhooks, control=control.control,
+               http_app=app)
+
+
+def _health(calls: CallManager, control: ControlService) -> dict[str, Any]:
+    fields: dict[str, Any] = {"audiosocketCalls": len(calls)}
+    if control.control is None:
+        fields["ari"] = "not configured"
+    else:
+        fields.update(control.control.status())
+    return fields

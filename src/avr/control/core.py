@@ -218,7 +218,7 @@ class ControlCore:
             return
         previous, call.state = call.state, new
         data: dict[str, Any] = {"previousState": previous, "state": new}
-        if new == ANSWERED and previous not in (BRIDGED,):
+        if new == ANSWERED and previous != BRIDGED:
             data["answeredAt"] = iso(call.answered_at)
         if new == BRIDGED:
             data["bridgeId"] = call.bridge_id
@@ -241,6 +241,7 @@ class ControlCore:
         if call.requested_reason:
             data["hangupReason"] = call.requested_reason
         data.update(extra)
+        self.log.info("Call {id} ended: cause {cause} ({text})", id=call.id, cause=cause, text=text)
         self._publish("call.ended", data, call)
         self._call_gone(call)
         hooks, call.on_end = call.on_end, []

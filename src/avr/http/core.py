@@ -4,7 +4,7 @@ avr-core's HTTP web service: ``GET /health`` and ``POST /call`` (call registrati
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from attrs import define, field
 from klein import Klein
@@ -42,11 +42,16 @@ class CoreRoutes:
     webhooks: IWebhooks
     max_body: int = 64 * 1024
     api_key: str | None = field(default=None, repr=False)
+    #: More fields for ``GET /health`` (live AudioSocket calls, ARI state), read at each request.
+    status: Callable[[], Mapping[str, Any]] = dict
 
     @classmethod
-    def from_config(cls, config: Any, registrations: Registrations, webhooks: IWebhooks) -> CoreRoutes:
+    def from_config(
+        cls, config: Any, registrations: Registrations, webhooks: IWebhooks,
+        status: Callable[[], Mapping[str, Any]] = dict,
+    ) -> CoreRoutes:
         """The routes for an `avr.config.Config`."""
-        return cls(config.sts_url, registrations, webhooks, config.http_max_body, config.api_key)
+        return cls(config.sts_url, registrations, webhooks, config.http_max_body, config.api_key, status)
 
     def install(self, app: Klein) -> None:
         """Register ``GET /health`` and ``POST /call`` on ``app`` (endpoints ``core.health`` and ``core.call``)."""
@@ -54,12 +59,13 @@ class CoreRoutes:
         add_route(app, "/call", self.call, methods=["POST"], endpoint="core.call")
 
     def health(self, request: IRequest) -> bytes:
-        """``GET /health``: 200 ``{"status": "ok", "service": "avr", "version": ..., "registrations": n}``."""
-        return json_response(
-            request,
-            200,
-            {"status": "ok", "service": "avr", "version": avr.__version__, "registrations": len(self.registrations)},
-        )
+        """
+        ``GET /health``: 200 ``{"status": "ok", "service": "avr", "version": ..., "registrations": n, ...}`` plus the
+        fields of ``status`` (never fails: a health check must answer while ARI is down).
+        """
+        body = {"status": "ok", "service": "avr", "version": avr.__version__, "registrations": len(self.registrations)}
+        body.update(self.status())
+        return json_response(request, 200, body)
 
     async def call(self, request: IRequest) -> bytes:
         """

@@ -549,7 +549,8 @@ class AsteriskEngine(MediaMixin):
             return
         ch.hangupcause = cause
         if ch.dialing:
-            self._dial_event(ch, {17: "BUSY", 34: "CONGESTION"}.get(cause, "CANCEL"))
+            status = {17: "BUSY", 34: "CONGESTION", 42: "CONGESTION", 18: "NOANSWER", 19: "NOANSWER"}
+            self._dial_event(ch, status.get(cause, "CHANUNAVAIL"))
             self._end_channel(ch, cause)
             return
         self._hangup_request(ch, cause)
