@@ -172,21 +172,33 @@ class Harness:
         return sock
 
     def pump(self) -> None:
-        """Move pending WebSocket bytes."""
-        for sock in self.sockets:
-            sock.pump.flush()
-        for pump in self.extra_pumps:
-            pump.flush()
+        """Move pending bytes (AudioSocket connections first: what they cause may produce events)."""
+        for _ in range(2):
+            for pump in self.extra_pumps:
+                pump.flush()
+            for sock in self.sockets:
+                sock.pump.flush()
 
     def advance(self, seconds: float) -> None:
         """Advance the clock (in small steps so that timers fire in order) and pump sockets."""
-        remaining = seconds
-        while remaining > 1e-9:
-            step = min(remaining, 0.05)
-            self.clock.advance(step)
-            remaining -= step
-        self.clock.advance(0)
+        target = self.clock.seconds() + seconds
+        while True:
+            due = [c.getTime() for c in self.clock.getDelayedCalls()]
+            upcoming = [t for t in due if t <= target + 1e-6]
+            step_to = min(upcoming, default=target)
+            # jump exactly to the next timer (no float drift between a timer's time and the clock's)
+            self.clock.rightNow = max(self.clock.rightNow, step_to)
+            self.clock.advance(0)
+            self.pump()
+            if not upcoming:
+                break
+        self.clock.rightNow = max(self.clock.rightNow, target)
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a scenario method of the fake and deliver what it caused."""
+        result = fn(*args, **kwargs)
         self.pump()
+        return result
 
     def request(self, method: str, path: str, params: Any = None, *, json_body: Any = None, data: Any = None,
                 auth: str | None = "avr:avrpass", headers: dict | None = None) -> tuple[int, Any, Any]:  # fmt: skip

@@ -34,7 +34,7 @@ from avr.control.records import HANGUP_REASONS as _REASON_CAUSES
 from avr.control.records import MEDIA_SCHEMES
 from avr.control.wav import WavError, decode_wav
 from avr.http.auth import check_api_key
-from avr.http.json import ApiError, add_route, json_response, read_json_body
+from avr.http.json import ApiError, add_route, json_response, json_type, read_json_body
 from avr.interfaces import ICallControl
 
 #: Answer of every call-control route while ARI is not configured.
@@ -112,7 +112,7 @@ def _validate(body: Any, fields: Iterable[_Field]) -> dict[str, Any]:
 def _text(max_length: int, pattern: re.Pattern[str] | None = None, hint: str = "") -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if not isinstance(value, str):
-            raise _Invalid(f"must be a string, not {_json_type(value)}")
+            raise _Invalid(f"must be a string, not {json_type(value)}")
         if not value:
             raise _Invalid("must not be empty")
         if len(value) > max_length:
@@ -131,7 +131,7 @@ def _integer(low: int, high: int) -> Callable[[Any], int]:
         if isinstance(value, float):
             raise _Invalid(f"must be a whole number, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid(f"must be a whole number, not {_json_type(value)}")
+            raise _Invalid(f"must be a whole number, not {json_type(value)}")
         if not low <= value <= high:
             raise _Invalid(f"must be between {low} and {high}, got {value}")
         return value
@@ -141,7 +141,7 @@ def _integer(low: int, high: int) -> Callable[[Any], int]:
 
 def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise _Invalid(f"must be true or false, not {_json_type(value)}")
+        raise _Invalid(f"must be true or false, not {json_type(value)}")
     return value
 
 
@@ -169,7 +169,7 @@ def _media(value: Any) -> list[str]:
     if isinstance(value, str):
         return [_media_uri(value)]
     if not isinstance(value, list):
-        raise _Invalid(f"must be a media URI or a list of them, not {_json_type(value)}")
+        raise _Invalid(f"must be a media URI or a list of them, not {json_type(value)}")
     if not 1 <= len(value) <= MAX_MEDIA:
         raise _Invalid(f"must list 1 to {MAX_MEDIA} media URIs, got {len(value)}")
     uris = []
@@ -183,14 +183,14 @@ def _media(value: Any) -> list[str]:
 
 def _variables(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise _Invalid(f"must be an object of strings, not {_json_type(value)}")
+        raise _Invalid(f"must be an object of strings, not {json_type(value)}")
     if len(value) > 100:
         raise _Invalid("must have at most 100 entries")
     for name, text in value.items():
         if not _VARIABLE_NAME.fullmatch(name):
             raise _Invalid(f"{name!r} is not a channel variable name")
         if not isinstance(text, str):
-            raise _Invalid(f"{name}: value must be a string, not {_json_type(text)}")
+            raise _Invalid(f"{name}: value must be a string, not {json_type(text)}")
         if len(text) > 1000 or "\x00" in text:
             raise _Invalid(f"{name}: value must be at most 1000 characters, without NUL")
     return dict(value)
@@ -200,20 +200,6 @@ def _dtmf(value: Any) -> str:
     digits = _text(100, _DTMF, "must contain only DTMF characters 0-9, A-D, *, # and the pauses w (0.5 s) and "
                                 "W (1 s)")(value)
     return digits.translate(str.maketrans("abcd", "ABCD"))
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 _ENDPOINT_HINT = "must be a dial string like 'PJSIP/1001' or 'PJSIP/5551234@trunk'"

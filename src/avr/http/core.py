@@ -16,7 +16,7 @@ from twisted.web.iweb import IRequest
 import avr
 from avr.config import redact_url
 from avr.http.auth import check_api_key
-from avr.http.json import ApiError, add_route, json_response, read_json_body
+from avr.http.json import ApiError, add_route, json_response, json_type, read_json_body
 from avr.interfaces import IWebhooks
 from avr.registrations import Registration, Registrations, canonical_uuid
 from avr.urls import sts_url_with_params
@@ -98,34 +98,20 @@ class CoreRoutes:
 def _parse_call(body: Any) -> tuple[str, dict[str, Any]]:
     """The canonical uuid and the payload of a ``POST /call`` body (other top-level keys are ignored)."""
     if not isinstance(body, dict):
-        raise ApiError(400, f"request body must be a JSON object, got {_json_kind(body)}")
+        raise ApiError(400, f"request body must be a JSON object, got {json_type(body)}")
     if "uuid" not in body:
         raise ApiError(400, "uuid is required")
     uuid = body["uuid"]
     if not isinstance(uuid, str):
-        raise ApiError(400, f"uuid must be a string, got {_json_kind(uuid)}")
+        raise ApiError(400, f"uuid must be a string, got {json_type(uuid)}")
     try:
         uuid = canonical_uuid(uuid)
     except ValueError as e:
         raise ApiError(400, f"uuid {e}") from None
     payload = body.get("payload", {})
     if not isinstance(payload, dict):
-        raise ApiError(400, f"payload must be a JSON object, got {_json_kind(payload)}")
+        raise ApiError(400, f"payload must be a JSON object, got {json_type(payload)}")
     return uuid, payload
-
-
-def _json_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def _uncancellable(d: Deferred[Any]) -> Deferred[Any]:

@@ -173,3 +173,18 @@ __all__ = [
     "json_response",
     "read_json_body",
 ]
+
+
+def json_type(value: Any) -> str:
+    """How a JSON value's type reads in an error message: ``"null"``, ``"a boolean"``, ``"a number"``, ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"

@@ -20,6 +20,7 @@ Modules: `avr.testing.ari_model` (objects and JSON), `avr.testing.ari_engine` (b
 from __future__ import annotations
 
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -31,9 +32,17 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET, Site
 
-from avr.testing.ari_engine import AriHttpError, AsteriskEngine
-from avr.testing.ari_http import REALM, AriResource, RecordedRequest, html_error, parse_basic, valid_app_names, write_response
-from avr.testing.ari_model import DEFAULT_SOUNDS, Bridge, Channel, Endpoint, parse_dialplan
+from avr.testing.ari_engine import AsteriskEngine
+from avr.testing.ari_http import (
+    REALM,
+    AriResource,
+    RecordedRequest,
+    html_error,
+    parse_basic,
+    valid_app_names,
+    write_response,
+)
+from avr.testing.ari_model import DEFAULT_SOUNDS, AriHttpError, Bridge, Channel, Endpoint, parse_dialplan
 
 #: The dialplan of the capture system (fixtures README), so ``Local/6100@cap-ari`` etc. behave as captured.
 FIXTURE_DIALPLAN = """
@@ -174,6 +183,7 @@ class _AudioSocketFactory(Factory):
         self._on_lost = on_lost
 
     def buildProtocol(self, addr: Any) -> FakeAudioSocketConnection:
+        """One connection's protocol."""
         proto = FakeAudioSocketConnection(self._uuid_bytes, self._on_lost)
         proto.factory = self
         return proto
@@ -188,6 +198,8 @@ class AriEventsProtocol(WebSocketServerProtocol):
         super().__init__()
         self.apps: list[str] = []
         self.subscribe_all = False
+        #: fires when the connection is gone
+        self.gone: defer.Deferred = defer.Deferred()
 
     def onConnect(self, request: Any) -> None:
         """Check credentials (Basic or ``api_key``) and ``app`` as Asterisk does (401, 400; 404 while booting)."""
@@ -217,6 +229,8 @@ class AriEventsProtocol(WebSocketServerProtocol):
         if self in fake.sockets:
             fake.sockets.discard(self)
             fake.engine.detach(self)
+        if not self.gone.called:
+            self.gone.callback(None)
 
     def deliver(self, app_name: str, text: str) -> None:
         """Send one event (a compact JSON text frame)."""
@@ -257,6 +271,11 @@ class FakeAsterisk:
         a wall clock, else 2026-11-21T12:00:00Z).
     :param uuid_factory: makes bridge and playback ids.
     :param global_variables: dialplan globals (``GET /asterisk/variable``), restored by `restart`.
+    :param dtmf_loopback: digits sent with ``/dtmf`` to a channel whose far end is outside the fake (PJSIP) come
+        back as ChannelDtmfReceived on that channel (else they are only recorded in `sent_dtmf`). Local channels
+        always deliver them to their other half, as captured.
+    :param history: keep every request and delivered event in `requests` and `events` (turn off for long
+        benchmark runs).
     """
 
     log = Logger()
@@ -273,6 +292,8 @@ class FakeAsterisk:
         wall_start: float | None = None,
         uuid_factory: Callable[[], str] | None = None,
         global_variables: Mapping[str, str] | None = None,
+        dtmf_loopback: bool = False,
+        history: bool = True,
     ) -> None:
         self.clock = clock
         self.users = dict(users if users is not None else {"avr": "avrpass"})
@@ -287,6 +308,9 @@ class FakeAsterisk:
             sounds={**DEFAULT_SOUNDS, **(sounds or {})},
             uuid_factory=uuid_factory,
         )
+        self.engine.dtmf_loopback = dtmf_loopback
+        self.engine.history = history
+        self.history = history
         self.engine.config_globals = dict(global_variables or {})
         self.engine.global_vars = dict(self.engine.config_globals)
         self._audiosocket_endpoint = audiosocket_endpoint
@@ -296,7 +320,7 @@ class FakeAsterisk:
         self.requests: list[RecordedRequest] = []
         #: open events sockets
         self.sockets: set[AriEventsProtocol] = set()
-        self.http_channels: set[Any] = set()
+        self.http_channels: weakref.WeakSet[Any] = weakref.WeakSet()
         self.audiosockets: dict[str, FakeAudioSocketConnection] = {}
         self._resource: AriResource | None = None
         self._factory: AriEventsFactory | None = None
@@ -349,14 +373,19 @@ class FakeAsterisk:
         return self._port_number
 
     def close(self) -> defer.Deferred:
-        """Cancel every timer, drop every connection and stop listening (test teardown)."""
+        """
+        Cancel every timer, drop every connection and stop listening (test teardown). Over loopback the Deferred
+        also waits until the dropped events sockets are really closed; in memory it fires at once.
+        """
         for call in self._timers:
             if call.active():
                 call.cancel()
         self._timers.clear()
         self.engine.cancel_all()
+        gone = [sock.gone for sock in self.sockets] if self._reactor is not None else []
         self._drop_connections()
-        return self._stop_listening()
+        stopped = self._stop_listening()
+        return defer.gatherResults([stopped, *gone], consumeErrors=True).addCallback(lambda _: None)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Configuration
@@ -381,9 +410,15 @@ class FakeAsterisk:
         for context, extensions in parse_dialplan(text).items():
             self.engine.dialplan.setdefault(context, {}).update(extensions)
 
-    def add_stored_recording(self, name: str, fmt: str = "wav", seconds: float = 1.0, data: bytes | None = None) -> None:
+    def add_stored_recording(self, name: str, fmt: str = "wav", seconds: float = 1.0,
+                             data: bytes | None = None) -> None:  # fmt: skip
         """Put a recording file in the spool (``data`` defaults to a valid WAV/raw file of ``seconds`` silence)."""
         self.engine.add_stored(name, fmt, seconds, data)
+
+    def note_request(self, request: RecordedRequest) -> None:
+        """Keep a received request in `requests` (unless ``history`` is off)."""
+        if self.history:
+            self.requests.append(request)
 
     def authorized(self, authorization: str | None, api_key: str | None) -> bool:
         """Basic credentials, else ``api_key=user:password`` (both checked against `users`)."""
@@ -422,7 +457,10 @@ class FakeAsterisk:
         return ch.id
 
     def remote_hangup(self, channel_id: str, cause: int = 16) -> None:
-        """The far end hangs up with Q.850 ``cause``: ChannelHangupRequest ``{cause}`` → StasisEnd → ChannelDestroyed."""
+        """
+        The far end hangs up with Q.850 ``cause``: ChannelHangupRequest ``{cause}`` (no ``soft``) → StasisEnd → …
+        → ChannelDestroyed (delivered only while the app is still subscribed: originated channels, not inbound ones).
+        """
         self.engine.remote_hangup(self._channel(channel_id), cause)
 
     def answer_remote(self, channel_id: str) -> None:
@@ -542,6 +580,7 @@ class FakeAsterisk:
         holder: dict[str, Channel] = {}
 
         def lost() -> None:
+            """The server side closed: the channel hangs up."""
             ch = holder.get("channel")
             if ch is not None:
                 self.audiosockets.pop(ch.id, None)
@@ -552,11 +591,13 @@ class FakeAsterisk:
         d.addTimeout(5, self.clock)
 
         def refused(failure: Any) -> None:
+            """No connection: 500, as Asterisk answers."""
             self.log.info("Fake Asterisk: AudioSocket connection to {host}:{port} failed: {why}", host=host,
                           port=port, why=failure.getErrorMessage())  # fmt: skip
             raise AriHttpError(500, "An internal error prevented this request from being handled")
 
         def connected(conn: FakeAudioSocketConnection) -> dict:
+            """Connected (UUID frame sent): create the channel."""
             try:
                 body = engine.external_media_create(params, checked, conn, variables)
             except Exception:

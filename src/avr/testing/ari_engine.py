@@ -1,7 +1,9 @@
 """
 The behaviour of the fake Asterisk: channels (Local pairs and a small dialplan interpreter, PJSIP-like endpoints,
 AudioSocket/UnicastRTP externalMedia, snoop), Stasis applications and their subscriptions, events, hangups, bridges.
-Media (playbacks, recordings, DTMF) live in `avr.testing.ari_media`, which this class mixes in.
+Media (playbacks, recordings, DTMF) live in `avr.testing.ari_media` bridges and application
+subscriptions in `avr.testing.ari_bridges`, the dialplan interpreter in `avr.testing.ari_dialplan`; this class
+mixes them in.
 
 All timing comes from the injected clock. Every rule below reproduces what Asterisk 22.10.1 did in the captures of
 ``/work/shared/fixtures/asterisk/ari`` (the "facts" of its README); where they are silent, the rule follows the
@@ -18,26 +20,33 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from avr.testing.ari_media import MediaMixin, valid_dtmf
+from avr.testing.ari_bridges import BridgeMixin
+from avr.testing.ari_dialplan import DialplanMixin
+from avr.testing.ari_media import MediaMixin
 from avr.testing.ari_model import (
     ASTERISK_ID,
     CODECS,
+    HANGUP_REASONS,
     App,
+    AriHttpError,
     Bridge,
     Channel,
     DialplanStep,
     Endpoint,
-    Playback,
     LiveRecording,
+    Playback,
     StasisState,
     StoredRecording,
+    allocation_failed,
     cause_text,
     format_timestamp,
+    param_int,
+    param_str,
     parse_caller_id,
+    split_args,
 )
 
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-BRIDGE_TYPES = frozenset({"mixing", "holding", "dtmf_events", "proxy_media", "video_sfu", "video_single", "sdp_label"})
 
 #: The ``soft`` hangup flags Asterisk reports as ``cause`` in ChannelHangupRequest (fact 19).
 SOFT_EXPLICIT = 32
@@ -45,31 +54,11 @@ SOFT_APPUNLOAD = 16
 SOFT_SHUTDOWN = 4
 
 
-class AriHttpError(Exception):
-    """
-    An ARI error response.
-
-    :ivar status: the HTTP status.
-    :ivar body: the JSON body (``{"message": ...}`` unless given).
-    """
-
-    def __init__(self, status: int, message: str, body: Any = None) -> None:
-        super().__init__(f"{status} {message}")
-        self.status = status
-        self.message = message
-        self.body = body if body is not None else {"message": message}
-
-
-def allocation_failed() -> AriHttpError:
-    """Asterisk's ``ast_ari_response_alloc_failed``: 500 ``{"error":"Allocation failed"}`` (fact 11)."""
-    return AriHttpError(500, "Allocation failed", {"error": "Allocation failed"})
-
-
 def _compact(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-class AsteriskEngine(MediaMixin):
+class AsteriskEngine(MediaMixin, BridgeMixin, DialplanMixin):
     """
     The simulated Asterisk. Methods named like ARI operations take already-parsed parameters and either return the
     JSON-ready result or raise `AriHttpError`; ``_``-prefixed methods are internal state transitions.
@@ -110,6 +99,10 @@ class AsteriskEngine(MediaMixin):
         self.delivered: list[tuple[str, dict]] = []
         #: DTMF sent to channels whose far end is outside the fake (PJSIP), per channel id
         self.sent_dtmf: dict[str, list[str]] = {}
+        #: keep `delivered` (see `FakeAsterisk`)
+        self.history = True
+        #: echo DTMF sent to PJSIP channels back as ChannelDtmfReceived (see `FakeAsterisk`)
+        self.dtmf_loopback = False
         #: ``(channel id, endpoint)`` of every ``redirect`` accepted for a non-Local channel
         self.redirects: list[tuple[str, str]] = []
         self.reset()
@@ -234,7 +227,8 @@ class AsteriskEngine(MediaMixin):
         return app is not None and app.sink is not None
 
     def _send(self, sink: Any, app_name: str, event: dict) -> None:
-        self.delivered.append((app_name, event))
+        if self.history:
+            self.delivered.append((app_name, event))
         try:
             sink.deliver(app_name, _compact(event))
         except Exception:
@@ -338,15 +332,16 @@ class AsteriskEngine(MediaMixin):
         one.dialstring = f"{exten}@{context}"
         return one, two
 
-    def originate(self, params: dict[str, Any], variables: dict[str, str] | None, channel_id: str | None = None) -> dict:
+    def originate(self, params: dict[str, Any], variables: dict[str, str] | None,
+                  channel_id: str | None = None) -> dict:  # fmt: skip
         """``POST /channels`` and ``POST /channels/{channelId}``: returns the new channel (state Down, fact 15)."""
-        endpoint = _s(params.get("endpoint"))
-        app = _s(params.get("app"))
-        extension = _s(params.get("extension"))
-        originator = _s(params.get("originator"))
-        formats = _s(params.get("formats"))
-        channel_id = channel_id or _s(params.get("channelId")) or None
-        other_id = _s(params.get("otherChannelId")) or None
+        endpoint = param_str(params.get("endpoint"))
+        app = param_str(params.get("app"))
+        extension = param_str(params.get("extension"))
+        originator = param_str(params.get("originator"))
+        formats = param_str(params.get("formats"))
+        channel_id = channel_id or param_str(params.get("channelId")) or None
+        other_id = param_str(params.get("otherChannelId")) or None
         if not endpoint:
             raise AriHttpError(400, "Endpoint must be specified")
         if originator and formats:
@@ -356,8 +351,8 @@ class AsteriskEngine(MediaMixin):
             raise AriHttpError(400, "Invalid endpoint specified")
         if not app and not extension:
             raise AriHttpError(400, "Application or extension must be specified")
-        timeout = _atoi(params.get("timeout"), 30)
-        name, number = parse_caller_id(_s(params.get("callerId")))
+        timeout = param_int(params.get("timeout"), 30)
+        name, number = parse_caller_id(param_str(params.get("callerId")))
         if originator and originator not in self.channels:
             raise AriHttpError(400, "Provided originator channel was not found")
         for fmt in filter(None, (f.strip() for f in formats.split(","))):
@@ -376,13 +371,13 @@ class AsteriskEngine(MediaMixin):
         ch.app_name, ch.app_data = "AppDial2", "(Outgoing Line)"
         if app:
             ch.originate_app = app
-            ch.originate_args = _split_args(_s(params.get("appArgs")))
+            ch.originate_args = split_args(param_str(params.get("appArgs")))
             self._subscribe(app, ch)
             if two is not None:
                 self._subscribe(app, two)
         else:
-            ch.originate_dialplan = (_s(params.get("context")) or "default", extension,
-                                     _atoi(params.get("priority"), 1) or 1)  # fmt: skip
+            ch.originate_dialplan = (param_str(params.get("context")) or "default", extension,
+                                     param_int(params.get("priority"), 1) or 1)  # fmt: skip
         snapshot = ch.to_json()
         self._start_dial(ch, two, timeout, variables or {})
         return snapshot
@@ -468,17 +463,17 @@ class AsteriskEngine(MediaMixin):
 
     def create(self, params: dict[str, Any], variables: dict[str, str] | None) -> dict:
         """``POST /channels/create``: the channel enters Stasis at once, undialled (state Down)."""
-        endpoint = _s(params.get("endpoint"))
-        app = _s(params.get("app"))
-        if _s(params.get("originator")) and _s(params.get("formats")):
+        endpoint = param_str(params.get("endpoint"))
+        app = param_str(params.get("app"))
+        if param_str(params.get("originator")) and param_str(params.get("formats")):
             raise AriHttpError(400, "Originator and formats can't both be specified")
         if not endpoint:
             raise AriHttpError(400, "Endpoint must be specified")
         if not app:
             raise AriHttpError(400, "Missing parameter app")
         tech, _, resource = endpoint.partition("/")
-        cid = _s(params.get("channelId")) or None
-        other = _s(params.get("otherChannelId")) or None
+        cid = param_str(params.get("channelId")) or None
+        other = param_str(params.get("otherChannelId")) or None
         self._check_ids(cid, other or (f"{cid};2" if cid else None))
         ch, two = self._request(tech, resource, cid, other)
         for var, value in (variables or {}).items():
@@ -486,7 +481,7 @@ class AsteriskEngine(MediaMixin):
         ch.pending_two = two
         self._subscribe(app, ch)
         snapshot = ch.to_json()
-        args = _split_args(_s(params.get("appArgs")))
+        args = split_args(param_str(params.get("appArgs")))
         ch.app_name, ch.app_data = "Stasis", ",".join([app, *args])
         self.emit("ChannelDialplan", [("dialplan_app", "Stasis"), ("dialplan_app_data", ch.app_data),
                                       ("channel", ch)], channels=[ch])  # fmt: skip
@@ -502,7 +497,7 @@ class AsteriskEngine(MediaMixin):
         if not ch.dialstring:
             raise AriHttpError(409, "Dialing a channel not created by ARI")
         two, ch.pending_two = ch.pending_two, None
-        self._start_dial(ch, two, _atoi(params.get("timeout"), 0), {})
+        self._start_dial(ch, two, param_int(params.get("timeout"), 0), {})
 
     # ----------------------------------------------------------------------------------------------------------------
     # Inbound calls and the far end (scenario control)
@@ -612,9 +607,9 @@ class AsteriskEngine(MediaMixin):
         """``POST /channels/{id}/continue`` (StasisEnd, then the dialplan runs; fact 25)."""
         self.control(ch)
         self.check_state(ch)
-        context_p, exten_p = _s(params.get("context")), _s(params.get("extension"))
-        priority = _atoi(params.get("priority"), 0)
-        label = _s(params.get("label"))
+        context_p, exten_p = param_str(params.get("context")), param_str(params.get("extension"))
+        priority = param_int(params.get("priority"), 0)
+        label = param_str(params.get("label"))
         if context_p:
             context, exten = context_p, exten_p or "s"
         else:
@@ -636,10 +631,10 @@ class AsteriskEngine(MediaMixin):
     def move(self, ch: Channel, params: dict[str, Any]) -> None:
         """``POST /channels/{id}/move``: to a registered app, or ApplicationMoveFailed (204 either way)."""
         state = self.control(ch)
-        app = _s(params.get("app"))
+        app = param_str(params.get("app"))
         if not app:
             raise AriHttpError(400, "Missing parameter app")
-        args = _split_args(_s(params.get("appArgs")))
+        args = split_args(param_str(params.get("appArgs")))
         if not self._app_active(app):
             self.emit("ApplicationMoveFailed", [("channel", ch), ("destination", app), ("args", args)],
                       channels=[ch], only_app=state.app)  # fmt: skip
@@ -656,7 +651,7 @@ class AsteriskEngine(MediaMixin):
         """``POST /channels/{id}/redirect``: Local channels cannot be redirected (204 and nothing happens)."""
         self.control(ch)
         self.check_state(ch)
-        endpoint = _s(params.get("endpoint"))
+        endpoint = param_str(params.get("endpoint"))
         if not endpoint:
             raise AriHttpError(400, "Required parameter 'endpoint' not provided.")
         tech, slash, resource = endpoint.partition("/")
@@ -674,7 +669,7 @@ class AsteriskEngine(MediaMixin):
 
     def hangup(self, ch: Channel, params: dict[str, Any]) -> None:
         """``DELETE /channels/{id}``: works on any channel (fact 19)."""
-        reason, code = _s(params.get("reason")), _s(params.get("reason_code"))
+        reason, code = param_str(params.get("reason")), param_str(params.get("reason_code"))
         if reason and code:
             raise AriHttpError(400, "The reason and reason_code can't both be specified")
         if code:
@@ -682,8 +677,6 @@ class AsteriskEngine(MediaMixin):
                 raise AriHttpError(400, "Invalid reason for hangup reason provided")
             cause = int(code)
         elif reason:
-            from avr.testing.ari_model import HANGUP_REASONS
-
             if reason not in HANGUP_REASONS:
                 raise AriHttpError(400, "Invalid reason for hangup reason provided")
             cause = HANGUP_REASONS[reason]
@@ -763,123 +756,6 @@ class AsteriskEngine(MediaMixin):
                 self.log.failure("Closing the fake AudioSocket connection failed")
 
     # ----------------------------------------------------------------------------------------------------------------
-    # The dialplan interpreter (Local channels)
-
-    def _pbx_start(self, ch: Channel, context: str, exten: str, priority: int, nested: bool = False) -> None:
-        steps = self.dialplan.get(context, {}).get(exten)
-        if not steps or priority > len(steps) or priority < 1:
-            self.log.info("Fake Asterisk: no extension {exten}@{context} for {name}", exten=exten, context=context,
-                          name=ch.name)  # fmt: skip
-            ch.context, ch.exten, ch.priority = context, exten, priority
-            self._end_channel(ch, 0)
-            return
-        ch.pbx_started = True
-        if not ch.pbx_kind:
-            ch.pbx_kind = "nested" if nested else "real"
-            if ch.nested_app is None:
-                ch.nested_app = (ch.app_name, ch.app_data)
-        ch.context, ch.exten, ch.priority = context, exten, priority
-        self._pbx_run(ch)
-
-    def _pbx_run(self, ch: Channel) -> None:
-        while ch.alive and not ch.ending and ch.stasis is None:
-            steps = self.dialplan.get(ch.context, {}).get(ch.exten, [])
-            if ch.priority > len(steps):
-                self._end_channel(ch, ch.hangupcause if ch.hangupcause is not None else 16)
-                return
-            step = steps[ch.priority - 1]
-            data = self._substitute(ch, step.data)
-            ch.saved_app = (ch.app_name, ch.app_data)
-            ch.app_name, ch.app_data = step.app, data
-            self.emit("ChannelDialplan", [("dialplan_app", step.app), ("dialplan_app_data", data),
-                                          ("channel", ch)], channels=[ch])  # fmt: skip
-            delay = self._exec_app(ch, step.app, data)
-            if delay is None or not ch.alive or ch.ending or ch.stasis is not None:
-                return
-            if delay > 0:
-                self._later(ch, delay, self._pbx_next, ch)
-                return
-            ch.priority += 1
-
-    def _pbx_next(self, ch: Channel) -> None:
-        if not ch.alive or ch.ending:
-            return
-        if ch.pbx_app == "Playback":
-            self._setvar(ch, "PLAYBACKSTATUS", "SUCCESS")
-        ch.pbx_app = ""
-        ch.priority += 1
-        self._pbx_run(ch)
-
-    def _substitute(self, ch: Channel, data: str) -> str:
-        return re.sub(r"\$\{([^}]+)\}", lambda m: ch.variables.get(m.group(1), self.global_vars.get(m.group(1), "")),
-                      data)  # fmt: skip
-
-    def _exec_app(self, ch: Channel, app: str, data: str) -> float | None:
-        """Run one dialplan application; returns the delay before the next priority, or None to stop here."""
-        name = app.lower()
-        args = [a.strip() for a in data.split(",")] if data else []
-        if name == "answer":
-            if ch.state == "Up":
-                return 0.0
-            self._answer(ch)
-            return 0.5  # Answer() waits up to 500 ms for media before the next priority
-        if name == "wait":
-            return _float(args[0] if args else "0")
-        if name == "hangup":
-            cause = _atoi(args[0] if args else "", 0) or (ch.hangupcause if ch.hangupcause is not None else 16)
-            ch.hangupcause = cause
-            self._end_channel(ch, cause)
-            return None
-        if name in ("ringing", "progress"):
-            peer = ch.peer
-            if peer is not None and peer.dialing and name == "ringing":
-                self._state(peer, "Ringing")
-                self._dial_event(peer, "RINGING")
-            return 0.0
-        if name in ("busy", "congestion"):
-            cause, status = (17, "BUSY") if name == "busy" else (34, "CONGESTION")
-            self._state(ch, "Busy" if name == "busy" else ch.state)
-            ch.hangupcause = cause
-            peer = ch.peer
-            if peer is not None and peer.dialing:
-                self._dial_event(peer, status)
-                self._end_channel(peer, 0)
-            else:
-                self._end_channel(ch, cause)
-            return None
-        if name == "playback":
-            seconds = self.sounds.get(args[0] if args else "")
-            if seconds is None:
-                self._setvar(ch, "PLAYBACKSTATUS", "FAILED")
-                return 0.0
-            ch.pbx_app = "Playback"
-            return seconds
-        if name == "senddtmf":
-            digits = args[0] if args else ""
-            between = _atoi(args[1] if len(args) > 1 else "", 0) or 250
-            duration = _atoi(args[2] if len(args) > 2 else "", 0) or 100
-            receiver = ch.peer if ch.peer is not None and ch.peer.alive else None
-            return self._dtmf_stream(ch, receiver, digits, 0, between, duration, 0, owner=ch)
-        if name == "set":
-            var, _, value = data.partition("=")
-            if var:
-                self._set_any(ch, var.strip(), value)
-            return 0.0
-        if name == "stasis":
-            stasis_app = args[0] if args else ""
-            if not self._enter_stasis(ch, stasis_app, args[1:], "dialplan", saved=ch.saved_app):
-                self._setvar(ch, "STASISSTATUS", "FAILED")
-                return 0.0
-            return None
-        return 0.0  # NoOp, Verbose, Log and anything else the fake does not model
-
-    def _answer(self, ch: Channel) -> None:
-        self._state(ch, "Up")
-        peer = ch.peer
-        if peer is not None and peer.dialing:
-            self._dial_answered(peer)
-
-    # ----------------------------------------------------------------------------------------------------------------
     # Channel operations
 
     def answer(self, ch: Channel) -> None:
@@ -894,7 +770,7 @@ class AsteriskEngine(MediaMixin):
         self.control(ch)
         self.check_state(ch)
         if op in ("mute", "unmute"):
-            direction = _s(params.get("direction")) or "both"
+            direction = param_str(params.get("direction")) or "both"
             if direction not in ("both", "in", "out"):
                 raise AriHttpError(400, "Invalid direction specified")
         if op == "hold":
@@ -980,28 +856,28 @@ class AsteriskEngine(MediaMixin):
     def snoop(self, target_id: str, params: dict[str, Any], snoop_id: str | None) -> dict:
         """``POST /channels/{id}/snoop[/{snoopId}]``: a ``Snoop/…`` channel, already Up, in ``app``."""
         directions = ("both", "out", "in")
-        spy = _s(params.get("spy")) or "none"
-        whisper = _s(params.get("whisper")) or "none"
+        spy = param_str(params.get("spy")) or "none"
+        whisper = param_str(params.get("whisper")) or "none"
         if spy != "none" and spy not in directions:
             raise AriHttpError(400, "Invalid direction specified for spy")
         if whisper != "none" and whisper not in directions:
             raise AriHttpError(400, "Invalid direction specified for whisper")
         if spy == "none" and whisper == "none":
             raise AriHttpError(400, "Direction must be specified for at least spy or whisper")
-        app = _s(params.get("app"))
+        app = param_str(params.get("app"))
         if not app:
             raise AriHttpError(400, "Application name is required")
         target = self.channels.get(target_id)
         if target is None:
             raise AriHttpError(404, "Provided channel was not found")
-        snoop_id = snoop_id or _s(params.get("snoopId")) or None
+        snoop_id = snoop_id or param_str(params.get("snoopId")) or None
         self._check_ids(snoop_id)
         self._snoop_seq += 1
         ch = self._new_channel(f"Snoop/{target.id}-{self._snoop_seq:08x}", "Snoop", snoop_id, state="Up")
         ch.snoop_target = target
         target.snoops.append(ch)
         snapshot = ch.to_json()
-        if not self._enter_stasis(ch, app, _split_args(_s(params.get("appArgs"))), "snoop"):
+        if not self._enter_stasis(ch, app, split_args(param_str(params.get("appArgs"))), "snoop"):
             self._end_channel(ch, 16)
         return snapshot
 
@@ -1011,12 +887,12 @@ class AsteriskEngine(MediaMixin):
 
         :return: ``(kind, host, port, format, data)`` with kind ``audiosocket`` or ``rtp``.
         """
-        app = _s(params.get("app"))
-        host = _s(params.get("external_host"))
-        fmt = _s(params.get("format"))
-        encapsulation = _s(params.get("encapsulation")) or "rtp"
-        transport = _s(params.get("transport")) or "udp"
-        data = _s(params.get("data"))
+        app = param_str(params.get("app"))
+        host = param_str(params.get("external_host"))
+        fmt = param_str(params.get("format"))
+        encapsulation = param_str(params.get("encapsulation")) or "rtp"
+        transport = param_str(params.get("transport")) or "udp"
+        data = param_str(params.get("data"))
         if not app:
             raise AriHttpError(400, "app cannot be empty")
         if not host:
@@ -1037,15 +913,15 @@ class AsteriskEngine(MediaMixin):
                 raise AriHttpError(400, "data can not be empty")
             if not UUID_RE.match(data):
                 raise AriHttpError(500, "An internal error prevented this request from being handled")
-        self._check_ids(_s(params.get("channelId")) or None)
+        self._check_ids(param_str(params.get("channelId")) or None)
         return encapsulation.lower(), hostname, port, fmt, data
 
     def external_media_create(self, params: dict[str, Any], checked: tuple[str, str, str, str, str],
                               connection: Any, variables: dict[str, str] | None) -> dict:  # fmt: skip
         """Create the externalMedia channel once its connection (if any) is up; returns the response body."""
         kind, host, port, fmt, data = checked
-        app = _s(params.get("app"))
-        cid = _s(params.get("channelId")) or None
+        app = param_str(params.get("app"))
+        cid = param_str(params.get("channelId")) or None
         self._check_ids(cid)
         if kind == "audiosocket":
             ch = self._new_channel(f"AudioSocket/{host}:{port}-{data}", "AudioSocket", cid)
@@ -1079,194 +955,6 @@ class AsteriskEngine(MediaMixin):
             ch.audiosocket = None
             self.remote_hangup(ch, 16)
 
-    # ----------------------------------------------------------------------------------------------------------------
-    # Bridges
-
-    def bridge_create(self, params: dict[str, Any], bridge_id: str | None = None) -> dict:
-        """``POST /bridges`` and ``POST /bridges/{bridgeId}`` (no BridgeCreated event: fact 23)."""
-        bridge_id = bridge_id or _s(params.get("bridgeId")) or None
-        types = [t.strip() for t in (_s(params.get("type")) or "mixing").split(",") if t.strip()]
-        if not types or any(t not in BRIDGE_TYPES for t in types):
-            raise AriHttpError(500, f"Unable to create bridge. Possible duplicate bridge id '{bridge_id or '(null)'}'")
-        if bridge_id and bridge_id in self.bridges:
-            raise AriHttpError(409, f"Bridge with id '{bridge_id}' already exists")
-        bridge = Bridge(id=bridge_id or self._uuid(), name=_s(params.get("name")), types=types,
-                        creationtime=self.wall())  # fmt: skip
-        self.bridges[bridge.id] = bridge
-        return bridge.to_json()
-
-    def _bridge_controls(self, params: dict[str, Any]) -> list[Channel]:
-        ids = [c for c in _s(params.get("channel")).split(",") if c]
-        if not ids:
-            raise AriHttpError(400, "Missing parameter channel")
-        out = []
-        for cid in ids:
-            ch = self.channels.get(cid)
-            if ch is None:
-                raise AriHttpError(400, "Channel not found")
-            if ch.stasis is None or ch.ending:
-                raise AriHttpError(422, "Channel not in Stasis application")
-            out.append(ch)
-        return out
-
-    def bridge_add(self, bridge: Bridge, params: dict[str, Any]) -> None:
-        """``POST /bridges/{id}/addChannel`` (comma list; a channel already inside leaves and re-enters)."""
-        for ch in self._bridge_controls(params):
-            self._bridge_join(bridge, ch)
-
-    def bridge_remove(self, bridge: Bridge, params: dict[str, Any]) -> None:
-        """``POST /bridges/{id}/removeChannel`` (422 if a channel is not in this bridge)."""
-        chans = self._bridge_controls(params)
-        if any(ch.bridge is not bridge for ch in chans):
-            raise AriHttpError(422, "Channel not in this bridge")
-        for ch in chans:
-            self._bridge_leave(ch, bridge, by_hangup=False)
-
-    def _bridge_join(self, bridge: Bridge, ch: Channel) -> None:
-        if ch.bridge is not None:
-            self._bridge_leave(ch, ch.bridge, by_hangup=False)
-        bridge.members.append(ch)
-        ch.bridge = bridge
-        if ch.stasis is not None:
-            app = self.apps.get(ch.stasis.app)
-            if app is not None:
-                app.sub(app.bridge_subs, bridge.id, 1)
-        self.emit("ChannelEnteredBridge", [("bridge", bridge), ("channel", ch)], channels=[ch], bridges=[bridge])
-        self._update_bridgepeers(bridge)
-
-    def _bridge_leave(self, ch: Channel, bridge: Bridge, *, by_hangup: bool) -> None:
-        """A channel leaves: BRIDGEPEER cleared, ChannelLeftBridge; the app stays subscribed after a hangup."""
-        if ch.variables.get("BRIDGEPEER"):
-            self._setvar(ch, "BRIDGEPEER", "")
-        if ch in bridge.members:
-            bridge.members.remove(ch)
-        ch.bridge = None
-        self.emit("ChannelLeftBridge", [("bridge", bridge), ("channel", ch)], channels=[ch], bridges=[bridge])
-        if not by_hangup and ch.stasis is not None:
-            app = self.apps.get(ch.stasis.app)
-            if app is not None:
-                app.sub(app.bridge_subs, bridge.id, -1)
-        if len(bridge.members) >= 2:
-            self._update_bridgepeers(bridge)
-
-    def _update_bridgepeers(self, bridge: Bridge) -> None:
-        """Each member's BRIDGEPEER lists the others, newest first (set for every member whenever 2+ are in)."""
-        if bridge.bridge_type == "holding" or len(bridge.members) < 2:
-            return
-        names = [m.name if isinstance(m, Channel) else m for m in bridge.members]
-        for index, member in enumerate(list(bridge.members)):
-            if isinstance(member, Channel):
-                others = [n for i, n in enumerate(names) if i != index]
-                self._setvar(member, "BRIDGEPEER", ",".join(reversed(others)))
-
-    def _pseudo_join(self, bridge: Bridge, name: str) -> None:
-        bridge.members.append(name)
-        self._update_bridgepeers(bridge)
-
-    def _pseudo_leave(self, bridge: Bridge, name: str) -> None:
-        if name in bridge.members:
-            bridge.members.remove(name)
-            if len(bridge.members) >= 2:
-                self._update_bridgepeers(bridge)
-
-    def bridge_destroy(self, bridge: Bridge) -> None:
-        """``DELETE /bridges/{id}``: members leave; BridgeDestroyed only if the app is still subscribed (fact 23)."""
-        for member in list(bridge.members):
-            if isinstance(member, Channel):
-                self._bridge_leave(member, bridge, by_hangup=False)
-        self._stop_bridge_media(bridge)
-        self.emit("BridgeDestroyed", [("bridge", bridge)], bridges=[bridge])
-        self._drop_bridge(bridge)
-
-    def _drop_bridge(self, bridge: Bridge) -> None:
-        bridge.gone = True
-        self.bridges.pop(bridge.id, None)
-        for app in self.apps.values():
-            app.bridge_subs.pop(bridge.id, None)
-
-    # ----------------------------------------------------------------------------------------------------------------
-    # Applications REST
-
-    def app_subscription(self, app: App, params: dict[str, Any], subscribe: bool) -> dict:
-        """``POST|DELETE /applications/{name}/subscription``."""
-        source = _s(params.get("eventSource"))
-        if not source:
-            raise AriHttpError(400, "Missing parameter eventSource")
-        for item in source.split(","):
-            scheme, _, name = item.partition(":")
-            if scheme == "channel":
-                table, exists = app.channel_subs, name in self.channels
-            elif scheme == "bridge":
-                table, exists = app.bridge_subs, name in self.bridges
-            elif scheme == "endpoint":
-                tech, _, res = name.partition("/")
-                exists = any(e.technology == tech and (not res or e.resource == res) for e in self.endpoints.values())
-                table = None
-            elif scheme == "deviceState":
-                table, exists = None, True
-            else:
-                raise AriHttpError(400, "Invalid event source URI scheme")
-            listing = app.endpoint_subs if scheme == "endpoint" else app.device_subs
-            if not subscribe:
-                present = table.get(name, 0) > 0 if table is not None else name in listing
-                if not present:
-                    raise AriHttpError(422, "Event source was not subscribed to")
-                if table is not None:
-                    app.sub(table, name, -1)
-                else:
-                    listing.remove(name)
-                continue
-            if not exists:
-                raise AriHttpError(422, "Event source does not exist")
-            if table is not None:
-                app.sub(table, name, 1)
-            elif name not in listing:
-                listing.append(name)
-        return app.to_json()
-
-    def app_filter(self, app: App, body: Any) -> dict:
-        """``PUT /applications/{name}/eventFilter``: the JSON body is the filter; ``{}`` clears it."""
-        if not isinstance(body, dict):
-            raise AriHttpError(400, "Invalid format definition")
-        for key in ("allowed", "disallowed"):
-            if key in body and (not isinstance(body[key], list) or not all(isinstance(f, dict) for f in body[key])):
-                raise AriHttpError(400, "Invalid format definition")
-        if not body:
-            app.allowed, app.disallowed = [], []
-        if "allowed" in body:
-            app.allowed = list(body["allowed"])
-        if "disallowed" in body:
-            app.disallowed = list(body["disallowed"])
-        return app.to_json()
 
 
-def _s(value: Any) -> str:
-    """A parameter as a string (JSON bodies may carry numbers and booleans)."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return value if isinstance(value, str) else str(value)
-
-
-def _atoi(value: Any, default: int) -> int:
-    """C ``atoi`` on a parameter: leading digits, 0 for garbage; ``default`` when absent."""
-    text = _s(value).strip()
-    if not text:
-        return default
-    match = re.match(r"[-+]?\d+", text)
-    return int(match.group(0)) if match else 0
-
-
-def _float(value: str) -> float:
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return 0.0
-
-
-def _split_args(value: str) -> list[str]:
-    return value.split(",") if value else []
-
-
-__all__ = ["AriHttpError", "AsteriskEngine", "allocation_failed", "valid_dtmf"]
+__all__ = ["AsteriskEngine"]

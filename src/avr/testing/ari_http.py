@@ -24,8 +24,16 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from avr.testing.ari_engine import AriHttpError, _s
-from avr.testing.ari_model import ASTERISK_ID, ASTERISK_VERSION, format_timestamp, http_date, recording_mime
+from avr.testing.ari_model import (
+    ASTERISK_ID,
+    ASTERISK_VERSION,
+    AriHttpError,
+    format_timestamp,
+    http_date,
+    param_int,
+    param_str,
+    recording_mime,
+)
 
 if TYPE_CHECKING:
     from avr.testing.ari import FakeAsterisk
@@ -272,11 +280,11 @@ class AriResource(Resource):
         try:
             params, body = self._params(request, query)
         except AriHttpError as error:
-            fake.requests.append(RecordedRequest(request.method.decode(), path, dict(query), None, True))
+            fake.note_request(RecordedRequest(request.method.decode(), path, dict(query), None, True))
             self._json(request, error.status, error.body)
             return NOT_DONE_YET
         authorized = fake.authorized(_header(request, b"authorization"), dict(query).get("api_key"))
-        fake.requests.append(RecordedRequest(request.method.decode(), path, params, body, authorized))
+        fake.note_request(RecordedRequest(request.method.decode(), path, params, body, authorized))
         if not authorized:
             self._json(request, 401, {"message": "Authentication required"},
                        headers=(("WWW-Authenticate", f'Basic realm="{REALM}"'),))  # fmt: skip
@@ -331,7 +339,7 @@ class AriResource(Resource):
                 raise AriHttpError(400, "Error parsing request body") from None
             if isinstance(body, dict):
                 for key, value in body.items():
-                    params[key] = value if isinstance(value, (dict, list)) else _s(value)
+                    params[key] = value if isinstance(value, (dict, list)) else param_str(value)
         elif raw and content_type == "application/x-www-form-urlencoded":
             for key, value in parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True):
                 params[key] = value
@@ -356,6 +364,7 @@ class AriResource(Resource):
             finished.addBoth(lambda _r: gone.append(True))
 
             def done(outcome: Any) -> None:
+                """Write the handler's late result, unless the client has gone."""
                 if gone:
                     return
                 if isinstance(outcome, Failure):
@@ -462,7 +471,7 @@ class AriResource(Resource):
             "status": {"startup_time": format_timestamp(engine.startup_time),
                        "last_reload_time": format_timestamp(engine.startup_time)},
         }  # fmt: skip
-        only = [s for s in _s(ari.params.get("only")).split(",") if s]
+        only = [s for s in param_str(ari.params.get("only")).split(",") if s]
         if not only:
             return sections
         for name in only:
@@ -476,17 +485,17 @@ class AriResource(Resource):
 
     def h_global_get(self, ari: AriRequest) -> dict:
         """``GET /asterisk/variable`` (an unset variable is ``""``)."""
-        name = _s(ari.params.get("variable"))
+        name = param_str(ari.params.get("variable"))
         if not name:
             raise AriHttpError(400, "Variable name is required")
         return {"value": self._engine.global_vars.get(name, "")}
 
     def h_global_set(self, ari: AriRequest) -> None:
         """``POST /asterisk/variable``."""
-        name = _s(ari.params.get("variable"))
+        name = param_str(ari.params.get("variable"))
         if not name:
             raise AriHttpError(400, "Variable name is required")
-        self._engine.global_vars[name] = _s(ari.params.get("value"))
+        self._engine.global_vars[name] = param_str(ari.params.get("value"))
 
     def h_modules(self, ari: AriRequest) -> list:
         """``GET /asterisk/modules``."""
@@ -609,15 +618,16 @@ class AriResource(Resource):
 
     def h_channel_record(self, ari: AriRequest) -> AriResponse:
         """``POST /channels/{id}/record``: 201 + ``Location``."""
-        for name, label in (("maxDurationSeconds", "max_duration_seconds"), ("maxSilenceSeconds", "max_silence_seconds")):
-            if _s(ari.params.get(name)).strip().startswith("-") and _s(ari.params.get(name)).strip()[1:2].isdigit():
+        limits = (("maxDurationSeconds", "max_duration_seconds"), ("maxSilenceSeconds", "max_silence_seconds"))
+        for name, label in limits:
+            if param_int(ari.params.get(name), 0) < 0:
                 raise AriHttpError(400, f"{label} cannot be negative")  # checked before the channel, as Asterisk does
         body, location = self._engine.record(self._channel(ari), ari.params)
         return AriResponse(201, body, headers=(("Location", location),))
 
     def h_var_get(self, ari: AriRequest) -> dict:
         """``GET /channels/{id}/variable`` (works outside Stasis)."""
-        name = _s(ari.params.get("variable"))
+        name = param_str(ari.params.get("variable"))
         if not name:
             raise AriHttpError(400, "Variable name is required")
         ch = self._channel(ari, "Provided channel was not found")
@@ -625,16 +635,16 @@ class AriResource(Resource):
 
     def h_var_set(self, ari: AriRequest) -> None:
         """``POST /channels/{id}/variable``."""
-        name = _s(ari.params.get("variable"))
+        name = param_str(ari.params.get("variable"))
         if not name:
             raise AriHttpError(400, "Variable name is required")
         value = ari.params.get("value")
-        self._engine.set_variable(self._channel(ari), name, None if value is None else _s(value),
-                                  _s(ari.params.get("report_events")) == "true")  # fmt: skip
+        self._engine.set_variable(self._channel(ari), name, None if value is None else param_str(value),
+                                  param_str(ari.params.get("report_events")) == "true")  # fmt: skip
 
     def h_vars_get(self, ari: AriRequest) -> dict:
         """``GET /channels/{id}/variables?variables=A,B``."""
-        names = [n for n in _s(ari.params.get("variables")).split(",") if n]
+        names = [n for n in param_str(ari.params.get("variables")).split(",") if n]
         if not names:
             raise AriHttpError(400, "Variable names are required")
         ch = self._channel(ari, "Provided channel was not found")
@@ -758,7 +768,7 @@ class AriResource(Resource):
     def h_playback_control(self, ari: AriRequest) -> None:
         """``POST /playbacks/{id}/control?operation=``."""
         pb = self._playback(ari)
-        operation = _s(ari.params.get("operation"))
+        operation = param_str(ari.params.get("operation"))
         if not operation:
             raise AriHttpError(400, "Missing parameter operation")
         self._engine.playback_control(pb, operation)

@@ -17,11 +17,14 @@ from attrs import define, field
 from avr.testing.ari_model import (
     RECORD_FORMATS,
     SAY_ITEM_SECONDS,
+    AriHttpError,
     Bridge,
     Channel,
     LiveRecording,
     Playback,
     StoredRecording,
+    param_int,
+    param_str,
     recording_bytes,
 )
 
@@ -146,22 +149,20 @@ class MediaMixin:
 
     def play(self: AsteriskEngine, target: Any, params: dict[str, Any], playback_id: str | None) -> dict:
         """``POST /channels/{id}/play[/{playbackId}]`` and ``POST /bridges/{id}/play[/{playbackId}]``."""
-        from avr.testing.ari_engine import AriHttpError, _atoi, _s
-
         if isinstance(target, Channel):
             self.control(target)
             self.check_state(target)
-        if _atoi(params.get("skipms"), 3000) < 0:
+        if param_int(params.get("skipms"), 3000) < 0:
             raise AriHttpError(400, "skipms cannot be negative")
-        if _atoi(params.get("offsetms"), 0) < 0:
+        if param_int(params.get("offsetms"), 0) < 0:
             raise AriHttpError(400, "offsetms cannot be negative")
-        media = [m for m in _s(params.get("media")).split(",") if m]
-        playback_id = playback_id or _s(params.get("playbackId")) or None
+        media = [m for m in param_str(params.get("media")).split(",") if m]
+        playback_id = playback_id or param_str(params.get("playbackId")) or None
         if not media or (playback_id and playback_id in self.playbacks):
             raise AriHttpError(500, "Failed to queue media for playback")
-        language = _s(params.get("lang")) or (target.language if isinstance(target, Channel) else "en")
+        language = param_str(params.get("lang")) or (target.language if isinstance(target, Channel) else "en")
         pb = Playback(id=playback_id or self._uuid(), media=media, target=target, language=language,
-                      skipms=_atoi(params.get("skipms"), 3000))
+                      skipms=param_int(params.get("skipms"), 3000))
         self.playbacks[pb.id] = pb
         snapshot = pb.to_json()
         if isinstance(target, Channel):
@@ -261,8 +262,6 @@ class MediaMixin:
 
     def playback_control(self: AsteriskEngine, pb: Playback, operation: str) -> None:
         """``POST /playbacks/{id}/control``: pause gives no event, unpause sends PlaybackStarted again (fact 20)."""
-        from avr.testing.ari_engine import AriHttpError
-
         if operation not in PLAYBACK_OPERATIONS:
             raise AriHttpError(400, f"Invalid operation {operation}")
         if pb.state not in ("playing", "paused") or pb.stuck:
@@ -318,32 +317,31 @@ class MediaMixin:
 
         :return: the LiveRecording and its ``Location``.
         """
-        from avr.testing.ari_engine import AriHttpError, _atoi, _s
-
-        if _atoi(params.get("maxDurationSeconds"), 0) < 0:
+        if param_int(params.get("maxDurationSeconds"), 0) < 0:
             raise AriHttpError(400, "max_duration_seconds cannot be negative")
-        if _atoi(params.get("maxSilenceSeconds"), 0) < 0:
+        if param_int(params.get("maxSilenceSeconds"), 0) < 0:
             raise AriHttpError(400, "max_silence_seconds cannot be negative")
         if isinstance(target, Channel):
             self.control(target)
-        terminate_on = _s(params.get("terminateOn")) or "none"
+        terminate_on = param_str(params.get("terminateOn")) or "none"
         if terminate_on not in ("none", "any", "*", "#"):
             raise AriHttpError(400, "terminateOn invalid")
-        if_exists = _s(params.get("ifExists")) or "fail"
+        if_exists = param_str(params.get("ifExists")) or "fail"
         if if_exists not in ("fail", "overwrite", "append"):
             raise AriHttpError(400, "ifExists invalid")
-        fmt = _s(params.get("format"))
+        fmt = param_str(params.get("format"))
         if fmt not in RECORD_FORMATS:
             raise AriHttpError(422, "specified format is unknown on this system")
-        name = _s(params.get("name"))
+        name = param_str(params.get("name"))
         if not name:
             raise AriHttpError(500, "Error parsing request")
         if name.startswith("/") or ".." in name.split("/"):
             raise AriHttpError(400, "Recording name invalid")
         if name in self.live_recordings or (name in self.stored and if_exists == "fail"):
             raise AriHttpError(409, f"Recording '{name}' already exists and can not be overwritten")
-        rec = LiveRecording(name=name, format=fmt, target=target, max_duration=_atoi(params.get("maxDurationSeconds"),
-                            0), if_exists=if_exists, terminate_on=terminate_on)  # fmt: skip
+        max_duration = param_int(params.get("maxDurationSeconds"), 0)
+        rec = LiveRecording(name=name, format=fmt, target=target, max_duration=max_duration, if_exists=if_exists,
+                            terminate_on=terminate_on)  # fmt: skip
         self.live_recordings[name] = rec
         if isinstance(target, Channel):
             self._enqueue(target, Command("record", rec))
@@ -379,7 +377,9 @@ class MediaMixin:
             rec.resumed_at = None
         rec.state = "done"
         rec.duration = int(rec.active + 1e-9)
-        if not cancelled:
+        if cancelled:
+            self.stored.pop(rec.name, None)  # the file being written is deleted, appended-to or not
+        else:
             self._store(rec)
         del self.live_recordings[rec.name]
         self._emit_recording("RecordingFinished", rec)
@@ -398,8 +398,6 @@ class MediaMixin:
 
     def recording_control(self: AsteriskEngine, rec: LiveRecording, operation: str) -> None:
         """pause, unpause, mute, unmute (no events; fact 21)."""
-        from avr.testing.ari_engine import AriHttpError
-
         if rec.state not in ("recording", "paused"):
             raise AriHttpError(409, "Recording not in session")
         now = self.clock.seconds()
@@ -423,12 +421,10 @@ class MediaMixin:
 
     def stored_copy(self: AsteriskEngine, name: str, params: dict[str, Any]) -> dict:
         """``POST /recordings/stored/{name}/copy``."""
-        from avr.testing.ari_engine import AriHttpError, _s
-
         source = self.stored.get(name)
         if source is None:
             raise AriHttpError(404, "Recording not found")
-        dest = _s(params.get("destinationRecordingName"))
+        dest = param_str(params.get("destinationRecordingName"))
         if not dest:
             raise AriHttpError(400, "Missing parameter destinationRecordingName")
         if dest.startswith("/") or ".." in dest.split("/"):
@@ -443,15 +439,13 @@ class MediaMixin:
 
     def send_dtmf(self: AsteriskEngine, ch: Channel, params: dict[str, Any]) -> None:
         """``POST /channels/{id}/dtmf``: 204 at once; the digits are played in the channel's command queue."""
-        from avr.testing.ari_engine import AriHttpError, _atoi, _s
-
         self.control(ch)
         self.check_state(ch)
-        dtmf = _s(params.get("dtmf"))
+        dtmf = param_str(params.get("dtmf"))
         if not dtmf:
             raise AriHttpError(400, "DTMF is required")
-        spec = (dtmf, _atoi(params.get("before"), 0), _atoi(params.get("between"), 100),
-                _atoi(params.get("duration"), 100), _atoi(params.get("after"), 0))  # fmt: skip
+        spec = (dtmf, param_int(params.get("before"), 0), param_int(params.get("between"), 100),
+                param_int(params.get("duration"), 100), param_int(params.get("after"), 0))  # fmt: skip
         self._enqueue(ch, Command("dtmf", spec, interruptible=False))
 
     def _dtmf_command_begin(self: AsteriskEngine, ch: Channel, cmd: Command) -> None:
@@ -481,6 +475,8 @@ class MediaMixin:
                 self.log.failure("Sending DTMF on the fake AudioSocket connection failed")
             return
         self.sent_dtmf.setdefault(sender.id, []).append(digit)
+        if self.dtmf_loopback and sender.alive:
+            self.dtmf_received(sender, digit, duration)
 
     def dtmf_received(self: AsteriskEngine, ch: Channel, digit: str, duration_ms: int = 100) -> None:
         """``ch`` received one digit (at its end): ChannelDtmfReceived, and recordings with ``terminateOn`` stop."""

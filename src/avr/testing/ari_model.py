@@ -96,6 +96,60 @@ RECORD_FORMATS: dict[str, int] = {
     "sln48": 48000, "g722": 16000, "g729": 8000, "ogg": 8000,
 }  # fmt: skip
 
+class AriHttpError(Exception):
+    """
+    An ARI error response.
+
+    :ivar status: the HTTP status.
+    :ivar body: the JSON body (``{"message": ...}`` unless given).
+    """
+
+    def __init__(self, status: int, message: str, body: Any = None) -> None:
+        super().__init__(f"{status} {message}")
+        self.status = status
+        self.message = message
+        self.body = body if body is not None else {"message": message}
+
+
+def allocation_failed() -> AriHttpError:
+    """Asterisk's ``ast_ari_response_alloc_failed``: 500 ``{"error":"Allocation failed"}`` (fact 11)."""
+    return AriHttpError(500, "Allocation failed", {"error": "Allocation failed"})
+
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Parameters (as Asterisk's generated parsers read them)
+def param_str(value: Any) -> str:
+    """A parameter as a string (JSON bodies may carry numbers and booleans)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else str(value)
+
+
+def param_int(value: Any, default: int) -> int:
+    """C ``atoi`` on a parameter: leading digits, 0 for garbage; ``default`` when absent."""
+    text = param_str(value).strip()
+    if not text:
+        return default
+    match = re.match(r"[-+]?\d+", text)
+    return int(match.group(0)) if match else 0
+
+
+def param_float(value: str) -> float:
+    """A non-negative float parameter (0.0 for garbage), as dialplan ``Wait()`` reads it."""
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return 0.0
+
+
+def split_args(value: str) -> list[str]:
+    """``appArgs`` → StasisStart ``args`` (split on commas; empty → ``[]``)."""
+    return value.split(",") if value else []
+
+
 CHANNEL_STATES = ("Down", "Rsrved", "OffHook", "Dialing", "Ring", "Ringing", "Up", "Busy", "Dialing Offhook",
                   "Pre-ring", "Unknown")  # fmt: skip
 
