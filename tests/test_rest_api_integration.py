@@ -10,11 +10,9 @@ from typing import Any, AsyncIterator, Callable
 
 import pytest
 import pytest_twisted
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from klein import Klein
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
@@ -29,29 +27,11 @@ from avr.control.routes import ControlRoutes
 from avr.http.json import install_error_handlers
 from avr.interfaces import IAriEventListener, ICallControl, IEventSink
 from avr.testing.ari import FakeAsterisk
+from tests.control_harness import WAIT, EventsClient, close_events, connect_events, matcher, of_call, offer
 
 pytestmark = pytest.mark.integration
 
 API_KEY = "integration-key"
-WAIT = 5.0
-
-
-def _matcher(predicate: Callable[[dict], bool], timeout: float, reactor: Any, seen: list[dict],
-             waiters: list[tuple[Callable[[dict], bool], Deferred]]) -> Deferred:
-    for item in seen:
-        if predicate(item):
-            return succeed(item)
-    d: Deferred = Deferred()
-    waiters.append((predicate, d))
-    return d.addTimeout(timeout, reactor)
-
-
-def _offer(item: dict, waiters: list[tuple[Callable[[dict], bool], Deferred]]) -> None:
-    for entry in list(waiters):
-        predicate, d = entry
-        if not d.called and predicate(item):
-            waiters.remove(entry)
-            d.callback(item)
 
 
 @implementer(IAriEventListener)
@@ -73,41 +53,13 @@ class Tap:
     def ari_event(self, event: dict) -> None:
         self.control.ari_event(event)
         self.events.append(event)
-        _offer(event, self._waiters)
+        offer(event, self._waiters)
 
     def ari_disconnected(self, reason: str) -> None:
         self.control.ari_disconnected(reason)
 
     def wait(self, predicate: Callable[[dict], bool]) -> Deferred:
-        return _matcher(predicate, WAIT, self.reactor, self.events, self._waiters)
-
-
-class EventsClient(WebSocketClientProtocol):
-    """A client of avr's /events that records the messages and lets the test wait for one."""
-
-    def __init__(self) -> None:
-        WebSocketClientProtocol.__init__(self)
-        self.messages: list[dict] = []
-        self._waiters: list[tuple[Callable[[dict], bool], Deferred]] = []
-        self.opened: Deferred = Deferred()
-        self.closed: Deferred = Deferred()
-
-    def onOpen(self) -> None:
-        self.opened.callback(self)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        message = json.loads(payload)
-        self.messages.append(message)
-        _offer(message, self._waiters)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        if not self.opened.called:
-            self.opened.errback(RuntimeError(f"/events refused: {code} {reason}"))
-        if not self.closed.called:
-            self.closed.callback(code)
-
-    def wait(self, predicate: Callable[[dict], bool]) -> Deferred:
-        return _matcher(predicate, WAIT, self.factory.reactor, self.messages, self._waiters)
+        return matcher(predicate, WAIT, self.reactor, self.events, self._waiters)
 
 
 class Rig:
@@ -147,23 +99,14 @@ class Rig:
         return response.code, (json.loads(content) if content else None)
 
     async def events_client(self, key: str | None = API_KEY) -> EventsClient:
-        query = f"?api_key={key}" if key else ""
-        factory = WebSocketClientFactory(f"ws://127.0.0.1:{self.port.getHost().port}/events{query}",
-                                         reactor=self.reactor)
-        factory.protocol = EventsClient
-        factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, serverConnectionDropTimeout=0,
-                                   autoPingInterval=0)
-        client = await TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port.getHost().port).connect(factory)
+        client = await connect_events(self.reactor, self.port.getHost().port, key)
         self.clients.append(client)
-        await client.opened.addTimeout(WAIT, self.reactor)
         return client
 
     async def stop(self) -> None:
         await self.hub.stop()
         for client in self.clients:
-            if not client.closed.called:
-                client.dropConnection(abort=True)
-                await client.closed
+            await close_events(client)
         await self.stream.stop()
         await self.control.stop()
         await self.port.stopListening()
@@ -198,14 +141,6 @@ async def rig() -> AsyncIterator[Rig]:
         await deferLater(reactor, 0, lambda: None)
     left = [c for c in reactor.getDelayedCalls() if c not in before]
     assert not left, f"timers left behind: {left}"
-
-
-def of_call(call_id: str, type_: str, **data: Any) -> Callable[[dict], bool]:
-    """Matches an event of ``type_`` for ``call_id`` whose data has the given items."""
-    def match(event: dict) -> bool:
-        return (event.get("type") == type_ and event.get("callId") == call_id
-                and all(event.get("data", {}).get(k) == v for k, v in data.items()))
-    return match
 
 
 @pytest_twisted.ensureDeferred

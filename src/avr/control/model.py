@@ -81,6 +81,7 @@ class CallControl(TransferOps, ResyncOps, MediaOps, RecordingOps):
 
     def ari_event(self, event: dict) -> None:
         """Apply one ARI event to the model (unknown types and channels are ignored)."""
+        self.note_resync_event(event)
         handler = self._handlers.get(event.get("type", ""))
         if handler is None or self._stopped:
             return

@@ -34,6 +34,8 @@ class ResyncOps(CallOps, BridgeOps):
         self._resyncing = False
         self._resync_again = False
         self._resync_retry: Any = None
+        #: While the resync's GETs are in flight: ids of channels and bridges that ARI events mentioned meanwhile.
+        self._seen_during_resync: set[str] | None = None
 
     def _start_resync(self) -> None:
         if self._stopped or self.ari is None:
@@ -65,20 +67,37 @@ class ResyncOps(CallOps, BridgeOps):
 
     async def _resync(self) -> None:
         ari = self._require_ari()
-        channels = [c for c in await ari.request("GET", "/channels") or [] if isinstance(c, dict) and "id" in c]
-        bridges = [b for b in await ari.request("GET", "/bridges") or [] if isinstance(b, dict) and "id" in b]
+        # The answers describe Asterisk as it was when it sent them: a call or bridge created, or mentioned by an
+        # event, after that point is newer than the answer and must not be judged by it.
+        known = set(self._calls) | set(self._bridges)
+        self._seen_during_resync = set()
+        try:
+            channels = [c for c in await ari.request("GET", "/channels") or [] if isinstance(c, dict) and "id" in c]
+            bridges = [b for b in await ari.request("GET", "/bridges") or [] if isinstance(b, dict) and "id" in b]
+            newer = (set(self._calls) | set(self._bridges)) - known | self._seen_during_resync
+        finally:
+            self._seen_during_resync = None
         if self._stopped:
             return
         by_id = {str(c["id"]): c for c in channels}
-        self._resync_calls(by_id)
-        self._resync_bridges(bridges)
+        self._resync_calls(by_id, newer)
+        self._resync_bridges(bridges, newer)
         await self._resync_media()
         self.log.info("Resynchronised with Asterisk: {calls} active calls, {bridges} bridges",
                       calls=self.status()["activeCalls"], bridges=len(self._bridges))
 
-    def _resync_calls(self, by_id: dict[str, dict]) -> None:
+    def note_resync_event(self, event: dict) -> None:
+        """Remember the channels and bridges an ARI event mentions while a resync waits for its answers."""
+        if self._seen_during_resync is None:
+            return
+        for key in ("channel", "bridge", "peer", "replace_channel"):
+            item = event.get(key)
+            if isinstance(item, dict) and "id" in item:
+                self._seen_during_resync.add(str(item["id"]))
+
+    def _resync_calls(self, by_id: dict[str, dict], newer: set[str]) -> None:
         for call in list(self._calls.values()):
-            if call.ended or call.pending:
+            if call.ended or call.pending or call.id in newer:
                 continue
             channel = by_id.get(call.id)
             if channel is None:
@@ -102,7 +121,7 @@ class ResyncOps(CallOps, BridgeOps):
             args = str((channel.get("dialplan") or {}).get("app_data") or "").split(",")[1:]
             self._inbound(channel, args, resynced=True)
 
-    def _resync_bridges(self, bridges: list[dict]) -> None:
+    def _resync_bridges(self, bridges: list[dict], newer: set[str]) -> None:
         by_id = {str(b["id"]): b for b in bridges}
         live = {c.id: c for c in self._calls.values() if not c.ended and not c.pending}
         where: dict[str, str] = {}
@@ -112,6 +131,8 @@ class ResyncOps(CallOps, BridgeOps):
         for call in live.values():
             call.ari_bridge_id = where.get(call.id)
         for bridge in list(self._bridges.values()):
+            if bridge.id in newer:
+                continue
             ari_bridge = by_id.get(bridge.id)
             if ari_bridge is None:
                 self._bridge_gone(bridge)

@@ -1,9 +1,8 @@
 """
 The behaviour of the fake Asterisk: channels (Local pairs and a small dialplan interpreter, PJSIP-like endpoints,
 AudioSocket/UnicastRTP externalMedia, snoop), Stasis applications and their subscriptions, events, hangups, bridges.
-Media (playbacks, recordings, DTMF) live in `avr.testing.ari_media` bridges and application
-subscriptions in `avr.testing.ari_bridges`, the dialplan interpreter in `avr.testing.ari_dialplan`; this class
-mixes them in.
+Media (playbacks, recordings, DTMF) live in `avr.testing.ari_media`, bridges and application subscriptions in
+`avr.testing.ari_bridges`, the dialplan interpreter in `avr.testing.ari_dialplan`; this class mixes them in.
 
 All timing comes from the injected clock. Every rule below reproduces what Asterisk 22.10.1 did in the captures of
 ``/work/shared/fixtures/asterisk/ari`` (the "facts" of its README); where they are silent, the rule follows the
@@ -67,8 +66,6 @@ class AsteriskEngine(MediaMixin, BridgeMixin, DialplanMixin):
     :param wall_start: the wall-clock time (epoch seconds) at ``clock.seconds()`` now; ids and timestamps use it.
     :param dialplan: ``{context: {exten: [DialplanStep]}}`` for Local channels.
     :param sounds: ``{name: seconds}`` for ``sound:`` media.
-    :param audiosocket_connect: ``(host, port, uuid_bytes, on_lost) -> Deferred`` firing with an object that has
-        ``close()``; ``None`` skips the TCP connection (pure unit tests).
     :param uuid_factory: makes bridge and playback ids (``uuid.uuid4`` by default).
     """
 
@@ -81,7 +78,6 @@ class AsteriskEngine(MediaMixin, BridgeMixin, DialplanMixin):
         wall_start: float,
         dialplan: dict[str, dict[str, list[DialplanStep]]],
         sounds: dict[str, float],
-        audiosocket_connect: Callable[..., Any] | None = None,
         uuid_factory: Callable[[], str] | None = None,
     ) -> None:
         self.clock = clock
@@ -89,7 +85,6 @@ class AsteriskEngine(MediaMixin, BridgeMixin, DialplanMixin):
         self._wall0 = wall_start
         self.dialplan = dialplan
         self.sounds = sounds
-        self.audiosocket_connect = audiosocket_connect
         self._uuid = uuid_factory or (lambda: str(uuid.uuid4()))
         self.endpoints: dict[tuple[str, str], Endpoint] = {}
         #: global variables as configured (``[globals]``): restored on every restart
@@ -299,12 +294,9 @@ class AsteriskEngine(MediaMixin, BridgeMixin, DialplanMixin):
         self.emit("ChannelHangupRequest", [("channel", ch)], channels=[ch], pre=pre)
 
     def _dial_event(self, ch: Channel, status: str, dialstring: str | None = None) -> None:
-        self.emit(
-            "Dial",
-            [("dialstatus", status), ("forward", ""), ("dialstring", ch.dialstring if dialstring is None else
-                                                        dialstring), ("peer", ch)],
-            channels=[ch],
-        )
+        dialstring = ch.dialstring if dialstring is None else dialstring
+        fields = [("dialstatus", status), ("forward", ""), ("dialstring", dialstring), ("peer", ch)]
+        self.emit("Dial", fields, channels=[ch])
 
     # ----------------------------------------------------------------------------------------------------------------
     # Creating channels
