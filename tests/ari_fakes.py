@@ -21,6 +21,7 @@ from zope.interface import implementer
 from avr.ari.errors import AriError
 from avr.control.model import CallControl
 from avr.interfaces import IAriClient, IAudioInjector, IEventSink
+from tests.helpers import fired
 
 TIMESTAMP = "2026-11-21T11:59:50.255+0000"
 
@@ -253,13 +254,7 @@ class Harness:
 
     def run(self, coroutine: Any) -> Any:
         """Run an operation whose ARI answers are all immediate; return its result or raise its error."""
-        d = Deferred.fromCoroutine(coroutine)
-        results: list[Any] = []
-        d.addBoth(results.append)
-        assert results, "the operation is still waiting"
-        if isinstance(results[0], Exception) or hasattr(results[0], "raiseException"):
-            results[0].raiseException()
-        return results[0]
+        return fired(Deferred.fromCoroutine(coroutine), "the operation is still waiting")
 
     def start(self, coroutine: Any) -> tuple[Deferred, list[Any]]:
         """Start an operation that will wait; the list receives its outcome."""

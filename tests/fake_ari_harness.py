@@ -19,11 +19,11 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.test import iosim
 from treq.testing import StubTreq
 
 from avr.testing.ari import FakeAsterisk
+from tests.helpers import fired
 
 FIXTURES = Path("/work/shared/fixtures/asterisk/ari")
 BASE = "http://127.0.0.1:8088"
@@ -32,16 +32,6 @@ BASE = "http://127.0.0.1:8088"
 def load_fixture(name: str) -> dict:
     """One capture file, parsed."""
     return json.loads((FIXTURES / f"{name}.json").read_text())
-
-
-def result_of(d: Any) -> Any:
-    """The result of an already-fired Deferred (raises its failure; fails if it has not fired)."""
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "Deferred did not fire"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
 
 
 def basic(user: str, password: str) -> str:
@@ -220,13 +210,7 @@ class Harness:
             hdrs["Content-Type"] = "application/json"
         elif data is not None:
             kwargs["data"] = data
-        d = self.http.request(method, url, **kwargs)
-        self.http.flush()
-        response = result_of(d)
-        body_d = treq.content(response)
-        self.http.flush()
-        raw = result_of(body_d)
-        self.pump()
+        response, raw = self._exchange(self.http.request(method, url, **kwargs))
         ctype = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
         if not raw:
             body: Any = None
@@ -236,18 +220,22 @@ class Harness:
             body = raw
         return response.code, response.headers, body
 
+    def _exchange(self, d: Any) -> tuple[Any, bytes]:
+        """Flush a StubTreq request and its body read; returns ``(response, raw body bytes)``."""
+        self.http.flush()
+        response = fired(d, "Deferred did not fire")
+        body_d = treq.content(response)
+        self.http.flush()
+        raw = fired(body_d, "Deferred did not fire")
+        self.pump()
+        return response, raw
+
     def raw_request(self, method: str, url: str, headers: dict | None = None, body: bytes | None = None) -> Any:
         """A request with an exact URL (for fixture replays); returns ``(response, raw body bytes)``."""
         kwargs: dict[str, Any] = {"headers": headers or {}}
         if body is not None:
             kwargs["data"] = body
-        d = self.http.request(method, BASE + url, **kwargs)
-        self.http.flush()
-        response = result_of(d)
-        body_d = treq.content(response)
-        self.http.flush()
-        raw = result_of(body_d)
-        self.pump()
+        response, raw = self._exchange(self.http.request(method, BASE + url, **kwargs))
         return response, raw
 
     def originate_local(self, exten: str = "6100", app: str = "avr", **params: Any) -> dict:

@@ -24,6 +24,7 @@ from avr.control.errors import Conflict
 from avr.control.model import CallControl
 from avr.testing.ari import FakeAsterisk
 from tests.ari_fakes import FakeInjector, FakeSink
+from tests.helpers import fired
 
 BASE = "http://127.0.0.1:8088"
 
@@ -72,13 +73,14 @@ class World:
 
     def run(self, coroutine: Any) -> Any:
         d = Deferred.fromCoroutine(coroutine)
-        out: list[Any] = []
-        d.addBoth(out.append)
         self.settle()
-        assert out, "operation still waiting"
-        if isinstance(out[0], Failure):
-            out[0].raiseException()
-        return out[0]
+        return fired(d, "operation still waiting")
+
+    def launch(self, coroutine: Any) -> list[Any]:
+        """Start an operation that will wait; the returned list receives its outcome."""
+        out: list[Any] = []
+        Deferred.fromCoroutine(coroutine).addBoth(out.append)
+        return out
 
     def start(self) -> None:
         self.stream.start()
@@ -156,9 +158,7 @@ def test_transfer_to_a_busy_endpoint_keeps_the_call() -> None:
     w.start()
     cid = w.fake.inbound_call("3000", "6000")
     w.settle()
-    d = Deferred.fromCoroutine(w.control.transfer(cid, "PJSIP/1002"))
-    out: list[Any] = []
-    d.addBoth(out.append)
+    out = w.launch(w.control.transfer(cid, "PJSIP/1002"))
     w.advance(1.0)
     assert out and isinstance(out[0], Failure) and out[0].check(Conflict)
     assert w.run(w.control.get_call(cid))["state"] == "answered"
@@ -173,9 +173,7 @@ def test_transfer_success() -> None:
     w.start()
     cid = w.fake.inbound_call("3000", "6000")
     w.settle()
-    d = Deferred.fromCoroutine(w.control.transfer(cid, "PJSIP/1003"))
-    out: list[Any] = []
-    d.addBoth(out.append)
+    out = w.launch(w.control.transfer(cid, "PJSIP/1003"))
     w.advance(1.0)
     result = out[0]
     assert {c.id for c in w.fake.bridges[result["bridgeId"]].channels} == {cid, result["newCallId"]}

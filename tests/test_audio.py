@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import math
 import random
-import struct
-from typing import Iterator
-
 import pytest
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, formatEvent
 
 from avr.audio import (
     ALAW,
@@ -24,17 +21,7 @@ from avr.audio import (
 )
 from avr.frames import Kind
 from avr.testing.asterisk import Capture, chunk_payloads, load_capture
-
-
-@pytest.fixture
-def logged() -> Iterator[list[LogEvent]]:
-    """Events logged during the test."""
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(events.append)
+from tests.helpers import pcm16
 
 
 def texts(events: list[LogEvent]) -> list[str]:
@@ -47,11 +34,6 @@ def audio_payloads(capture: Capture) -> list[tuple[int, bytes]]:
     return [(f.kind, f.payload) for _, f in capture.frames if f.kind >= Kind.SLIN8 and f.kind <= Kind.SLIN192]
 
 
-def pcm(samples: list[int]) -> bytes:
-    """PCM16LE from sample values."""
-    return struct.pack(f"<{len(samples)}h", *samples)
-
-
 def run(inbound: InboundAudio, frames: list[tuple[int, bytes]]) -> bytes:
     """Feed every frame, return the concatenated output."""
     return b"".join(inbound.feed(kind, payload) for kind, payload in frames)
@@ -59,12 +41,12 @@ def run(inbound: InboundAudio, frames: list[tuple[int, bytes]]) -> bytes:
 
 # --- detection on the real captures ----------------------------------------------------------------------------------
 
-def test_ulaw_capture_is_detected_and_decodes_to_the_same_prompt(logged: list[LogEvent]) -> None:
+def test_ulaw_capture_is_detected_and_decodes_to_the_same_prompt(log_events: list[LogEvent]) -> None:
     """The c_ capture (µ-law under kind 0x10) is ULAW, and its decoding matches the slin capture of the same prompt."""
     inbound = InboundAudio(8000, uuid="43bd824e-4838-4b39-8b7c-b0b7484576fa")
     decoded = run(inbound, audio_payloads(load_capture("c_dial_chan_native_ulaw_caller")))
     assert inbound.codec == ULAW and inbound.rate == 8000
-    assert texts(logged).count("Audio codec detected: ULAW (call 43bd824e-4838-4b39-8b7c-b0b7484576fa)") == 1
+    assert texts(log_events).count("Audio codec detected: ULAW (call 43bd824e-4838-4b39-8b7c-b0b7484576fa)") == 1
 
     reference = load_capture("a_app_slin8_hello_dtmf_caller_hangup").audio()
     # Align the slin prompt inside the decoded µ-law stream (they start one frame apart), then compare.
@@ -84,7 +66,7 @@ def test_ulaw_detection_does_not_depend_on_frame_size() -> None:
     assert inbound.codec == ULAW
 
 
-def test_alaw_transcoding_of_the_slin_capture_is_detected(logged: list[LogEvent]) -> None:
+def test_alaw_transcoding_of_the_slin_capture_is_detected(log_events: list[LogEvent]) -> None:
     """An A-law version of the slin 8 kHz capture is ALAW and decodes back close to the original."""
     slin = load_capture("a_app_slin8_hello_dtmf_caller_hangup").audio()
     alaw = slin_to_alaw(slin)
@@ -96,7 +78,7 @@ def test_alaw_transcoding_of_the_slin_capture_is_detected(logged: list[LogEvent]
         if locked_at is None and inbound.codec is not None:
             locked_at = i
     assert inbound.codec == ALAW
-    assert "Audio codec detected: ALAW" in texts(logged)
+    assert "Audio codec detected: ALAW" in texts(log_events)
     assert all(len(out) == 320 for out in outputs)
     # Frames before the decision were decoded with the length prior (µ-law); from the decision on, exact A-law.
     assert locked_at is not None and locked_at < 20
@@ -127,13 +109,13 @@ def test_slin_in_g711_sized_frames_is_still_slin() -> None:
     assert inbound.codec == SLIN
 
 
-def test_slin16_capture_is_slin_at_16k(logged: list[LogEvent]) -> None:
+def test_slin16_capture_is_slin_at_16k(log_events: list[LogEvent]) -> None:
     """Kind 0x12 is slin at 16 kHz by definition; resampled to the STS rate."""
     frames = audio_payloads(load_capture("b_dial_chan_c_slin16"))
     inbound = InboundAudio(8000, uuid="u")
     out = run(inbound, frames)
     assert (inbound.codec, inbound.rate) == (SLIN, 16000)
-    assert texts(logged).count("Audio codec detected: SLIN (call u)") == 1
+    assert texts(log_events).count("Audio codec detected: SLIN (call u)") == 1
     total = sum(len(p) for _, p in frames)
     assert abs(len(out) - total // 2) <= 4
 
@@ -150,10 +132,10 @@ def test_slin16_content_is_recognised_as_slin_by_the_signal() -> None:
 rng = random.Random(20261121)
 SILENCES = {
     "slin zeros": [bytes(320)] * 300,
-    "slin dither": [pcm([rng.choice((0, 0, 0, 1, -1)) for _ in range(160)]) for _ in range(300)],
-    "slin 50 Hz hum at 2 LSB": [pcm([round(2 * math.sin(2 * math.pi * 50 * (i * 160 + n) / 8000)) for n in range(160)])
+    "slin dither": [pcm16([rng.choice((0, 0, 0, 1, -1)) for _ in range(160)]) for _ in range(300)],
+    "slin 50 Hz hum at 2 LSB": [pcm16([round(2 * math.sin(2 * math.pi * 50 * (i * 160 + n) / 8000)) for n in range(160)])
                                 for i in range(300)],
-    "slin slow 0/-1 square": [pcm([-1 if (i * 160 + n) // 37 % 2 else 0 for n in range(160)]) for i in range(300)],
+    "slin slow 0/-1 square": [pcm16([-1 if (i * 160 + n) // 37 % 2 else 0 for n in range(160)]) for i in range(300)],
     "ulaw 0xff": [b"\xff" * 160] * 300,
     "ulaw idle noise": [bytes(rng.choice((0xFF, 0x7F, 0xFE, 0x7E)) for _ in range(160)) for _ in range(300)],
     "alaw 0xd5": [b"\xd5" * 160] * 300,
@@ -162,14 +144,14 @@ SILENCES = {
 
 
 @pytest.mark.parametrize("name", sorted(SILENCES))
-def test_silence_locks_nothing(name: str, logged: list[LogEvent]) -> None:
+def test_silence_locks_nothing(name: str, log_events: list[LogEvent]) -> None:
     """Six seconds of silence of any codec leave the codec undecided (the guess follows the frame-size prior)."""
     inbound = InboundAudio(8000)
     for payload in SILENCES[name]:
         inbound.feed(Kind.SLIN8, payload)
     assert inbound.codec is None
     assert inbound.guess == (ULAW if len(SILENCES[name][0]) == 160 else SLIN)
-    assert not [t for t in texts(logged) if "Audio codec detected" in t]
+    assert not [t for t in texts(log_events) if "Audio codec detected" in t]
 
 
 def test_silence_then_speech_locks_the_right_codec() -> None:
@@ -183,14 +165,14 @@ def test_silence_then_speech_locks_the_right_codec() -> None:
     assert inbound.codec == ULAW
 
 
-def test_unknown_codec_warns_once_and_never_locks(logged: list[LogEvent]) -> None:
+def test_unknown_codec_warns_once_and_never_locks(log_events: list[LogEvent]) -> None:
     """Loud noise-like payloads (e.g. Opus from Dial without c()) never lock and produce one warning."""
     noise = random.Random(7)
     inbound = InboundAudio(8000, uuid="u1")
     for _ in range(600):
         inbound.feed(Kind.SLIN8, bytes(noise.getrandbits(8) for _ in range(160)))
     assert inbound.codec is None
-    warnings = [t for t in texts(logged) if "not recognisable" in t]
+    warnings = [t for t in texts(log_events) if "not recognisable" in t]
     assert len(warnings) == 1 and "u1" in warnings[0]
 
 
@@ -204,7 +186,7 @@ def test_undecided_frames_are_decoded_with_the_guess() -> None:
 
 def test_tone_locks_by_signal() -> None:
     """A loud 300 Hz tone is detected in each of the three codecs."""
-    tone = pcm([round(8000 * math.sin(2 * math.pi * 300 * n / 8000)) for n in range(8000)])
+    tone = pcm16([round(8000 * math.sin(2 * math.pi * 300 * n / 8000)) for n in range(8000)])
     for codec, data, size in ((SLIN, tone, 320), (ULAW, slin_to_ulaw(tone), 160), (ALAW, slin_to_alaw(tone), 160)):
         inbound = InboundAudio(8000)
         run(inbound, [(Kind.SLIN8, p) for p in chunk_payloads(data, size)])
@@ -215,7 +197,7 @@ def test_tone_locks_by_signal() -> None:
 
 def test_g711_helpers_round_trip() -> None:
     """µ-law/A-law encode then decode stays close to the original."""
-    tone = pcm([round(10000 * math.sin(n / 5)) for n in range(800)])
+    tone = pcm16([round(10000 * math.sin(n / 5)) for n in range(800)])
     for encode, decode in ((slin_to_ulaw, ulaw_to_slin), (slin_to_alaw, alaw_to_slin)):
         coded = encode(tone)
         assert len(coded) == 800
@@ -267,7 +249,7 @@ def test_resampler_keeps_duration_over_many_chunks(from_rate: int, to_rate: int,
 
 def test_resampler_is_stateful_across_chunks() -> None:
     """Converting in pieces gives the same samples as converting at once."""
-    tone = pcm([round(10000 * math.sin(n / 7)) for n in range(1600)])
+    tone = pcm16([round(10000 * math.sin(n / 7)) for n in range(1600)])
     whole = Resampler(8000, 16000).convert(tone)
     pieces = Resampler(8000, 16000)
     split = b"".join(pieces.convert(tone[i:i + 321]) for i in range(0, len(tone), 321))

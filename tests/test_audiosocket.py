@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -97,17 +97,6 @@ class RecordingTransport(StringTransport):
         self.no_delay = enabled
 
 
-@pytest.fixture
-def logged() -> Iterator[list[LogEvent]]:
-    """Events logged during the test."""
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-
-
 def connect(router: FakeRouter | None = None, **options: Any) -> tuple[AudioSocketProtocol, RecordingTransport, Clock,
                                                                         FakeRouter]:
     """A protocol from a factory with a Clock, connected to a RecordingTransport."""
@@ -170,44 +159,44 @@ def test_byte_by_byte_stream() -> None:
     assert router.sinks[0].audio == [(Kind.SLIN8, AUDIO)] and router.sinks[0].dtmf == ["5"]
 
 
-def test_empty_audio_is_ignored_and_bad_dtmf_is_skipped(logged: list[LogEvent]) -> None:
+def test_empty_audio_is_ignored_and_bad_dtmf_is_skipped(log_events: list[LogEvent]) -> None:
     """Zero-length audio carries nothing and is dropped; a non-DTMF byte is logged and skipped; the call goes on."""
     protocol, _, _, router = connect()
     protocol.dataReceived(encode_uuid(UUID) + b"\x10\x00\x00" + encode_dtmf("x") + encode_dtmf("9"))
     sink = router.sinks[0]
     assert sink.audio == [] and sink.dtmf == ["9"] and sink.gone == []
-    assert any("DTMF byte 0x78" in t for t in warnings_logged(logged))
+    assert any("DTMF byte 0x78" in t for t in warnings_logged(log_events))
 
 
-def test_first_frame_must_be_the_uuid(logged: list[LogEvent]) -> None:
+def test_first_frame_must_be_the_uuid(log_events: list[LogEvent]) -> None:
     """Audio before the UUID: logged, only 0x00 is sent, the connection closes, no call is attached."""
     protocol, transport, clock, router = connect()
     protocol.dataReceived(encode_frame(Kind.SLIN8, AUDIO) + encode_uuid(UUID))
     assert transport.writes == [HANGUP_FRAME] and transport.disconnecting
     assert router.legs == [] and clock.getDelayedCalls() == []
-    assert any("first frame is SLIN8 (0x10)" in t for t in warnings_logged(logged))
+    assert any("first frame is SLIN8 (0x10)" in t for t in warnings_logged(log_events))
     lose(protocol)
     assert not protocol.connected
 
 
-def test_uuid_timeout_closes_the_connection(logged: list[LogEvent]) -> None:
+def test_uuid_timeout_closes_the_connection(log_events: list[LogEvent]) -> None:
     """No UUID within uuid_timeout seconds: the connection is closed with a logged reason."""
     protocol, transport, clock, router = connect(uuid_timeout=3.0)
     clock.advance(2.999)
     assert not transport.disconnecting
     clock.advance(0.002)
     assert transport.disconnecting and transport.writes == [HANGUP_FRAME]
-    assert any("sent no UUID within 3.0 s" in t for t in warnings_logged(logged))
+    assert any("sent no UUID within 3.0 s" in t for t in warnings_logged(log_events))
     lose(protocol)
     assert router.legs == [] and clock.getDelayedCalls() == []
 
 
-def test_eof_before_uuid_is_quiet(logged: list[LogEvent]) -> None:
+def test_eof_before_uuid_is_quiet(log_events: list[LogEvent]) -> None:
     """The AudioSocket() app on an unanswered channel connects and closes: no warning, no call, no timer left."""
     protocol, transport, clock, router = connect()
     lose(protocol)
     assert router.legs == [] and clock.getDelayedCalls() == []
-    assert warnings_logged(logged) == []
+    assert warnings_logged(log_events) == []
     assert transport.value() == b""
 
 
@@ -223,13 +212,13 @@ def test_hangup_frame_ends_the_call_once() -> None:
     assert sink.gone == ["hangup frame"]
 
 
-def test_error_frame_is_logged_and_ends_the_call(logged: list[LogEvent]) -> None:
+def test_error_frame_is_logged_and_ends_the_call(log_events: list[LogEvent]) -> None:
     """0xff with code 0x01: the code is logged, the call ends, the connection closes."""
     protocol, transport, _, router = connect()
     protocol.dataReceived(encode_uuid(UUID) + b"\xff\x00\x01\x01")
     assert router.sinks[0].gone == ["error frame (code 0x01)"]
     assert transport.disconnecting
-    assert any("error frame (code 0x01)" in t for t in warnings_logged(logged))
+    assert any("error frame (code 0x01)" in t for t in warnings_logged(log_events))
 
 
 def test_eof_after_uuid_reports_caller_gone_once() -> None:
@@ -251,7 +240,7 @@ def test_reset_after_uuid_reports_caller_gone() -> None:
     assert router.sinks[0].gone[0].startswith("connection lost:") and "reset" in router.sinks[0].gone[0]
 
 
-def test_malformed_frame_sends_hangup_and_ends_the_call(logged: list[LogEvent]) -> None:
+def test_malformed_frame_sends_hangup_and_ends_the_call(log_events: list[LogEvent]) -> None:
     """A bad frame: the reason is logged, 0x00 is sent, the connection closes, caller_gone gets the reason."""
     protocol, transport, _, router = connect()
     protocol.dataReceived(encode_uuid(UUID) + encode_frame(Kind.SLIN8, AUDIO) + b"\x02\x00\x00")
@@ -262,7 +251,7 @@ def test_malformed_frame_sends_hangup_and_ends_the_call(logged: list[LogEvent]) 
     protocol.dataReceived(encode_frame(Kind.SLIN8, AUDIO))
     lose(protocol)
     assert sink.gone == ["malformed frame: unknown message kind 0x02"] and len(sink.audio) == 1
-    assert any("unknown message kind 0x02" in t for t in warnings_logged(logged))
+    assert any("unknown message kind 0x02" in t for t in warnings_logged(log_events))
 
 
 def test_oversize_audio_is_malformed() -> None:
@@ -335,25 +324,25 @@ def test_hang_up_from_the_sink_stops_delivery() -> None:
     assert transport.writes == [HANGUP_FRAME]
 
 
-def test_refused_call_is_logged_and_closed(logged: list[LogEvent]) -> None:
+def test_refused_call_is_logged_and_closed(log_events: list[LogEvent]) -> None:
     """CallRefused from the router: the reason is logged, the connection closes, nothing reaches a sink."""
     protocol, transport, _, router = connect(FakeRouter(refuse="UUID not registered"))
     protocol.dataReceived(encode_uuid(UUID) + encode_frame(Kind.SLIN8, AUDIO))
     assert router.legs == [protocol] and router.sinks == []
     assert transport.writes == [HANGUP_FRAME] and transport.disconnecting
-    assert any(f"call {UUID} refused: UUID not registered" in t for t in warnings_logged(logged))
+    assert any(f"call {UUID} refused: UUID not registered" in t for t in warnings_logged(log_events))
     lose(protocol)
 
 
-def test_router_failure_closes_only_that_connection(logged: list[LogEvent]) -> None:
+def test_router_failure_closes_only_that_connection(log_events: list[LogEvent]) -> None:
     """An unexpected router exception is logged as a failure and closes the connection."""
     protocol, transport, _, _ = connect(FakeRouter(fail=True))
     protocol.dataReceived(encode_uuid(UUID))
     assert transport.disconnecting
-    assert any(e.get("log_failure") is not None for e in logged)
+    assert any(e.get("log_failure") is not None for e in log_events)
 
 
-def test_sink_failure_ends_only_its_call(logged: list[LogEvent]) -> None:
+def test_sink_failure_ends_only_its_call(log_events: list[LogEvent]) -> None:
     """A sink raising on audio: logged, that call is hung up and told it is over; another connection carries on."""
     clock = Clock()
     router = FakeRouter()
@@ -373,7 +362,7 @@ def test_sink_failure_ends_only_its_call(logged: list[LogEvent]) -> None:
     assert router.sinks[0].gone == ["internal error"] and len(router.sinks[0].audio) == 1
     assert transports[0].writes == [HANGUP_FRAME] and transports[0].disconnecting
     assert len(router.sinks[1].audio) == 2 and router.sinks[1].gone == [] and not transports[1].disconnecting
-    assert any(e.get("log_failure") is not None for e in logged)
+    assert any(e.get("log_failure") is not None for e in log_events)
 
 
 def test_factory_tracks_connections_and_hangs_up_all() -> None:

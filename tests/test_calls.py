@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import struct
 
 import pytest
@@ -15,15 +14,10 @@ from avr.interfaces import IAudioInjector, IAudioSocketLeg, ICallRouter, ICallSi
 from avr.playout import FrameTicker
 from avr.registrations import Registrations
 from fakes import FakeLeg, FakeStsConnector, FakeWebhooks
+from tests.helpers import tone
 
 U1 = "935652e3-7c59-4edc-b17f-9646a9c2a265"
 U2 = "0f6b2d9e-1111-4c1c-9d3e-5a2f7b9c0d11"
-
-
-def tone(rate: int, ms: int, freq: float = 440.0) -> bytes:
-    """PCM16LE sine wave."""
-    n = rate * ms // 1000
-    return struct.pack(f"<{n}h", *(int(8000 * math.sin(2 * math.pi * freq * i / rate)) for i in range(n)))
 
 
 class World:

@@ -7,6 +7,7 @@ import pytest
 from avr.ari.errors import AriError
 from avr.control.errors import Conflict, Invalid, NotFound, Timeout
 from tests.ari_fakes import (
+    Harness,
     answered_inbound,
     bridge_destroyed,
     destroyed,
@@ -20,6 +21,19 @@ from tests.ari_fakes import (
     stasis_start,
     state_change,
 )
+
+
+def bridged_pair() -> tuple[Harness, str, str]:
+    """Two answered calls ``a`` and ``b`` in bridge ``br-1``, with the events of getting there cleared."""
+    h = make("none", ids=["br-1"])
+    a = answered_inbound(h, "a")
+    b = answered_inbound(h, "b")
+    h.run(h.control.create_bridge())
+    h.run(h.control.add_to_bridge("br-1", a))
+    h.run(h.control.add_to_bridge("br-1", b))
+    h.sink.clear()
+    return h, a, b
+
 
 # -- bridges --------------------------------------------------------------------------------------------------------
 
@@ -65,13 +79,7 @@ def test_add_and_remove_from_capture_event_order() -> None:
 def test_destroy_bridge_with_calls_inside() -> None:
     """Destroying a bridge with calls: channel_left for each, then one bridge.destroyed, even if Asterisk also
     sends ChannelLeftBridge and later BridgeDestroyed."""
-    h = make("none", ids=["br-1"])
-    a = answered_inbound(h, "a")
-    b = answered_inbound(h, "b")
-    h.run(h.control.create_bridge())
-    h.run(h.control.add_to_bridge("br-1", a))
-    h.run(h.control.add_to_bridge("br-1", b))
-    h.sink.clear()
+    h, a, b = bridged_pair()
     h.feed(left_bridge("br-1", a, [b]))
     assert h.run(h.control.destroy_bridge("br-1")) == {"id": "br-1", "status": "destroyed"}
     h.feed(left_bridge("br-1", b, []), bridge_destroyed("br-1"))
@@ -93,13 +101,7 @@ def test_destroy_bridge_already_gone_in_asterisk() -> None:
 
 def test_bridged_call_hangs_up() -> None:
     """A bridged call hanging up leaves the bridge (ChannelLeftBridge before StasisEnd) and ends once."""
-    h = make("none", ids=["br-1"])
-    a = answered_inbound(h, "a")
-    b = answered_inbound(h, "b")
-    h.run(h.control.create_bridge())
-    h.run(h.control.add_to_bridge("br-1", a))
-    h.run(h.control.add_to_bridge("br-1", b))
-    h.sink.clear()
+    h, a, b = bridged_pair()
     h.feed(hangup_request(a, 16), left_bridge("br-1", a, [b]), stasis_end(a))
     assert h.sink.types() == ["bridge.channel_left", "call.state_changed", "call.ended"]
     assert h.run(h.control.get_bridge("br-1"))["calls"] == [b]

@@ -7,10 +7,8 @@ Asterisk failures to JSON errors.
 
 from __future__ import annotations
 
-import io
 import json
 import struct
-import wave
 from typing import Any
 from urllib.parse import quote
 
@@ -30,6 +28,7 @@ from avr.control.hub import EventsHub
 from avr.control.routes import NOT_CONFIGURED, ControlRoutes
 from avr.http.json import add_route, install_error_handlers
 from avr.interfaces import ICallControl
+from tests.helpers import fired, wav_file
 
 API_KEY = "k3y-for-tests"
 BASE = "http://avr.test"
@@ -220,23 +219,7 @@ class Api:
 
     @staticmethod
     def result(d: Any) -> Any:
-        box: list[Any] = []
-        d.addBoth(box.append)
-        assert box, "no response"
-        if hasattr(box[0], "raiseException"):
-            box[0].raiseException()
-        return box[0]
-
-
-def wav_file(frames: bytes, rate: int = 8000, channels: int = 1, width: int = 2) -> bytes:
-    """A WAV file written by the standard library."""
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(width)
-        w.setframerate(rate)
-        w.writeframes(frames)
-    return out.getvalue()
+        return fired(d, "no response")
 
 
 #: (method, path, valid body) of every route that needs the key; bodies are valid so only auth can fail.

@@ -15,8 +15,7 @@ from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
-from twisted.python.failure import Failure
+from twisted.logger import LogLevel
 from twisted.web.test.requesthelper import DummyRequest
 
 from avr.config import Config
@@ -26,30 +25,12 @@ from avr.http.json import ApiError, add_route, install_error_handlers, json_resp
 from avr.registrations import Registrations
 from avr.testing.webhooks import FakeWebhooks, WebhookReply, WebhookSink
 from avr.webhooks import WebhookClient
+from tests.helpers import fired
 
 U = "935652e3-7c59-4edc-b17f-9646a9c2a265"
 SEED_PAYLOAD = {"from": "2000", "to": "5001", "uniqueid": "1770758888.32", "channel": "PJSIP/2000-00000013"}
 SEED_URL = "ws://localhost:6030/?from=2000&to=5001&uniqueid=1770758888.32&channel=PJSIP%2F2000-00000013"
 HOOK = "http://hooks.example/events"
-
-
-def fired(d: Deferred[Any]) -> Any:
-    """The result of a Deferred that must already have fired (failures are raised)."""
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "Deferred has not fired"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
-
-
-@pytest.fixture
-def log_events():
-    """Every log event emitted during the test."""
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 class Api:

@@ -7,11 +7,7 @@ back to avr's AudioSocket port.
 
 from __future__ import annotations
 
-import io
 import json
-import math
-import struct
-import wave
 from typing import Any, AsyncIterator, Callable
 from urllib.parse import urlsplit
 
@@ -31,6 +27,7 @@ from avr.service import Avr, build
 from avr.sts.connector import StsConnector
 from avr.testing.ari import FakeAsterisk
 from tests.control_harness import WAIT, EventsClient, close_events, connect_events, of_call
+from tests.helpers import assert_no_new_timers, tone, until, wav_file
 
 pytestmark = pytest.mark.integration
 
@@ -41,27 +38,10 @@ KIND_SLIN16 = 0x12
 SHORT_SOUNDS = {"hello-world": 0.3, "beep": 0.1}
 
 
-async def until(reactor: Any, predicate: Callable[[], bool], timeout: float = WAIT) -> None:
-    """Let the reactor run until ``predicate()`` holds (checked every 5 ms), or fail after ``timeout``."""
-    waited = 0.0
-    while not predicate():
-        if waited >= timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await deferLater(reactor, 0.005, lambda: None)
-        waited += 0.005
-
-
 def tone_wav(rate: int = 16000, seconds: float = 0.5, freq: float = 440.0) -> tuple[bytes, bytes]:
     """A mono 16-bit WAV file of a sine tone, and its PCM samples (the tone starts off zero: easy to locate)."""
-    n = int(rate * seconds)
-    pcm = struct.pack(f"<{n}h", *(int(8000 * math.sin(2 * math.pi * freq * i / rate + 1.0)) for i in range(n)))
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)
-    return buffer.getvalue(), pcm
+    pcm = tone(rate, round(seconds * 1000), freq, phase=1.0)
+    return wav_file(pcm, rate), pcm
 
 
 class _Timed(ProtocolWrapper):
@@ -290,12 +270,7 @@ async def rig() -> AsyncIterator[ServiceRig]:
     finally:
         await r.stop()
     # Connections close a few reactor turns after abort/stopListening: then no timer of ours may be left.
-    for _ in range(50):
-        if set(reactor.getDelayedCalls()) <= before:
-            break
-        await deferLater(reactor, 0.01, lambda: None)
-    left = [c for c in reactor.getDelayedCalls() if c not in before]
-    assert not left, f"timers left behind: {left}"
+    await assert_no_new_timers(reactor, before, turns=50, step=0.01)
 
 
 async def started(rig: ServiceRig) -> EventsClient:

@@ -6,15 +6,11 @@ a webhook sink, all on real sockets bound to 127.0.0.1.
 from __future__ import annotations
 
 import json
-import math
-import struct
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 import pytest
 import pytest_twisted
-import treq
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
@@ -27,26 +23,11 @@ from avr.sts.connector import StsConnector
 from avr.testing.asterisk import Continuous, Replay, SimulatedAsterisk, connect_simulated_asterisk, load_capture
 from avr.testing.sts import FakeStsServerFactory, FakeStsServerProtocol
 from avr.testing.webhooks import WebhookReply, WebhookSink
+from tests.helpers import tone, until
 
 pytestmark = pytest.mark.integration
 
 U1 = "935652e3-7c59-4edc-b17f-9646a9c2a265"
-
-
-def tone(rate: int, ms: int, freq: float) -> bytes:
-    """PCM16LE sine wave."""
-    n = rate * ms // 1000
-    return struct.pack(f"<{n}h", *(int(6000 * math.sin(2 * math.pi * freq * i / rate)) for i in range(n)))
-
-
-async def until(reactor: Any, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Let the reactor run until ``predicate()`` holds (checked every 5 ms), or fail after ``timeout``."""
-    waited = 0.0
-    while not predicate():
-        if waited >= timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await deferLater(reactor, 0.005, lambda: None)
-        waited += 0.005
 
 
 class Rig:

@@ -13,7 +13,6 @@ import pytest_twisted
 from klein import Klein
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -28,6 +27,7 @@ from avr.http.json import install_error_handlers
 from avr.interfaces import IAriEventListener, ICallControl, IEventSink
 from avr.testing.ari import FakeAsterisk
 from tests.control_harness import WAIT, EventsClient, close_events, connect_events, matcher, of_call, offer
+from tests.helpers import assert_no_new_timers
 
 pytestmark = pytest.mark.integration
 
@@ -135,12 +135,7 @@ async def rig() -> AsyncIterator[Rig]:
     finally:
         await r.stop()
     # Connections close a reactor turn after stopListening/abort: give them a few turns, then nothing may be left.
-    for _ in range(20):
-        if set(reactor.getDelayedCalls()) <= before:
-            break
-        await deferLater(reactor, 0, lambda: None)
-    left = [c for c in reactor.getDelayedCalls() if c not in before]
-    assert not left, f"timers left behind: {left}"
+    await assert_no_new_timers(reactor, before, turns=20, step=0)
 
 
 @pytest_twisted.ensureDeferred

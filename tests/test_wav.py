@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import struct
-import wave
 
 import pytest
 from hypothesis import given, settings
@@ -12,19 +10,9 @@ from hypothesis import strategies as st
 
 from avr.config import AUDIO_RATES
 from avr.control.wav import WavError, decode_wav, nearest_rate, parse_wav
+from tests.helpers import pcm16, wav_file
 
 PCM_GUID_TAIL = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
-
-
-def stdlib_wav(frames: bytes, rate: int = 8000, channels: int = 1, width: int = 2) -> bytes:
-    """A WAV file written by the standard library (the reference for well-formed files)."""
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(width)
-        w.setframerate(rate)
-        w.writeframes(frames)
-    return out.getvalue()
 
 
 def fmt_chunk(tag: int = 1, channels: int = 1, rate: int = 8000, bits: int = 16, block_align: int | None = None,
@@ -47,35 +35,30 @@ def riff(*chunks: bytes, form: bytes = b"WAVE") -> bytes:
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
-def samples(*values: int) -> bytes:
-    """PCM16LE of ``values``."""
-    return struct.pack(f"<{len(values)}h", *values)
-
-
 def test_mono_16_bit_at_an_audiosocket_rate_is_passed_through() -> None:
     """A mono 16-bit file at 16 kHz comes back byte for byte, at 16 kHz."""
-    pcm = samples(0, 1000, -1000, 32767, -32768)
-    audio = decode_wav(stdlib_wav(pcm, rate=16000))
+    pcm = pcm16([0, 1000, -1000, 32767, -32768])
+    audio = decode_wav(wav_file(pcm, rate=16000))
     assert (audio.pcm, audio.rate) == (pcm, 16000)
     assert audio.source is not None and (audio.source.channels, audio.source.bits) == (1, 16)
 
 
 def test_stereo_16_bit_is_averaged_to_mono() -> None:
     """Each stereo frame becomes the mean of its left and right samples."""
-    audio = decode_wav(stdlib_wav(samples(1000, 3000, -2000, -4000, 100, 100), channels=2))
-    assert audio.pcm == samples(2000, -3000, 100)
+    audio = decode_wav(wav_file(pcm16([1000, 3000, -2000, -4000, 100, 100]), channels=2))
+    assert audio.pcm == pcm16([2000, -3000, 100])
 
 
 def test_8_bit_unsigned_becomes_signed_16_bit() -> None:
     """WAV 8-bit samples are unsigned: 128 is silence, 0 the most negative, 255 the most positive."""
-    audio = decode_wav(stdlib_wav(bytes([128, 0, 255, 129]), width=1))
-    assert audio.pcm == samples(0, -32768, 32512, 256)
+    audio = decode_wav(wav_file(bytes([128, 0, 255, 129]), width=1))
+    assert audio.pcm == pcm16([0, -32768, 32512, 256])
 
 
 def test_stereo_8_bit_is_converted_and_averaged() -> None:
     """Stereo 8-bit combines both conversions."""
-    audio = decode_wav(stdlib_wav(bytes([128, 128, 0, 255, 192, 192]), width=1, channels=2))
-    assert audio.pcm == samples(0, -128, 16384)
+    audio = decode_wav(wav_file(bytes([128, 128, 0, 255, 192, 192]), width=1, channels=2))
+    assert audio.pcm == pcm16([0, -128, 16384])
 
 
 @pytest.mark.parametrize(("rate", "expected"), [(22050, 24000), (11025, 12000), (44100, 44100), (7000, 8000),
@@ -87,7 +70,7 @@ def test_nearest_rate(rate: int, expected: int) -> None:
 
 def test_other_rates_are_resampled_to_the_nearest_audiosocket_rate() -> None:
     """One second at 22050 Hz becomes about one second at 24000 Hz."""
-    audio = decode_wav(stdlib_wav(samples(*([1000, -1000] * 11025)), rate=22050))
+    audio = decode_wav(wav_file(pcm16([1000, -1000] * 11025), rate=22050))
     assert audio.rate == 24000
     assert abs(len(audio.pcm) // 2 - 24000) <= 2
     assert audio.duration == pytest.approx(1.0, abs=0.001)
@@ -95,28 +78,28 @@ def test_other_rates_are_resampled_to_the_nearest_audiosocket_rate() -> None:
 
 def test_odd_sized_chunks_are_padded_and_skipped() -> None:
     """A LIST chunk of odd length before the data is skipped with its pad byte."""
-    data = riff(fmt_chunk(), chunk(b"LIST", b"INFOx"), chunk(b"data", samples(5, 6)))
-    assert decode_wav(data).pcm == samples(5, 6)
+    data = riff(fmt_chunk(), chunk(b"LIST", b"INFOx"), chunk(b"data", pcm16([5, 6])))
+    assert decode_wav(data).pcm == pcm16([5, 6])
 
 
 def test_data_chunk_longer_than_the_file_is_cut_to_what_is_there() -> None:
     """A recorder that never patched the header (size 0xFFFFFFFF) still plays what it wrote."""
-    data = riff(fmt_chunk(), chunk(b"data", samples(1, 2, 3), declared=0xFFFFFFFF))
-    assert decode_wav(data).pcm == samples(1, 2, 3)
+    data = riff(fmt_chunk(), chunk(b"data", pcm16([1, 2, 3]), declared=0xFFFFFFFF))
+    assert decode_wav(data).pcm == pcm16([1, 2, 3])
 
 
 def test_a_trailing_partial_frame_is_dropped() -> None:
     """An odd byte at the end of 16-bit data is not a sample."""
-    data = riff(fmt_chunk(), chunk(b"data", samples(7, 8) + b"\x01"))
+    data = riff(fmt_chunk(), chunk(b"data", pcm16([7, 8]) + b"\x01"))
     fmt, raw = parse_wav(data)
-    assert raw == samples(7, 8)
+    assert raw == pcm16([7, 8])
 
 
 def test_wave_format_extensible_pcm_is_accepted() -> None:
     """WAVE_FORMAT_EXTENSIBLE with the PCM sub-format is plain PCM."""
     extra = struct.pack("<HHI", 22, 16, 4) + b"\x01\x00" + PCM_GUID_TAIL
-    data = riff(fmt_chunk(tag=0xFFFE, extra=extra), chunk(b"data", samples(9)))
-    assert decode_wav(data).pcm == samples(9)
+    data = riff(fmt_chunk(tag=0xFFFE, extra=extra), chunk(b"data", pcm16([9])))
+    assert decode_wav(data).pcm == pcm16([9])
 
 
 @pytest.mark.parametrize(("data", "status", "words"), [
@@ -131,7 +114,7 @@ def test_wave_format_extensible_pcm_is_accepted() -> None:
     (riff(fmt_chunk(channels=3), chunk(b"data", b"\x00" * 6)), 415, "3 channels"),
     (riff(fmt_chunk(tag=0xFFFE, extra=struct.pack("<HHI", 22, 16, 4) + b"\x03\x00" + PCM_GUID_TAIL),
           chunk(b"data", b"\x00" * 4)), 415, "IEEE float"),
-    (riff(chunk(b"data", samples(1))), 400, "before the fmt chunk"),
+    (riff(chunk(b"data", pcm16([1]))), 400, "before the fmt chunk"),
     (riff(fmt_chunk()), 400, "no data chunk"),
     (riff(chunk(b"LIST", b"abcd")), 400, "no fmt chunk"),
     (riff(chunk(b"fmt ", b"\x01\x00\x01\x00")), 400, "at least 16"),
@@ -165,7 +148,7 @@ def test_any_bytes_give_audio_or_a_wav_error(noise: bytes, with_header: bool) ->
 @given(st.integers(min_value=0, max_value=80), st.integers(min_value=0, max_value=255), st.integers(0, 90))
 def test_damaged_copies_of_a_good_file_give_audio_or_a_wav_error(position: int, value: int, cut: int) -> None:
     """A valid file with one byte changed and its tail cut anywhere still never raises anything but WavError."""
-    good = bytearray(riff(fmt_chunk(channels=2), chunk(b"LIST", b"abc"), chunk(b"data", samples(*range(12)))))
+    good = bytearray(riff(fmt_chunk(channels=2), chunk(b"LIST", b"abc"), chunk(b"data", pcm16(range(12)))))
     good[position % len(good)] = value
     data = bytes(good[: len(good) - cut])
     try:

@@ -11,40 +11,20 @@ from typing import Any
 import pytest
 import pytest_twisted
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-from twisted.python.failure import Failure
+from twisted.logger import LogLevel, formatEvent
 from zope.interface.verify import verifyObject
 
 from avr.interfaces import IWebhooks
 from avr.testing.webhooks import FakeWebhooks, WebhookReply, WebhookSink, envelope_violations
 from avr.webhooks import WEBHOOK_TYPES, WebhookClient, webhook_timestamp
+from tests.helpers import fired
 
 U = "935652e3-7c59-4edc-b17f-9646a9c2a265"
 V = "0c8f3a4e-1111-4222-8333-944455556666"
 URL = "http://receiver.example:9000/events"
 NOON = 1767268800.0  # 2026-01-01T12:00:00Z
 SEED_PAYLOAD = {"from": "2000", "to": "5001", "uniqueid": "1770758888.32", "channel": "PJSIP/2000-00000013"}
-
-
-def fired(d: Deferred[Any]) -> Any:
-    """The result of a Deferred that must already have fired (failures are raised)."""
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "Deferred has not fired"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
-
-
-@pytest.fixture
-def log_events():
-    """Every log event emitted during the test."""
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def logged(events: list[dict[str, Any]], level: LogLevel | None = None) -> list[str]:
