@@ -43,15 +43,19 @@ class FakeStsSession:
         self.handler = handler
         self.audio: list[bytes] = []
         self.dtmf: list[str] = []
+        #: Everything sent, in order: audio chunks (bytes) and digits (str).
+        self.sent: list[bytes | str] = []
         self.closed = False
 
     def send_audio(self, pcm: bytes) -> None:
         assert not self.closed
         self.audio.append(pcm)
+        self.sent.append(pcm)
 
     def send_dtmf(self, digit: str) -> None:
         assert not self.closed
         self.dtmf.append(digit)
+        self.sent.append(digit)
 
     def close(self) -> None:
         if not self.closed:

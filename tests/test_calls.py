@@ -117,6 +117,20 @@ def test_pending_audio_is_bounded() -> None:
     assert session.audio[0] == struct.pack("<h", 50) * 160
 
 
+def test_dropping_old_pending_audio_keeps_digits_in_place() -> None:
+    """When the pending buffer overflows, old audio goes, but a digit is not moved behind newer audio."""
+    world = World()
+    _, call = world.connect()
+    frames = [struct.pack("<h", i) * 160 for i in range(102)]
+    call.caller_audio(0x10, frames[0])
+    call.caller_dtmf("7")
+    for frame in frames[1:]:
+        call.caller_audio(0x10, frame)
+    session = world.sts.open(U1)
+    # Two frames too many: frames 0 and 1 are dropped; the digit pressed after frame 0 now comes first.
+    assert session.sent == ["7", *frames[2:]]
+
+
 def test_one_second_of_agent_audio_is_paced_over_one_second() -> None:
     """16000 bytes of 8 kHz agent audio become 50 frames of 320 bytes, 20 ms apart, in the call's kind."""
     world = World()

@@ -17,6 +17,7 @@ from zope.interface import implementer
 from avr.frames import (
     AUDIO_KIND_RATES,
     DEFAULT_MAX_AUDIO_PAYLOAD,
+    DTMF_DIGITS,
     HANGUP_FRAME,
     MAX_PAYLOAD,
     Frame,
@@ -28,10 +29,6 @@ from avr.frames import (
     kind_name,
 )
 from avr.interfaces import IAudioSocketLeg, ICallRouter, ICallSink
-
-#: DTMF characters Asterisk can send (``0-9 * # A-D``).
-DTMF_DIGITS = frozenset("0123456789*#ABCD")
-
 
 class CallRefused(Exception):
     """
@@ -284,4 +281,4 @@ class AudioSocketFactory(Factory):
             connection.hang_up()
 
 
-__all__ = ["AudioSocketFactory", "AudioSocketProtocol", "CallRefused", "DTMF_DIGITS"]
+__all__ = ["AudioSocketFactory", "AudioSocketProtocol", "CallRefused"]

@@ -164,11 +164,10 @@ class Call:
         self._pending_bytes += len(pcm)
         limit = int(PENDING_AUDIO_SECONDS * self.sts_rate) * 2
         while self._pending_bytes > limit:
-            oldest = self._pending.popleft()
-            if isinstance(oldest, bytes):
-                self._pending_bytes -= len(oldest)
-            else:
-                self._pending.append(oldest)  # keep digits; they are tiny and matter
+            # Drop the oldest audio; digits stay where they are, so the order the STS sees is kept.
+            oldest = next(i for i, item in enumerate(self._pending) if isinstance(item, bytes))
+            self._pending_bytes -= len(self._pending[oldest])
+            del self._pending[oldest]
 
     # -- IStsHandler: from the agent ---------------------------------------------------------------------------
 

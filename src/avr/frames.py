@@ -231,6 +231,10 @@ def encode_uuid(uuid_str: str | _uuid.UUID) -> bytes:
     return b"\x01\x00\x10" + value.bytes
 
 
+#: DTMF characters Asterisk sends in kind 0x03 frames, and the AVR STS protocol's ``dtmf_digit`` values.
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+
+
 def encode_dtmf(digit: str) -> bytes:
     """
     The DTMF message Asterisk sends when ``digit`` ends.

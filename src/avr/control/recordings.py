@@ -98,21 +98,19 @@ class RecordingOps(ControlCore):
 
     async def stop_recording(self, name: str) -> dict:
         """Stop a live recording and keep the file (``recording.finished`` follows). :raises NotFound:"""
-        check_name(name)
-        try:
-            await self._require_ari().request("POST", f"/recordings/live/{path_segment(name)}/stop")
-        except AriError as e:
-            raise _not_found(e, name) from None
-        return {"name": name, "status": "stopped"}
+        return await self._end_live_recording(name, "POST", "/stop", "stopped")
 
     async def cancel_recording(self, name: str) -> dict:
         """Stop a live recording and discard the file. :raises NotFound:"""
+        return await self._end_live_recording(name, "DELETE", "", "cancelled")
+
+    async def _end_live_recording(self, name: str, method: str, suffix: str, status: str) -> dict:
         check_name(name)
         try:
-            await self._require_ari().request("DELETE", f"/recordings/live/{path_segment(name)}")
+            await self._require_ari().request(method, f"/recordings/live/{path_segment(name)}{suffix}")
         except AriError as e:
             raise _not_found(e, name) from None
-        return {"name": name, "status": "cancelled"}
+        return {"name": name, "status": status}
 
     async def list_recordings(self) -> list[dict]:
         """The stored recordings: ``[{"name", "format"}]``."""

@@ -18,8 +18,8 @@ from typing import Union
 
 from attrs import frozen
 
-#: The digits a ``dtmf_digit`` message may carry (AudioSocket's 0x03 payloads: 0-9, *, #, A-D).
-DTMF_DIGITS = frozenset("0123456789*#ABCD")
+from avr.frames import DTMF_DIGITS
+
 
 #: The roles a ``transcript`` message may carry.
 TRANSCRIPT_ROLES = ("user", "agent")
