@@ -29,6 +29,7 @@ from avr.frames import (
     kind_name,
 )
 from avr.interfaces import IAudioSocketLeg, ICallRouter, ICallSink
+from avr.writethrough import write_through
 
 class CallRefused(Exception):
     """
@@ -71,6 +72,7 @@ class AudioSocketProtocol(Protocol):
         self._uuid_timer: Any = None
         self._closing = False
         self._gone = False
+        self._write: Callable[[bytes], None] | None = None
 
     # --- IAudioSocketLeg -------------------------------------------------------------------------------------------
 
@@ -85,7 +87,7 @@ class AudioSocketProtocol(Protocol):
         if not 0 < len(pcm) <= MAX_PAYLOAD:
             raise ValueError(f"audio payload must be 1..{MAX_PAYLOAD} bytes, got {len(pcm)}")
         if self.connected:
-            self.transport.write(encode_frame(kind, pcm))  # type: ignore[union-attr]
+            self._write(encode_frame(kind, pcm))  # type: ignore[misc]
 
     def hang_up(self) -> None:
         """Send the 0x00 hang-up frame and close the connection; later calls do nothing."""
@@ -104,6 +106,7 @@ class AudioSocketProtocol(Protocol):
     def connectionMade(self) -> None:
         """Set TCP_NODELAY, start parsing and arm the UUID timeout."""
         self.connected = True
+        self._write = write_through(self.transport)
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         host = str(getattr(peer, "host", peer))
         self.peer = f"[{host}]:{getattr(peer, 'port', '?')}" if ":" in host else f"{host}:{getattr(peer, 'port', '?')}"

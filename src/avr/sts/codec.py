@@ -14,6 +14,7 @@ from __future__ import annotations
 import binascii
 import json
 from base64 import b64decode, b64encode
+from binascii import a2b_base64
 from typing import Union
 
 from attrs import frozen
@@ -93,6 +94,8 @@ ClientMessage = Union[Init, AudioMessage, DtmfDigit, UnknownMessage]
 
 _AUDIO_PREFIX = b'{"type":"audio","audio":"'
 _AUDIO_SUFFIX = b'"}'
+_PREFIX_LEN = len(_AUDIO_PREFIX)
+_MIN_COMPACT = _PREFIX_LEN + len(_AUDIO_SUFFIX)
 
 
 def encode_init(uuid: str) -> bytes:
@@ -170,12 +173,32 @@ def _audio(obj: dict) -> AudioMessage:
         raise StsProtocolError("audio field is not valid base64") from None
 
 
+def compact_audio(payload: bytes | str) -> bytes | None:
+    """
+    The PCM of an ``audio`` message in the compact form `encode_audio` writes (and most peers send), decoded without
+    a JSON parser; ``None`` for anything else, which `decode_message` then parses in full.
+
+    Only ``{"type":"audio","audio":"<strict base64>"}`` exactly qualifies: a string of nothing but base64 characters
+    needs no JSON unescaping, so this is the same value the full parse would give.
+    """
+    if (type(payload) is not bytes or len(payload) < _MIN_COMPACT or not payload.startswith(_AUDIO_PREFIX)
+            or not payload.endswith(_AUDIO_SUFFIX)):
+        return None
+    try:
+        return a2b_base64(payload[_PREFIX_LEN:-2], strict_mode=True)
+    except binascii.Error:
+        return None
+
+
 def decode_message(payload: bytes | str) -> StsMessage:
     """
     Decode one text frame from an STS.
 
     :raises StsProtocolError: not JSON, not an object, no string ``type``, or fields missing or invalid for the type.
     """
+    pcm = compact_audio(payload)
+    if pcm is not None:
+        return AudioMessage(pcm)
     kind, obj = _parse(payload)
     if kind == "audio":
         return _audio(obj)

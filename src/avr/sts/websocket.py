@@ -11,6 +11,7 @@ connect timeout (`WebSocketStsConnector`) and the closing handshake timeout (`St
 
 from __future__ import annotations
 
+import os
 import re
 from functools import partial
 from typing import Any
@@ -34,6 +35,7 @@ from avr.sts.codec import (
     StsProtocolError,
     Transcript,
     UnknownMessage,
+    compact_audio,
     decode_message,
     encode_audio,
     encode_dtmf,
@@ -42,6 +44,8 @@ from avr.sts.codec import (
 from avr.sts.errors import StsConnectError, describe_failure, tls_problem
 from avr.sts.once import Once
 from avr.sts.tls import load_trust_root
+from avr.sts.wsframes import TEXT, leading_text_frames, masked_frame
+from avr.writethrough import write_through
 
 log = Logger()
 
@@ -55,6 +59,7 @@ _UPGRADE_FAILED = re.compile(r"upgrade failed \[(\d+)\]:\s*(.*)")
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSED = WebSocketProtocol.STATE_CLOSED
+_SEND_GROUND = WebSocketProtocol.SEND_STATE_GROUND
 
 
 def disable_autobahn_timers(factory: Any) -> None:
@@ -73,6 +78,11 @@ class StsClientProtocol(WebSocketClientProtocol):
     """
     One call's STS WebSocket connection, and its `IStsSession` once open (`WebSocketStsConnector` hands it out only
     then). Audio and DTMF are sent only while the session is open and not closing; otherwise they are dropped.
+
+    Autobahn runs the connection. The per-frame path does not go through its general message machinery: caller audio
+    is framed by `avr.sts.wsframes.masked_frame` and written through (`avr.writethrough`), and complete text frames
+    received at a frame boundary go straight to `onMessage`; anything else (control frames, fragments, partial
+    frames) is autobahn's.
 
     :param uuid: the call's UUID, sent in ``init``.
     :param handler: receives what the STS sends, and `IStsHandler.sts_closed` once if the session opened.
@@ -98,13 +108,17 @@ class StsClientProtocol(WebSocketClientProtocol):
         self._lost_reason: Failure | None = None
         self._opening = Once()
         self._noted: set[str] = set()
+        self._write: Any = None
 
     # -- IStsSession
 
     def send_audio(self, pcm: bytes) -> None:
         """Send caller audio (dropped unless the session is open and not closing)."""
         if self._can_send("audio"):
-            self.sendMessage(encode_audio(pcm), isBinary=False)
+            if self.send_state == _SEND_GROUND and not self.send_queue and self._perMessageCompress is None:
+                self._write(masked_frame(TEXT, encode_audio(pcm), os.urandom(4)))
+            else:
+                self.sendMessage(encode_audio(pcm), isBinary=False)
 
     def send_dtmf(self, digit: str) -> None:
         """Send a ``dtmf_digit`` message; an invalid digit is logged and ignored."""
@@ -152,6 +166,22 @@ class StsClientProtocol(WebSocketClientProtocol):
 
     # -- autobahn callbacks
 
+    def connectionMade(self) -> None:
+        """Start the WebSocket opening handshake; prepare the direct write path."""
+        super().connectionMade()
+        self._write = write_through(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Hand complete text frames at a frame boundary straight to `onMessage`; the rest to autobahn."""
+        if self.state == _OPEN and self.current_frame is None and not self.inside_message and not self.data:
+            frames, used = leading_text_frames(data)
+            for payload in frames:
+                self.onMessage(payload, False)
+            if used == len(data) or self.state == _CLOSED:
+                return
+            data = data[used:]
+        super().dataReceived(data)
+
     def onOpen(self) -> None:
         """Send ``init``: the session is open."""
         self.sendMessage(encode_init(self.uuid), isBinary=False)
@@ -166,6 +196,15 @@ class StsClientProtocol(WebSocketClientProtocol):
         if isBinary:
             self._note("binary", "STS for call {uuid}: ignoring a binary frame of {size} bytes (the protocol uses "
                                  "JSON text frames)", size=len(payload))
+            return
+        pcm = compact_audio(payload)
+        if pcm is not None:
+            # The common message, without building a message value.
+            if pcm:
+                try:
+                    self._handler.sts_audio(pcm)
+                except Exception:
+                    log.failure("STS for call {uuid}: the call failed to handle audio", uuid=self.uuid)
             return
         try:
             message = decode_message(payload)

@@ -1,0 +1,266 @@
+"""
+Run the benchmark: avr and the Node.js relay side by side, at several numbers of concurrent calls.
+
+For every (rate, N, relay) it starts three processes besides this one: the lean echo STS (`benchmarks.echo_sts`), the
+relay under test (``twistd --nodaemon avr``, or ``node benchmarks/node-relay/relay.js``) and the load generator
+(`benchmarks.loadgen`), which measures the calls and samples the relay's CPU time and RSS from ``/proc`` at the edges
+of the steady window. The relays are interleaved at each N, so both see the same machine conditions.
+
+    scripts/bench                       # the full run (about 10 minutes), results in bench-results/
+    scripts/bench --publish             # ... and write benchmarks/results.json and the tables of BENCHMARKS.md
+    scripts/bench --calls 5 --duration 3 --rates 8000 --relays avr   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_RELAY = ROOT / "benchmarks" / "node-relay"
+RESULTS_JSON = ROOT / "benchmarks" / "results.json"
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+_MARKERS = ("<!-- results -->", "<!-- /results -->")
+RELAYS = ("avr", "node")
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 20.0) -> None:
+    """Wait until something accepts on ``port``; fail if ``process`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout} s")
+
+
+def base_env() -> dict[str, str]:
+    """A clean environment: none of avr's settings leak in from the caller's shell."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env["PYTHONPATH"] = os.pathsep.join((str(ROOT), str(ROOT / "src")))
+    return env
+
+
+def relay_command(relay: str, port: int, sts_port: int, rate: int, log: Path) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that start ``relay`` on ``port``, talking to the echo STS."""
+    env = base_env()
+    env["PORT"] = str(port)
+    env["STS_URL"] = f"ws://127.0.0.1:{sts_port}"
+    if relay == "avr":
+        # End-to-end at the call's rate: the echo STS reflects audio unchanged, so frames can be matched exactly.
+        env["STS_SAMPLE_RATE"] = str(rate)
+        twistd = Path(sys.executable).with_name("twistd")
+        command = [str(twistd)] if twistd.exists() else [sys.executable, "-m", "twisted"]
+        return command + ["--nodaemon", "--pidfile=", f"--logfile={log}", "avr"], env
+    if relay == "node":
+        return ["node", str(NODE_RELAY / "relay.js")], env
+    raise ValueError(f"unknown relay {relay!r}")
+
+
+def node_ready() -> str | None:
+    """Why the Node relay cannot run here, or ``None`` when it can."""
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (NODE_RELAY / "node_modules" / "ws").is_dir():
+        return f"its dependencies are not installed (cd {NODE_RELAY.relative_to(ROOT)} && npm ci)"
+    return None
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGINT) -> None:
+    """Ask ``process`` to stop, then kill it if it does not within 10 s."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_one(relay: str, calls: int, rate: int, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+    """One measurement: fresh echo STS and relay processes, one load generator run."""
+    sts_port, port = free_port(), free_port()
+    tag = f"{relay}-{rate}-{calls}"
+    with open(logs / f"echo-{tag}.log", "wb") as echo_log, open(logs / f"{tag}.out", "wb") as relay_log:
+        echo = subprocess.Popen([sys.executable, "-m", "benchmarks.echo_sts", "--port", str(sts_port)],
+                                cwd=ROOT, env=base_env(), stdout=echo_log, stderr=subprocess.STDOUT)
+        server = None
+        try:
+            wait_for_port(sts_port, echo, "the echo STS")
+            command, env = relay_command(relay, port, sts_port, rate, logs / f"{tag}.log")
+            server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=relay_log, stderr=subprocess.STDOUT)
+            wait_for_port(port, server, relay)
+            load = subprocess.run(
+                [sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--calls", str(calls),
+                 "--rate", str(rate), "--warmup", str(args.warmup), "--duration", str(args.duration),
+                 "--watch", f"relay={server.pid}", "--watch", f"echo={echo.pid}"],
+                cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=args.warmup + args.duration + 120)
+            if load.returncode != 0:
+                raise RuntimeError(f"load generator failed for {tag}:\n{load.stderr[-3000:]}")
+            result = json.loads(load.stdout)
+            result["relay"] = relay
+            return result
+        finally:
+            if server is not None:
+                stop(server)
+            stop(echo, signal.SIGTERM)
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    except OSError:
+        pass
+    versions = {}
+    for name in ("twisted", "autobahn"):
+        try:
+            from importlib.metadata import version
+            versions[name] = version(name)
+        except Exception:
+            versions[name] = None
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip() \
+        if shutil.which("node") else None
+    from autobahn.websocket import USES_NVX
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "node": node,
+            "autobahn_nvx": USES_NVX, **versions}
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def tables(report: dict[str, Any]) -> str:
+    """The Markdown tables of a report: cost per call, then audio quality, one pair per rate."""
+    runs = report["runs"]
+    out = []
+    for rate in sorted({r["rate"] for r in runs}):
+        at_rate = [r for r in runs if r["rate"] == rate]
+        relays = [relay for relay in RELAYS if any(r["relay"] == relay for r in at_rate)]
+        ns = sorted({r["calls"] for r in at_rate})
+        find = {(r["relay"], r["calls"]): r for r in at_rate}
+        out.append(f"#### {rate // 1000} kHz ({'kind 0x10' if rate == 8000 else 'kind 0x12'}, "
+                   f"{rate // 50 * 2}-byte frames), {at_rate[0]['window_s']:.0f} s window\n")
+        head = ["N"]
+        for relay in relays:
+            head += [f"{relay} CPU ms per call-second", f"{relay} calls/core", f"{relay} RSS KB per call"]
+        head += ["echo STS CPU (cores)", "load client CPU (cores)"]
+        rows = []
+        for n in ns:
+            row = [str(n)]
+            for relay in relays:
+                r = find.get((relay, n))
+                p = r["processes"]["relay"] if r else None
+                row += [_fmt(p["cpu_ms_per_call_second"], 3) if p else "–",
+                        _fmt(round(1000 / p["cpu_ms_per_call_second"])) if p and p["cpu_ms_per_call_second"] else "–",
+                        _fmt(p["rss_kb_per_call"], 1) if p else "–"]
+            harness = [find[(relay, n)] for relay in relays if (relay, n) in find]
+            row.append(" / ".join(_fmt(r["processes"]["echo"]["cpu_share_of_core"]) for r in harness))
+            row.append(" / ".join(_fmt(r["processes"]["loadgen"]["cpu_share_of_core"]) for r in harness))
+            rows.append(row)
+        out.append(_table(head, rows))
+        head = ["N", "relay", "interval deviation p50 / p99 / max (ms)", "echo delay p50 / p99 / max (ms)",
+                "frames sent", "lost", "late", "calls up", "load client send lateness p99 / max (ms)"]
+        rows = []
+        for n in ns:
+            for relay in relays:
+                r = find.get((relay, n))
+                if r is None:
+                    continue
+                d, e, s = r["interval_deviation_ms"], r["echo_delay_ms"], r["send_lateness_ms"]
+                rows.append([str(n), relay, f"{_fmt(d['p50'])} / {_fmt(d['p99'])} / {_fmt(d['max'])}",
+                             f"{_fmt(e['p50'])} / {_fmt(e['p99'])} / {_fmt(e['max'])}", str(r["frames_sent"]),
+                             str(r["frames_lost"]), str(r["frames_late"]), f"{r['calls_up']}/{n}",
+                             f"{_fmt(s['p99'])} / {_fmt(s['max'])}"])
+        out.append(_table(head, rows))
+    return "\n".join(out)
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def publish(report: dict[str, Any]) -> None:
+    """Write `RESULTS_JSON` and replace the tables between the markers of `BENCHMARKS_MD`."""
+    RESULTS_JSON.write_text(json.dumps(report, indent=1) + "\n")
+    text = BENCHMARKS_MD.read_text()
+    start, end = _MARKERS
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{BENCHMARKS_MD.name} has no {start} … {end} section")
+    body = f"{start}\n\n_Run of {report['started']} on {report['machine']['cpu']} ({report['machine']['cores']} cores)._\n\n" \
+           f"{tables(report)}\n{end}"
+    BENCHMARKS_MD.write_text(pattern.sub(lambda _: body, text))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--relays", default="avr,node", help="comma-separated: avr, node")
+    parser.add_argument("--calls", default="50,100,200,300", help="comma-separated numbers of concurrent calls")
+    parser.add_argument("--rates", default="8000,16000", help="comma-separated caller sample rates")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--output", type=Path, default=ROOT / "bench-results", help="directory for JSON and logs")
+    parser.add_argument("--publish", action="store_true", help="also write benchmarks/results.json and BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    relays = [r for r in args.relays.split(",") if r]
+    unknown = set(relays) - set(RELAYS)
+    if unknown:
+        parser.error(f"unknown relay(s): {', '.join(sorted(unknown))}")
+    if "node" in relays and (why := node_ready()):
+        parser.error(f"the Node relay cannot run: {why}")
+    started = datetime.now(timezone.utc)
+    logs = args.output / started.strftime("%Y%m%dT%H%M%SZ")
+    logs.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"started": started.isoformat(timespec="seconds"), "machine": machine(),
+                              "warmup_s": args.warmup, "window_s": args.duration, "runs": []}
+    for rate in (int(r) for r in args.rates.split(",")):
+        for calls in (int(n) for n in args.calls.split(",")):
+            for relay in relays:
+                result = run_one(relay, calls, rate, args, logs)
+                report["runs"].append(result)
+                relay_cpu = result["processes"]["relay"]["cpu_ms_per_call_second"]
+                sys.stderr.write(f"{relay:>4} {rate} Hz N={calls:<4} {relay_cpu:.3f} ms CPU per call-second, "
+                                 f"deviation p99 {result['interval_deviation_ms']['p99']} ms, "
+                                 f"lost {result['frames_lost']}, late {result['frames_late']}\n")
+    (logs / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    sys.stderr.write(tables(report) + f"\nreport: {logs / 'report.json'}\n")
+    if args.publish:
+        publish(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""
+Sans-IO WebSocket (RFC 6455) data frames for the STS client's per-frame path.
+
+Autobahn runs the connection: handshakes, control frames, closing, errors. A call's audio, though, is 50 small text
+messages a second each way, and autobahn's general per-message machinery (fragmentation and compression support,
+statistics, a new masker object per frame, debug logging) costs several times the socket I/O. These two functions
+cover exactly the common case, byte for byte as RFC 6455 §5.2 frames it; everything else is left to autobahn.
+"""
+
+from __future__ import annotations
+
+import struct
+
+#: Opcode of a text frame.
+TEXT = 0x1
+_FIN_TEXT = 0x80 | TEXT
+
+
+def masked_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
+    """
+    One final client frame (a client masks every frame, RFC 6455 §5.3) carrying ``payload``.
+
+    :param mask: the frame's 4-byte masking key, from a strong source of entropy (``os.urandom(4)``).
+    """
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 0x10000:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    # XOR as one big-integer operation: C speed, no per-byte Python loop.
+    key = (mask * ((n >> 2) + 1))[:n]
+    masked = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+    return header + mask + masked
+
+
+def leading_text_frames(data: bytes) -> tuple[list[bytes], int]:
+    """
+    The payloads of the complete, final, unmasked text frames (no RSV bits, length under 64 KiB) that ``data``
+    starts with, and how many bytes of ``data`` they take.
+
+    Stops at the first frame of any other kind (control, binary, fragment, masked, extension bits) or the first
+    incomplete one; those bytes are for the general parser.
+    """
+    frames = []
+    pos = 0
+    size = len(data)
+    while size - pos >= 2:
+        if data[pos] != _FIN_TEXT:
+            break
+        length = data[pos + 1]
+        at = pos + 2
+        if length == 126:
+            if size - at < 2:
+                break
+            length = (data[at] << 8) | data[at + 1]
+            at += 2
+        elif length > 126:  # masked (a server must not mask) or a 64-bit length
+            break
+        end = at + length
+        if end > size:
+            break
+        frames.append(data[at:end])
+        pos = end
+    return frames, pos
