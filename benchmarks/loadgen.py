@@ -2,8 +2,8 @@
 The benchmark's load generator: N simulated Asterisk callers against a relay's AudioSocket port.
 
 Every caller is a `avr.testing.asterisk.SimulatedAsterisk` connection sending a 20 ms frame of a tone in real time;
-one timer sends the frames of all callers (like Asterisk, which sends each call's frames as its RTP arrives),
-and the frames are built once up front. Each frame carries its caller and sequence slot in the least significant bit
+one timer sends the frames of all callers, their 20 ms phases spread over a few groups as real calls' are (see
+`Sender`), and the frames are built once up front. Each frame carries its caller and sequence slot in the least significant bit
 of its first 32 samples, inaudible and exact through an echo that does not resample, so each frame heard back is
 matched to the frame sent.
 
@@ -175,17 +175,29 @@ class Caller:
 @define(eq=False)
 class Sender:
     """
-    The one timer of all callers: tick ``k`` is due at ``start + k × 20 ms`` and sends one frame per caller (plus
-    up to `MAX_CATCH_UP` - 1 more for ticks it missed); how late each tick ran is kept in ``lateness``.
+    The one timer of all callers.
+
+    Real calls are not in step: each one's frames follow its own RTP stream, so their 20 ms phases are spread out.
+    The callers are dealt into ``phases`` groups whose frames are due ``20 ms / phases`` apart: tick ``k`` is due at
+    ``start + k × 20 ms / phases`` and sends one frame for each caller of group ``k mod phases`` (``phases=1``: every
+    caller in the same instant, the worst case for a relay). A late tick also sends what the ticks it missed should
+    have sent, up to `MAX_CATCH_UP` frames per caller; how late each tick ran is kept in ``lateness``.
     """
 
     reactor: Any
     callers: list[Caller]
+    phases: int = 1
     lateness: list[float] = field(factory=list)
     missed: int = 0
+    _groups: list[list[Caller]] = field(init=False)
+    _step: float = field(init=False)
     _start: float = 0.0
     _tick: int = 0
     _call: Any = None
+
+    def __attrs_post_init__(self) -> None:
+        self._groups = [self.callers[g::self.phases] for g in range(self.phases)]
+        self._step = PERIOD / self.phases
 
     def start(self) -> None:
         """Send the first frames now."""
@@ -200,16 +212,14 @@ class Sender:
 
     def _run(self) -> None:
         now = self.reactor.seconds()
-        due = int((now - self._start) / PERIOD + 1e-6)  # the latest tick due by now
-        self.lateness.append(now - (self._start + self._tick * PERIOD))
-        behind = due - self._tick + 1
-        if behind > 1:
-            self.missed += behind - 1
-        for _ in range(min(behind, MAX_CATCH_UP)):
-            for caller in self.callers:
+        due = int((now - self._start) / self._step + 1e-6)  # the latest tick due by now
+        self.lateness.append(now - (self._start + self._tick * self._step))
+        self.missed += due - self._tick
+        for tick in range(max(self._tick, due - MAX_CATCH_UP * self.phases + 1), due + 1):
+            for caller in self._groups[tick % self.phases]:
                 caller.send(now)
         self._tick = due + 1
-        self._call = self.reactor.callLater(max(0.0, self._start + self._tick * PERIOD - now), self._run)
+        self._call = self.reactor.callLater(max(0.0, self._start + self._tick * self._step - now), self._run)
 
 
 def percentiles_ms(values: list[float]) -> dict[str, float | None]:
@@ -244,7 +254,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     # Let every STS session open before audio starts, so that no caller audio is held back during connection and
     # then echoed in one burst (which would leave a standing queue, and so extra echo delay, for the whole run).
     await deferLater(reactor, args.settle, lambda: None)
-    sender = Sender(reactor, callers)
+    sender = Sender(reactor, callers, args.phases)
     sender.start()
     await deferLater(reactor, args.warmup, lambda: None)
 
@@ -299,6 +309,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "calls": args.calls,
         "rate": args.rate,
+        "phases": args.phases,
         "window_s": round(window, 3),
         "processes": processes,
         "frames_sent": sent,
@@ -323,6 +334,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--rate", type=int, default=8000, choices=sorted(set(AUDIO_KIND_RATES.values())))
+    parser.add_argument("--phases", type=int, default=4,
+                        help="groups of callers whose frames are due 20 ms / PHASES apart (1: all at once)")
     parser.add_argument("--settle", type=float, default=1.0,
                         help="seconds between connecting the calls (UUID sent) and their first audio frame")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds sent before the window starts")

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NODE_RELAY = ROOT / "benchmarks" / "node-relay"
 RESULTS_JSON = ROOT / "benchmarks" / "results.json"
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
-_MARKERS = ("<!-- results -->", "<!-- /results -->")
+RESULTS_MARKERS = ("<!-- results -->", "<!-- /results -->")
 RELAYS = ("avr", "node")
 
 
@@ -101,10 +101,10 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGINT) -> None:
             process.wait()
 
 
-def run_one(relay: str, calls: int, rate: int, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+def run_one(relay: str, calls: int, rate: int, phases: int, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     """One measurement: fresh echo STS and relay processes, one load generator run."""
     sts_port, port = free_port(), free_port()
-    tag = f"{relay}-{rate}-{calls}"
+    tag = f"{relay}-{rate}-{calls}-p{phases}"
     with open(logs / f"echo-{tag}.log", "wb") as echo_log, open(logs / f"{tag}.out", "wb") as relay_log:
         echo = subprocess.Popen([sys.executable, "-m", "benchmarks.echo_sts", "--port", str(sts_port)],
                                 cwd=ROOT, env=base_env(), stdout=echo_log, stderr=subprocess.STDOUT)
@@ -116,7 +116,7 @@ def run_one(relay: str, calls: int, rate: int, args: argparse.Namespace, logs: P
             wait_for_port(port, server, relay)
             load = subprocess.run(
                 [sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--calls", str(calls),
-                 "--rate", str(rate), "--warmup", str(args.warmup), "--duration", str(args.duration),
+                 "--rate", str(rate), "--phases", str(phases), "--warmup", str(args.warmup), "--duration", str(args.duration),
                  "--watch", f"relay={server.pid}", "--watch", f"echo={echo.pid}"],
                 cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=args.warmup + args.duration + 120)
             if load.returncode != 0:
@@ -164,13 +164,14 @@ def tables(report: dict[str, Any]) -> str:
     """The Markdown tables of a report: cost per call, then audio quality, one pair per rate."""
     runs = report["runs"]
     out = []
-    for rate in sorted({r["rate"] for r in runs}):
-        at_rate = [r for r in runs if r["rate"] == rate]
+    for rate, phases in sorted({(r["rate"], r["phases"]) for r in runs}, key=lambda k: (-k[1], k[0])):
+        at_rate = [r for r in runs if r["rate"] == rate and r["phases"] == phases]
         relays = [relay for relay in RELAYS if any(r["relay"] == relay for r in at_rate)]
         ns = sorted({r["calls"] for r in at_rate})
         find = {(r["relay"], r["calls"]): r for r in at_rate}
-        out.append(f"#### {rate // 1000} kHz ({'kind 0x10' if rate == 8000 else 'kind 0x12'}, "
-                   f"{rate // 50 * 2}-byte frames), {at_rate[0]['window_s']:.0f} s window\n")
+        spread = "every caller in step" if phases == 1 else f"callers in {phases} phase groups"
+        out.append(f"#### {rate / 1000:g} kHz ({rate // 50 * 2}-byte frames), {spread}, "
+                   f"{at_rate[0]['window_s']:.0f} s window\n")
         head = ["N"]
         for relay in relays:
             head += [f"{relay} CPU ms per call-second", f"{relay} calls/core", f"{relay} RSS KB per call"]
@@ -216,7 +217,7 @@ def publish(report: dict[str, Any]) -> None:
     """Write `RESULTS_JSON` and replace the tables between the markers of `BENCHMARKS_MD`."""
     RESULTS_JSON.write_text(json.dumps(report, indent=1) + "\n")
     text = BENCHMARKS_MD.read_text()
-    start, end = _MARKERS
+    start, end = RESULTS_MARKERS
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if not pattern.search(text):
         raise SystemExit(f"{BENCHMARKS_MD.name} has no {start} … {end} section")
@@ -230,6 +231,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--relays", default="avr,node", help="comma-separated: avr, node")
     parser.add_argument("--calls", default="50,100,200,300", help="comma-separated numbers of concurrent calls")
     parser.add_argument("--rates", default="8000,16000", help="comma-separated caller sample rates")
+    parser.add_argument("--phases", type=int, default=4,
+                        help="the callers' frames are due in this many groups, 20 ms / PHASES apart")
+    parser.add_argument("--in-step", default="200",
+                        help="comma-separated N also run with every caller in step (phases 1), at the first rate")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results", help="directory for JSON and logs")
@@ -246,15 +251,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logs.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"started": started.isoformat(timespec="seconds"), "machine": machine(),
                               "warmup_s": args.warmup, "window_s": args.duration, "runs": []}
-    for rate in (int(r) for r in args.rates.split(",")):
-        for calls in (int(n) for n in args.calls.split(",")):
-            for relay in relays:
-                result = run_one(relay, calls, rate, args, logs)
-                report["runs"].append(result)
-                relay_cpu = result["processes"]["relay"]["cpu_ms_per_call_second"]
-                sys.stderr.write(f"{relay:>4} {rate} Hz N={calls:<4} {relay_cpu:.3f} ms CPU per call-second, "
-                                 f"deviation p99 {result['interval_deviation_ms']['p99']} ms, "
-                                 f"lost {result['frames_lost']}, late {result['frames_late']}\n")
+    plan = [(int(rate), int(calls), args.phases) for rate in args.rates.split(",") for calls in args.calls.split(",")]
+    plan += [(int(args.rates.split(",")[0]), int(calls), 1) for calls in args.in_step.split(",") if calls]
+    for rate, calls, phases in plan:
+        for relay in relays:
+            result = run_one(relay, calls, rate, phases, args, logs)
+            report["runs"].append(result)
+            relay_cpu = result["processes"]["relay"]["cpu_ms_per_call_second"]
+            sys.stderr.write(f"{relay:>4} {rate} Hz N={calls:<4} phases {phases} {relay_cpu:.3f} ms CPU per "
+                             f"call-second, deviation p99 {result['interval_deviation_ms']['p99']} ms, "
+                             f"lost {result['frames_lost']}, late {result['frames_late']}\n")
     (logs / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     sys.stderr.write(tables(report) + f"\nreport: {logs / 'report.json'}\n")
     if args.publish:

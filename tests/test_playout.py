@@ -157,3 +157,67 @@ def test_a_failing_player_does_not_stop_the_others() -> None:
     assert len(good.times) == 5
     assert len(ticker) == 1
     ticker.discard(good)
+
+
+def test_phased_ticker_gives_each_player_one_frame_per_20_ms_in_its_own_slot() -> None:
+    """
+    With 4 phases, 8 players form 4 groups of 2, served 5 ms apart; each player's n-th frame is due at its first
+    frame + n x 20 ms and comes no later than the clock's own step (5 ms here): no drift.
+    """
+    clock = Clock()
+    ticker = FrameTicker(clock, phases=4)
+    players = [Recorder(clock) for _ in range(8)]
+    for p in players:
+        ticker.add(p)
+    for _ in range(4 * 1000):
+        clock.advance(0.005)
+    clock.advance(1e-6)
+    offsets = sorted({round(p.times[0], 6) for p in players})
+    assert offsets == [0.005, 0.010, 0.015, 0.020]
+    assert sorted(round(p.times[0], 6) for p in players).count(0.005) == 2
+    for p in players:
+        assert len(p.times) in (999, 1000)
+        lateness = [t - (p.times[0] + n * 0.020) for n, t in enumerate(p.times)]
+        assert min(lateness) > -1e-6 and max(lateness) < 0.0051
+    for p in players:
+        ticker.discard(p)
+    assert not clock.getDelayedCalls()
+
+
+def test_phased_ticker_catches_up_boundedly_after_a_stall() -> None:
+    """After a 100 ms stall every player of a phased ticker gets at most max_catch_up frames at once."""
+    clock = Clock()
+    ticker = FrameTicker(clock, max_catch_up=3, phases=4)
+    players = [Recorder(clock) for _ in range(4)]
+    for p in players:
+        ticker.add(p)
+    clock.advance(0.020)
+    assert [len(p.times) for p in players] == [1, 1, 1, 1]
+    clock.advance(0.100)
+    assert [len(p.times) for p in players] == [4, 4, 4, 4]
+    for _ in range(4):
+        clock.advance(0.005)
+    assert [len(p.times) for p in players] == [5, 5, 5, 5]
+    for p in players:
+        ticker.discard(p)
+
+
+def test_new_players_join_the_smallest_group() -> None:
+    """Players leaving and arriving keep the groups balanced: a newcomer takes the emptiest phase."""
+    clock = Clock()
+    ticker = FrameTicker(clock, phases=4)
+    players = [Recorder(clock) for _ in range(8)]
+    for p in players:
+        ticker.add(p)
+    ticker.discard(players[0])
+    ticker.discard(players[4])  # the same group as players[0]
+    newcomer = Recorder(clock)
+    ticker.add(newcomer)
+    for _ in range(4):
+        clock.advance(0.005)
+    same_slot = [p for p in players if p.times and p.times[0] == newcomer.times[0]]
+    assert same_slot == []  # it took the group players[0] and players[4] left empty
+    assert len(ticker) == 7
+    for p in [*players, newcomer]:
+        ticker.discard(p)
+    assert not clock.getDelayedCalls()

@@ -18,6 +18,7 @@ from avr.sts.codec import (
     StsProtocolError,
     Transcript,
     UnknownMessage,
+    compact_audio,
     decode_client_message,
     decode_message,
     encode_audio,
@@ -158,3 +159,107 @@ def test_protocol_error_does_not_echo_the_payload():
     with pytest.raises(StsProtocolError) as caught:
         decode_message(payload)
     assert len(str(caught.value)) < 200
+
+
+# -- compact_audio: the JSON-free path for the common audio message
+
+
+def _full_path_audio(payload):
+    """The audio an ``audio`` message carries by the general rules (JSON parse, base64 with padding tolerated), as
+    an independent oracle; ``None`` if the message is not a valid audio message."""
+    try:
+        obj = json.loads(payload)
+        text = obj["audio"]
+        if obj.get("type") != "audio" or not isinstance(text, str):
+            return None
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+@pytest.mark.parametrize("pcm", [b"", b"\x00", b"\x00\x01", b"\x00\x01\x02", b"\xff\xfb\xef" * 107, bytes(range(256))])
+def test_compact_audio_reads_what_encode_audio_writes(pcm):
+    """The compact form (what avr and most peers send) is decoded without JSON, for every padding length."""
+    assert compact_audio(encode_audio(pcm)) == pcm
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param('{"type":"audio","audio":"AAEC"}', id="str"),
+        pytest.param(bytearray(b'{"type":"audio","audio":"AAEC"}'), id="bytearray"),
+        pytest.param(b'{"audio":"AAEC","type":"audio"}', id="other key order"),
+        pytest.param(b'{"type": "audio", "audio": "AAEC"}', id="whitespace"),
+        pytest.param(b'{"type":"audio","audio":"AAEC"}\n', id="trailing newline"),
+        pytest.param(b' {"type":"audio","audio":"AAEC"}', id="leading space"),
+        pytest.param(b'{"type":"audio","audio":"\\/\\/\\/\\/"}', id="escaped slash"),
+        pytest.param(b'{"type":"audio","audio":"\\u0041AEC"}', id="unicode escape"),
+        pytest.param(b'{"type":"audio","audio":"AAE"}', id="missing padding"),
+        pytest.param(b'{"type":"audio","audio":"AAA=="}', id="excess padding"),
+        pytest.param(b'{"type":"audio","audio":"AA$A"}', id="invalid char"),
+        pytest.param(b'{"type":"audio","audio":"AA AA"}', id="space inside"),
+        pytest.param(b'{"type":"audio","audio":"AAAA\\n"}', id="escaped newline"),
+        pytest.param(b'{"type":"audio","audio":"AAEC","seq":1}', id="extra field"),
+        pytest.param(b'{"type":"audio","audio":"AAEC"}"}', id="suffix twice"),
+        pytest.param(b'{"type":"audio","audio":"}', id="26 bytes, prefix and suffix overlap"),
+        pytest.param(b'{"type":"audio","audio":"', id="prefix only"),
+        pytest.param(b'{"type":"interruption"}', id="other type"),
+        pytest.param(b"", id="empty"),
+    ],
+)
+def test_compact_audio_declines_every_other_form(payload):
+    """Anything but exactly ``{"type":"audio","audio":"<strict base64>"}`` as bytes is left to the full parser."""
+    assert compact_audio(payload) is None
+
+
+def test_overlapping_prefix_and_suffix_is_not_audio():
+    """``{"type":"audio","audio":"}`` starts with the prefix and ends with the suffix, sharing a quote; it is not
+    JSON, and the full decoder says so (no empty audio made up)."""
+    payload = b'{"type":"audio","audio":"}'
+    assert len(payload) == 26
+    assert compact_audio(payload) is None
+    with pytest.raises(StsProtocolError, match="not JSON"):
+        decode_message(payload)
+
+
+@pytest.mark.parametrize(
+    "payload, pcm",
+    [
+        ('{"type":"audio","audio":"AAEC"}', b"\x00\x01\x02"),
+        (b'{"audio":"AAEC","type":"audio"}', b"\x00\x01\x02"),
+        (b'{ "type" : "audio" , "audio" : "AAEC" }', b"\x00\x01\x02"),
+        (b'{"type":"audio","audio":"\\/\\/\\/\\/"}', b"\xff\xff\xff"),
+        (b'{"type":"audio","audio":"\\u0041AEC"}', b"\x00\x01\x02"),
+        (b'{"type":"audio","audio":"AAE"}', b"\x00\x01"),
+        (b'{"type":"audio","audio":"AAEC","seq":1}', b"\x00\x01\x02"),
+        (b'{"type":"audio","audio":"AAEC"}\n', b"\x00\x01\x02"),
+    ],
+)
+def test_decode_message_still_reads_the_general_forms(payload, pcm):
+    """Every form the JSON path accepted before the compact path existed still decodes to the same audio."""
+    assert decode_message(payload) == AudioMessage(pcm)
+
+
+_B64ISH = "AQgw+/=\\\"} \n"
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=80),
+        st.binary(max_size=300).map(encode_audio),
+        st.binary(max_size=40).map(lambda body: b'{"type":"audio","audio":"' + body + b'"}'),
+        st.text(alphabet=_B64ISH, max_size=14).map(lambda t: b'{"type":"audio","audio":"' + t.encode() + b'"}'),
+        st.text(alphabet=_B64ISH, max_size=14).map(lambda t: b'{"type":"audio","audio":"' + t.encode()),
+    )
+)
+def test_compact_audio_agrees_with_the_json_path(payload):
+    """Whenever the compact path yields PCM, the full JSON path yields the same PCM (and decode_message returns it);
+    a payload it declines decodes exactly as the JSON path says."""
+    pcm = compact_audio(payload)
+    expected = _full_path_audio(payload)
+    if pcm is not None:
+        assert list(json.loads(payload)) == ["type", "audio"]
+        assert expected == pcm
+        assert decode_message(payload) == AudioMessage(pcm)
+    elif expected is not None:
+        assert decode_message(payload) == AudioMessage(expected)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import struct
+
 import pytest
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -17,7 +20,7 @@ from zope.interface.verify import verifyObject
 
 from avr.config import ConfigError
 from avr.interfaces import IStsConnector, IStsHandler, IStsSession
-from avr.sts.codec import AudioMessage, DtmfDigit, Init, UnknownMessage
+from avr.sts.codec import AudioMessage, DtmfDigit, Init, UnknownMessage, encode_audio, encode_transcript
 from avr.sts.errors import StsConnectError
 from avr.sts.websocket import StsClientProtocol, WebSocketStsConnector, disable_autobahn_timers
 from avr.testing.sts import FakeStsServerFactory, RecordingStsHandler, make_certificates
@@ -519,3 +522,312 @@ def test_fake_records_protocol_violations():
     assert server.messages[-1] == UnknownMessage("tool_result")
     assert received == []
     assert factory.open_connections == [server]
+
+
+# -- the per-frame fast paths (send_audio's direct frames, dataReceived's complete text frames)
+
+
+def _frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+    """An unmasked server frame (RFC 6455 §5.2), built by hand."""
+    first = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        return bytes((first, n)) + payload
+    if n < 0x10000:
+        return struct.pack("!BBH", first, 126, n) + payload
+    return struct.pack("!BBQ", first, 127, n) + payload
+
+
+def _client_frames(wire: bytes) -> list[tuple[int, bytes, bytes]]:
+    """The ``(opcode, masking key, unmasked payload)`` of each client frame in ``wire``, decoded independently."""
+    frames = []
+    while wire:
+        opcode, length, pos = wire[0] & 0x0F, wire[1] & 0x7F, 2
+        assert wire[0] & 0xF0 == 0x80 and wire[1] & 0x80, "a client frame must be final and masked"
+        if length == 126:
+            (length,), pos = struct.unpack("!H", wire[2:4]), 4
+        elif length == 127:
+            (length,), pos = struct.unpack("!Q", wire[2:10]), 10
+        key = wire[pos:pos + 4]
+        body = wire[pos + 4:pos + 4 + length]
+        frames.append((opcode, key, bytes(b ^ key[i % 4] for i, b in enumerate(body))))
+        wire = wire[pos + 4 + length:]
+    return frames
+
+
+def _record_chunks(client) -> list[bytes]:
+    """Record each chunk handed to ``client.dataReceived`` (what one TCP read would deliver)."""
+    chunks: list[bytes] = []
+    receive = client.dataReceived
+
+    def spy(data):
+        chunks.append(data)
+        receive(data)
+
+    client.dataReceived = spy
+    return chunks
+
+
+def _audio_frames(*pcms: bytes) -> bytes:
+    return b"".join(_frame(encode_audio(p)) for p in pcms)
+
+
+def test_send_audio_frames_are_proper_masked_frames(monkeypatch):
+    """
+    send_audio writes one final masked text frame per call, keyed by a fresh os.urandom(4); the autobahn server
+    decodes every one (short, 16-bit and 64-bit lengths, empty and odd sizes) to the same PCM, in order.
+    """
+    client, server, _, pump, _ = pair()
+    pump.flush()
+    keys: list[bytes] = []
+    real_urandom = os.urandom
+
+    def urandom(n):
+        value = real_urandom(n)
+        if n == 4:
+            keys.append(value)
+        return value
+
+    monkeypatch.setattr(os, "urandom", urandom)
+    sizes = [320, 0, 1, 2, 63, 64, 93, 94, 48000, 49149, 49150, 70000] + [320] * 200
+    pcms = [bytes((i + j) % 256 for j in range(n)) for i, n in enumerate(sizes)]
+    for pcm in pcms:
+        client.send_audio(pcm)
+    monkeypatch.setattr(os, "urandom", real_urandom)
+    wire = b"".join(pump.clientIO.stream)
+    frames = _client_frames(wire)
+    assert [(opcode, payload) for opcode, _, payload in frames] == [(0x1, encode_audio(p)) for p in pcms]
+    assert [key for _, key, _ in frames] == keys
+    pump.flush()
+    assert server.messages == [Init(UUID)] + [AudioMessage(p) for p in pcms]
+    assert server.violations == []
+    assert client.state == client.STATE_OPEN
+
+
+def test_direct_audio_frames_and_autobahn_messages_interleave_in_order():
+    """Audio (direct frames) and DTMF (autobahn's sendMessage) sent alternately reach the STS in call order."""
+    client, server, _, pump, _ = pair()
+    expected = [Init(UUID)]
+    for i in range(30):
+        client.send_audio(bytes([i]) * 320)
+        expected.append(AudioMessage(bytes([i]) * 320))
+        if i % 3 == 0:
+            client.send_dtmf("5")
+            expected.append(DtmfDigit("5"))
+    pump.flush()
+    assert server.messages == expected
+
+
+def test_complete_frames_bypass_autobahns_message_machinery():
+    """Complete text frames at a frame boundary go straight to onMessage (autobahn's _onMessage is not used); a
+    fragmented message still goes through autobahn."""
+    client, server, handler, pump, _ = pair()
+    through_autobahn: list[bytes] = []
+    original = client._onMessage
+    client._onMessage = lambda payload, is_binary: (through_autobahn.append(payload), original(payload, is_binary))
+    server.send_audio(b"\x01" * 3200, chunk_size=320)
+    pump.flush()
+    assert handler.audio == b"\x01" * 3200 and handler.count("audio") == 10
+    assert through_autobahn == []
+    server.sendMessage(encode_audio(b"\x02" * 320), isBinary=False, fragmentSize=100)
+    pump.flush()
+    assert through_autobahn == [encode_audio(b"\x02" * 320)]
+    assert handler.events[-1] == ("audio", b"\x02" * 320)
+
+
+def test_audio_around_a_ping_in_one_chunk():
+    """Audio, ping, audio in one TCP chunk: both audio messages in order, and autobahn answers the ping."""
+    client, server, handler, pump, _ = pair()
+    pongs: list[bytes] = []
+    server.onPong = pongs.append
+    chunks = _record_chunks(client)
+    server.send_audio(b"\x01\x02")
+    server.sendPing(b"hb")
+    server.send_audio(b"\x03\x04")
+    pump.flush()
+    assert chunks[0] == _audio_frames(b"\x01\x02") + _frame(b"hb", opcode=0x9) + _audio_frames(b"\x03\x04")
+    assert handler.events == [("audio", b"\x01\x02"), ("audio", b"\x03\x04")]
+    assert pongs == [b"hb"]
+    assert client.state == client.STATE_OPEN
+
+
+def test_two_frames_split_at_every_byte():
+    """An audio and a transcript frame (16-bit length) split in two reads anywhere: each delivered once, in order."""
+    data = _audio_frames(b"\x05" * 120) + _frame(encode_transcript("agent", "h\u00e9llo " * 5))
+    expected = [("audio", b"\x05" * 120), ("transcript", "agent", "h\u00e9llo " * 5)]
+    assert data[1] == 126
+    for cut in range(1, len(data)):
+        client, server, handler, pump, _ = pair()
+        client.dataReceived(data[:cut])
+        client.dataReceived(data[cut:])
+        pump.flush()
+        assert handler.events == expected, cut
+        assert client.state == client.STATE_OPEN, cut
+
+
+def test_fragmented_message_is_delivered_whole_once():
+    """A message in continuation frames, between complete audio frames in the same chunk, arrives once, whole."""
+    whole = encode_audio(b"\x07" * 90)
+    fragments = (_frame(whole[:10], fin=False) + _frame(whole[10:50], opcode=0x0, fin=False)
+                 + _frame(whole[50:], opcode=0x0))
+    client, server, handler, pump, _ = pair()
+    client.dataReceived(_audio_frames(b"a") + fragments + _audio_frames(b"b"))
+    assert handler.events == [("audio", b"a"), ("audio", b"\x07" * 90), ("audio", b"b")]
+
+
+def test_fragmented_message_across_reads_is_delivered_whole_once():
+    """Fragments spread over several reads, a ping between them: the message once, complete frames around it."""
+    whole = encode_audio(b"\x08" * 90)
+    client, server, handler, pump, _ = pair()
+    client.dataReceived(_audio_frames(b"a") + _frame(whole[:20], fin=False))
+    client.dataReceived(_frame(whole[20:40], opcode=0x0, fin=False) + _frame(b"", opcode=0x9))
+    client.dataReceived(_frame(whole[40:], opcode=0x0))
+    client.dataReceived(_audio_frames(b"b"))
+    pump.flush()
+    assert handler.events == [("audio", b"a"), ("audio", b"\x08" * 90), ("audio", b"b")]
+    assert client.state == client.STATE_OPEN
+
+
+def test_fragmented_message_sent_by_autobahn():
+    """A message the autobahn server sends in fragments (beginMessage ... endMessage) arrives once, whole."""
+    client, server, handler, pump, _ = pair()
+    whole = encode_audio(b"\x09" * 200)
+    server.send_audio(b"first")
+    server.beginMessage(isBinary=False)
+    for i in range(0, len(whole), 64):
+        server.sendMessageFrame(whole[i:i + 64])
+    server.endMessage()
+    server.send_audio(b"last")
+    pump.flush()
+    assert handler.events == [("audio", b"first"), ("audio", b"\x09" * 200), ("audio", b"last")]
+
+
+def test_transcript_interruption_and_audio_in_one_chunk_keep_their_order():
+    """Other message types in the same chunk as audio go through the same path, in arrival order."""
+    client, server, handler, pump, _ = pair()
+    chunks = _record_chunks(client)
+    server.send_audio(b"\x01")
+    server.send_transcript("user", "hi")
+    server.send_audio(b"\x02")
+    server.send_interruption()
+    server.send_audio(b"\x03")
+    pump.flush()
+    assert len(chunks) == 1
+    assert handler.events == [("audio", b"\x01"), ("transcript", "user", "hi"), ("audio", b"\x02"),
+                              ("interruption",), ("audio", b"\x03")]
+
+
+def test_close_frame_in_the_same_chunk_after_audio():
+    """Audio then the STS's close frame in one chunk: the audio is delivered, then the session ends once."""
+    client, server, handler, pump, clock = pair()
+    chunks = _record_chunks(client)
+    server.send_audio(b"\x01\x02")
+    server.send_audio(b"\x03\x04")
+    server.close(1000, "bye")
+    pump.flush()
+    assert chunks[0] == _audio_frames(b"\x01\x02", b"\x03\x04") + _frame(struct.pack("!H", 1000) + b"bye", opcode=0x8)
+    assert handler.events == [("audio", b"\x01\x02"), ("audio", b"\x03\x04"),
+                              ("closed", "closed by the STS (code 1000: bye)")]
+    assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("how", ["close", "abort"])
+def test_handler_ending_the_session_on_the_first_of_several_frames(how):
+    """The call closes (or aborts) the session while handling the first audio of a chunk: later frames are not
+    delivered (autobahn's own loop stops once the connection is closed), nothing raises or is logged as a failure,
+    and the end is reported once."""
+
+    class Ending(RecordingStsHandler):
+        session = None
+
+        def sts_audio(self, pcm):
+            super().sts_audio(pcm)
+            getattr(self.session, how)()
+
+    handler = Ending()
+    client, server, _, pump, clock = pair(handler=handler)
+    handler.session = client
+    chunks = _record_chunks(client)
+    with capturedLogs() as events:
+        server.send_audio(b"\x01")
+        server.send_audio(b"\x02")
+        server.send_transcript("agent", "late")
+        server.send_audio(b"\x03")
+        pump.flush()
+        clock.advance(10)
+        pump.flush()
+    assert len(chunks[0]) > len(_audio_frames(b"\x01")), "the frames did not arrive in one chunk"
+    assert handler.events[0] == ("audio", b"\x01")
+    assert [e[0] for e in handler.events] == ["audio", "closed"]
+    assert not [e for e in events if e.get("log_failure") is not None]
+    assert clock.getDelayedCalls() == []
+
+
+_BAD_UTF8_TRANSCRIPT = b'{"type":"transcript","role":"user","text":"caf\xe9"}'
+
+
+def test_invalid_utf8_in_a_complete_text_frame_fails_the_connection():
+    """
+    A complete text frame that is not UTF-8 is left to autobahn by the fast path, so it is treated exactly as a
+    fragmented one: the connection fails (1007) and the call learns why. Audio before it was delivered.
+    """
+    client, server, handler, pump, _ = pair()
+    client.dataReceived(_audio_frames(b"\x01") + _frame(_BAD_UTF8_TRANSCRIPT) + _audio_frames(b"\x02"))
+    pump.flush()
+    assert client.state == client.STATE_CLOSED
+    assert [e[0] for e in handler.events] == ["audio", "closed"]
+    assert handler.events[0] == ("audio", b"\x01")
+    assert "invalid UTF-8" in handler.closed[0]
+
+
+def test_invalid_utf8_in_a_fragmented_text_message_fails_the_connection():
+    """The same bytes in fragments go through autobahn, which validates UTF-8 and fails the connection (1007)."""
+    client, server, handler, pump, _ = pair()
+    client.dataReceived(_frame(_BAD_UTF8_TRANSCRIPT[:20], fin=False)
+                        + _frame(_BAD_UTF8_TRANSCRIPT[20:], opcode=0x0))
+    pump.flush()
+    assert client.state == client.STATE_CLOSED
+    assert [e[0] for e in handler.events] == ["closed"]
+    assert "invalid UTF-8" in handler.closed[0]
+
+
+def test_utf8_encoded_surrogates_are_not_delivered_as_text():
+    """
+    UTF-8 forbids encoded surrogates (ED A0 80); autobahn's validator rejects them (1007). On the fast path the
+    transcript must not reach the call with a lone surrogate in its text (it could not be encoded to UTF-8 again).
+    """
+    client, server, handler, pump, _ = pair()
+    client.dataReceived(_frame(b'{"type":"transcript","role":"user","text":"\xed\xa0\x80"}'))
+    pump.flush()
+    assert handler.count("transcript") == 0, f"delivered: {handler.events}"
+
+
+@pytest.mark.integration
+@pytest_twisted.ensureDeferred
+async def test_loopback_direct_audio_frames_keep_order_with_autobahn_writes():
+    """Over real TCP (where send_audio writes through to the socket) audio and DTMF interleave in call order."""
+    from twisted.internet import reactor
+
+    server = FakeStsServerFactory(reactor)
+    port = reactor.listenTCP(0, server, interface="127.0.0.1")
+    handler = RecordingStsHandler()
+    try:
+        session = await WebSocketStsConnector(reactor).connect(f"ws://127.0.0.1:{port.getHost().port}/", UUID,
+                                                               handler)
+        conn = await server.session_opened(UUID)
+        expected = [Init(UUID)]
+        for i in range(200):
+            pcm = bytes([i % 256]) * (320 if i % 50 else 40000)
+            session.send_audio(pcm)
+            expected.append(AudioMessage(pcm))
+            if i % 7 == 0:
+                session.send_dtmf("9")
+                expected.append(DtmfDigit("9"))
+        session.close()
+        await handler.wait_for("closed")
+        assert conn.messages == expected
+        assert conn.violations == []
+        assert handler.closed == ["closed (code 1000)"]
+    finally:
+        await DeferredList([c.when_closed() for c in server.connections])
+        await port.stopListening()

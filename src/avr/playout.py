@@ -20,6 +20,10 @@ from twisted.logger import Logger
 #: Frame duration, seconds: Asterisk's own ptime and the rate its softmix bridges expect.
 FRAME_SECONDS = 0.020
 
+#: Groups of calls the server's ticker serves in turn (see `FrameTicker`): a tick every 5 ms, a quarter of the calls
+#: each.
+PLAYOUT_PHASES = 4
+
 
 def frame_bytes_for_rate(rate: int) -> int:
     """Bytes of one 20 ms frame of mono PCM16 at ``rate`` Hz (320 at 8 kHz, 640 at 16 kHz, 1764 at 44.1 kHz)."""
@@ -111,45 +115,70 @@ class FrameTicker:
     there is no drift. If the reactor was held up for more than a tick, each player gets the missed frames at once,
     up to ``max_catch_up`` (a lead Asterisk's softmix bridge tolerates), and the rest of the lateness is absorbed.
     The ticker runs only while at least one player is registered.
+
+    With ``phases`` > 1 the players are dealt into that many groups (a new player joins the smallest), served in
+    turn every ``20 ms / phases``: each player still gets one frame per 20 ms on an absolute schedule, but a tick
+    sends only a share of all calls' frames, so the frames of the calls served last in a tick are not held up behind
+    everyone else's, and received audio is handled between the groups.
     """
 
     clock: IReactorTime
     interval: float = FRAME_SECONDS
     max_catch_up: int = 3
-    _players: dict[int, Player] = field(factory=dict)
+    phases: int = 1
+    _groups: list[dict[int, Player]] = field(init=False)
+    _group_of: dict[int, int] = field(factory=dict)
     _loop: LoopingCall | None = None
+    _served: int = 0
     log = Logger()
 
+    def __attrs_post_init__(self) -> None:
+        if self.phases < 1:
+            raise ValueError(f"phases must be at least 1, got {self.phases}")
+        self._groups = [{} for _ in range(self.phases)]
+
     def add(self, player: Player) -> None:
-        """Start driving ``player`` from the next tick on."""
-        self._players[id(player)] = player
+        """Start driving ``player`` (its first frame comes within 20 ms)."""
+        key = id(player)
+        if key in self._group_of:
+            return
+        group = min(range(self.phases), key=lambda g: len(self._groups[g]))
+        self._groups[group][key] = player
+        self._group_of[key] = group
         if self._loop is None:
             loop = LoopingCall.withCount(self._tick)
             loop.clock = self.clock
             self._loop = loop
-            # now=False: the first tick comes one interval later; a new call's first frame waits at most 20 ms.
-            loop.start(self.interval, now=False).addErrback(
+            self._served = 0
+            # now=False: the first tick comes one step later.
+            loop.start(self.interval / self.phases, now=False).addErrback(
                 lambda f: self.log.failure("Playback ticker stopped", f)
             )
 
     def discard(self, player: Player) -> None:
         """Stop driving ``player`` (idempotent)."""
-        self._players.pop(id(player), None)
-        if not self._players and self._loop is not None:
+        key = id(player)
+        group = self._group_of.pop(key, None)
+        if group is not None:
+            del self._groups[group][key]
+        if not self._group_of and self._loop is not None:
             self._loop.stop()
             self._loop = None
 
     def __len__(self) -> int:
-        return len(self._players)
+        return len(self._group_of)
 
     def _tick(self, count: int) -> None:
-        rounds = min(count, self.max_catch_up)
-        for player in list(self._players.values()):
-            for _ in range(rounds):
+        # ``count`` steps have passed since the last call; serve each step's group, but no player more than
+        # max_catch_up times.
+        last = self._served + count
+        first = max(self._served + 1, last - self.max_catch_up * self.phases + 1)
+        self._served = last
+        for step in range(first, last + 1):
+            for player in list(self._groups[step % self.phases].values()):
                 try:
                     player.play_frame()
                 except Exception:
                     # One call's failure must never stop the others' audio.
                     self.log.failure("Playback failed for {player!r}", player=player)
-                    self._players.pop(id(player), None)
-                    break
+                    self.discard(player)

@@ -31,7 +31,7 @@ from avr.http.auth import redacted_access_log
 from avr.http.core import CoreRoutes
 from avr.http.json import install_error_handlers
 from avr.interfaces import IStsConnector, IWebhooks
-from avr.playout import FrameTicker
+from avr.playout import PLAYOUT_PHASES, FrameTicker
 from avr.registrations import Registrations
 from avr.webhooks import WebhookClient
 
@@ -200,7 +200,7 @@ def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: ISts
     top = MultiService()
     registrations = Registrations(reactor, config.call_init_ttl)
     webhooks = WebhookClient.from_config(http_client, reactor, config)
-    ticker = FrameTicker(reactor)
+    ticker = FrameTicker(reactor, phases=PLAYOUT_PHASES)
     calls = CallManager(
         clock=reactor,
         connector=sts_connector,

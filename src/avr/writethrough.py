@@ -5,19 +5,20 @@ Twisted's ``transport.write`` only buffers: it registers the socket for writabil
 reactor sends the data on its next pass and unregisters the socket again (another ``epoll_ctl``). For a stream of
 small real-time frames (every call sends 50 a second each way) that bookkeeping costs more than the ``send`` itself.
 `write_through` sends straight away when nothing is waiting in the transport's buffer, and hands whatever the kernel
-did not take (or any error) back to ``transport.write``, so ordering, back-pressure and error reporting stay
-Twisted's.
+did not take back to ``transport.write``, so ordering and back-pressure stay Twisted's.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet import tcp
+from twisted.internet import error, tcp
+from twisted.python.failure import Failure
 
-#: The private `twisted.internet.abstract.FileDescriptor` attributes the fast path reads; checked once per transport.
-_NEEDED = ("socket", "dataBuffer", "_tempDataLen", "disconnecting", "connected", "producer", "_writeDisconnecting",
-           "_writeDisconnected")
+#: The `twisted.internet.abstract.FileDescriptor` and `twisted.internet.tcp.Connection` attributes the fast path
+#: reads (some private); checked once per transport, so a Twisted without them gets plain ``transport.write``.
+_NEEDED = ("socket", "dataBuffer", "_tempDataLen", "disconnecting", "disconnected", "connected", "producer",
+           "_writeDisconnecting", "_writeDisconnected", "_aborting", "TLS", "reactor")
 
 
 def write_through(transport: Any) -> Callable[[bytes], None]:
@@ -25,9 +26,9 @@ def write_through(transport: Any) -> Callable[[bytes], None]:
     A ``write`` for ``transport`` that sends at once when it can.
 
     For a plain TCP connection (`twisted.internet.tcp.Connection`), the returned function calls ``socket.send``
-    directly while the transport has nothing buffered, no producer and is not closing (either way); any rest goes to
-    ``transport.write`` (which also reports errors through ``connectionLost`` as usual). For anything else (TLS,
-    test transports) it is ``transport.write`` itself.
+    directly while the transport has nothing buffered, no producer, no TLS, and is neither closing nor aborted; any
+    rest goes to ``transport.write``. For anything else (TLS wrappers, test transports) it is ``transport.write``
+    itself.
     """
     if not isinstance(transport, tcp.Connection) or not all(hasattr(transport, name) for name in _NEEDED):
         return transport.write
@@ -35,19 +36,31 @@ def write_through(transport: Any) -> Callable[[bytes], None]:
     buffered_write = transport.write
 
     def write(data: bytes) -> None:
-        if (transport._tempDataLen or transport.dataBuffer or transport.disconnecting or not transport.connected
-                or transport.producer is not None or transport._writeDisconnecting or transport._writeDisconnected):
+        if (transport._tempDataLen or transport.dataBuffer or transport.disconnecting or transport._aborting
+                or not transport.connected or transport.producer is not None or transport.TLS
+                or transport._writeDisconnecting or transport._writeDisconnected):
             buffered_write(data)
             return
         try:
             sent = sock.send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
-        except OSError:
-            # Reset or broken pipe: let the transport meet the error in its own doWrite and report the loss.
-            buffered_write(data)
+        except OSError as e:
+            _lost(transport, e)
             return
         if sent < len(data):
             buffered_write(data[sent:])
 
     return write
+
+
+def _lost(transport: Any, reason: OSError) -> None:
+    """
+    The peer reset the connection under a send. The failed send consumed the socket's error (a later read would only
+    see a clean end of stream), so end the connection now, as `abortConnection` does, but reporting the loss.
+    """
+    transport._aborting = True
+    transport.stopReading()
+    transport.stopWriting()
+    transport.doRead = transport.doWrite = lambda: None
+    transport.reactor.callLater(0, transport.connectionLost, Failure(error.ConnectionLost(str(reason))))

@@ -143,7 +143,9 @@ def encode_error(message: str | None) -> bytes:
 
 def _parse(payload: bytes | str) -> tuple[str, dict]:
     try:
-        obj = json.loads(payload)
+        # Decoded here, strictly: json.loads would decode bytes with "surrogatepass", letting through text that
+        # cannot be encoded again.
+        obj = json.loads(payload.decode("utf-8") if isinstance(payload, bytes) else payload)
     except UnicodeDecodeError:
         raise StsProtocolError("message is not valid UTF-8") from None
     except ValueError as e:

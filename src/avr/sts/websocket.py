@@ -177,7 +177,9 @@ class StsClientProtocol(WebSocketClientProtocol):
             frames, used = leading_text_frames(data)
             for payload in frames:
                 self.onMessage(payload, False)
-            if used == len(data) or self.state == _CLOSED:
+                if self.state == _CLOSED:
+                    return
+            if used == len(data):
                 return
             data = data[used:]
         super().dataReceived(data)

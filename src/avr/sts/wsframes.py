@@ -40,8 +40,8 @@ def leading_text_frames(data: bytes) -> tuple[list[bytes], int]:
     The payloads of the complete, final, unmasked text frames (no RSV bits, length under 64 KiB) that ``data``
     starts with, and how many bytes of ``data`` they take.
 
-    Stops at the first frame of any other kind (control, binary, fragment, masked, extension bits) or the first
-    incomplete one; those bytes are for the general parser.
+    Stops at the first frame of any other kind (control, binary, fragment, masked, extension bits, a length not
+    minimally encoded, text that is not UTF-8) or the first incomplete one; those bytes are for autobahn's parser.
     """
     frames = []
     pos = 0
@@ -55,12 +55,21 @@ def leading_text_frames(data: bytes) -> tuple[list[bytes], int]:
             if size - at < 2:
                 break
             length = (data[at] << 8) | data[at + 1]
+            if length < 126:  # not the minimal encoding: a protocol error for autobahn to report
+                break
             at += 2
         elif length > 126:  # masked (a server must not mask) or a 64-bit length
             break
         end = at + length
         if end > size:
             break
-        frames.append(data[at:end])
+        payload = data[at:end]
+        if not payload.isascii():
+            # Audio is pure ASCII; other text must be valid UTF-8, and autobahn fails the connection (1007) if not.
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                break
+        frames.append(payload)
         pos = end
     return frames, pos
