@@ -19,6 +19,8 @@ import struct
 
 from twisted.internet.protocol import Factory, Protocol
 
+from avr.writethrough import write_through
+
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _AUDIO_PREFIX = b'{"type":"audio"'
 _TEXT, _CLOSE, _PING, _PONG = 0x1, 0x8, 0x9, 0xA
@@ -54,6 +56,7 @@ class EchoStsProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)
+        self._write = write_through(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         buffer = self._buffer
@@ -87,7 +90,7 @@ class EchoStsProtocol(Protocol):
             opcode = b0 & 0x0F
             if opcode == _TEXT:
                 if payload.startswith(_AUDIO_PREFIX):
-                    self.transport.write(server_frame(_TEXT, payload))
+                    self._write(server_frame(_TEXT, payload))
             elif opcode == _PING:
                 self.transport.write(server_frame(_PONG, payload))
             elif opcode == _CLOSE:

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -101,24 +102,43 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGINT) -> None:
             process.wait()
 
 
+def cpu_split(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """
+    The CPUs for the relay under test and for the harness (echo STS and load generator): the relay gets a core of
+    its own, so that the harness waking up at the same moments cannot delay its frames; ``None`` when not pinning.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return None, None
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+def _pinned(cpus: set[int] | None) -> Any:
+    return None if cpus is None else partial(os.sched_setaffinity, 0, cpus)
+
+
 def run_one(relay: str, calls: int, rate: int, phases: int, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     """One measurement: fresh echo STS and relay processes, one load generator run."""
+    relay_cpus, harness_cpus = cpu_split(args.pin)
     sts_port, port = free_port(), free_port()
     tag = f"{relay}-{rate}-{calls}-p{phases}"
     with open(logs / f"echo-{tag}.log", "wb") as echo_log, open(logs / f"{tag}.out", "wb") as relay_log:
         echo = subprocess.Popen([sys.executable, "-m", "benchmarks.echo_sts", "--port", str(sts_port)],
-                                cwd=ROOT, env=base_env(), stdout=echo_log, stderr=subprocess.STDOUT)
+                                cwd=ROOT, env=base_env(), stdout=echo_log, stderr=subprocess.STDOUT,
+                                preexec_fn=_pinned(harness_cpus))
         server = None
         try:
             wait_for_port(sts_port, echo, "the echo STS")
             command, env = relay_command(relay, port, sts_port, rate, logs / f"{tag}.log")
-            server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=relay_log, stderr=subprocess.STDOUT)
+            server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=relay_log, stderr=subprocess.STDOUT,
+                                      preexec_fn=_pinned(relay_cpus))
             wait_for_port(port, server, relay)
             load = subprocess.run(
                 [sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--calls", str(calls),
                  "--rate", str(rate), "--phases", str(phases), "--warmup", str(args.warmup), "--duration", str(args.duration),
                  "--watch", f"relay={server.pid}", "--watch", f"echo={echo.pid}"],
-                cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=args.warmup + args.duration + 120)
+                cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=args.warmup + args.duration + 120,
+                preexec_fn=_pinned(harness_cpus))
             if load.returncode != 0:
                 raise RuntimeError(f"load generator failed for {tag}:\n{load.stderr[-3000:]}")
             result = json.loads(load.stdout)
@@ -235,6 +255,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="the callers' frames are due in this many groups, 20 ms / PHASES apart")
     parser.add_argument("--in-step", default="200",
                         help="comma-separated N also run with every caller in step (phases 1), at the first rate")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="do not give the relay a CPU of its own (by default: the last CPU; the harness the rest)")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results", help="directory for JSON and logs")
@@ -249,8 +271,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = datetime.now(timezone.utc)
     logs = args.output / started.strftime("%Y%m%dT%H%M%SZ")
     logs.mkdir(parents=True, exist_ok=True)
+    relay_cpus, harness_cpus = cpu_split(args.pin)
     report: dict[str, Any] = {"started": started.isoformat(timespec="seconds"), "machine": machine(),
-                              "warmup_s": args.warmup, "window_s": args.duration, "runs": []}
+                              "warmup_s": args.warmup, "window_s": args.duration,
+                              "cpus": {"relay": sorted(relay_cpus or ()), "harness": sorted(harness_cpus or ())},
+                              "runs": []}
     plan = [(int(rate), int(calls), args.phases) for rate in args.rates.split(",") for calls in args.calls.split(",")]
     plan += [(int(args.rates.split(",")[0]), int(calls), 1) for calls in args.in_step.split(",") if calls]
     for rate, calls, phases in plan:

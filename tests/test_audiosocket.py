@@ -415,3 +415,20 @@ async def test_loopback_call_with_simulated_asterisk() -> None:
             asterisk.transport.abortConnection()
         await port.stopListening()
     assert reactor.getDelayedCalls() == []  # no timer left behind (UUID timeout, pacing, connect timeout)
+
+
+def test_a_read_that_looks_like_a_whole_frame_is_not_taken_as_one_while_a_frame_is_pending() -> None:
+    """
+    The one-frame-per-read shortcut applies only at a frame boundary: the rest of a split frame can look exactly
+    like a whole audio frame, and must still be read as the rest of the pending one.
+    """
+    protocol, _, _, router = connect()
+    protocol.dataReceived(encode_uuid(UUID))
+    payload = bytearray(range(200))
+    payload[10:13] = b"\x10\x00\xbb"  # bytes 13.. of the frame read as a header announcing the 187 bytes that follow
+    frame = encode_frame(Kind.SLIN8, bytes(payload))
+    protocol.dataReceived(frame[:13])
+    protocol.dataReceived(frame[13:])
+    protocol.dataReceived(encode_frame(Kind.SLIN8, AUDIO))  # one whole frame at a boundary: the shortcut
+    assert router.sinks[0].audio == [(Kind.SLIN8, bytes(payload)), (Kind.SLIN8, AUDIO)]
+    assert router.sinks[0].gone == []

@@ -574,18 +574,17 @@ def _audio_frames(*pcms: bytes) -> bytes:
 
 def test_send_audio_frames_are_proper_masked_frames(monkeypatch):
     """
-    send_audio writes one final masked text frame per call, keyed by a fresh os.urandom(4); the autobahn server
+    send_audio writes one final masked text frame per call, each keyed by the next 4 bytes of os.urandom; the autobahn server
     decodes every one (short, 16-bit and 64-bit lengths, empty and odd sizes) to the same PCM, in order.
     """
     client, server, _, pump, _ = pair()
     pump.flush()
-    keys: list[bytes] = []
+    blocks: list[bytes] = []
     real_urandom = os.urandom
 
     def urandom(n):
         value = real_urandom(n)
-        if n == 4:
-            keys.append(value)
+        blocks.append(value)
         return value
 
     monkeypatch.setattr(os, "urandom", urandom)
@@ -597,7 +596,8 @@ def test_send_audio_frames_are_proper_masked_frames(monkeypatch):
     wire = b"".join(pump.clientIO.stream)
     frames = _client_frames(wire)
     assert [(opcode, payload) for opcode, _, payload in frames] == [(0x1, encode_audio(p)) for p in pcms]
-    assert [key for _, key, _ in frames] == keys
+    entropy = b"".join(blocks)
+    assert [key for _, key, _ in frames] == [entropy[i:i + 4] for i in range(0, 4 * len(frames), 4)]
     pump.flush()
     assert server.messages == [Init(UUID)] + [AudioMessage(p) for p in pcms]
     assert server.violations == []

@@ -21,7 +21,7 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 
 from avr.sts.websocket import disable_autobahn_timers
-from avr.sts.wsframes import TEXT, leading_text_frames, masked_frame
+from avr.sts.wsframes import TEXT, MaskingKeys, leading_text_frames, masked_frame
 
 LENGTHS = [0, 1, 125, 126, 127, 65535, 65536, 70000]
 
@@ -268,3 +268,12 @@ def test_text_that_is_not_utf8_is_left_to_autobahn():
     """A text frame whose payload is not UTF-8 stops the fast path (autobahn fails the connection with 1007)."""
     good, bad = frame(b'{"type":"audio","audio":""}'), frame(b"\xff\xfe")
     assert leading_text_frames(good + bad + good) == ([b'{"type":"audio","audio":""}'], len(good))
+
+
+def test_masking_keys_are_four_fresh_bytes_drawn_a_block_at_a_time():
+    """Keys are 4 bytes, consecutive slices of os.urandom blocks; a new block is drawn when one is used up."""
+    keys = MaskingKeys(block=8)
+    drawn = [keys.next() for _ in range(6)]
+    assert all(len(k) == 4 for k in drawn)
+    assert len(set(drawn)) > 1
+    assert keys._pool[:4] == drawn[4] and keys._pool[4:] == drawn[5]  # the third block

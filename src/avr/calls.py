@@ -176,8 +176,7 @@ class Call:
             return
         if self._out_kind is None:
             self._start_playout(Kind.SLIN8)
-        assert self._outbound is not None and self._queue is not None
-        self._queue.feed(self._outbound.convert(pcm))
+        self._queue.feed(self._outbound.convert(pcm))  # type: ignore[union-attr]
 
     def sts_interruption(self) -> None:
         if self.ended:
@@ -210,10 +209,9 @@ class Call:
 
     def play_frame(self) -> None:
         """Called by the ticker every 20 ms: send the next queued frame to Asterisk, if any."""
-        assert self._queue is not None and self._out_kind is not None
-        frame = self._queue.next_frame()
+        frame = self._queue.next_frame()  # type: ignore[union-attr]
         if frame is not None:
-            self.leg.send_audio(self._out_kind, frame)
+            self.leg.send_audio(self._out_kind, frame)  # type: ignore[arg-type]
 
 
 @implementer(ICallSink)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import binascii
 import json
-from base64 import b64decode, b64encode
-from binascii import a2b_base64
+from base64 import b64decode
+from binascii import a2b_base64, b2a_base64
 from typing import Union
 
 from attrs import frozen
@@ -109,7 +109,7 @@ def encode_audio(pcm: bytes) -> bytes:
 
     Built by concatenation around the base64 text (which needs no JSON escaping): this runs for every 20 ms frame.
     """
-    return _AUDIO_PREFIX + b64encode(pcm) + _AUDIO_SUFFIX
+    return _AUDIO_PREFIX + b2a_base64(pcm, newline=False) + _AUDIO_SUFFIX
 
 
 def encode_dtmf(digit: str) -> bytes:

@@ -11,7 +11,6 @@ connect timeout (`WebSocketStsConnector`) and the closing handshake timeout (`St
 
 from __future__ import annotations
 
-import os
 import re
 from functools import partial
 from typing import Any
@@ -44,7 +43,7 @@ from avr.sts.codec import (
 from avr.sts.errors import StsConnectError, describe_failure, tls_problem
 from avr.sts.once import Once
 from avr.sts.tls import load_trust_root
-from avr.sts.wsframes import TEXT, leading_text_frames, masked_frame
+from avr.sts.wsframes import TEXT, MaskingKeys, leading_text_frames, masked_frame
 from avr.writethrough import write_through
 
 log = Logger()
@@ -109,16 +108,17 @@ class StsClientProtocol(WebSocketClientProtocol):
         self._opening = Once()
         self._noted: set[str] = set()
         self._write: Any = None
+        self._masks = MaskingKeys()
 
     # -- IStsSession
 
     def send_audio(self, pcm: bytes) -> None:
         """Send caller audio (dropped unless the session is open and not closing)."""
-        if self._can_send("audio"):
-            if self.send_state == _SEND_GROUND and not self.send_queue and self._perMessageCompress is None:
-                self._write(masked_frame(TEXT, encode_audio(pcm), os.urandom(4)))
-            else:
-                self.sendMessage(encode_audio(pcm), isBinary=False)
+        if (self._was_open and self.state == _OPEN and not self._close_requested and self.send_state == _SEND_GROUND
+                and not self.send_queue and self._perMessageCompress is None):
+            self._write(masked_frame(TEXT, encode_audio(pcm), self._masks.next()))
+        elif self._can_send("audio"):
+            self.sendMessage(encode_audio(pcm), isBinary=False)
 
     def send_dtmf(self, digit: str) -> None:
         """Send a ``dtmf_digit`` message; an invalid digit is logged and ignored."""

@@ -40,6 +40,7 @@ from avr.frames import (
     encode_uuid,
     kind_name,
 )
+from avr.writethrough import write_through
 
 #: Environment variable naming the fixtures directory (``…/fixtures/asterisk`` or its ``audiosocket`` folder).
 FIXTURES_ENV = "AVR_FIXTURES"
@@ -290,6 +291,7 @@ class SimulatedAsterisk(Protocol):
         #: Fires with ``end_reason`` when the connection is closed.
         self.done: Deferred[str] = Deferred()
         self._parser = FrameParser(max_payload=MAX_PAYLOAD)
+        self._write: Callable[[bytes], None] = lambda data: None
         self._timers: dict[str, Any] = {}
         self._last_activity = 0.0
         self._ended = False
@@ -315,9 +317,9 @@ class SimulatedAsterisk(Protocol):
     # --- driving -----------------------------------------------------------------------------------------------------
 
     def send_frame(self, data: bytes) -> None:
-        """Write one encoded frame now (e.g. `encode_frame`, `encode_dtmf`)."""
+        """Write one encoded frame now (e.g. `encode_frame`, `encode_dtmf`), as Asterisk does: at once."""
         if self.connected:
-            self.transport.write(data)  # type: ignore[union-attr]
+            self._write(data)
             self.frames_sent += 1
             self._last_activity = self.clock.seconds()
 
@@ -339,6 +341,7 @@ class SimulatedAsterisk(Protocol):
     def connectionMade(self) -> None:
         """Send the UUID (now or after ``uuid_delay``)."""
         self.connected = True
+        self._write = write_through(self.transport)
         self.connected_at = self._last_activity = self.clock.seconds()
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
