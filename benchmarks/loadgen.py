@@ -83,9 +83,10 @@ def _swapped(pcm: array) -> bytes:
 
 @frozen
 class ProcessSample:
-    """CPU seconds used so far (user + system) and resident memory of one process, from ``/proc``."""
+    """CPU seconds used so far (user + system; and the system part alone) and resident memory of one process."""
 
     cpu: float
+    system: float
     rss_kb: int
 
     @classmethod
@@ -94,14 +95,14 @@ class ProcessSample:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         ticks = os.sysconf("SC_CLK_TCK")
-        cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime: fields 14 and 15 of stat(5)
+        utime, stime = int(fields[11]) / ticks, int(fields[12]) / ticks  # fields 14 and 15 of proc_pid_stat(5)
         rss_kb = 0
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     rss_kb = int(line.split()[1])
                     break
-        return cls(cpu, rss_kb)
+        return cls(utime + stime, stime, rss_kb)
 
 
 @define(eq=False)
@@ -281,6 +282,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
             "cpu_s": round(cpu, 3),
             "cpu_share_of_core": round(cpu / window, 3),
             "cpu_ms_per_call_second": round(cpu * 1000 / (args.calls * window), 4),
+            "system_share": round((after[name].system - before[name].system) / cpu, 3) if cpu else None,
             "rss_kb": after[name].rss_kb,
         }
         if name in idle:

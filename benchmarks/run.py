@@ -4,7 +4,8 @@ Run the benchmark: avr and the Node.js relay side by side, at several numbers of
 For every (rate, N, relay) it starts three processes besides this one: the lean echo STS (`benchmarks.echo_sts`), the
 relay under test (``twistd --nodaemon avr``, or ``node benchmarks/node-relay/relay.js``) and the load generator
 (`benchmarks.loadgen`), which measures the calls and samples the relay's CPU time and RSS from ``/proc`` at the edges
-of the steady window. The relays are interleaved at each N, so both see the same machine conditions.
+of the steady window. The relays are interleaved at each N, so both see the same machine conditions, and the relay
+runs on a CPU of its own (see `cpu_split`).
 
     scripts/bench                       # the full run (about 10 minutes), results in bench-results/
     scripts/bench --publish             # ... and write benchmarks/results.json and the tables of BENCHMARKS.md
@@ -66,9 +67,16 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def relay_command(relay: str, port: int, sts_port: int, rate: int, log: Path) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment that start ``relay`` on ``port``, talking to the echo STS."""
+def relay_command(relay: str, port: int, sts_port: int, rate: int, log: Path,
+                  avr_source: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """
+    The command line and environment that start ``relay`` on ``port``, talking to the echo STS.
+
+    :param avr_source: another checkout of avr to run instead of this one (e.g. an older commit, for before/after).
+    """
     env = base_env()
+    if relay == "avr" and avr_source is not None:
+        env["PYTHONPATH"] = os.pathsep.join((str(avr_source), str(avr_source / "src")))
     env["PORT"] = str(port)
     env["STS_URL"] = f"ws://127.0.0.1:{sts_port}"
     if relay == "avr":
@@ -102,43 +110,46 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGINT) -> None:
             process.wait()
 
 
-def cpu_split(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+def cpu_split(isolation: str) -> tuple[Any, Any]:
     """
-    The CPUs for the relay under test and for the harness (echo STS and load generator): the relay gets a core of
-    its own, so that the harness waking up at the same moments cannot delay its frames; ``None`` when not pinning.
+    How to keep the harness (echo STS and load generator) from delaying the relay under test, as ``preexec_fn``
+    callables for (relay, harness):
+
+    - ``pin``: the relay gets the last CPU to itself, the harness the others;
+    - ``nice``: no pinning, but the harness runs at nice 10, so the relay is scheduled first whenever it is ready
+      and the harness still has every idle cycle of every CPU;
+    - ``none``: all at the same priority, anywhere.
     """
     cpus = sorted(os.sched_getaffinity(0))
-    if not pin or len(cpus) < 2:
-        return None, None
-    return {cpus[-1]}, set(cpus[:-1])
-
-
-def _pinned(cpus: set[int] | None) -> Any:
-    return None if cpus is None else partial(os.sched_setaffinity, 0, cpus)
+    if isolation == "pin" and len(cpus) > 1:
+        return partial(os.sched_setaffinity, 0, {cpus[-1]}), partial(os.sched_setaffinity, 0, set(cpus[:-1]))
+    if isolation == "nice":
+        return None, partial(os.nice, 10)
+    return None, None
 
 
 def run_one(relay: str, calls: int, rate: int, phases: int, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     """One measurement: fresh echo STS and relay processes, one load generator run."""
-    relay_cpus, harness_cpus = cpu_split(args.pin)
+    relay_setup, harness_setup = cpu_split(args.isolation)
     sts_port, port = free_port(), free_port()
     tag = f"{relay}-{rate}-{calls}-p{phases}"
     with open(logs / f"echo-{tag}.log", "wb") as echo_log, open(logs / f"{tag}.out", "wb") as relay_log:
         echo = subprocess.Popen([sys.executable, "-m", "benchmarks.echo_sts", "--port", str(sts_port)],
                                 cwd=ROOT, env=base_env(), stdout=echo_log, stderr=subprocess.STDOUT,
-                                preexec_fn=_pinned(harness_cpus))
+                                preexec_fn=harness_setup)
         server = None
         try:
             wait_for_port(sts_port, echo, "the echo STS")
-            command, env = relay_command(relay, port, sts_port, rate, logs / f"{tag}.log")
+            command, env = relay_command(relay, port, sts_port, rate, logs / f"{tag}.log", args.avr_source)
             server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=relay_log, stderr=subprocess.STDOUT,
-                                      preexec_fn=_pinned(relay_cpus))
+                                      preexec_fn=relay_setup)
             wait_for_port(port, server, relay)
             load = subprocess.run(
                 [sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--calls", str(calls),
                  "--rate", str(rate), "--phases", str(phases), "--warmup", str(args.warmup), "--duration", str(args.duration),
                  "--watch", f"relay={server.pid}", "--watch", f"echo={echo.pid}"],
                 cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=args.warmup + args.duration + 120,
-                preexec_fn=_pinned(harness_cpus))
+                preexec_fn=harness_setup)
             if load.returncode != 0:
                 raise RuntimeError(f"load generator failed for {tag}:\n{load.stderr[-3000:]}")
             result = json.loads(load.stdout)
@@ -255,8 +266,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="the callers' frames are due in this many groups, 20 ms / PHASES apart")
     parser.add_argument("--in-step", default="200",
                         help="comma-separated N also run with every caller in step (phases 1), at the first rate")
-    parser.add_argument("--no-pin", dest="pin", action="store_false",
-                        help="do not give the relay a CPU of its own (by default: the last CPU; the harness the rest)")
+    parser.add_argument("--avr-source", type=Path,
+                        help="run the avr of another checkout (its src/ and twisted/plugins/), e.g. to compare commits")
+    parser.add_argument("--isolation", choices=("pin", "nice", "none"), default="pin",
+                        help="keep the harness from delaying the relay: relay pinned to a CPU of its own (default), "
+                             "harness at nice 10, or neither")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results", help="directory for JSON and logs")
@@ -271,10 +285,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = datetime.now(timezone.utc)
     logs = args.output / started.strftime("%Y%m%dT%H%M%SZ")
     logs.mkdir(parents=True, exist_ok=True)
-    relay_cpus, harness_cpus = cpu_split(args.pin)
     report: dict[str, Any] = {"started": started.isoformat(timespec="seconds"), "machine": machine(),
+                              "avr_source": str(args.avr_source) if args.avr_source else None,
                               "warmup_s": args.warmup, "window_s": args.duration,
-                              "cpus": {"relay": sorted(relay_cpus or ()), "harness": sorted(harness_cpus or ())},
+                              "isolation": args.isolation,
                               "runs": []}
     plan = [(int(rate), int(calls), args.phases) for rate in args.rates.split(",") for calls in args.calls.split(",")]
     plan += [(int(args.rates.split(",")[0]), int(calls), 1) for calls in args.in_step.split(",") if calls]
