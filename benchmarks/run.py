@@ -244,9 +244,14 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` without the per-call details (those stay in the run's own ``report.json``)."""
+    return {**report, "runs": [{k: v for k, v in run.items() if k != "per_call"} for run in report["runs"]]}
+
+
 def publish(report: dict[str, Any]) -> None:
     """Write `RESULTS_JSON` and replace the tables between the markers of `BENCHMARKS_MD`."""
-    RESULTS_JSON.write_text(json.dumps(report, indent=1) + "\n")
+    RESULTS_JSON.write_text(json.dumps(summary(report), indent=1) + "\n")
     text = BENCHMARKS_MD.read_text()
     start, end = RESULTS_MARKERS
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)

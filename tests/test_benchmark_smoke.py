@@ -72,3 +72,11 @@ def test_benchmarks_md_has_the_results_section() -> None:
     text = (Path(bench.ROOT) / "BENCHMARKS.md").read_text()
     start, end = bench.RESULTS_MARKERS
     assert text.index(start) < text.index(end)
+
+
+def test_the_published_summary_leaves_out_per_call_details(report: dict) -> None:
+    """benchmarks/results.json keeps every run's figures but not the per-call lists (those stay in bench-results/)."""
+    brief = bench.summary(report)
+    assert len(brief["runs"]) == len(report["runs"])
+    assert all("per_call" not in run and "frames_sent" in run for run in brief["runs"])
+    assert all("per_call" in run for run in report["runs"])
