@@ -87,7 +87,16 @@ class World:
         self.settle()
         assert self.stream.state == "connected" and self.control.status()["ari"] == "connected"
 
+    def hang_up(self, *call_ids: str) -> None:
+        """End calls through the model (``DELETE /channels/{id}``), as a client ending them would."""
+        for call_id in call_ids:
+            self.run(self.control.hangup(call_id))
+        self.settle()
+
     def close(self) -> None:
+        """Check that every call was cleaned up (no channel or bridge left in the fake), then stop everything."""
+        self.settle()
+        self.fake.assert_no_leftovers()
         self.stream.stop()
         self.settle()
         self.clock.advance(5)
@@ -148,6 +157,7 @@ def test_bridge_two_calls_then_destroy() -> None:
     w.settle()
     assert w.sink.types().count("bridge.destroyed") == 1
     assert [w.run(w.control.get_call(c))["state"] for c in (a, b)] == ["answered", "answered"]
+    w.hang_up(a, b)
     w.close()
 
 
@@ -163,6 +173,7 @@ def test_transfer_to_a_busy_endpoint_keeps_the_call() -> None:
     assert out and isinstance(out[0], Failure) and out[0].check(Conflict)
     assert w.run(w.control.get_call(cid))["state"] == "answered"
     assert set(w.fake.channels) == {cid} and w.fake.bridges == {}
+    w.hang_up(cid)
     w.close()
 
 
@@ -178,6 +189,10 @@ def test_transfer_success() -> None:
     result = out[0]
     assert {c.id for c in w.fake.bridges[result["bridgeId"]].channels} == {cid, result["newCallId"]}
     assert w.run(w.control.get_call(result["newCallId"]))["state"] == "bridged"
+    w.hang_up(cid)
+    assert w.fake.bridges == {}  # the transfer bridge goes with the first party that leaves
+    assert w.run(w.control.get_call(result["newCallId"]))["state"] == "answered"
+    w.hang_up(result["newCallId"])
     w.close()
 
 
@@ -209,6 +224,7 @@ def test_play_pcm_sets_up_external_media_and_cleans_up() -> None:
     w.settle()
     assert media not in w.fake.channels and w.fake.bridges == {}
     assert w.run(w.control.get_call(cid))["state"] == "answered"
+    w.hang_up(cid)
     w.close()
 
 
@@ -236,6 +252,7 @@ async def test_loopback_inbound_call() -> None:
         assert (await control.get_call(cid))["state"] == "answered"
         fake.remote_hangup(cid)
         await _until(reactor, lambda: any(e["type"] == "call.ended" for e in sink.events))
+        await fake.settle_leftovers()
     finally:
         await stream.stop()
         await control.stop()

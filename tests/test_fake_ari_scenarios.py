@@ -425,6 +425,46 @@ def test_snoop_and_bridge_with_external_media() -> None:
 # Stop / start and the model's helpers
 
 
+def test_leftovers_name_every_live_channel_and_bridge() -> None:
+    """
+    `leftovers` lists each live channel (where it is) and bridge (its members); `assert_no_leftovers` fails with
+    that list and passes once everything has been hung up and destroyed.
+    """
+    h = Harness()
+    h.connect()
+    h.fake.add_endpoint("1000", answer="manual")
+    inbound = h.call(h.fake.inbound_call, "100", "6000", answered=True, channel_id="in-1")
+    ringing = h.request("POST", "/channels", {"endpoint": "PJSIP/1000", "app": "avr", "channelId": "out-1"})[2]
+    h.request("POST", "/bridges/b1", {"name": "conf"})
+    h.request("POST", "/bridges/b1/addChannel", {"channel": inbound})
+    left = h.fake.leftovers()
+    assert left == [
+        f"channel in-1 {h.fake.channels['in-1'].name} (Up, in Stasis app avr, in bridge b1)",
+        f"channel out-1 {ringing['name']} (Ringing, dialling)",
+        "bridge b1 'conf' (mixing: in-1)",
+    ]
+    with pytest.raises(AssertionError, match="(?s)still holds:.*in-1.*out-1.*bridge b1"):
+        h.fake.assert_no_leftovers()
+    h.request("DELETE", "/channels/in-1")
+    h.request("DELETE", "/channels/out-1")
+    assert h.fake.leftovers() == ["bridge b1 'conf' (mixing: empty)"]
+    h.request("DELETE", "/bridges/b1")
+    h.fake.assert_no_leftovers()
+
+
+def test_local_channels_in_the_dialplan_are_leftovers_too() -> None:
+    """A Local pair whose ;2 half runs the dialplan (``Wait(60)``) is listed until it hangs up."""
+    h = Harness()
+    h.connect()
+    one = h.originate_local("6100")
+    h.advance(1.0)
+    left = h.fake.leftovers()
+    assert len(left) == 2 and left[0].startswith(f"channel {one['id']} ") and "in Stasis app avr" in left[0]
+    assert "(Up, in dialplan cap-ari,6100,2 (Wait))" in left[1]
+    h.request("DELETE", f"/channels/{one['id']}")
+    assert h.fake.leftovers() == []
+
+
 def test_stop_refuses_and_start_comes_back_empty() -> None:
     """``stop()``: sockets dropped without a close frame, REST connections aborted; ``start()``: fresh state."""
     h = Harness()

@@ -260,13 +260,17 @@ class ServiceRig:
 
 @pytest_twisted.async_yield_fixture
 async def rig() -> AsyncIterator[ServiceRig]:
-    """A `ServiceRig` on the running reactor, stopped afterwards; the test must leave no timer behind."""
+    """
+    A `ServiceRig` on the running reactor, stopped afterwards; the test must leave no channel or bridge in the fake
+    Asterisk and no timer behind.
+    """
     from twisted.internet import reactor
 
     before = set(reactor.getDelayedCalls())
     r = ServiceRig(reactor)
     try:
         yield r
+        await r.fake.settle_leftovers(WAIT)
     finally:
         await r.stop()
     # Connections close a few reactor turns after abort/stopListening: then no timer of ours may be left.
@@ -420,6 +424,9 @@ async def test_uploaded_wav_streams_paced_through_external_media(rig: ServiceRig
     assert status == 200 and body["call"]["state"] == "answered"
     assert types_of(client, call_id).count("playback.finished") == 1
     no_duplicates(client)
+    status, body = await rig.request("DELETE", f"/calls/{call_id}")
+    assert status == 200, body
+    await client.wait(of_call(call_id, "call.ended"))
 
 
 @pytest_twisted.ensureDeferred
@@ -519,3 +526,6 @@ async def test_call_created_during_a_resync_survives_it(rig: ServiceRig) -> None
     status, body = await rig.request("GET", f"/calls/{channel_id}")
     assert status == 200 and body["call"]["state"] == "answered", body  # ...so it must be alive in avr
     assert "call.ended" not in types_of(client, channel_id)
+    status, body = await rig.request("DELETE", f"/calls/{channel_id}")
+    assert status == 200, body
+    await client.wait(of_call(channel_id, "call.ended"))

@@ -132,6 +132,7 @@ async def rig() -> AsyncIterator[Rig]:
     try:
         await r.start()
         yield r
+        await r.fake.settle_leftovers(WAIT)
     finally:
         await r.stop()
     # Connections close a reactor turn after stopListening/abort: give them a few turns, then nothing may be left.

@@ -27,7 +27,7 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET, Site
@@ -537,6 +537,49 @@ class FakeAsterisk:
     def sent_dtmf(self) -> dict[str, list[str]]:
         """Digits sent with ``/dtmf`` to channels whose far end is outside the fake (PJSIP), by channel id."""
         return self.engine.sent_dtmf
+
+    def leftovers(self) -> list[str]:
+        """
+        One line per channel and bridge still alive in the fake (what a test that ended every call must not
+        leave): id, name, state and where it is (Stasis app, dialplan, bridge members).
+        """
+        lines = []
+        for ch in self.engine.channels.values():
+            if ch.stasis is not None:
+                where = f"in Stasis app {ch.stasis.app}"
+            elif ch.dialing:
+                where = "dialling"
+            else:
+                where = f"in dialplan {ch.context},{ch.exten},{ch.priority} ({ch.app_name or 'no app'})"
+            bridged = f", in bridge {ch.bridge.id}" if ch.bridge is not None else ""
+            lines.append(f"channel {ch.id} {ch.name} ({ch.state}, {where}{bridged})")
+        for bridge in self.engine.bridges.values():
+            members = ", ".join(c.id for c in bridge.channels) or "empty"
+            lines.append(f"bridge {bridge.id} {bridge.name!r} ({bridge.bridge_type}: {members})")
+        return lines
+
+    def assert_no_leftovers(self) -> None:
+        """
+        Fail (AssertionError) if a channel or bridge is still alive, naming each one (see `leftovers`).
+
+        :raises AssertionError: something is left.
+        """
+        left = self.leftovers()
+        if left:
+            raise AssertionError("the fake Asterisk still holds:\n  " + "\n  ".join(left))
+
+    async def settle_leftovers(self, timeout: float = 5.0) -> None:
+        """
+        Over loopback, where avr's clean-up requests are still in flight when a test's last event arrives: wait (on
+        the fake's clock, polling every 10 ms) until nothing is left, then `assert_no_leftovers`.
+
+        :param timeout: seconds to wait before failing.
+        """
+        waited = 0.0
+        while self.leftovers() and waited < timeout:
+            await task.deferLater(self.clock, 0.01, lambda: None)
+            waited += 0.01
+        self.assert_no_leftovers()
 
     def audiosocket(self, channel_id: str) -> FakeAudioSocketConnection:
         """The AudioSocket connection of an externalMedia channel."""
