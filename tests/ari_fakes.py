@@ -1,18 +1,14 @@
 """
 Fakes and builders for the call-control tests: a recording `IAriClient`, an `IEventSink`, an `IAudioInjector`, ARI
-event builders shaped like the real Asterisk 22 events, and access to the real captures in
-``shared/fixtures/asterisk/ari`` (``$AVR_FIXTURES`` overrides the location).
+event builders shaped like the real Asterisk 22 events, and access to the real ARI captures (`avr.testing.captures`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 from typing import Any, Callable
 
-import pytest
 from attrs import define, field
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
@@ -21,6 +17,7 @@ from zope.interface import implementer
 from avr.ari.errors import AriError
 from avr.control.model import CallControl
 from avr.interfaces import IAriClient, IAudioInjector, IEventSink
+from avr.testing.captures import captures_dir
 from tests.helpers import fired
 
 TIMESTAMP = "2026-11-21T11:59:50.255+0000"
@@ -290,13 +287,8 @@ def answered_inbound(h: Harness, channel_id: str = "1795262000.1", number: str =
 # -- real captures ----------------------------------------------------------------------------------------------------
 
 def ari_fixture(name: str) -> dict:
-    """One capture from ``fixtures/asterisk/ari``; the test is skipped when the captures are not available."""
-    base = Path(os.environ.get("AVR_FIXTURES") or Path(__file__).resolve().parents[1].parent / "shared" /
-                "fixtures" / "asterisk")
-    for candidate in (base / "ari" / f"{name}.json", base / f"{name}.json"):
-        if candidate.is_file():
-            return json.loads(candidate.read_text())
-    pytest.skip(f"ARI capture {name} not found under {base} (set AVR_FIXTURES)")
+    """One capture from the ARI captures (`avr.testing.captures`)."""
+    return json.loads((captures_dir("ari") / f"{name}.json").read_text())
 
 
 def fixture_events(name: str, *channel_ids: str, ws: str | None = None) -> list[dict]:

@@ -1,7 +1,7 @@
 """
 Test support for the fake Asterisk ARI (`avr.testing.ari`): a synchronous in-memory harness (StubTreq for REST,
-iosim-pumped autobahn clients for the events WebSocket, a ``task.Clock``), and helpers to read the real captures in
-``/work/shared/fixtures/asterisk/ari``.
+iosim-pumped autobahn clients for the events WebSocket, a ``task.Clock``), and helpers to read the real ARI captures
+(`avr.testing.captures`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,9 +22,10 @@ from twisted.test import iosim
 from treq.testing import StubTreq
 
 from avr.testing.ari import FakeAsterisk
+from avr.testing.captures import captures_dir
 from tests.helpers import fired
 
-FIXTURES = Path("/work/shared/fixtures/asterisk/ari")
+FIXTURES = captures_dir("ari")
 BASE = "http://127.0.0.1:8088"
 
 

@@ -1,6 +1,6 @@
 """
 An in-memory fake of Asterisk 22.10.1's ARI: REST (a twisted.web resource) and the events WebSocket (autobahn),
-behaving like the real captures in ``/work/shared/fixtures/asterisk/ari`` for every operation avr's call control
+behaving like the real captures in ``avr/testing/captures/asterisk/ari`` for every operation avr's call control
 uses, with scenario controls for tests (inbound calls, far-end hangups and answers, DTMF, restarts).
 
 Usage, in memory::

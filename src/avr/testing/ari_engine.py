@@ -5,7 +5,7 @@ Media (playbacks, recordings, DTMF) live in `avr.testing.ari_media`, bridges and
 `avr.testing.ari_bridges`, the dialplan interpreter in `avr.testing.ari_dialplan`; this class mixes them in.
 
 All timing comes from the injected clock. Every rule below reproduces what Asterisk 22.10.1 did in the captures of
-``/work/shared/fixtures/asterisk/ari`` (the "facts" of its README); where they are silent, the rule follows the
+``avr/testing/captures/asterisk/ari`` (the "facts" of its README); where they are silent, the rule follows the
 Asterisk source and says so.
 """
 

@@ -3,7 +3,7 @@ The objects of the fake Asterisk (channels, bridges, playbacks, recordings, Stas
 and the constant tables they use (Q.850 causes, sound lengths, formats).
 
 Everything here is plain data with the exact field names and key order of Asterisk 22.10.1 (see
-``/work/shared/fixtures/asterisk/README.md``); the behaviour lives in `avr.testing.ari_engine`.
+``avr/testing/captures/asterisk/README.md``); the behaviour lives in `avr.testing.ari_engine`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """
 A simulated Asterisk AudioSocket client, for integration tests and load benchmarks.
 
-`load_capture` reads a real Asterisk capture (``shared/fixtures/asterisk/audiosocket/<name>.bin`` + ``.json``).
+`load_capture` reads a real Asterisk capture (``<name>.bin`` + ``.json`` in `avr.testing.captures`' ``audiosocket``).
 `SimulatedAsterisk` connects like Asterisk does (UUID frame in one write, TCP_NODELAY), then sends either a capture's
 frames at their recorded times (`Replay`: gappy, like a Local channel) or one frame every 20 ms on an absolute
 schedule (`Continuous`: like a SIP caller). It reacts to what the server sends as Asterisk 22.10 does: 0x00 → FIN at
@@ -40,10 +40,8 @@ from avr.frames import (
     encode_uuid,
     kind_name,
 )
+from avr.testing.captures import FIXTURES_ENV, captures_dir
 from avr.writethrough import write_through
-
-#: Environment variable naming the fixtures directory (``…/fixtures/asterisk`` or its ``audiosocket`` folder).
-FIXTURES_ENV = "AVR_FIXTURES"
 
 #: Asterisk's audio frame period.
 FRAME_PERIOD = 0.020
@@ -57,23 +55,11 @@ _EPSILON = 1e-6
 
 def fixtures_dir(fixtures: str | os.PathLike[str] | None = None) -> Path:
     """
-    The directory holding the AudioSocket captures.
+    The directory holding the AudioSocket captures (see `avr.testing.captures.captures_dir`).
 
-    :param fixtures: a directory (the ``asterisk`` fixtures folder or its ``audiosocket`` subfolder); default
-        ``$AVR_FIXTURES``, else ``<repo>/../shared/fixtures/asterisk/audiosocket``.
     :raises FileNotFoundError: the directory does not exist.
     """
-    if fixtures is None:
-        fixtures = os.environ.get(FIXTURES_ENV)
-    if fixtures is None:
-        repo = Path(__file__).resolve().parents[3]
-        base = repo.parent / "shared" / "fixtures" / "asterisk"
-    else:
-        base = Path(fixtures)
-    for candidate in (base / "audiosocket", base):
-        if candidate.is_dir() and any(candidate.glob("*.bin")):
-            return candidate
-    raise FileNotFoundError(f"no AudioSocket captures under {base} (set {FIXTURES_ENV})")
+    return captures_dir("audiosocket", fixtures)
 
 
 @frozen
