@@ -17,8 +17,9 @@ from avr.ari.client import path_segment
 from avr.ari.errors import AriError
 from avr.control.calls import check_text
 from avr.control.core import ControlCore
+from avr.control.call_registry import require_stasis
 from avr.control.errors import Conflict, NotFound
-from avr.control.records import Bridge, Call
+from avr.control.records import Bridge, CallRecord
 
 
 class BridgeOps(ControlCore):
@@ -30,11 +31,11 @@ class BridgeOps(ControlCore):
         return (await self._create_bridge(name, "user")).to_dict()
 
     async def _create_bridge(self, name: str | None, kind: str) -> Bridge:
-        ari = self._require_ari()
+        ari = self.link.require()
         bridge = Bridge(self._new_id(), name, self.clock.seconds(), kind)
         await ari.request("POST", f"/bridges/{path_segment(bridge.id)}", {"type": "mixing", "name": name})
         self._bridges[bridge.id] = bridge
-        self._publish("bridge.created", bridge.to_dict(), bridge_id=bridge.id)
+        self.registry.publish("bridge.created", bridge.to_dict(), bridge_id=bridge.id)
         return bridge
 
     async def list_bridges(self) -> list[dict]:
@@ -58,7 +59,7 @@ class BridgeOps(ControlCore):
         """
         bridge = self._bridge(bridge_id)
         try:
-            await self._require_ari().request("DELETE", f"/bridges/{path_segment(bridge.id)}")
+            await self.link.require().request("DELETE", f"/bridges/{path_segment(bridge.id)}")
         except AriError as e:
             if e.status != 404:
                 raise
@@ -73,13 +74,13 @@ class BridgeOps(ControlCore):
             transferred.
         """
         bridge = self._bridge(bridge_id)
-        call = self._live(call_id)
+        call = self.registry.live(call_id)
         if call.id in bridge.calls:
             return bridge.to_dict()
-        self._require_stasis(call)
+        require_stasis(call)
         if call.transfer_pending:
             raise Conflict(f"Call {call_id} is being transferred")
-        await self._require_ari().request("POST", f"/bridges/{path_segment(bridge.id)}/addChannel",
+        await self.link.require().request("POST", f"/bridges/{path_segment(bridge.id)}/addChannel",
                                           {"channel": call.id})
         if bridge.id in self._bridges and not call.ended:
             self._member_entered(bridge, call)
@@ -88,17 +89,17 @@ class BridgeOps(ControlCore):
     async def remove_from_bridge(self, bridge_id: str, call_id: str) -> dict:
         """Take a call out of a bridge (it stays up). :return: the bridge. :raises NotFound, Conflict:"""
         bridge = self._bridge(bridge_id)
-        call = self._get(call_id)
+        call = self.registry.require(call_id)
         if call.id not in bridge.calls:
             raise Conflict(f"Call {call_id} is not in bridge {bridge_id}")
-        await self._require_ari().request("POST", f"/bridges/{path_segment(bridge.id)}/removeChannel",
+        await self.link.require().request("POST", f"/bridges/{path_segment(bridge.id)}/removeChannel",
                                           {"channel": call.id})
         self._member_left(bridge, call.id)
         return bridge.to_dict()
 
     # -- membership ---------------------------------------------------------------------------------------------
 
-    def _member_entered(self, bridge: Bridge, call: Call) -> None:
+    def _member_entered(self, bridge: Bridge, call: CallRecord) -> None:
         call.ari_bridge_id = bridge.id
         if call.id in bridge.calls:
             return
@@ -108,25 +109,25 @@ class BridgeOps(ControlCore):
         bridge.calls.append(call.id)
         call.bridge_id = bridge.id
         call.ari_bridge_id = bridge.id
-        self._publish("bridge.channel_entered", {"callId": call.id}, bridge_id=bridge.id)
-        self._refresh(call)
+        self.registry.publish("bridge.channel_entered", {"callId": call.id}, bridge_id=bridge.id)
+        self.registry.refresh(call)
 
     def _member_left(self, bridge: Bridge, call_id: str) -> None:
         if call_id not in bridge.calls:
             return
         bridge.calls.remove(call_id)
-        call = self._calls.get(call_id)
+        call = self.registry.find(call_id)
         if call is not None:
             if call.bridge_id == bridge.id:
                 call.bridge_id = None
             if call.ari_bridge_id == bridge.id:
                 call.ari_bridge_id = None
-        self._publish("bridge.channel_left", {"callId": call_id}, bridge_id=bridge.id)
+        self.registry.publish("bridge.channel_left", {"callId": call_id}, bridge_id=bridge.id)
         if call is not None:
-            self._refresh(call)
+            self.registry.refresh(call)
         if bridge.kind == "transfer" and len(bridge.calls) < 2 and bridge.id in self._bridges:
             # A transfer bridge exists for its two parties: once one has gone, the other stays up on its own.
-            self._destroy_bridge_quietly(bridge.id)
+            self.link.destroy_bridge_quietly(bridge.id)
             self._bridge_gone(bridge)
 
     def _bridge_gone(self, bridge: Bridge) -> None:
@@ -135,10 +136,10 @@ class BridgeOps(ControlCore):
         del self._bridges[bridge.id]
         for call_id in list(bridge.calls):
             self._member_left(bridge, call_id)
-        self._publish("bridge.destroyed", {"id": bridge.id, "name": bridge.name, "kind": bridge.kind},
+        self.registry.publish("bridge.destroyed", {"id": bridge.id, "name": bridge.name, "kind": bridge.kind},
                       bridge_id=bridge.id)
 
-    def _call_gone(self, call: Call) -> None:
+    def _call_gone(self, call: CallRecord) -> None:
         super()._call_gone(call)
         bridge = self._bridges.get(call.bridge_id) if call.bridge_id is not None else None
         if bridge is not None:
@@ -146,10 +147,10 @@ class BridgeOps(ControlCore):
 
     # -- events -------------------------------------------------------------------------------------------------
 
-    def _bridge_event(self, event: dict) -> tuple[str | None, Call | None]:
+    def _bridge_event(self, event: dict) -> tuple[str | None, CallRecord | None]:
         bridge_id = (event.get("bridge") or {}).get("id")
         channel_id = (event.get("channel") or {}).get("id")
-        call = self._calls.get(channel_id) if isinstance(channel_id, str) else None
+        call = self.registry.find(channel_id) if isinstance(channel_id, str) else None
         return (bridge_id if isinstance(bridge_id, str) else None), call
 
     def _on_channel_entered_bridge(self, event: dict) -> None:
@@ -178,16 +179,16 @@ class BridgeOps(ControlCore):
         bridge = self._bridges.get(bridge_id) if bridge_id is not None else None
         if bridge is not None:
             self._bridge_gone(bridge)
-        for call in self._calls.values():
+        for call in self.registry:
             if call.ari_bridge_id == bridge_id:
                 call.ari_bridge_id = None
 
-    def _adopt_bridge(self, ari_bridge: dict[str, Any], members: list[Call]) -> None:
+    def _adopt_bridge(self, ari_bridge: dict[str, Any], members: list[CallRecord]) -> None:
         """Track a bridge found at resync that holds some of our calls (made before avr restarted)."""
         bridge = Bridge(str(ari_bridge["id"]), ari_bridge.get("name") or None, self.clock.seconds(), "user")
         self._bridges[bridge.id] = bridge
         data = bridge.to_dict()
         data["resynced"] = True
-        self._publish("bridge.created", data, bridge_id=bridge.id)
+        self.registry.publish("bridge.created", data, bridge_id=bridge.id)
         for call in members:
             self._member_entered(bridge, call)

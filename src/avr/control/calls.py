@@ -17,13 +17,14 @@ from typing import Any
 from avr.ari.client import path_segment
 from avr.ari.errors import AriError, AriUnavailable
 from avr.control.core import ControlCore
+from avr.control.call_registry import require_stasis
 from avr.control.errors import Conflict, Invalid
 from avr.control.records import (
     DIAL_STATUS_CAUSES,
     HANGUP_REASONS,
     INBOUND,
     OUTBOUND,
-    Call,
+    CallRecord,
     cause_text,
 )
 
@@ -85,7 +86,7 @@ class CallOps(ControlCore):
 
     async def list_calls(self) -> list[dict]:
         """The active (not ended) calls."""
-        return [c.to_dict() for c in self._calls.values() if not c.ended and not c.pending]
+        return [c.to_dict() for c in self.registry.active()]
 
     async def get_call(self, call_id: str) -> dict:
         """
@@ -93,11 +94,11 @@ class CallOps(ControlCore):
 
         :raises NotFound: unknown call.
         """
-        return self._get(call_id).to_dict()
+        return self.registry.require(call_id).to_dict()
 
     async def list_endpoints(self) -> list[dict]:
         """Asterisk's endpoints: ``[{"technology", "resource", "state", "channelIds"}]``."""
-        endpoints = await self._require_ari().request("GET", "/endpoints")
+        endpoints = await self.link.require().request("GET", "/endpoints")
         return [
             {"technology": e.get("technology"), "resource": e.get("resource"), "state": e.get("state"),
              "channelIds": list(e.get("channel_ids") or [])}
@@ -144,50 +145,41 @@ class CallOps(ControlCore):
             check_text("context", context, 80)
             check_text("extension", extension, 80)
             dialplan = (context, extension, 1 if priority is None else check_int("priority", priority, 1, 100000))
-        self._require_connected()
+        self.link.require_connected()
         call = await self._originate(endpoint, caller_id, timeout, variables, dialplan)
         return call.to_dict()
 
     async def _originate(self, endpoint: str, caller_id: str | None, timeout: int, variables: dict | None,
-                         dialplan: tuple[str, str, int] | None = None, transferred_from: str | None = None) -> Call:
-        ari = self._require_ari()
+                         dialplan: tuple[str, str, int] | None = None, transferred_from: str | None = None) -> CallRecord:
+        ari = self.link.require()
         name, number = parse_caller_id(caller_id)
-        call = Call(self._new_id(), OUTBOUND, self.clock.seconds(), endpoint=endpoint, caller_number=number,
+        call = CallRecord(self._new_id(), OUTBOUND, self.clock.seconds(), endpoint=endpoint, caller_number=number,
                     caller_name=name, callee_number=endpoint, subscribed=True, pending=True, dialplan=dialplan,
                     transferred_from=transferred_from)
         call.state = call.derived_state()
-        self._calls[call.id] = call
-        self._publish("call.created", call.to_dict(), call)  # held back (pending) until Asterisk accepts
+        self.registry.add(call)
+        self.registry.publish("call.created", call.to_dict(), call)  # held back (pending) until Asterisk accepts
         params = {"endpoint": endpoint, "app": self.app, "channelId": call.id, "timeout": timeout,
                   "callerId": caller_id}
         try:
             channel = await ari.request("POST", "/channels", params, {"variables": variables} if variables else None)
         except AriUnavailable:
             # The channel may exist (e.g. a timeout after Asterisk acted): make sure it does not ring on.
-            self._discard(call)
+            self.registry.discard(call)
             self._abandon(call.id)
             raise
         except BaseException:
-            self._discard(call)
+            self.registry.discard(call)
             raise
         if isinstance(channel, dict):
             call.channel_name = str(channel.get("name") or "")
         self.log.info("Originated call {id} to {endpoint}", id=call.id, endpoint=endpoint)
-        call.pending = False
-        queued, call.queued = call.queued, []
-        for event in queued:
-            self._send(event)
+        self.registry.accepted(call)
         return call
 
-    def _discard(self, call: Call) -> None:
-        call.queued = []
-        self._cancel_timer(call.retention)
-        if self._calls.get(call.id) is call:
-            del self._calls[call.id]
-
     def _abandon(self, channel_id: str) -> None:
-        self._hang_up_quietly(channel_id)
-        self._abandoned[channel_id] = self._later(MAX_DIAL_TIMEOUT + 60, self._abandoned.pop, channel_id, None)
+        self.link.hang_up_quietly(channel_id)
+        self._abandoned[channel_id] = self.tasks.later(MAX_DIAL_TIMEOUT + 60, self._abandoned.pop, channel_id, None)
 
     async def answer(self, call_id: str) -> dict:
         """
@@ -195,20 +187,15 @@ class CallOps(ControlCore):
 
         :return: the call. :raises NotFound, Conflict: unknown, ended, outbound or not in Stasis.
         """
-        call = self._live(call_id)
+        call = self.registry.live(call_id)
         if call.answered_at is not None:
             return call.to_dict()
         if call.direction == OUTBOUND:
             raise Conflict(f"Call {call_id} is outbound: the far end answers it")
-        self._require_stasis(call)
-        await self._require_ari().request("POST", f"/channels/{path_segment(call.id)}/answer")
-        self._answered(call)
+        require_stasis(call)
+        await self.link.require().request("POST", f"/channels/{path_segment(call.id)}/answer")
+        self.registry.answered(call)
         return call.to_dict()
-
-    def _answered(self, call: Call) -> None:
-        if not call.ended and call.answered_at is None:
-            call.answered_at = self.clock.seconds()
-            self._refresh(call)
 
     async def hangup(self, call_id: str, reason: str = "normal") -> dict:
         """
@@ -221,8 +208,8 @@ class CallOps(ControlCore):
         """
         if reason not in HANGUP_REASONS:
             raise Invalid(f"reason must be one of {', '.join(HANGUP_REASONS)}")
-        call = self._live(call_id)
-        ari = self._require_ari()
+        call = self.registry.live(call_id)
+        ari = self.link.require()
         call.requested_reason = reason
         try:
             await ari.request("DELETE", f"/channels/{path_segment(call.id)}", {"reason": reason})
@@ -230,12 +217,12 @@ class CallOps(ControlCore):
             if e.status != 404:
                 raise
             # Already gone: its ChannelDestroyed is on the way, or was lost while the socket was down.
-            self._later(HANGUP_GRACE, self._end_if_alive, call, "the channel was already gone")
+            self.tasks.later(HANGUP_GRACE, self._end_if_alive, call, "the channel was already gone")
         return call.to_dict()
 
-    def _end_if_alive(self, call: Call, note: str) -> None:
+    def _end_if_alive(self, call: CallRecord, note: str) -> None:
         if not call.ended:
-            self._end_call(call, None, "Unknown", note=note)
+            self.registry.end_call(call, None, "Unknown", note=note)
 
     async def send_dtmf(self, call_id: str, dtmf: str, between: int | None = None,
                         duration: int | None = None) -> dict:
@@ -251,46 +238,46 @@ class CallOps(ControlCore):
             check_int("between", between, 0, 10000)
         if duration is not None:
             check_int("duration", duration, 1, 10000)
-        call = self._live(call_id)
-        self._require_stasis(call)
-        await self._require_ari().request("POST", f"/channels/{path_segment(call.id)}/dtmf",
+        call = self.registry.live(call_id)
+        require_stasis(call)
+        await self.link.require().request("POST", f"/channels/{path_segment(call.id)}/dtmf",
                                           {"dtmf": dtmf, "between": between, "duration": duration})
         return {"callId": call.id, "dtmf": dtmf}
 
     # -- inbound ------------------------------------------------------------------------------------------------
 
-    def _inbound(self, channel: dict, args: list[str], resynced: bool = False) -> Call:
+    def _inbound(self, channel: dict, args: list[str], resynced: bool = False) -> CallRecord:
         caller = channel.get("caller") or {}
-        call = Call(str(channel["id"]), INBOUND, self.clock.seconds(), caller_number=str(caller.get("number") or ""),
+        call = CallRecord(str(channel["id"]), INBOUND, self.clock.seconds(), caller_number=str(caller.get("number") or ""),
                     caller_name=str(caller.get("name") or ""),
                     callee_number=str((channel.get("dialplan") or {}).get("exten") or ""),
                     channel_name=str(channel.get("name") or ""), args=args, in_stasis=True)
         if channel.get("state") == "Up":
             call.answered_at = call.created_at
         call.state = call.derived_state()
-        self._calls[call.id] = call
+        self.registry.add(call)
         created = call.to_dict()
         if resynced:
             created["resynced"] = True
         self.log.info("Inbound call {id} from {caller!r} to {callee!r}", id=call.id, caller=call.caller_number,
                       callee=call.callee_number)
-        self._publish("call.created", created, call)
+        self.registry.publish("call.created", created, call)
         if call.answered_at is None:
             if self.inbound_policy == "answer":
-                self._spawn(self._auto_answer(call), f"answering call {call.id}")
+                self.tasks.spawn(self._auto_answer(call), f"answering call {call.id}")
             elif self.inbound_policy == "ring":
-                self._spawn(self._quietly("POST", f"/channels/{path_segment(call.id)}/ring"),
+                self.tasks.spawn(self.link.quietly("POST", f"/channels/{path_segment(call.id)}/ring"),
                             f"ringing call {call.id}")
         return call
 
-    async def _auto_answer(self, call: Call) -> None:
+    async def _auto_answer(self, call: CallRecord) -> None:
         try:
-            await self._require_ari().request("POST", f"/channels/{path_segment(call.id)}/answer")
+            await self.link.require().request("POST", f"/channels/{path_segment(call.id)}/answer")
         except (AriError, AriUnavailable) as e:
             if not call.ended:
                 self.log.warn("Cannot answer inbound call {id}: {error}", id=call.id, error=e)
             return
-        self._answered(call)
+        self.registry.answered(call)
 
     # -- channel events -------------------------------------------------------------------------------------------
 
@@ -303,48 +290,47 @@ class CallOps(ControlCore):
         if self._is_internal(channel_id):
             self._internal_entered(channel_id)
             return
-        call = self._calls.get(channel_id)
+        call = self.registry.find(channel_id)
         if call is None:
             if channel_id in self._abandoned:
-                self._hang_up_quietly(channel_id)
+                self.link.hang_up_quietly(channel_id)
                 return
             self._inbound(channel, args)
             return
         if call.ended:
             if call.direction == INBOUND:
                 # The channel came back into the app (the dialplan sent it again): a new inbound call.
-                self._cancel_timer(call.retention)
-                del self._calls[channel_id]
+                self.registry.forget(call)
                 self._inbound(channel, args)
             return
         call.in_stasis = True
         if channel.get("state") == "Up" and call.answered_at is None:
             call.answered_at = self.clock.seconds()
-        self._refresh(call)
+        self.registry.refresh(call)
         if call.dialplan is not None and not call.handed_off:
             call.handed_off = True
-            self._spawn(self._hand_off(call), f"handing call {call.id} to the dialplan")
+            self.tasks.spawn(self._hand_off(call), f"handing call {call.id} to the dialplan")
             return
         hooks, call.on_stasis = call.on_stasis, []
         for hook in hooks:
             hook()
 
-    async def _hand_off(self, call: Call) -> None:
+    async def _hand_off(self, call: CallRecord) -> None:
         assert call.dialplan is not None
         context, extension, priority = call.dialplan
         try:
-            await self._require_ari().request("POST", f"/channels/{path_segment(call.id)}/continue",
+            await self.link.require().request("POST", f"/channels/{path_segment(call.id)}/continue",
                                               {"context": context, "extension": extension, "priority": priority})
         except (AriError, AriUnavailable) as e:
             if not call.ended:
                 self.log.warn("Cannot send call {id} to {extension}@{context}: {error}; hanging it up", id=call.id,
                               extension=extension, context=context, error=e)
-                self._hang_up_quietly(call.id)
+                self.link.hang_up_quietly(call.id)
 
     def _internal_entered(self, channel_id: str) -> None:
         if channel_id not in self._internal:
             self.log.info("Hanging up leftover media channel {id}", id=channel_id)
-            self._hang_up_quietly(channel_id)
+            self.link.hang_up_quietly(channel_id)
             return
         self._internal[channel_id] = True
         for waiter in self._stasis_waiters.pop(channel_id, []):
@@ -353,7 +339,7 @@ class CallOps(ControlCore):
 
     def _on_stasis_end(self, event: dict) -> None:
         channel_id = (event.get("channel") or {}).get("id")
-        call = self._calls.get(channel_id) if isinstance(channel_id, str) else None
+        call = self.registry.find(channel_id) if isinstance(channel_id, str) else None
         if call is None or call.ended:
             return
         call.in_stasis = False
@@ -363,9 +349,9 @@ class CallOps(ControlCore):
         if code is None and call.requested_reason is not None:
             code = HANGUP_REASONS[call.requested_reason]
         if code is None:
-            self._end_call(call, None, "Unknown", note="left the Stasis application")
+            self.registry.end_call(call, None, "Unknown", note="left the Stasis application")
         else:
-            self._end_call(call, code, cause_text(code))
+            self.registry.end_call(call, code, cause_text(code))
 
     def _on_channel_destroyed(self, event: dict) -> None:
         channel_id = (event.get("channel") or {}).get("id")
@@ -377,7 +363,7 @@ class CallOps(ControlCore):
                 if not waiter.called:
                     waiter.errback(Conflict(f"media channel {channel_id} was hung up"))
             return
-        call = self._calls.get(channel_id)
+        call = self.registry.find(channel_id)
         if call is None:
             return
         code = event.get("cause")
@@ -387,11 +373,11 @@ class CallOps(ControlCore):
         if code in (0, None) and call.dial_status in DIAL_STATUS_CAUSES:
             code = DIAL_STATUS_CAUSES[call.dial_status]
             text = cause_text(code)
-        self._end_call(call, code, text or cause_text(code))
+        self.registry.end_call(call, code, text or cause_text(code))
 
     def _on_channel_state_change(self, event: dict) -> None:
         channel = event.get("channel") or {}
-        call = self._calls.get(channel.get("id"))
+        call = self.registry.find(channel.get("id"))
         if call is None or call.ended:
             return
         state = channel.get("state")
@@ -399,10 +385,10 @@ class CallOps(ControlCore):
             call.answered_at = self.clock.seconds()
         elif state == "Ringing" and call.direction == OUTBOUND:
             call.remote_ringing = True
-        self._refresh(call)
+        self.registry.refresh(call)
 
     def _on_channel_hangup_request(self, event: dict) -> None:
-        call = self._calls.get((event.get("channel") or {}).get("id"))
+        call = self.registry.find((event.get("channel") or {}).get("id"))
         if call is None or call.ended:
             return
         cause = event.get("cause")
@@ -410,25 +396,25 @@ class CallOps(ControlCore):
             call.hangup_request_cause = cause
 
     def _on_dial(self, event: dict) -> None:
-        call = self._calls.get((event.get("peer") or {}).get("id"))
+        call = self.registry.find((event.get("peer") or {}).get("id"))
         status = event.get("dialstatus")
         if call is None or call.ended or not status:
             return
         call.dial_status = status
         if status in ("RINGING", "PROGRESS") and call.direction == OUTBOUND:
             call.remote_ringing = True
-            self._refresh(call)
+            self.registry.refresh(call)
 
     def _on_channel_dtmf_received(self, event: dict) -> None:
-        call = self._calls.get((event.get("channel") or {}).get("id"))
+        call = self.registry.find((event.get("channel") or {}).get("id"))
         digit = event.get("digit")
         if call is None or call.ended or not isinstance(digit, str):
             return
-        self._publish("call.dtmf", {"digit": digit, "durationMs": event.get("duration_ms")}, call)
+        self.registry.publish("call.dtmf", {"digit": digit, "durationMs": event.get("duration_ms")}, call)
 
     def _on_channel_caller_id(self, event: dict) -> None:
         channel = event.get("channel") or {}
-        call = self._calls.get(channel.get("id"))
+        call = self.registry.find(channel.get("id"))
         if call is not None and not call.ended:
             caller = channel.get("caller") or {}
             call.caller_number = str(caller.get("number") or call.caller_number)

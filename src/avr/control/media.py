@@ -15,13 +15,14 @@ from twisted.python.failure import Failure
 from avr.ari.client import path_segment
 from avr.ari.errors import AriError
 from avr.control.core import ControlCore
+from avr.control.call_registry import require_stasis
 from avr.control.errors import Conflict, Invalid, NotFound, Timeout, Unavailable
 from avr.control.records import (
     MEDIA_CHANNEL_PREFIX,
     MEDIA_SCHEMES,
     SLIN_FORMATS,
     TEMP_BRIDGE_PREFIX,
-    Call,
+    CallRecord,
     Playback,
 )
 
@@ -56,9 +57,9 @@ class MediaOps(ControlCore):
         :raises Invalid: bad media. :raises NotFound, Conflict: unknown, ended or not-in-Stasis call.
         """
         items = check_media(media)
-        call = self._live(call_id)
-        self._require_stasis(call)
-        ari = self._require_ari()
+        call = self.registry.live(call_id)
+        require_stasis(call)
+        ari = self.link.require()
         playback = Playback(self._new_id(), call.id, "media", self.clock.seconds(), media=items)
         self._playbacks[playback.id] = playback
         try:
@@ -80,7 +81,7 @@ class MediaOps(ControlCore):
 
         :return: the playback. :raises NotFound: unknown call, or no such running playback on it.
         """
-        self._get(call_id)
+        self.registry.require(call_id)
         playback = self._playbacks.get(playback_id)
         if playback is None or playback.call_id != call_id:
             raise NotFound(f"Playback {playback_id} not found (or already finished)")
@@ -90,7 +91,7 @@ class MediaOps(ControlCore):
                 playback.played.cancel()
             return playback.to_dict()
         try:
-            await self._require_ari().request("DELETE", f"/playbacks/{path_segment(playback.id)}")
+            await self.link.require().request("DELETE", f"/playbacks/{path_segment(playback.id)}")
         except AriError as e:
             if e.status != 404:
                 raise
@@ -101,11 +102,11 @@ class MediaOps(ControlCore):
         if playback.started_published:
             return
         playback.started_published = True
-        call = self._calls.get(playback.call_id)
+        call = self.registry.find(playback.call_id)
         data = playback.to_dict()
         data.pop("callId")
         data["state"] = "playing"
-        self._publish("playback.started", data, call)
+        self.registry.publish("playback.started", data, call)
 
     def _playback_finished(self, playback: Playback, status: str, error: str | None = None) -> None:
         if playback.finished:
@@ -117,7 +118,7 @@ class MediaOps(ControlCore):
         data: dict[str, Any] = {"playbackId": playback.id, "kind": playback.kind, "status": status}
         if error:
             data["error"] = error
-        self._publish("playback.finished", data, self._calls.get(playback.call_id))
+        self.registry.publish("playback.finished", data, self.registry.find(playback.call_id))
 
     def _ari_playback(self, event: dict) -> Playback | None:
         playback = self._playbacks.get((event.get("playback") or {}).get("id"))
@@ -138,7 +139,7 @@ class MediaOps(ControlCore):
         else:
             self._playback_finished(playback, "stopped" if playback.stop_requested else "done")
 
-    def _call_gone(self, call: Call) -> None:
+    def _call_gone(self, call: CallRecord) -> None:
         super()._call_gone(call)
         self._pcm_locks.pop(call.id, None)
         for playback in [p for p in self._playbacks.values() if p.call_id == call.id]:
@@ -172,9 +173,9 @@ class MediaOps(ControlCore):
             raise Invalid("pcm must be non-empty 16-bit samples (an even number of bytes)")
         if self.injector is None or not self.audiosocket_address:
             raise Unavailable("Uploaded audio playback is not available (no AudioSocket server address)")
-        call = self._live(call_id)
-        self._require_connected()
-        self._require_stasis(call)
+        call = self.registry.live(call_id)
+        self.link.require_connected()
+        require_stasis(call)
         if call.answered_at is None:
             raise Conflict(f"Call {call_id} is not answered")
         lock = self._pcm_locks.setdefault(call.id, DeferredLock())
@@ -184,7 +185,7 @@ class MediaOps(ControlCore):
         finally:
             lock.release()
 
-    async def _play_pcm(self, call: Call, pcm: bytes, rate: int) -> dict:
+    async def _play_pcm(self, call: CallRecord, pcm: bytes, rate: int) -> dict:
         assert self.injector is not None
         if call.ended:
             raise Conflict(f"Call {call.id} has ended")
@@ -211,8 +212,8 @@ class MediaOps(ControlCore):
         self._playback_started(playback)
         return playback.to_dict()
 
-    async def _pcm_setup(self, call: Call, playback: Playback, in_stasis: Deferred) -> None:
-        ari = self._require_ari()
+    async def _pcm_setup(self, call: CallRecord, playback: Playback, in_stasis: Deferred) -> None:
+        ari = self.link.require()
         assert playback.media_channel is not None and playback.rate is not None
         await ari.request("POST", "/channels/externalMedia", {
             "app": self.app, "external_host": self.audiosocket_address, "encapsulation": "audiosocket",
@@ -240,7 +241,7 @@ class MediaOps(ControlCore):
                 call.ari_bridge_id = bridge_id
         self._pcm_check(call, playback)
 
-    def _pcm_check(self, call: Call, playback: Playback) -> None:
+    def _pcm_check(self, call: CallRecord, playback: Playback) -> None:
         if call.ended:
             raise Conflict(f"Call {call.id} ended before the uploaded audio started")
         if playback.played is not None and playback.played.called:
@@ -269,7 +270,7 @@ class MediaOps(ControlCore):
         if playback.media_channel is not None:
             channel, playback.media_channel = playback.media_channel, None
             self._internal.pop(channel, None)
-            self._hang_up_quietly(channel)
+            self.link.hang_up_quietly(channel)
         if playback.bridge_id is not None:
             bridge_id, playback.bridge_id = playback.bridge_id, None
             users = self._temp_bridges.get(bridge_id)
@@ -277,7 +278,7 @@ class MediaOps(ControlCore):
                 users.discard(playback.id)
                 if not users:
                     del self._temp_bridges[bridge_id]
-                    self._destroy_bridge_quietly(bridge_id)
+                    self.link.destroy_bridge_quietly(bridge_id)
         if playback.state != "playing":
             self._playbacks.pop(playback.id, None)
 
@@ -296,7 +297,7 @@ class MediaOps(ControlCore):
             return result
 
         d.addBoth(forget)
-        return self._wait(d, self.setup_timeout)
+        return self.tasks.wait(d, self.setup_timeout)
 
     def _temp_bridge_left(self, bridge_id: str, call_id: str) -> None:
         """The call left a temporary playback bridge (moved elsewhere): its audio there can no longer be heard."""

@@ -75,15 +75,14 @@ class CallControl(TransferOps, ResyncOps, MediaOps, RecordingOps):
 
     def ari_connected(self) -> None:
         """The events socket is up: mark ARI connected and resynchronise from REST."""
-        self._ari_state = "connected"
-        self._ari_reason = None
+        self.link.up()
         self._start_resync()
 
     def ari_event(self, event: dict) -> None:
         """Apply one ARI event to the model (unknown types and channels are ignored)."""
         self.note_resync_event(event)
         handler = self._handlers.get(event.get("type", ""))
-        if handler is None or self._stopped:
+        if handler is None or self.tasks.stopped:
             return
         try:
             handler(event)
@@ -92,7 +91,6 @@ class CallControl(TransferOps, ResyncOps, MediaOps, RecordingOps):
 
     def ari_disconnected(self, reason: str) -> None:
         """The events socket dropped: mark ARI disconnected (calls are kept; the next connect resynchronises)."""
-        self._ari_state = "disconnected"
-        self._ari_reason = reason
-        self._cancel_timer(self._resync_retry)
+        self.link.down(reason)
+        self.tasks.cancel(self._resync_retry)
         self._resync_retry = None

@@ -14,8 +14,9 @@ from typing import Any
 from avr.ari.client import path_segment
 from avr.ari.errors import AriError
 from avr.control.core import ControlCore
+from avr.control.call_registry import require_stasis
 from avr.control.errors import Conflict, Invalid, NotFound
-from avr.control.records import Call, Recording
+from avr.control.records import CallRecord, Recording
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
 _FORMAT = re.compile(r"^[a-z0-9]{1,16}$")
@@ -66,9 +67,9 @@ class RecordingOps(ControlCore):
             raise Invalid("beep must be true or false")
         if if_exists not in IF_EXISTS:
             raise Invalid(f"if_exists must be one of {', '.join(IF_EXISTS)}")
-        call = self._live(call_id)
-        self._require_stasis(call)
-        ari = self._require_ari()
+        call = self.registry.live(call_id)
+        require_stasis(call)
+        ari = self.link.require()
         if name is None:
             name = f"call-{_UNSAFE.sub('-', call.id)}-{int(self.clock.seconds() * 1000)}"
         if name in self._recordings:
@@ -107,21 +108,21 @@ class RecordingOps(ControlCore):
     async def _end_live_recording(self, name: str, method: str, suffix: str, status: str) -> dict:
         check_name(name)
         try:
-            await self._require_ari().request(method, f"/recordings/live/{path_segment(name)}{suffix}")
+            await self.link.require().request(method, f"/recordings/live/{path_segment(name)}{suffix}")
         except AriError as e:
             raise _not_found(e, name) from None
         return {"name": name, "status": status}
 
     async def list_recordings(self) -> list[dict]:
         """The stored recordings: ``[{"name", "format"}]``."""
-        stored = await self._require_ari().request("GET", "/recordings/stored")
+        stored = await self.link.require().request("GET", "/recordings/stored")
         return [{"name": r.get("name"), "format": r.get("format")} for r in stored or [] if isinstance(r, dict)]
 
     async def get_recording(self, name: str) -> dict:
         """One stored recording: ``{"name", "format"}``. :raises NotFound:"""
         check_name(name)
         try:
-            stored = await self._require_ari().request("GET", f"/recordings/stored/{path_segment(name)}")
+            stored = await self.link.require().request("GET", f"/recordings/stored/{path_segment(name)}")
         except AriError as e:
             raise _not_found(e, name) from None
         return {"name": stored.get("name", name), "format": stored.get("format")}
@@ -135,7 +136,7 @@ class RecordingOps(ControlCore):
         """
         check_name(name)
         try:
-            return await self._require_ari().stream(f"/recordings/stored/{path_segment(name)}/file")
+            return await self.link.require().stream(f"/recordings/stored/{path_segment(name)}/file")
         except AriError as e:
             raise _not_found(e, name) from None
 
@@ -144,7 +145,7 @@ class RecordingOps(ControlCore):
         check_name(name)
         check_name(destination, "destination")
         try:
-            copy = await self._require_ari().request("POST", f"/recordings/stored/{path_segment(name)}/copy",
+            copy = await self.link.require().request("POST", f"/recordings/stored/{path_segment(name)}/copy",
                                                      {"destinationRecordingName": destination})
         except AriError as e:
             raise _not_found(e, name) from None
@@ -154,7 +155,7 @@ class RecordingOps(ControlCore):
         """Delete a stored recording. :raises NotFound:"""
         check_name(name)
         try:
-            await self._require_ari().request("DELETE", f"/recordings/stored/{path_segment(name)}")
+            await self.link.require().request("DELETE", f"/recordings/stored/{path_segment(name)}")
         except AriError as e:
             raise _not_found(e, name) from None
         return {"name": name, "status": "deleted"}
@@ -165,8 +166,8 @@ class RecordingOps(ControlCore):
         if recording.started_published:
             return
         recording.started_published = True
-        self._publish("recording.started", {"name": recording.name, "format": recording.format},
-                      self._calls.get(recording.call_id))
+        self.registry.publish("recording.started", {"name": recording.name, "format": recording.format},
+                      self.registry.find(recording.call_id))
 
     def _recording_finished(self, recording: Recording, state: str, duration: Any = None,
                             cause: Any = None) -> None:
@@ -180,7 +181,7 @@ class RecordingOps(ControlCore):
                                 "duration": duration}
         if cause:
             data["cause"] = cause
-        self._publish("recording.finished", data, self._calls.get(recording.call_id))
+        self.registry.publish("recording.finished", data, self.registry.find(recording.call_id))
 
     def _ari_recording(self, event: dict) -> tuple[Recording | None, dict]:
         live = event.get("recording") or {}
@@ -203,7 +204,7 @@ class RecordingOps(ControlCore):
         if recording is not None:
             self._recording_finished(recording, "failed", live.get("duration"), live.get("cause"))
 
-    def _call_gone(self, call: Call) -> None:
+    def _call_gone(self, call: CallRecord) -> None:
         super()._call_gone(call)
         for recording in [r for r in self._recordings.values() if r.call_id == call.id]:
             self._recording_finished(recording, "unknown")

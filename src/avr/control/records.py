@@ -70,7 +70,7 @@ def cause_text(code: int | None) -> str:
 
 
 @define(eq=False)
-class Call:
+class CallRecord:
     """One call: an ARI channel in (or originated into) the Stasis app. Its API id is its ARI channel id."""
 
     id: str

@@ -38,15 +38,15 @@ class ResyncOps(CallOps, BridgeOps):
         self._seen_during_resync: set[str] | None = None
 
     def _start_resync(self) -> None:
-        if self._stopped or self.ari is None:
+        if self.tasks.stopped or self.link.client is None:
             return
-        self._cancel_timer(self._resync_retry)
+        self.tasks.cancel(self._resync_retry)
         self._resync_retry = None
         if self._resyncing:
             self._resync_again = True
             return
         self._resyncing = True
-        self._spawn(self._resync_loop(), "resynchronising with Asterisk")
+        self.tasks.spawn(self._resync_loop(), "resynchronising with Asterisk")
 
     async def _resync_loop(self) -> None:
         try:
@@ -57,8 +57,8 @@ class ResyncOps(CallOps, BridgeOps):
                 except (AriError, AriUnavailable) as e:
                     self.log.warn("Cannot resynchronise with Asterisk ({error}); retrying in {delay:g} s", error=e,
                                   delay=RESYNC_RETRY)
-                    if self._ari_state == "connected" and not self._stopped:
-                        self._resync_retry = self._later(RESYNC_RETRY, self._start_resync)
+                    if self.link.connected and not self.tasks.stopped:
+                        self._resync_retry = self.tasks.later(RESYNC_RETRY, self._start_resync)
                     return
                 if not self._resync_again:
                     return
@@ -66,18 +66,18 @@ class ResyncOps(CallOps, BridgeOps):
             self._resyncing = False
 
     async def _resync(self) -> None:
-        ari = self._require_ari()
+        ari = self.link.require()
         # The answers describe Asterisk as it was when it sent them: a call or bridge created, or mentioned by an
         # event, after that point is newer than the answer and must not be judged by it.
-        known = set(self._calls) | set(self._bridges)
+        known = {c.id for c in self.registry} | set(self._bridges)
         self._seen_during_resync = set()
         try:
             channels = [c for c in await ari.request("GET", "/channels") or [] if isinstance(c, dict) and "id" in c]
             bridges = [b for b in await ari.request("GET", "/bridges") or [] if isinstance(b, dict) and "id" in b]
-            newer = (set(self._calls) | set(self._bridges)) - known | self._seen_during_resync
+            newer = ({c.id for c in self.registry} | set(self._bridges)) - known | self._seen_during_resync
         finally:
             self._seen_during_resync = None
-        if self._stopped:
+        if self.tasks.stopped:
             return
         by_id = {str(c["id"]): c for c in channels}
         self._resync_calls(by_id, newer)
@@ -96,34 +96,34 @@ class ResyncOps(CallOps, BridgeOps):
                 self._seen_during_resync.add(str(item["id"]))
 
     def _resync_calls(self, by_id: dict[str, dict], newer: set[str]) -> None:
-        for call in list(self._calls.values()):
+        for call in self.registry:
             if call.ended or call.pending or call.id in newer:
                 continue
             channel = by_id.get(call.id)
             if channel is None:
-                self._end_call(call, None, "Unknown", note="the channel was gone when ARI reconnected")
+                self.registry.end_call(call, None, "Unknown", note="the channel was gone when ARI reconnected")
                 continue
             in_app = channel_in_app(channel, self.app)
             if call.in_stasis and not in_app and not call.subscribed:
-                self._end_call(call, None, "Unknown", note="left the Stasis application")
+                self.registry.end_call(call, None, "Unknown", note="left the Stasis application")
                 continue
             call.in_stasis = in_app
             if channel.get("state") == "Up" and call.answered_at is None:
                 call.answered_at = self.clock.seconds()
-            self._refresh(call)
+            self.registry.refresh(call)
         for channel_id, channel in by_id.items():
-            if channel_id in self._calls or not channel_in_app(channel, self.app):
+            if channel_id in self.registry or not channel_in_app(channel, self.app):
                 continue
             if channel_id.startswith(MEDIA_CHANNEL_PREFIX) or channel_id in self._abandoned:
                 if channel_id not in self._internal:
-                    self._hang_up_quietly(channel_id)
+                    self.link.hang_up_quietly(channel_id)
                 continue
             args = str((channel.get("dialplan") or {}).get("app_data") or "").split(",")[1:]
             self._inbound(channel, args, resynced=True)
 
     def _resync_bridges(self, bridges: list[dict], newer: set[str]) -> None:
         by_id = {str(b["id"]): b for b in bridges}
-        live = {c.id: c for c in self._calls.values() if not c.ended and not c.pending}
+        live = {c.id: c for c in self.registry.active()}
         where: dict[str, str] = {}
         for ari_bridge in bridges:
             for channel_id in ari_bridge.get("channels") or []:
@@ -149,14 +149,14 @@ class ResyncOps(CallOps, BridgeOps):
                 continue
             if bridge_id.startswith(TEMP_BRIDGE_PREFIX):
                 if bridge_id not in self._temp_bridges:
-                    self._destroy_bridge_quietly(bridge_id)
+                    self.link.destroy_bridge_quietly(bridge_id)
                 continue
             members = [live[str(c)] for c in ari_bridge.get("channels") or [] if str(c) in live]
             if members and ari_bridge.get("bridge_class") == "stasis":
                 self._adopt_bridge(ari_bridge, members)
 
     async def _resync_media(self) -> None:
-        ari = self._require_ari()
+        ari = self.link.require()
         for playback in [p for p in self._playbacks.values() if p.kind == "media" and p.state == "playing"]:
             try:
                 await ari.request("GET", f"/playbacks/{path_segment(playback.id)}")

@@ -14,8 +14,9 @@ from avr.ari.client import path_segment
 from avr.ari.errors import AriError, AriUnavailable
 from avr.control.bridges import BridgeOps
 from avr.control.calls import MAX_DIAL_TIMEOUT, CallOps, check_endpoint, check_int, check_text
+from avr.control.call_registry import require_stasis
 from avr.control.errors import Conflict, ControlError, Timeout
-from avr.control.records import Bridge, Call, cause_text
+from avr.control.records import Bridge, CallRecord, cause_text
 
 #: Seconds granted beyond the dial timeout for Asterisk to report the outcome.
 TRANSFER_GRACE = 5.0
@@ -51,9 +52,9 @@ class TransferOps(CallOps, BridgeOps):
         check_endpoint(endpoint)
         check_text("callerId", caller_id)
         check_int("timeout", timeout, 1, MAX_DIAL_TIMEOUT)
-        call = self._live(call_id)
-        self._require_connected()
-        self._require_stasis(call)
+        call = self.registry.live(call_id)
+        self.link.require_connected()
+        require_stasis(call)
         if call.answered_at is None:
             raise Conflict(f"Call {call_id} must be answered before it can be transferred")
         if call.bridge_id is not None:
@@ -66,10 +67,10 @@ class TransferOps(CallOps, BridgeOps):
         finally:
             call.transfer_pending = False
 
-    async def _transfer(self, call: Call, endpoint: str, caller_id: str | None, timeout: int) -> dict:
-        ari = self._require_ari()
+    async def _transfer(self, call: CallRecord, endpoint: str, caller_id: str | None, timeout: int) -> dict:
+        ari = self.link.require()
         channel = f"/channels/{path_segment(call.id)}"
-        target: Call | None = None
+        target: CallRecord | None = None
         bridge: Bridge | None = None
         await ari.request("POST", f"{channel}/ring")
         try:
@@ -89,17 +90,17 @@ class TransferOps(CallOps, BridgeOps):
             self._member_entered(bridge, party)
         self.log.info("Transferred call {id} to {endpoint} (new call {new}, bridge {bridge})", id=call.id,
                       endpoint=endpoint, new=target.id, bridge=bridge.id)
-        self._publish("call.transferred", {"endpoint": endpoint, "targetCallId": target.id, "bridgeId": bridge.id},
+        self.registry.publish("call.transferred", {"endpoint": endpoint, "targetCallId": target.id, "bridgeId": bridge.id},
                       call)
         return {"callId": call.id, "newCallId": target.id, "bridgeId": bridge.id, "bridge": bridge.to_dict()}
 
-    def _check_parties(self, call: Call, target: Call) -> None:
+    def _check_parties(self, call: CallRecord, target: CallRecord) -> None:
         if call.ended:
             raise Conflict(f"Call {call.id} ended during the transfer")
         if target.ended:
             raise self._target_failure(target, target.endpoint or "")
 
-    def _target_in_stasis(self, call: Call, target: Call, endpoint: str, limit: float) -> Deferred:
+    def _target_in_stasis(self, call: CallRecord, target: CallRecord, endpoint: str, limit: float) -> Deferred:
         """Fires once ``target`` is in Stasis; fails when it ends, when ``call`` ends, or after ``limit`` s."""
         outcome: Deferred = Deferred()
 
@@ -129,10 +130,10 @@ class TransferOps(CallOps, BridgeOps):
             target.on_stasis.append(entered)
             target.on_end.append(target_ended)
             call.on_end.append(caller_ended)
-            timer = self._later(limit, timed_out)
+            timer = self.tasks.later(limit, timed_out)
 
             def untrack(result: Any) -> Any:
-                self._cancel_timer(timer)
+                self.tasks.cancel(timer)
                 for hooks, hook in ((target.on_stasis, entered), (target.on_end, target_ended),
                                     (call.on_end, caller_ended)):
                     if hook in hooks:
@@ -140,9 +141,9 @@ class TransferOps(CallOps, BridgeOps):
                 return result
 
             outcome.addBoth(untrack)
-        return self._wait(outcome)
+        return self.tasks.wait(outcome)
 
-    def _target_failure(self, target: Call, endpoint: str) -> ControlError:
+    def _target_failure(self, target: CallRecord, endpoint: str) -> ControlError:
         cause = target.cause
         text = target.cause_text or cause_text(cause)
         extra = {"cause": cause, "causeText": text, "newCallId": target.id}
@@ -152,15 +153,15 @@ class TransferOps(CallOps, BridgeOps):
             return Conflict(f"Transfer target {endpoint} is busy", **extra)
         return Conflict(f"Transfer target {endpoint} could not be reached ({text})", **extra)
 
-    def _transfer_failed(self, call: Call, target: Call | None, bridge: Bridge | None, endpoint: str,
+    def _transfer_failed(self, call: CallRecord, target: CallRecord | None, bridge: Bridge | None, endpoint: str,
                          error: BaseException) -> None:
         if not call.ended:
-            self._spawn(self._quietly("DELETE", f"/channels/{path_segment(call.id)}/ring"),
+            self.tasks.spawn(self.link.quietly("DELETE", f"/channels/{path_segment(call.id)}/ring"),
                         f"stopping the ringing on call {call.id}")
         if target is not None and not target.ended:
-            self._hang_up_quietly(target.id)
+            self.link.hang_up_quietly(target.id)
         if bridge is not None and bridge.id in self._bridges:
-            self._destroy_bridge_quietly(bridge.id)
+            self.link.destroy_bridge_quietly(bridge.id)
             self._bridge_gone(bridge)
         if isinstance(error, (ControlError, AriError, AriUnavailable)):
             reason = str(error.message)
@@ -173,4 +174,4 @@ class TransferOps(CallOps, BridgeOps):
             data["causeText"] = target.cause_text
         self.log.info("Transfer of call {id} to {endpoint} failed: {reason}", id=call.id, endpoint=endpoint,
                       reason=reason)
-        self._publish("call.transfer_failed", data, call)
+        self.registry.publish("call.transfer_failed", data, call)

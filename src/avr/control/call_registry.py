@@ -1,0 +1,194 @@
+"""
+`CallRegistry`: the calls of the call-control model (`CallRecord`), the state machine's single way forward
+(`CallRegistry.refresh`) and single exit (`CallRegistry.end_call`), and the publishing of events.
+
+Components that hold something for a call (a bridge membership, a playback, a recording, a media leg) release it
+in a callback given to `CallRegistry.on_call_ended`; they run after ``call.ended`` is published, in the order they
+subscribed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+from attrs import define, field
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from avr.control.errors import Conflict, NotFound
+from avr.control.records import ANSWERED, BRIDGED, ENDED, OUTBOUND, CallRecord, iso
+from avr.control.tasks import TaskGroup
+from avr.interfaces import IEventSink
+
+#: Seconds an ended call stays readable through `CallRegistry.require`.
+DEFAULT_RETENTION = 300.0
+
+
+def require_stasis(call: CallRecord) -> None:
+    """:raises Conflict: ``call``'s channel is not in the Stasis application (so ARI cannot act on it)."""
+    if call.in_stasis:
+        return
+    if call.direction == OUTBOUND and call.answered_at is None:
+        raise Conflict(f"Call {call.id} has not been answered yet")
+    if call.handed_off:
+        raise Conflict(f"Call {call.id} was handed to the dialplan")
+    raise Conflict(f"Call {call.id} is not in the Stasis application")
+
+
+@define(eq=False)
+class CallRegistry:
+    """
+    :param clock: timestamps and the ended-call retention.
+    :param sink: receives every event (the /events hub and the events webhook).
+    :param tasks: runs the retention timers.
+    :param retention: seconds an ended call stays readable.
+    """
+
+    clock: IReactorTime
+    sink: IEventSink
+    tasks: TaskGroup
+    retention: float = DEFAULT_RETENTION
+    _calls: dict[str, CallRecord] = field(factory=dict, init=False)
+    _ended_callbacks: list[Callable[[CallRecord], None]] = field(factory=list, init=False)
+    log = Logger()
+
+    # -- lookups ------------------------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[CallRecord]:
+        """Every record, pending and ended ones included."""
+        return iter(list(self._calls.values()))
+
+    def __contains__(self, call_id: object) -> bool:
+        return call_id in self._calls
+
+    def find(self, call_id: Any) -> CallRecord | None:
+        """The record of ``call_id`` (pending or ended too), if any."""
+        return self._calls.get(call_id) if isinstance(call_id, str) else None
+
+    def require(self, call_id: str) -> CallRecord:
+        """A known call, live or ended within the retention. :raises NotFound:"""
+        call = self._calls.get(call_id)
+        if call is None or call.pending:
+            raise NotFound(f"Call {call_id} not found")
+        return call
+
+    def live(self, call_id: str) -> CallRecord:
+        """A call that has not ended. :raises NotFound: :raises Conflict: it has ended."""
+        call = self.require(call_id)
+        if call.ended:
+            raise Conflict(f"Call {call_id} has ended")
+        return call
+
+    def active(self) -> list[CallRecord]:
+        """The calls that are up (not ended, not waiting for Asterisk to accept their originate)."""
+        return [c for c in self._calls.values() if not c.ended and not c.pending]
+
+    # -- membership ---------------------------------------------------------------------------------------------
+
+    def add(self, call: CallRecord) -> None:
+        """Track ``call`` (its id must be new, or belong to a record `forget` removed)."""
+        self._calls[call.id] = call
+
+    def accepted(self, call: CallRecord) -> None:
+        """Asterisk accepted the originate of the pending ``call``: send the events held back meanwhile."""
+        call.pending = False
+        queued, call.queued = call.queued, []
+        for event in queued:
+            self._send(event)
+
+    def discard(self, call: CallRecord) -> None:
+        """Drop a call that never came to be (its originate failed), with the events held back for it."""
+        call.queued = []
+        self.forget(call)
+
+    def forget(self, call: CallRecord) -> None:
+        """Stop tracking ``call`` (an ended one whose retention is over, or that is replaced)."""
+        self.tasks.cancel(call.retention)
+        call.retention = None
+        if self._calls.get(call.id) is call:
+            del self._calls[call.id]
+
+    def on_call_ended(self, callback: Callable[[CallRecord], None]) -> None:
+        """Call ``callback(call)`` whenever a call ends, right after its ``call.ended`` is published."""
+        self._ended_callbacks.append(callback)
+
+    def stop(self) -> None:
+        """Shutting down: ended calls stay readable (their retention timers are gone with the task group's)."""
+        for call in self._calls.values():
+            call.retention = None
+
+    # -- the state machine --------------------------------------------------------------------------------------
+
+    def refresh(self, call: CallRecord) -> None:
+        """Move ``call`` to the state its facts imply, publishing ``call.state_changed`` on a real change."""
+        new = call.derived_state()
+        if new == call.state or new == ENDED or call.ended:
+            return
+        previous, call.state = call.state, new
+        data: dict[str, Any] = {"previousState": previous, "state": new}
+        if new == ANSWERED and previous != BRIDGED:
+            data["answeredAt"] = iso(call.answered_at)
+        if new == BRIDGED:
+            data["bridgeId"] = call.bridge_id
+        self.publish("call.state_changed", data, call)
+
+    def answered(self, call: CallRecord) -> None:
+        """``call`` was answered now (unless it already was, or has ended)."""
+        if not call.ended and call.answered_at is None:
+            call.answered_at = self.clock.seconds()
+            self.refresh(call)
+
+    def end_call(self, call: CallRecord, cause: int | None, text: str | None, **extra: Any) -> None:
+        """The only way a call ends: ``call.ended`` is published here, exactly once."""
+        if call.ended:
+            return
+        previous = call.state
+        call.ended_at = self.clock.seconds()
+        call.state = ENDED
+        call.cause = cause
+        call.cause_text = text
+        call.in_stasis = False
+        data: dict[str, Any] = {"previousState": previous, "cause": cause, "causeText": text,
+                                "endedAt": iso(call.ended_at)}
+        if call.dial_status:
+            data["dialStatus"] = call.dial_status
+        if call.requested_reason:
+            data["hangupReason"] = call.requested_reason
+        data.update(extra)
+        self.log.info("Call {id} ended: cause {cause} ({text})", id=call.id, cause=cause, text=text)
+        self.publish("call.ended", data, call)
+        for callback in self._ended_callbacks:
+            try:
+                callback(call)
+            except Exception:
+                self.log.failure("Call control: releasing what call {id} held failed", id=call.id)
+        hooks, call.on_end = call.on_end, []
+        call.on_stasis = []
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                self.log.failure("Call control: an end hook of call {id} failed", id=call.id)
+        call.retention = self.tasks.later(self.retention, self.forget, call)
+
+    # -- events -------------------------------------------------------------------------------------------------
+
+    def publish(self, type_: str, data: dict, call: CallRecord | None = None, bridge_id: str | None = None) -> None:
+        """Publish one event; those of a pending call are held back until Asterisk accepts it (`accepted`)."""
+        event: dict[str, Any] = {"type": type_}
+        if call is not None:
+            event["callId"] = call.id
+        if bridge_id is not None:
+            event["bridgeId"] = bridge_id
+        event["timestamp"] = iso(self.clock.seconds())
+        event["data"] = data
+        if call is not None and call.pending:
+            call.queued.append(event)
+            return
+        self._send(event)
+
+    def _send(self, event: dict) -> None:
+        try:
+            self.sink.publish(event)
+        except Exception:
+            self.log.failure("Cannot publish a {type} event", type=event.get("type"))
