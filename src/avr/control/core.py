@@ -60,7 +60,6 @@ class ControlCore:
     ) -> None:
         if inbound_policy not in INBOUND_POLICIES:
             raise ValueError(f"inbound_policy must be one of {', '.join(INBOUND_POLICIES)}, got {inbound_policy!r}")
-        self.ari = ari
         self.clock = clock
         self.app = app
         self.inbound_policy = inbound_policy
