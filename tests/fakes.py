@@ -5,9 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from avr.interfaces import IAudioSocketLeg, IStsConnector, IStsHandler, IStsSession, IWebhooks
+from avr.interfaces import (
+    IAdmission,
+    IAudioSocketLeg,
+    ICallObserver,
+    ICallSink,
+    IStsConnector,
+    IStsHandler,
+    IStsSession,
+    IWebhooks,
+)
 
 
 @implementer(IAudioSocketLeg)
@@ -112,3 +122,44 @@ class FakeWebhooks:
 
     def types(self, uuid: str) -> list[str]:
         return [t for u, t, _ in self.events if u == uuid]
+
+
+@implementer(ICallObserver)
+class RecordingObserver:
+    """Records the typed call events as ``(event, uuid, *arguments)`` tuples, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def call_started(self, call: Any) -> None:
+        self.events.append(("call_started", call.uuid))
+
+    def dtmf(self, call: Any, digit: str) -> None:
+        self.events.append(("dtmf", call.uuid, digit))
+
+    def transcript(self, call: Any, role: str, text: str) -> None:
+        self.events.append(("transcript", call.uuid, role, text))
+
+    def interruption(self, call: Any) -> None:
+        self.events.append(("interruption", call.uuid))
+
+    def call_ended(self, call: Any, reason: str) -> None:
+        self.events.append(("call_ended", call.uuid, reason))
+
+
+@implementer(IAdmission)
+class FakeAdmission:
+    """An expected connection that records what happens to it; `admit` returns ``sink``."""
+
+    def __init__(self, kind: str = "test", sink: Any = None) -> None:
+        self.kind = kind
+        self.sink = sink
+        self.admitted: list[IAudioSocketLeg] = []
+        self.reasons: list[Failure] = []
+
+    def admit(self, leg: IAudioSocketLeg) -> ICallSink:
+        self.admitted.append(leg)
+        return self.sink
+
+    def expired(self, reason: Failure) -> None:
+        self.reasons.append(reason)

@@ -1,4 +1,4 @@
-"""Tests for avr.calls: one AudioSocket call bridged to one STS session, paced playback, webhooks, admission."""
+"""Tests for avr.calls: one AudioSocket call bridged to one STS session, paced playback, call events, admission."""
 
 from __future__ import annotations
 
@@ -8,12 +8,24 @@ import pytest
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
+from avr.admissions import Admissions
 from avr.audiosocket import CallRefused
 from avr.calls import CallManager
-from avr.interfaces import IAudioInjector, IAudioSocketLeg, ICallRouter, ICallSink, IStsConnector, IStsSession, IWebhooks
+from avr.control.injection import PcmInjector
+from avr.interfaces import (
+    IAudioInjector,
+    IAudioSocketLeg,
+    ICallObserver,
+    ICallRouter,
+    ICallSink,
+    IStsConnector,
+    IStsSession,
+    IWebhooks,
+)
+from avr.observers import CallObservers, WebhookObserver
 from avr.playout import FrameTicker
 from avr.registrations import Registrations
-from fakes import FakeLeg, FakeStsConnector, FakeWebhooks
+from fakes import FakeLeg, FakeStsConnector, FakeWebhooks, RecordingObserver
 from tests.helpers import tone
 
 U1 = "935652e3-7c59-4edc-b17f-9646a9c2a265"
@@ -21,23 +33,26 @@ U2 = "0f6b2d9e-1111-4c1c-9d3e-5a2f7b9c0d11"
 
 
 class World:
-    """A CallManager wired to fakes on one Clock."""
+    """A CallManager wired to fakes on one Clock: its events go to the webhook adapter and a recording observer."""
 
     def __init__(self, **kwargs: object) -> None:
         self.clock = Clock()
         self.sts = FakeStsConnector()
         self.webhooks = FakeWebhooks()
-        self.registrations = Registrations(self.clock, 60)
+        self.observer = RecordingObserver()
+        self.admissions = Admissions(self.clock)
         self.ticker = FrameTicker(self.clock)
         options = {"sts_url": "ws://sts.example:6030", "sts_rate": 8000, **kwargs}
         self.manager = CallManager(
             clock=self.clock,
             connector=self.sts,
-            webhooks=self.webhooks,
+            observer=CallObservers(WebhookObserver(self.webhooks), self.observer),
             ticker=self.ticker,
-            registrations=self.registrations,
+            admissions=self.admissions,
             **options,  # type: ignore[arg-type]
         )
+        self.registrations = Registrations(self.admissions, 60, self.manager.start_call)
+        self.injector = PcmInjector(self.admissions, self.ticker)
 
     def connect(self, uuid: str = U1) -> tuple[FakeLeg, ICallSink]:
         leg = FakeLeg(uuid, self.clock)
@@ -52,9 +67,12 @@ def test_interfaces() -> None:
     """The manager, the fakes and the call provide the interfaces they claim."""
     world = World()
     verifyObject(ICallRouter, world.manager)
-    verifyObject(IAudioInjector, world.manager)
+    verifyObject(IAudioInjector, world.injector)
     verifyObject(IStsConnector, world.sts)
     verifyObject(IWebhooks, world.webhooks)
+    verifyObject(ICallObserver, world.observer)
+    verifyObject(ICallObserver, world.manager.observer)
+    verifyObject(ICallObserver, WebhookObserver(world.webhooks))
     leg, call = world.connect()
     verifyObject(IAudioSocketLeg, leg)
     verifyObject(ICallSink, call)
@@ -73,9 +91,12 @@ def test_registered_call_uses_its_url_once() -> None:
     """A registration from POST /call selects the STS URL and is consumed by the connection."""
     world = World()
     world.registrations.register(U1, {"from": "2000"}, "ws://other:7000/?from=2000", True)
-    world.connect()
+    world.clock.advance(5)
+    _, call = world.connect()
     assert world.sts.url_for(U1) == "ws://other:7000/?from=2000"
-    assert world.registrations.take(U1) is None
+    assert U1 not in world.registrations and len(world.admissions) == 0
+    assert call.payload == {"from": "2000"} and call.started_at == 5
+    assert not world.clock.getDelayedCalls()
 
 
 def test_admission_control_and_duplicates() -> None:
@@ -215,6 +236,50 @@ def test_transcripts_become_webhooks() -> None:
     assert world.webhooks.events[-1] == (U1, "transcription", {"role": "user", "text": "hi"})
 
 
+def test_typed_events_of_a_call_and_their_webhooks() -> None:
+    """A call's events reach the observer typed, in order, and the webhook adapter sends avr-core's envelopes."""
+    world = World()
+    leg, call = world.connect()
+    session = world.sts.open(U1)
+    call.caller_audio(0x12, bytes(640))
+    call.caller_dtmf("#")
+    call.sts_transcript("user", "hello")
+    call.sts_interruption()
+    call.sts_transcript("agent", "hi")
+    call.caller_gone("hang-up frame")
+    call.sts_transcript("agent", "too late")  # after the end: nothing
+    assert world.observer.events == [
+        ("call_started", U1), ("dtmf", U1, "#"), ("transcript", U1, "user", "hello"), ("interruption", U1),
+        ("transcript", U1, "agent", "hi"), ("call_ended", U1, "Asterisk: hang-up frame"),
+    ]
+    assert world.webhooks.events == [
+        (U1, "call_started", {}), (U1, "dtmf_digit", {"digit": "#"}),
+        (U1, "transcription", {"role": "user", "text": "hello"}), (U1, "interruption", {}),
+        (U1, "transcription", {"role": "agent", "text": "hi"}), (U1, "call_ended", {}),
+    ]
+    assert (call.rate, call.codec, call.end_reason) == (16000, "SLIN", "Asterisk: hang-up frame")
+    assert session.closed and session.dtmf == ["#"]
+
+
+def test_a_failing_observer_does_not_break_the_call(log_events: list) -> None:
+    """An observer that raises is logged; the other observers and the call's audio go on."""
+
+    class Broken(RecordingObserver):
+        def dtmf(self, call: object, digit: str) -> None:
+            raise RuntimeError("observer bug")
+
+    world = World()
+    world.manager.observer = CallObservers(Broken(), world.observer)
+    _, call = world.connect()
+    session = world.sts.open(U1)
+    call.caller_dtmf("1")
+    call.caller_audio(0x10, bytes(320))
+    assert world.observer.events[-1] == ("dtmf", U1, "1")
+    assert session.dtmf == ["1"] and session.audio == [bytes(320)]
+    failures = [e for e in log_events if "log_failure" in e]
+    assert len(failures) == 1 and failures[0]["log_failure"].check(RuntimeError)
+
+
 def test_sts_refused_ends_only_that_call() -> None:
     """An unreachable STS ends its call (hang-up frame, call_ended once); another call is untouched."""
     world = World()
@@ -286,9 +351,9 @@ def test_stop_ends_every_call() -> None:
 
 
 def test_injected_playback_is_paced_then_hung_up() -> None:
-    """Announced PCM is played paced to the connection with that UUID, which is then hung up."""
-    world = World()
-    done = world.manager.expect(U2, tone(16000, 200), 16000)
+    """Announced PCM is played paced to the connection with that UUID (even under admission control), then hung up."""
+    world = World(require_registration=True)
+    done = world.injector.expect(U2, tone(16000, 200), 16000)
     results: list[object] = []
     done.addBoth(results.append)
     leg, sink = world.connect(U2)
@@ -297,17 +362,17 @@ def test_injected_playback_is_paced_then_hung_up() -> None:
     assert [k for k, _ in leg.sent] == [0x12] * 10
     assert leg.hung_up == 1
     assert results == [None]
-    assert world.webhooks.events == []  # not an AVR Core call
+    assert world.webhooks.events == [] and world.observer.events == []  # not an agent call
 
 
 def test_injected_playback_times_out_and_can_be_cancelled() -> None:
     """No connection in time fails the playback; cancelling one stops it and hangs up."""
     world = World()
     failures: list[object] = []
-    world.manager.expect(U1, bytes(640), 16000).addErrback(failures.append)
+    world.injector.expect(U1, bytes(640), 16000).addErrback(failures.append)
     world.clock.advance(10.0)
     assert failures and failures[0].check(TimeoutError)  # type: ignore[attr-defined]
-    d = world.manager.expect(U2, tone(16000, 1000), 16000)
+    d = world.injector.expect(U2, tone(16000, 1000), 16000)
     d.addErrback(failures.append)
     leg, _ = world.connect(U2)
     world.run(0.1)

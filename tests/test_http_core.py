@@ -22,6 +22,7 @@ from avr.config import Config
 from avr.http.auth import check_api_key, redacted_access_log
 from avr.http.core import CoreRoutes
 from avr.http.json import ApiError, add_route, install_error_handlers, json_response, read_json_body
+from avr.admissions import Admissions
 from avr.registrations import Registrations
 from avr.testing.webhooks import FakeWebhooks, WebhookReply, WebhookSink
 from avr.webhooks import WebhookClient
@@ -31,6 +32,10 @@ U = "935652e3-7c59-4edc-b17f-9646a9c2a265"
 SEED_PAYLOAD = {"from": "2000", "to": "5001", "uniqueid": "1770758888.32", "channel": "PJSIP/2000-00000013"}
 SEED_URL = "ws://localhost:6030/?from=2000&to=5001&uniqueid=1770758888.32&channel=PJSIP%2F2000-00000013"
 HOOK = "http://hooks.example/events"
+
+
+def no_connection_expected(leg: Any, sts_url: Any, payload: Any) -> Any:
+    raise AssertionError("these tests make no AudioSocket connection")
 
 
 class Api:
@@ -44,7 +49,8 @@ class Api:
         self.sink = WebhookSink(self.clock, secret=secret)
         self.hooks_http = StubTreq(self.sink)
         self.webhooks = webhooks or WebhookClient(self.hooks_http, self.clock, webhook_url, secret, timeout_ms, 0)
-        self.registrations = Registrations(self.clock, 60)
+        self.admissions = Admissions(self.clock)
+        self.registrations = Registrations(self.admissions, 60, no_connection_expected)
         self.app = app if app is not None else Klein()
         install_error_handlers(self.app)
         CoreRoutes(sts_url, self.registrations, self.webhooks, max_body, api_key).install(self.app)
@@ -74,7 +80,7 @@ class Api:
         return status, obj
 
     def assert_clean(self) -> None:
-        self.registrations.clear()
+        self.admissions.clear()
         self.flush()
         assert fired(self.webhooks.stop()) is None
         assert self.clock.getDelayedCalls() == []
@@ -96,7 +102,7 @@ def test_call_without_webhook_scenario_2():
     response = fired(d)
     assert response.code == 200
     assert fired(response.content()) == b'{"sts_url":"' + SEED_URL.encode() + b'","override":false}'
-    registration = api.registrations.take(U)
+    registration = api.registrations.get(U)
     assert registration is not None
     assert (registration.sts_url, registration.override, registration.payload) == (SEED_URL, False, SEED_PAYLOAD)
     api.assert_clean()
@@ -113,7 +119,7 @@ def test_call_with_webhook_override_scenario_3():
     [hook] = api.sink.received
     assert hook.type == "call_initiated" and hook.uuid == U and hook.payload == payload
     assert hook.header("X-AVR-WEBHOOK-SECRET") == "sh" and hook.violations == ()
-    assert api.registrations.take(U).override is True
+    assert api.registrations.get(U).override is True
     api.assert_clean()
 
 
@@ -155,7 +161,7 @@ def test_no_sts_url_means_echo_agent_unless_overridden():
     """Without STS_URL the answer's sts_url is null (echo agent); a webhook override still applies."""
     api = Api(sts_url=None)
     assert api.call({"uuid": U, "payload": SEED_PAYLOAD}) == (200, {"sts_url": None, "override": False})
-    assert api.registrations.take(U).sts_url is None
+    assert api.registrations.get(U).sts_url is None
 
     api = Api(sts_url=None, webhooks=FakeWebhooks(sts_url="wss://agent.example/v1"))
     assert api.call({"uuid": U, "payload": {"a": 1}}) == (
@@ -167,7 +173,7 @@ def test_uuid_is_normalised_and_payload_optional():
     """An upper-case uuid is registered in lower case; an omitted payload is {} (the bare origin gains '/')."""
     api = Api()
     assert api.call({"uuid": U.upper()}) == (200, {"sts_url": "ws://localhost:6030/", "override": False})
-    registration = api.registrations.take(U)
+    registration = api.registrations.get(U)
     assert registration.uuid == U and registration.payload == {}
 
 
@@ -279,7 +285,7 @@ def test_client_disconnect_still_registers():
     assert U not in api.registrations
     api.clock.advance(3)
     api.flush()
-    registration = api.registrations.take(U)
+    registration = api.registrations.get(U)
     assert registration is not None and registration.sts_url == SEED_URL and not registration.override
     api.assert_clean()
 
@@ -340,7 +346,8 @@ async def test_call_over_loopback():
     http = HTTPClient(Agent(reactor, pool=pool))
     config = Config(sts_url="ws://localhost:6030", webhook_url=f"http://127.0.0.1:{hook_port.getHost().port}/e")
     webhooks = WebhookClient.from_config(http, reactor, config)
-    registrations = Registrations(reactor, config.call_init_ttl)
+    admissions = Admissions(reactor)
+    registrations = Registrations(admissions, config.call_init_ttl, no_connection_expected)
     app = Klein()
     install_error_handlers(app)
     CoreRoutes.from_config(config, registrations, webhooks).install(app)
@@ -354,9 +361,9 @@ async def test_call_over_loopback():
         body = await response.json()
         assert response.code == 200
         assert body == {"sts_url": f"ws://other:7000/?uuid={U}&" + SEED_URL.split("?", 1)[1], "override": True}
-        assert registrations.take(U) is not None
+        assert registrations.get(U) is not None
     finally:
-        registrations.clear()
+        admissions.clear()
         await webhooks.stop()
         sink.close()
         await pool.closeCachedConnections()

@@ -1,40 +1,39 @@
 """
-AVR Core calls: each AudioSocket connection bridged to one STS session, with webhooks and paced playback.
+AVR Core calls: each AudioSocket connection bridged to one STS session, with typed events for the observers
+(webhooks, ``/events``) and paced playback.
 
-`CallManager` is the `ICallRouter` the AudioSocket factory asks when a connection has sent its UUID. It admits the
-call (registration from ``POST /call``, admission control), and builds a `Call`. It also serves uploaded-audio
-playback for call control (`IAudioInjector`): an ARI externalMedia channel connects back to avr's AudioSocket port
-with a UUID that was announced with `CallManager.expect`.
+`CallManager` is the `ICallRouter` the AudioSocket factory asks when a connection has sent its UUID. A connection
+someone expects (`avr.admissions`: a ``POST /call`` registration, uploaded audio, ...) goes to what expects it;
+any other becomes a `Call` to ``STS_URL``, unless admission control (``REQUIRE_CALL_INIT``) refuses it.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from attrs import define, field
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from avr.admissions import Admissions
 from avr.audio import InboundAudio, Resampler
 from avr.audiosocket import CallRefused
 from avr.config import redact_url
-from avr.frames import AUDIO_KIND_RATES, Kind, audio_kind_for_rate
+from avr.frames import AUDIO_KIND_RATES, Kind
 from avr.interfaces import (
-    IAudioInjector,
     IAudioSocketLeg,
+    ICallObserver,
     ICallRouter,
     ICallSink,
     IStsConnector,
     IStsHandler,
     IStsSession,
-    IWebhooks,
 )
 from avr.playout import FrameTicker, PlaybackQueue, frame_bytes_for_rate
-from avr.registrations import Registrations
 
 #: Caller audio kept while the STS connection opens (seconds); older audio is dropped first.
 PENDING_AUDIO_SECONDS = 2.0
@@ -57,9 +56,13 @@ class Call:
     sts_url: str | None
     sts_rate: int
     connector: IStsConnector
-    webhooks: IWebhooks
+    observer: ICallObserver
     ticker: FrameTicker
     on_end: Callable[[Call], None]
+    #: The ``POST /call`` payload of a registered call (the dialplan's ``uniqueid``, ``channel``, ...), else empty.
+    payload: Mapping[str, Any] = field(factory=dict)
+    #: ``clock.seconds()`` when the connection was admitted.
+    started_at: float = 0.0
     ended: bool = False
     end_reason: str | None = None
     _inbound: InboundAudio = field(init=False)
@@ -75,11 +78,21 @@ class Call:
     def __attrs_post_init__(self) -> None:
         self._inbound = InboundAudio(self.sts_rate, uuid=self.uuid)
 
+    @property
+    def rate(self) -> int | None:
+        """The call's sample rate (Hz), from the first audio frame Asterisk sent; ``None`` before it."""
+        return self._inbound.rate
+
+    @property
+    def codec(self) -> str | None:
+        """What Asterisk sends: ``SLIN``, or ``ULAW``/``ALAW`` (raw G.711 on kind 0x10) once detected."""
+        return self._inbound.codec
+
     # -- lifecycle --------------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Announce the call and open its STS session."""
-        self.webhooks.emit(self.uuid, "call_started", {})
+        self.observer.call_started(self)
         self.log.info("Call started: {uuid} (STS: {sts})", uuid=self.uuid,
                       sts=redact_url(self.sts_url) if self.sts_url else "built-in echo agent")
         d = self._connecting = self.connector.connect(self.sts_url, self.uuid, self)
@@ -106,7 +119,7 @@ class Call:
         if self.leg.connected:
             self.leg.hang_up()
         self.log.info("Call ended: {uuid} ({reason})", uuid=self.uuid, reason=reason)
-        self.webhooks.emit(self.uuid, "call_ended", {})
+        self.observer.call_ended(self, reason)
         self.on_end(self)
 
     def _sts_opened(self, session: IStsSession) -> None:
@@ -150,7 +163,7 @@ class Call:
         if self.ended:
             return
         self.log.info("DTMF {digit} on call {uuid}", digit=digit, uuid=self.uuid)
-        self.webhooks.emit(self.uuid, "dtmf_digit", {"digit": digit})
+        self.observer.dtmf(self, digit)
         if self._session is not None:
             self._session.send_dtmf(digit)
         else:
@@ -183,11 +196,11 @@ class Call:
             return
         dropped = self._queue.clear() if self._queue is not None else 0
         self.log.info("Interruption on call {uuid}: {frames} queued frames dropped", uuid=self.uuid, frames=dropped)
-        self.webhooks.emit(self.uuid, "interruption", {})
+        self.observer.interruption(self)
 
     def sts_transcript(self, role: str, text: str) -> None:
         if not self.ended:
-            self.webhooks.emit(self.uuid, "transcription", {"role": role, "text": text})
+            self.observer.transcript(self, role, text)
 
     def sts_error(self, message: str) -> None:
         self.log.warn("STS error on call {uuid}: {message}", uuid=self.uuid, message=message)
@@ -214,109 +227,69 @@ class Call:
             self.leg.send_audio(self._out_kind, frame)  # type: ignore[arg-type]
 
 
-@implementer(ICallSink)
-@define(eq=False)
-class InjectedPlayback:
-    """Feeds announced PCM to one AudioSocket connection, paced, then hangs it up (see `CallManager.expect`)."""
-
-    uuid: str
-    pcm: bytes
-    rate: int
-    done: Deferred
-    ticker: FrameTicker
-    leg: IAudioSocketLeg | None = None
-    _kind: int = 0
-    _queue: PlaybackQueue | None = None
-    log = Logger()
-
-    def start(self, leg: IAudioSocketLeg) -> None:
-        """The connection arrived: start playing."""
-        self.leg = leg
-        self._kind = audio_kind_for_rate(self.rate)
-        self._queue = PlaybackQueue(frame_bytes_for_rate(self.rate), max_frames=2**31)
-        self._queue.feed(self.pcm)
-        self.pcm = b""
-        self.ticker.add(self)
-
-    def play_frame(self) -> None:
-        """Send the next frame; after the last one, hang up and report success."""
-        assert self._queue is not None and self.leg is not None
-        frame = self._queue.next_frame()
-        if frame is not None:
-            self.leg.send_audio(self._kind, frame)
-        elif self._queue.idle:
-            self._finish(None)
-
-    def stop(self, reason: Failure | None) -> None:
-        """Stop early (cancelled, or the connection dropped)."""
-        self._finish(reason)
-
-    def _finish(self, result: Failure | None) -> None:
-        self.ticker.discard(self)
-        if self.leg is not None and self.leg.connected:
-            self.leg.hang_up()
-        if self.done.called:
-            return
-        if result is None:
-            self.done.callback(None)
-        else:
-            self.done.errback(result)
-
-    def caller_audio(self, kind: int, payload: bytes) -> None:
-        """Audio from the media channel is not needed."""
-
-    def caller_dtmf(self, digit: str) -> None:
-        """DTMF on the media channel is not needed."""
-
-    def caller_gone(self, reason: str) -> None:
-        if not self.done.called:
-            self.stop(Failure(ConnectionError(f"playback connection ended early: {reason}")))
-
-
-@implementer(ICallRouter, IAudioInjector)
+@implementer(ICallRouter)
 @define(eq=False)
 class CallManager:
-    """Admits AudioSocket connections and owns the live calls."""
+    """
+    Admits AudioSocket connections and owns the live agent calls.
+
+    :param clock: stamps the calls' start.
+    :param connector: opens the calls' STS sessions.
+    :param observer: hears every call's events (the webhooks, ``/events``).
+    :param ticker: paces the agents' audio.
+    :param admissions: the connections someone expects.
+    :param sts_url: ``STS_URL``, for connections nobody expects (``None`` = the built-in echo agent).
+    :param sts_rate: ``STS_SAMPLE_RATE``.
+    :param require_registration: ``REQUIRE_CALL_INIT``: refuse connections nobody expects.
+    """
 
     clock: IReactorTime
     connector: IStsConnector
-    webhooks: IWebhooks
+    observer: ICallObserver
     ticker: FrameTicker
-    registrations: Registrations
+    admissions: Admissions
     sts_url: str | None
     sts_rate: int = 8000
     require_registration: bool = False
-    #: Seconds an announced playback waits for its AudioSocket connection.
-    injection_timeout: float = 10.0
     _calls: dict[str, Call] = field(factory=dict)
-    _injections: dict[str, tuple[InjectedPlayback, IDelayedCall]] = field(factory=dict)
     log = Logger()
 
     def attach(self, leg: IAudioSocketLeg) -> ICallSink:
         """See `ICallRouter.attach`."""
         uuid = leg.uuid
-        injection = self._injections.pop(uuid, None)
-        if injection is not None:
-            playback, timeout = injection
-            timeout.cancel()
-            playback.start(leg)
-            return playback
         if uuid in self._calls:
             raise CallRefused(f"call {uuid} is already connected")
-        registration = self.registrations.take(uuid)
-        if registration is None and self.require_registration:
+        admission = self.admissions.take(uuid)
+        if admission is not None:
+            return admission.admit(leg)
+        if self.require_registration:
             raise CallRefused(f"call {uuid} was not registered with POST /call (REQUIRE_CALL_INIT is on)")
+        return self.start_call(leg, self.sts_url)
+
+    def start_call(
+        self, leg: IAudioSocketLeg, sts_url: str | None, payload: Mapping[str, Any] | None = None,
+    ) -> Call:
+        """
+        Bridge ``leg`` to an STS session at ``sts_url`` (``None`` = the built-in echo agent) and start the call.
+
+        :param payload: the call's metadata (the ``POST /call`` payload), kept on the call for its observers.
+        :raises CallRefused: a call with the leg's UUID is live.
+        """
+        if leg.uuid in self._calls:
+            raise CallRefused(f"call {leg.uuid} is already connected")
         call = Call(
-            uuid=uuid,
+            uuid=leg.uuid,
             leg=leg,
-            sts_url=registration.sts_url if registration is not None else self.sts_url,
+            sts_url=sts_url,
             sts_rate=self.sts_rate,
             connector=self.connector,
-            webhooks=self.webhooks,
+            observer=self.observer,
             ticker=self.ticker,
             on_end=self._ended,
+            payload=dict(payload or {}),
+            started_at=self.clock.seconds(),
         )
-        self._calls[uuid] = call
+        self._calls[call.uuid] = call
         call.start()
         return call
 
@@ -332,32 +305,8 @@ class CallManager:
         """The live call with ``uuid``, if any."""
         return self._calls.get(uuid)
 
-    def expect(self, uuid: str, pcm: bytes, rate: int) -> Deferred:
-        """See `IAudioInjector.expect`."""
-        audio_kind_for_rate(rate)  # validates the rate
-
-        def cancel(d: Deferred) -> None:
-            entry = self._injections.pop(uuid, None)
-            if entry is not None:
-                entry[1].cancel()
-            playback.stop(Failure(CancelledError(f"playback {uuid} cancelled")))
-
-        done: Deferred = Deferred(cancel)
-        playback = InjectedPlayback(uuid=uuid, pcm=pcm, rate=rate, done=done, ticker=self.ticker)
-
-        def timed_out() -> None:
-            self._injections.pop(uuid, None)
-            playback.stop(Failure(TimeoutError(f"no AudioSocket connection for playback {uuid}")))
-
-        self._injections[uuid] = (playback, self.clock.callLater(self.injection_timeout, timed_out))
-        return done
-
-    def stop(self) -> Deferred:
+    def stop(self) -> Deferred[None]:
         """End every call (server shutdown): each gets its hang-up frame and ``call_ended``."""
         for call in list(self._calls.values()):
             call.end("server shutting down")
-        for playback, timeout in list(self._injections.values()):
-            timeout.cancel()
-            playback.stop(Failure(CancelledError("server shutting down")))
-        self._injections.clear()
         return succeed(None)

@@ -5,7 +5,14 @@ tests check both with ``verifyObject``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.python.failure import Failure
+
+    from avr.calls import Call
 
 
 class IAudioSocketLeg(Interface):
@@ -95,6 +102,56 @@ class ICallSink(Interface):
 
     def caller_gone(reason: str) -> None:
         """The leg is over: 0x00 or 0xff received, EOF, reset, or a malformed frame. Called once."""
+
+
+class ICallObserver(Interface):
+    """
+    Typed events of the calls avr bridges to an agent (`avr.calls.Call`: one AudioSocket connection, one STS
+    session). The AVR webhooks, ``/events`` and metrics subscribe through this interface; an observer must not raise
+    or block (the call's audio path is calling).
+
+    Each method gets the `avr.calls.Call` itself, to read its facts (``uuid``, ``sts_url``, ``payload``,
+    ``started_at``, ``rate``, ``codec``, ``end_reason``); an observer must not change it.
+    """
+
+    def call_started(call: Call) -> None:
+        """The AudioSocket connection was admitted and the STS session is being opened. First event of a call."""
+
+    def dtmf(call: Call, digit: str) -> None:
+        """The caller pressed ``digit`` (``0-9``, ``*``, ``#``, ``A-D``)."""
+
+    def transcript(call: Call, role: str, text: str) -> None:
+        """The agent reported a final transcript; ``role`` is ``user`` or ``agent``."""
+
+    def interruption(call: Call) -> None:
+        """The agent reported that the caller barged in; queued agent audio was dropped."""
+
+    def call_ended(call: Call, reason: str) -> None:
+        """The call is over (``reason`` as logged, e.g. ``Asterisk: hang-up frame``). Last event, exactly once."""
+
+
+class IAdmission(Interface):
+    """
+    What avr does with one AudioSocket connection it expects (a ``POST /call`` registration, uploaded audio to play,
+    an agent for an ARI call), kept by `avr.admissions.Admissions` until the connection with its UUID arrives.
+    """
+
+    kind = Attribute("What is expected, in a word for logs and counts (``registration``, ``playback``, ...).")
+
+    def admit(leg: IAudioSocketLeg) -> ICallSink:
+        """
+        The expected connection arrived: start handling it.
+
+        :return: where the connection's frames go.
+        :raises avr.audiosocket.CallRefused: it cannot be handled after all.
+        """
+
+    def expired(reason: Failure) -> None:
+        """
+        The connection will not come: ``reason`` wraps `TimeoutError` (its time to live passed) or `CancelledError`
+        (replaced by a newer expectation for the same UUID, or the server is shutting down). Called at most once,
+        never after `admit`, never for an admission its producer withdrew.
+        """
 
 
 class ICallRouter(Interface):

@@ -1,21 +1,25 @@
 """
 Calls announced by ``POST /call`` and waiting for their AudioSocket connection.
 
-A registration carries the call's metadata and the STS URL decided for it; the AudioSocket side takes it (once) when the
-connection with the same UUID arrives. A registration that is never taken expires after a time-to-live, so a dialplan
-that posts ``/call`` and never dials leaks nothing.
+A registration carries the call's metadata and the STS URL decided for it. It waits in the admissions registry
+(`avr.admissions`); the AudioSocket side takes it (once) when the connection with the same UUID arrives. A
+registration that is never taken expires after a time-to-live, so a dialplan that posts ``/call`` and never dials
+leaks nothing.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from attrs import define, field, frozen
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from avr.admissions import Admissions
 from avr.config import redact_url
+from avr.interfaces import IAdmission, IAudioSocketLeg, ICallSink
 
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
@@ -54,20 +58,47 @@ class Registration:
     registered_at: float
 
 
+#: Starts the agent call of a connection: ``start(leg, sts_url, payload)`` (`avr.calls.CallManager.start_call`).
+StartCall = Callable[[IAudioSocketLeg, "str | None", Mapping[str, Any]], ICallSink]
+
+
+@implementer(IAdmission)
+@frozen
+class RegisteredCall:
+    """The admission of a registered call: its connection becomes an agent call with the registration's STS URL."""
+
+    registration: Registration
+    start: StartCall = field(eq=False)
+    kind = "registration"
+    log = Logger()
+
+    def admit(self, leg: IAudioSocketLeg) -> ICallSink:
+        """See `IAdmission.admit`."""
+        return self.start(leg, self.registration.sts_url, self.registration.payload)
+
+    def expired(self, reason: Failure) -> None:
+        """See `IAdmission.expired`: an expiry is logged (a replacement was logged when it was registered)."""
+        if reason.check(TimeoutError):
+            self.log.info("Call {uuid} registration expired: {reason}", uuid=self.registration.uuid,
+                          reason=reason.getErrorMessage())
+
+
 @define(eq=False)
 class Registrations:
     """
-    Registrations by UUID, each expiring ``ttl_seconds`` after it was (last) registered unless taken before.
+    ``POST /call`` registrations, kept in the admissions registry until their AudioSocket connection arrives, each
+    expiring ``ttl_seconds`` after it was (last) registered.
 
-    :param clock: where expiry timers are scheduled.
+    :param admissions: where the registrations wait.
     :param ttl_seconds: how long a registration waits for its AudioSocket connection.
+    :param start: starts the agent call of a registered connection (`avr.calls.CallManager.start_call`).
     """
 
     log = Logger()
 
-    clock: IReactorTime
+    admissions: Admissions
     ttl_seconds: float
-    _entries: dict[str, tuple[Registration, IDelayedCall]] = field(factory=dict, init=False)
+    start: StartCall
 
     def register(self, uuid: str, payload: Mapping[str, Any], sts_url: str | None, override: bool) -> Registration:
         """
@@ -76,45 +107,23 @@ class Registrations:
         :raises ValueError: if ``uuid`` is not a UUID (see `canonical_uuid`).
         """
         key = canonical_uuid(uuid)
-        previous = self._entries.pop(key, None)
-        if previous is not None:
-            previous[1].cancel()
+        if isinstance(self.admissions.get(key), RegisteredCall):
             self.log.info("Call {uuid} registered again: replacing its previous registration", uuid=key)
-        registration = Registration(key, payload, sts_url, override, self.clock.seconds())
-        timer = self.clock.callLater(self.ttl_seconds, self._expire, key, registration)
-        self._entries[key] = (registration, timer)
+        registration = Registration(key, payload, sts_url, override, self.admissions.clock.seconds())
+        self.admissions.expect(key, RegisteredCall(registration, self.start), self.ttl_seconds)
         self.log.debug(
             "Call {uuid} registered (STS URL {url}, override {override}); waiting {ttl}s for its AudioSocket",
             uuid=key, url=redact_url(sts_url) if sts_url else "<echo agent>", override=override, ttl=self.ttl_seconds,
         )
         return registration
 
-    def take(self, uuid: str) -> Registration | None:
-        """Remove and return the registration of ``uuid`` (any case), or ``None`` if there is none (or it expired)."""
-        entry = self._entries.pop(uuid.lower(), None)
-        if entry is None:
-            return None
-        registration, timer = entry
-        timer.cancel()
-        return registration
+    def get(self, uuid: str) -> Registration | None:
+        """The registration of ``uuid`` (any case) still waiting for its connection, or ``None``."""
+        admission = self.admissions.get(uuid)
+        return admission.registration if isinstance(admission, RegisteredCall) else None
 
     def __contains__(self, uuid: object) -> bool:
-        return isinstance(uuid, str) and uuid.lower() in self._entries
+        return isinstance(uuid, str) and self.get(uuid) is not None
 
     def __len__(self) -> int:
-        return len(self._entries)
-
-    def clear(self) -> None:
-        """Forget every registration and cancel their timers (at shutdown)."""
-        entries, self._entries = self._entries, {}
-        for _, timer in entries.values():
-            timer.cancel()
-
-    def _expire(self, key: str, registration: Registration) -> None:
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] is registration:
-            del self._entries[key]
-            self.log.info(
-                "Call {uuid} registration expired: no AudioSocket connection within {ttl}s",
-                uuid=key, ttl=self.ttl_seconds,
-            )
+        return self.admissions.count(RegisteredCall.kind)

@@ -18,19 +18,22 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStrea
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from avr.admissions import Admissions
 from avr.ari.client import AriClient
 from avr.ari.events import AriEventStream, endpoint_connector
 from avr.audiosocket import AudioSocketFactory
 from avr.calls import CallManager
 from avr.config import Config, redact_url
 from avr.control.hub import EventsHub, FanOut
+from avr.control.injection import PcmInjector
 from avr.control.model import CallControl
 from avr.control.routes import ControlRoutes
 from avr.control.webhook import EventsWebhook
 from avr.http.auth import redacted_access_log
 from avr.http.core import CoreRoutes
 from avr.http.json import install_error_handlers
-from avr.interfaces import IStsConnector, IWebhooks
+from avr.interfaces import IAudioInjector, IStsConnector, IWebhooks
+from avr.observers import WebhookObserver
 from avr.playout import PLAYOUT_PHASES, FrameTicker
 from avr.registrations import Registrations
 from avr.webhooks import WebhookClient
@@ -83,7 +86,7 @@ class CallsService(Service):
 
     calls: CallManager
     factory: AudioSocketFactory
-    registrations: Registrations
+    admissions: Admissions
     webhooks: WebhookClient
 
     def __attrs_post_init__(self) -> None:
@@ -92,10 +95,11 @@ class CallsService(Service):
     def stopService(self) -> Deferred:
         Service.stopService(self)
         self.calls.stop()
+        self.admissions.clear()
         self.factory.hang_up_all()
         d = self.webhooks.stop()
-        # Cleared after the webhooks settled: a /call answered by stop() may still register.
-        d.addBoth(lambda result: (self.registrations.clear(), result)[1])
+        # Cleared again after the webhooks settled: a /call answered by stop() may still register.
+        d.addBoth(lambda result: (self.admissions.clear(), result)[1])
         return d
 
 
@@ -139,7 +143,7 @@ def audiosocket_address(config: Config) -> str:
     return f"[{host}]:{config.port}" if ":" in host else f"{host}:{config.port}"
 
 
-def build_control(reactor: Any, config: Config, http_client: Any, injector: CallManager) -> ControlService:
+def build_control(reactor: Any, config: Config, http_client: Any, injector: IAudioInjector) -> ControlService:
     """The call-control side: ARI client, events stream, model, /events hub and events webhook."""
     hub = EventsHub(reactor)
     if config.ari_url is None:
@@ -182,6 +186,7 @@ class Avr:
 
     service: MultiService
     calls: CallManager
+    admissions: Admissions
     registrations: Registrations
     webhooks: IWebhooks
     control: CallControl | None = None
@@ -198,28 +203,29 @@ def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: ISts
     """
     log = Logger(namespace="avr.service")
     top = MultiService()
-    registrations = Registrations(reactor, config.call_init_ttl)
+    admissions = Admissions(reactor)
     webhooks = WebhookClient.from_config(http_client, reactor, config)
     ticker = FrameTicker(reactor, phases=PLAYOUT_PHASES)
     calls = CallManager(
         clock=reactor,
         connector=sts_connector,
-        webhooks=webhooks,
+        observer=WebhookObserver(webhooks),
         ticker=ticker,
-        registrations=registrations,
+        admissions=admissions,
         sts_url=config.sts_url,
         sts_rate=config.sts_sample_rate,
         require_registration=config.require_call_init,
     )
+    registrations = Registrations(admissions, config.call_init_ttl, calls.start_call)
     factory = AudioSocketFactory(calls, reactor, uuid_timeout=config.uuid_timeout)
-    CallsService(calls, factory, registrations, webhooks).setServiceParent(top)
+    CallsService(calls, factory, admissions, webhooks).setServiceParent(top)
 
     audiosocket = ListeningService(
         server_endpoint(reactor, config.bind_address, config.port),
         factory,
         "AVR AudioSocket Server listening on port {port}",
     )
-    control = build_control(reactor, config, http_client, calls)
+    control = build_control(reactor, config, http_client, PcmInjector(admissions, ticker))
     control.setName("control")
     control.setServiceParent(top)
     app = None
@@ -244,8 +250,8 @@ def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: ISts
         log.info("No STS_URL configured: calls are answered by the built-in echo agent (callers hear themselves)")
     else:
         log.info("STS: {url} at {rate} Hz", url=redact_url(config.sts_url), rate=config.sts_sample_rate)
-    return Avr(service=top, calls=calls, registrations=registrations, webhooks=webhooks, control=control.control,
-               http_app=app)
+    return Avr(service=top, calls=calls, admissions=admissions, registrations=registrations, webhooks=webhooks,
+               control=control.control, http_app=app)
 
 
 def _health(calls: CallManager, control: ControlService) -> dict[str, Any]:
