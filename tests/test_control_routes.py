@@ -183,7 +183,7 @@ class Api:
                  max_upload: int = 1024 * 1024) -> None:
         self.control = control
         self.clock = Clock()
-        self.hub = EventsHub(self.clock, ping_interval=0, ping_timeout=0, handshake_timeout=0)
+        self.hub = EventsHub(self.clock, ping_interval=0)
         self.app = Klein()
         install_error_handlers(self.app)
         ControlRoutes(control, self.hub, max_body=max_body, api_key=api_key, clock=self.clock,

@@ -62,6 +62,7 @@ class Client(WebSocketClientProtocol):
         self.opened = False
         self.messages: list[dict[str, Any]] = []
         self.closed: tuple[bool, int | None, str | None] | None = None
+        self.pings = 0
 
     def onOpen(self) -> None:
         self.opened = True
@@ -69,6 +70,10 @@ class Client(WebSocketClientProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         assert not isBinary
         self.messages.append(json.loads(payload.decode("utf-8")))
+
+    def onPing(self, payload: bytes) -> None:
+        self.pings += 1
+        WebSocketClientProtocol.onPing(self, payload)  # answers with a pong
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.closed = (wasClean, code, reason)
@@ -99,8 +104,8 @@ class Server:
 
 
 def quiet_hub(clock: Clock, **kwargs: Any) -> EventsHub:
-    """A hub with autobahn's own timers (global reactor) off, as unit tests need."""
-    return EventsHub(clock, ping_interval=0, ping_timeout=0, handshake_timeout=0, **kwargs)
+    """A hub without keep-alive pings, so that the clock holds only the timers a test looks at."""
+    return EventsHub(clock, ping_interval=0, **kwargs)
 
 
 def serve_hub(hub: EventsHub, snapshot: Callable[[], dict] | None) -> Klein:
@@ -128,7 +133,7 @@ def clock() -> Clock:
 
 @pytest.fixture(autouse=True)
 def no_global_timers() -> Any:
-    """autobahn timers run on the global reactor: these tests must leave none behind."""
+    """autobahn's own timers would run on the global reactor: these tests must leave none behind."""
     from twisted.internet import reactor
 
     before = set(reactor.getDelayedCalls())
@@ -288,6 +293,42 @@ def test_stop_aborts_clients_that_do_not_answer(clock: Clock) -> None:
     assert pump.serverIO.disconnecting
     pump.flush()
     assert stopped.called
+    assert clock.getDelayedCalls() == []
+
+
+def test_keep_alive_pings_run_on_the_hub_clock(clock: Clock) -> None:
+    """
+    With the default timers, the hub pings each client every 30 s of its clock; a client that answers stays, one
+    that stops answering is dropped 10 s after the unanswered ping, and no timer is left anywhere (the autouse
+    fixture checks the global reactor).
+    """
+    hub = EventsHub(clock)
+    client, pump = Server(serve_hub(hub, None), clock).connect()
+    clock.advance(29.9)
+    pump.flush()
+    assert client.pings == 0
+    clock.advance(0.1)
+    pump.flush()  # the client answers
+    assert client.pings == 1 and hub.subscriber_count == 1
+    clock.advance(30)  # the next ping is written, but the client does not read it any more
+    clock.advance(9.9)
+    assert not pump.serverIO.disconnecting
+    clock.advance(0.1)
+    assert pump.serverIO.disconnecting
+    pump.flush()
+    assert client.closed is not None and client.closed[1] == 1006
+    assert hub.subscriber_count == 0
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_client_closing_is_released_within_the_drop_timeout(clock: Clock) -> None:
+    """A client's own close is answered; the server drops the connection, and no timer is left on the clock."""
+    hub = EventsHub(clock, drop_timeout=2.0)
+    client, pump = Server(serve_hub(hub, None), clock).connect()
+    client.sendClose(1000)
+    pump.flush()
+    assert client.closed is not None and client.closed[0] and client.closed[1] == 1000
+    assert hub.subscriber_count == 0
     assert clock.getDelayedCalls() == []
 
 

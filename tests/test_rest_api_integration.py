@@ -73,7 +73,7 @@ class Rig:
         self.http = HTTPClient(Agent(reactor, pool=self.pool))
         ari_url = f"http://127.0.0.1:{self.fake.port}"
         self.ari = AriClient(self.http, reactor, ari_url, "avr", "avrpass")
-        self.hub = EventsHub(reactor, ping_interval=0, ping_timeout=0, handshake_timeout=0)
+        self.hub = EventsHub(reactor, ping_interval=0)
         self.published: list[dict] = []
         self.control = CallControl(self.ari, reactor, FanOut(self.hub, _Collect(self.published)), "avr")
         self.tap = Tap(self.control, reactor)

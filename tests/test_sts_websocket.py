@@ -22,7 +22,8 @@ from avr.config import ConfigError
 from avr.interfaces import IStsConnector, IStsHandler, IStsSession
 from avr.sts.codec import AudioMessage, DtmfDigit, Init, UnknownMessage, encode_audio, encode_transcript
 from avr.sts.errors import StsConnectError
-from avr.sts.websocket import StsClientProtocol, WebSocketStsConnector, disable_autobahn_timers
+from avr.sts.websocket import StsClientProtocol, WebSocketStsConnector
+from avr.wsclock import disable_autobahn_timers
 from avr.testing.sts import FakeStsServerFactory, RecordingStsHandler, make_certificates
 
 UUID = "935652e3-1a2b-4c3d-8e9f-0123456789ab"

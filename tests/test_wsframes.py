@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.test import iosim
 
-from avr.sts.websocket import disable_autobahn_timers
+from avr.wsclock import disable_autobahn_timers
 from avr.sts.wsframes import TEXT, MaskingKeys, leading_text_frames, masked_frame
 
 LENGTHS = [0, 1, 125, 126, 127, 65535, 65536, 70000]

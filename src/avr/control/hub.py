@@ -8,6 +8,8 @@ lost or repeated between the two.
 Each connection is a push producer for its transport: when the TCP send buffer fills, the transport pauses it and
 further events wait in a bounded per-client queue; a client whose queue overflows is dropped (close code 1008) so
 that it never slows the others or grows memory. Client messages are ignored.
+
+Every timer (keep-alive pings, the closing deadline) runs on the hub's clock (`avr.wsclock`), none on autobahn's.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from attrs import define, field
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from avr.control.records import iso
 from avr.interfaces import IEventSink
+from avr.wsclock import ConnectionTimers, WebSocketTimeouts, disable_autobahn_timers
 
 #: Close codes: policy violation (client too slow), going away (server shutting down), internal error.
 CLOSE_TOO_SLOW = 1008
@@ -66,27 +69,30 @@ class EventsHub:
     """
     The subscribers of ``/events``.
 
-    :param clock: time source for the snapshot timestamp and the drop/shutdown grace timers.
+    :param clock: time source for the snapshot timestamp and every timer of the connections.
     :param max_queue: events a client may have waiting while its connection is paused (send buffer full) before
         it is dropped.
-    :param ping_interval: seconds between WebSocket pings (0 disables; autobahn runs this timer on the global
-        reactor, so tests disable it).
-    :param ping_timeout: seconds to wait for a pong before dropping the client (0 disables).
-    :param handshake_timeout: seconds for the opening and closing handshakes (autobahn; 0 disables).
-    :param drop_timeout: seconds a client being closed (too slow, shutdown) may take to go away before its TCP
-        connection is aborted (on ``clock``).
+    :param ping_interval: seconds between WebSocket pings (0 disables).
+    :param ping_timeout: seconds to wait for a pong before dropping the client.
+    :param drop_timeout: seconds a closing client (too slow, shutdown, or closing itself) may take to finish the
+        closing handshake and go away before its TCP connection is aborted.
     """
 
     clock: IReactorTime
     max_queue: int = 1000
     ping_interval: float = 30.0
     ping_timeout: float = 10.0
-    handshake_timeout: float = 5.0
     drop_timeout: float = 5.0
     _subscribers: list[EventsServerProtocol] = field(factory=list, init=False)
     _connections: set[EventsServerProtocol] = field(factory=set, init=False)
     _stopping: bool = field(default=False, init=False)
     log = Logger()
+
+    @property
+    def timeouts(self) -> WebSocketTimeouts:
+        """The timers of each connection (the opening handshake is over once the HTTP upgrade request is read)."""
+        return WebSocketTimeouts(close=self.drop_timeout, ping_interval=self.ping_interval or None,
+                                 ping_timeout=self.ping_timeout)
 
     @property
     def subscriber_count(self) -> int:
@@ -183,13 +189,14 @@ class EventsServerProtocol(WebSocketServerProtocol):
     """
 
     log = Logger()
+    #: The connection's timers, on the hub's clock (made in ``connectionMade``, once the factory is known).
+    _timers: ConnectionTimers
 
     def __init__(self) -> None:
         WebSocketServerProtocol.__init__(self)
         self._queue: deque[bytes] = deque()
         self._paused = False
         self._closing = False
-        self._drop_call: IDelayedCall | None = None
         self._lost = False
         self._lost_waiters: list[Deferred] = []
 
@@ -201,10 +208,13 @@ class EventsServerProtocol(WebSocketServerProtocol):
     # -- autobahn / Twisted callbacks --------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        self._timers = ConnectionTimers(self, self.hub.clock, self.hub.timeouts)
+        self._timers.connected()
         WebSocketServerProtocol.connectionMade(self)
         self.hub.connected(self)
 
     def onOpen(self) -> None:
+        self._timers.opened()
         try:
             # The HTTP channel registered itself as the producer before the upgrade; it no longer uses the connection.
             self.transport.unregisterProducer()
@@ -216,16 +226,24 @@ class EventsServerProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         """Client messages carry no meaning: ignored."""
 
+    def onPong(self, payload: bytes) -> None:
+        self._timers.pong()
+
+    def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
+        """The client started or answered the closing handshake: the connection goes within ``drop_timeout``."""
+        result = WebSocketServerProtocol.onCloseFrame(self, code, reasonRaw)
+        if not self._lost:
+            self._timers.closing()
+        return result
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.hub.unsubscribe(self)
 
     def connectionLost(self, reason: Failure) -> None:
+        self._timers.lost()
         WebSocketServerProtocol.connectionLost(self, reason)
         self._lost = True
         self._queue.clear()
-        if self._drop_call is not None and self._drop_call.active():
-            self._drop_call.cancel()
-        self._drop_call = None
         self.hub.lost(self)
         waiters, self._lost_waiters = self._lost_waiters, []
         for waiter in waiters:
@@ -278,9 +296,9 @@ class EventsServerProtocol(WebSocketServerProtocol):
         self._closing = True
         if self.state == self.STATE_OPEN:
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123])
-            self._drop_call = self.hub.clock.callLater(self.hub.drop_timeout, self._abort)
+            self._timers.closing()
         else:
-            self._abort()
+            self.dropConnection(abort=True)
 
     def when_lost(self) -> Deferred:
         """A Deferred that fires once the connection is gone."""
@@ -289,11 +307,6 @@ class EventsServerProtocol(WebSocketServerProtocol):
         waiter: Deferred = Deferred()
         self._lost_waiters.append(waiter)
         return waiter
-
-    def _abort(self) -> None:
-        self._drop_call = None
-        if not self._lost:
-            self.dropConnection(abort=True)
 
     def _send(self, payload: bytes) -> None:
         if self.state == self.STATE_OPEN:
@@ -315,10 +328,5 @@ class EventsServerFactory(WebSocketServerFactory):
         WebSocketServerFactory.__init__(self, reactor=hub.clock)
         self.hub = hub
         self.snapshot = snapshot
-        self.setProtocolOptions(
-            webStatus=False,
-            autoPingInterval=hub.ping_interval,
-            autoPingTimeout=hub.ping_timeout,
-            openHandshakeTimeout=hub.handshake_timeout,
-            closeHandshakeTimeout=hub.handshake_timeout,
-        )
+        self.setProtocolOptions(webStatus=False)
+        disable_autobahn_timers(self)

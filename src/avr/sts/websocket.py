@@ -4,9 +4,8 @@ The AVR STS WebSocket client (``ws://`` and ``wss://``), on autobahn.
 One connection per call: ``init {uuid}`` first, then caller audio and DTMF as JSON text frames; agent audio,
 interruptions, transcripts and errors go to the call's `IStsHandler`.
 
-autobahn's own timers (opening/closing handshake timeouts, auto-ping) run on txaio's global reactor whatever reactor
-the factory is given, so they are all turned off here and replaced by timers on the injected clock: the overall
-connect timeout (`WebSocketStsConnector`) and the closing handshake timeout (`StsClientProtocol`).
+Every timer runs on the injected clock (`avr.wsclock`): the overall connect timeout (`WebSocketStsConnector`) and
+the closing handshake timeout (`StsClientProtocol`); the STS gets no keep-alive pings.
 """
 
 from __future__ import annotations
@@ -45,6 +44,7 @@ from avr.sts.once import Once
 from avr.sts.tls import load_trust_root
 from avr.sts.wsframes import TEXT, MaskingKeys, leading_text_frames, masked_frame
 from avr.writethrough import write_through
+from avr.wsclock import ConnectionTimers, WebSocketTimeouts, disable_autobahn_timers
 
 log = Logger()
 
@@ -59,17 +59,6 @@ _UPGRADE_FAILED = re.compile(r"upgrade failed \[(\d+)\]:\s*(.*)")
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSED = WebSocketProtocol.STATE_CLOSED
 _SEND_GROUND = WebSocketProtocol.SEND_STATE_GROUND
-
-
-def disable_autobahn_timers(factory: Any) -> None:
-    """
-    Turn off the timers autobahn would schedule on the global reactor (handshake timeouts, auto-ping) for every
-    connection of ``factory`` (client or server).
-    """
-    options: dict[str, Any] = {"openHandshakeTimeout": 0, "closeHandshakeTimeout": 0, "autoPingInterval": 0}
-    if not factory.isServer:
-        options["serverConnectionDropTimeout"] = 0
-    factory.setProtocolOptions(**options)
 
 
 @implementer(IStsSession)
@@ -98,12 +87,10 @@ class StsClientProtocol(WebSocketClientProtocol):
         super().__init__()
         self.uuid = uuid
         self._handler = handler
-        self._clock = clock
-        self._close_timeout = close_timeout
+        self._timers = ConnectionTimers(self, clock, WebSocketTimeouts(close=close_timeout))
         self._was_open = False
         self._close_requested = False
         self._ended = False
-        self._close_timer: Any = None
         self._lost_reason: Failure | None = None
         self._opening = Once()
         self._noted: set[str] = set()
@@ -148,7 +135,7 @@ class StsClientProtocol(WebSocketClientProtocol):
         if self.state == _OPEN:
             self.sendClose(code=WebSocketProtocol.CLOSE_STATUS_CODE_NORMAL)
         if self.state != _CLOSED:
-            self._arm_close_timer()
+            self._timers.closing()
 
     # -- connection progress, for the connector
 
@@ -169,6 +156,7 @@ class StsClientProtocol(WebSocketClientProtocol):
     def connectionMade(self) -> None:
         """Start the WebSocket opening handshake; prepare the direct write path."""
         super().connectionMade()
+        self._timers.connected()
         self._write = write_through(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
@@ -186,6 +174,7 @@ class StsClientProtocol(WebSocketClientProtocol):
 
     def onOpen(self) -> None:
         """Send ``init``: the session is open."""
+        self._timers.opened()
         self.sendMessage(encode_init(self.uuid), isBinary=False)
         self._was_open = True
         log.info("STS WebSocket open for call {uuid}", uuid=self.uuid)
@@ -247,30 +236,17 @@ class StsClientProtocol(WebSocketClientProtocol):
         """The STS started or answered the closing handshake: make sure the TCP connection goes away in time."""
         result = super().onCloseFrame(code, reasonRaw)
         if self.state != _CLOSED:
-            self._arm_close_timer()
+            self._timers.closing()
         return result
-
-    def _arm_close_timer(self) -> None:
-        if self._close_timer is None:
-            self._close_timer = self._clock.callLater(self._close_timeout, self._close_timed_out)
-
-    def _close_timed_out(self) -> None:
-        self._close_timer = None
-        if self.state != _CLOSED:
-            self.wasNotCleanReason = f"closing handshake not finished within {self._close_timeout:g} s"
-            self.abort()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         """Remember why the transport went away (TLS verification, reset...) before autobahn reports the close."""
         self._lost_reason = reason
+        self._timers.lost()
         super().connectionLost(reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         """Report the end: a failed connection attempt before open, `IStsHandler.sts_closed` (once) after."""
-        if self._close_timer is not None:
-            if self._close_timer.active():
-                self._close_timer.cancel()
-            self._close_timer = None
         if self._ended:
             return
         self._ended = True

@@ -55,7 +55,7 @@ from avr.sts.codec import (
     encode_transcript,
 )
 from avr.sts.once import Once
-from avr.sts.websocket import disable_autobahn_timers
+from avr.wsclock import disable_autobahn_timers
 
 log = Logger()
 
