@@ -208,6 +208,51 @@ def test_404_while_asterisk_loads_is_retried() -> None:
     stop(stream, net, clock)
 
 
+def test_failed_upgrades_back_off_like_refused_connections() -> None:
+    """Each refused upgrade is one more failed attempt: the delays grow as for refused connections."""
+    stream, net, listener, clock = make()
+    net.server.status = 404
+    stream.start()
+    delays = []
+    for _ in range(4):
+        net.flush()
+        assert stream.state == "disconnected"
+        (call,) = clock.getDelayedCalls()
+        delays.append(call.getTime() - clock.seconds())
+        clock.advance(delays[-1])
+    assert delays == [0.5, 1, 2, 4]
+    assert len(net.server.requests) == 4 and listener.calls == []
+    stop(stream, net, clock)
+
+
+def test_an_upgrade_that_is_never_answered_times_out() -> None:
+    """TCP is up but the upgrade gets no answer: dropped after connect_timeout, retried."""
+    stream, net, listener, clock = make(connect_timeout=3)
+    stream.start()  # nothing is pumped: the server never sees the request
+    assert stream.state == "connecting"
+    clock.advance(3)
+    net.flush()
+    assert stream.state == "disconnected" and stream.last_error == "no WebSocket upgrade within 3 s"
+    clock.advance(0.5)
+    net.flush()
+    assert stream.state == "connected" and net.attempts == 2
+    stop(stream, net, clock)
+
+
+def test_stop_during_the_upgrade_drops_the_connection() -> None:
+    """stop() while the upgrade is under way drops the socket; nothing reconnects, no listener call."""
+    stream, net, listener, clock = make()
+    stream.start()
+    done: list[Any] = []
+    stream.stop().addBoth(done.append)
+    net.flush()
+    assert done == [None] and clock.getDelayedCalls() == []
+    assert net.pumps[0].clientIO.disconnected and listener.calls == []
+    clock.advance(100)
+    net.flush()
+    assert net.attempts == 1 and stream.state == "disconnected"
+
+
 def test_drop_mid_stream_reconnects_and_resyncs() -> None:
     """A dropped socket (no close frame, as when Asterisk restarts) → ari_disconnected, retry, ari_connected."""
     stream, net, listener, clock = connected()
@@ -295,8 +340,8 @@ def test_stop_closes_a_socket_that_ignores_the_close() -> None:
     assert net.attempts == 1
 
 
-def test_the_password_is_never_logged() -> None:
-    """Log lines show the redacted URL only."""
+def test_the_password_is_never_logged(log_events: list[dict]) -> None:
+    """Log lines show the redacted URL only: the stream's, and those of Twisted's ClientService."""
     stream, net, listener, clock = make()
     logged: list[dict] = []
     stream.log = Logger(observer=logged.append)
@@ -305,6 +350,8 @@ def test_the_password_is_never_logged() -> None:
     clock.advance(0.5)
     text = "\n".join(formatEvent(e) for e in logged)
     assert "api_key=***" in text and PASSWORD not in text and "pa55" not in text
+    everything = "\n".join(formatEvent(e) for e in log_events)
+    assert "Scheduling retry" in everything and "api_key=***" in everything and "pa55" not in everything
     stop(stream, net, clock)
 
 
