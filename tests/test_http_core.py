@@ -256,7 +256,7 @@ def test_check_api_key_unit():
     with pytest.raises(ApiError):
         check_api_key(request, "ключ2")
     query = DummyRequest([b"call"])
-    query.args = {b"api_key": [b"secret"]}
+    query.uri = b"/call?api_key=secret"
     check_api_key(query, "secret")
 
 

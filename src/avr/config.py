@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from attrs import frozen
 
+from avr.logtext import redact_url
+
 #: Sample rates (Hz) that AudioSocket audio kinds 0x10-0x18 can carry, and so the rates an STS may use.
 AUDIO_RATES = (8000, 12000, 16000, 24000, 32000, 44100, 48000, 96000, 192000)
 
@@ -214,25 +216,6 @@ class Config:
                 value = redact_url(value)
             described[s.attribute] = value
         return described
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any ``user:password@`` removed and the values of secret-looking query parameters masked."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    netloc = parts.netloc.rpartition("@")[2]
-    query = parts.query
-    if query:
-        masked = []
-        for pair in query.split("&"):
-            name, sep, value = pair.partition("=")
-            if sep and any(word in name.lower() for word in ("key", "secret", "token", "password", "auth")):
-                value = "***"
-            masked.append(f"{name}{sep}{value}")
-        query = "&".join(masked)
-    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 def read_config_file(path: str) -> dict[str, str]:

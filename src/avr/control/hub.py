@@ -188,7 +188,8 @@ class EventsServerProtocol(WebSocketServerProtocol):
     connection before the upgrade), so the transport's ``pauseProducing`` tells it when the client is not keeping up.
     """
 
-    log = Logger()
+    # Not ``log``: that is autobahn's own logger, which keeps its debug chatter (every frame sent) out of the log.
+    _log = Logger()
     #: The connection's timers, on the hub's clock (made in ``connectionMade``, once the factory is known).
     _timers: ConnectionTimers
 
@@ -220,7 +221,7 @@ class EventsServerProtocol(WebSocketServerProtocol):
             self.transport.unregisterProducer()
             self.transport.registerProducer(self, True)
         except Exception:
-            self.log.failure("Cannot watch the send buffer of /events client {peer}", peer=self.peer)
+            self._log.failure("Cannot watch the send buffer of /events client {peer}", peer=self.peer)
         self.hub.opened(self, self.factory.snapshot)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -273,7 +274,7 @@ class EventsServerProtocol(WebSocketServerProtocol):
             return
         if self._paused or self._queue:
             if len(self._queue) >= self.hub.max_queue:
-                self.log.warn(
+                self._log.warn(
                     "Dropping /events client {peer}: too slow, {count} events waiting", peer=self.peer,
                     count=len(self._queue))
                 self.close(CLOSE_TOO_SLOW, f"too slow: more than {self.hub.max_queue} events waiting")

@@ -33,7 +33,7 @@ from avr.control.recordings import IF_EXISTS
 from avr.control.records import HANGUP_REASONS as _REASON_CAUSES
 from avr.control.records import MEDIA_SCHEMES
 from avr.control.wav import WavError, decode_wav
-from avr.http.auth import check_api_key
+from avr.http.auth import check_api_key, strip_credentials
 from avr.http.json import ApiError, add_route, json_response, json_type, read_json_body
 from avr.interfaces import ICallControl
 
@@ -448,6 +448,7 @@ class ControlRoutes:
 
     async def _events(self, request: IRequest) -> Any:
         """WebSocket: real-time call event stream (a snapshot, then one JSON message per event)."""
+        strip_credentials(request)  # autobahn logs the whole handshake it is given
         return self._events_resource
 
     async def _list_endpoints(self, request: IRequest) -> bytes:

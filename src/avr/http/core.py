@@ -37,7 +37,7 @@ class CoreRoutes:
 
     log = Logger()
 
-    sts_url: str | None
+    sts_url: str | None = field(repr=lambda url: repr(redact_url(url) if url else url))
     registrations: Registrations
     webhooks: IWebhooks
     max_body: int = 64 * 1024
