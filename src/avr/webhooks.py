@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from avr.config import redact_url
 from avr.interfaces import IWebhooks
+from avr.json_input import decode_json
 from avr.urls import is_sts_url
 
 #: The event types avr-core sends (and avr-app's receiver accepts), in a call's order.
@@ -368,7 +369,7 @@ class WebhookClient:
         if body is None or not body.strip():
             return None
         try:
-            reply = json.loads(body.decode("utf-8"))
+            reply = decode_json(body)
         except ValueError:
             self.log.info("Webhook response received: {body}", body=_shorten(body.decode("utf-8", "replace")))
             self.log.warn("Ignoring the call_initiated reply for call {uuid}: not JSON", uuid=uuid)

@@ -10,7 +10,6 @@ merge repeated parameters).
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any, Mapping
 from urllib.parse import quote
 
@@ -25,6 +24,7 @@ from zope.interface import implementer
 from avr.ari.errors import AriError, AriUnavailable
 from avr.config import redact_url
 from avr.interfaces import IAriClient
+from avr.json_input import decode_json
 
 #: Characters left as they are in query values (as Asterisk's own captures show them): ``,`` separates list items for
 #: ARI, ``:`` is in every media URI, ``/`` and ``@`` in dial strings, ``;`` in tone URIs. ``+``, ``=``, ``&``, spaces
@@ -76,7 +76,7 @@ def error_message(body: bytes) -> str:
     """Asterisk's error text from a response body: the ``message`` (or ``error``) key, else the raw text."""
     text = body.decode("utf-8", "replace").strip()
     try:
-        parsed = json.loads(text)
+        parsed = decode_json(text)
     except ValueError:
         return text[:500] or "(empty response)"
     if isinstance(parsed, dict):
@@ -190,7 +190,7 @@ class AriClient:
         if not content.strip():
             return None
         try:
-            return json.loads(content)
+            return decode_json(content)
         except ValueError:
             raise AriError(response.code, f"ARI answered {method} {path} with a body that is not JSON") from None
 

@@ -19,7 +19,6 @@ The parts:
 
 from __future__ import annotations
 
-import json
 import random
 from typing import Any, Callable
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -41,6 +40,7 @@ from zope.interface import implementer
 from avr.ari.client import describe_connection_failure
 from avr.config import redact_url
 from avr.interfaces import IAriEventListener
+from avr.json_input import decode_json
 from avr.sts.once import Once
 from avr.wsclock import ConnectionTimers, WebSocketTimeouts, disable_autobahn_timers
 
@@ -92,7 +92,7 @@ def decode_event(payload: bytes, is_binary: bool) -> dict | None:
         log.warn("Skipping a binary message on the ARI events WebSocket ({size} bytes)", size=len(payload))
         return None
     try:
-        event = json.loads(payload.decode("utf-8"))
+        event = decode_json(payload)
     except ValueError:
         log.warn("Skipping an ARI event that is not JSON: {start!r}", start=payload[:200])
         return None

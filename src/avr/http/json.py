@@ -13,6 +13,8 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from avr.json_input import JsonInputError, decode_json
+
 log = Logger()
 
 #: The media type of every JSON response (JSON text is UTF-8 by definition; the bodies are ASCII anyway).
@@ -45,7 +47,8 @@ async def read_json_body(request: IRequest, max_bytes: int) -> Any:
     """
     The request body parsed as JSON.
 
-    The body must be UTF-8 JSON text of at most ``max_bytes`` bytes; ``NaN`` and ``Infinity`` are refused. The
+    The body must be UTF-8 JSON text of at most ``max_bytes`` bytes, nested at most
+    `avr.json_input.MAX_DEPTH` levels; ``NaN`` and ``Infinity`` are refused. The
     ``Content-Type`` is not checked (Asterisk's ``CURL()`` only sends one if the dialplan sets it).
 
     :raises ApiError: 413 if the body is larger than ``max_bytes``; 400 if it is empty or not valid JSON.
@@ -60,12 +63,8 @@ async def read_json_body(request: IRequest, max_bytes: int) -> Any:
     if not data.strip():
         raise ApiError(400, "request body is empty: expected a JSON object")
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ApiError(400, f"request body is not valid JSON: not UTF-8 (byte {e.start})") from None
-    try:
-        return json.loads(text, parse_constant=_refuse_constant)
-    except ValueError as e:
+        return decode_json(data, allow_nan=False)
+    except JsonInputError as e:
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
 
 
@@ -153,10 +152,6 @@ def _http_exception_response(request: IRequest, error: HTTPException) -> bytes:
         if name.lower() not in ("content-type", "content-length"):
             request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
     return json_response(request, status, {"error": message, **extra})
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
 
 
 def _text(value: bytes | str | None) -> str:

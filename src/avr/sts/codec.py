@@ -20,6 +20,7 @@ from typing import Union
 from attrs import frozen
 
 from avr.frames import DTMF_DIGITS
+from avr.json_input import JsonInputError, decode_json
 
 
 #: The roles a ``transcript`` message may carry.
@@ -143,12 +144,8 @@ def encode_error(message: str | None) -> bytes:
 
 def _parse(payload: bytes | str) -> tuple[str, dict]:
     try:
-        # Decoded here, strictly: json.loads would decode bytes with "surrogatepass", letting through text that
-        # cannot be encoded again.
-        obj = json.loads(payload.decode("utf-8") if isinstance(payload, bytes) else payload)
-    except UnicodeDecodeError:
-        raise StsProtocolError("message is not valid UTF-8") from None
-    except ValueError as e:
+        obj = decode_json(payload)
+    except JsonInputError as e:
         raise StsProtocolError(f"message is not JSON ({e})") from None
     if not isinstance(obj, dict):
         raise StsProtocolError(f"message is a JSON {type(obj).__name__}, not an object")
