@@ -33,6 +33,7 @@ from avr.interfaces import (
     IStsHandler,
     IStsSession,
 )
+from avr.logtext import clip
 from avr.playout import FrameTicker, PlaybackQueue, frame_bytes_for_rate
 
 #: Caller audio kept while the STS connection opens (seconds); older audio is dropped first.
@@ -141,7 +142,7 @@ class Call:
         if failure.check(CancelledError) and self.ended:
             return
         self.log.error("STS connection failed for call {uuid}: {reason}", uuid=self.uuid,
-                       reason=failure.getErrorMessage() or failure.type.__name__)
+                       reason=clip(failure.getErrorMessage() or failure.type.__name__))
         self.end("STS unreachable")
 
     # -- ICallSink: from Asterisk ------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ class Call:
             self.observer.transcript(self, role, text)
 
     def sts_error(self, message: str) -> None:
-        self.log.warn("STS error on call {uuid}: {message}", uuid=self.uuid, message=message)
+        self.log.warn("STS error on call {uuid}: {message}", uuid=self.uuid, message=clip(message))
 
     def sts_closed(self, reason: str) -> None:
         self._session = None

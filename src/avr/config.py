@@ -152,6 +152,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Refuse AudioSocket calls whose UUID was not registered with POST /call"),
     Setting("call_init_ttl", "CALL_INIT_TTL", _integer(1, 86400), 60,
             "Seconds a POST /call registration waits for its AudioSocket connection"),
+    Setting("call_init_max", "CALL_INIT_MAX", _integer(1, 1_000_000), 1000,
+            "Most POST /call registrations waiting for their AudioSocket connection at once; "
+            "beyond that POST /call answers 503"),
     Setting("http_max_body", "HTTP_MAX_BODY", _integer(1024, 64 * 1024 * 1024), 64 * 1024,
             "Largest accepted JSON request body, in bytes"),
     Setting("ari_url", "ARI_URL", _url("http", "https"), None,
@@ -192,6 +195,7 @@ class Config:
     uuid_timeout: int = 5
     require_call_init: bool = False
     call_init_ttl: int = 60
+    call_init_max: int = 1000
     http_max_body: int = 64 * 1024
     ari_url: str | None = None
     ari_username: str | None = None

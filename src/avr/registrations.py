@@ -18,7 +18,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from avr.admissions import Admissions
-from avr.config import redact_url
 from avr.interfaces import IAdmission, IAudioSocketLeg, ICallSink
 
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
@@ -83,15 +82,25 @@ class RegisteredCall:
                           reason=reason.getErrorMessage())
 
 
+class RegistrationsFull(Exception):
+    """A new registration would exceed the limit of pending registrations (``CALL_INIT_MAX``)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} calls are already waiting for their AudioSocket connection (CALL_INIT_MAX)")
+        self.limit = limit
+
+
 @define(eq=False)
 class Registrations:
     """
     ``POST /call`` registrations, kept in the admissions registry until their AudioSocket connection arrives, each
-    expiring ``ttl_seconds`` after it was (last) registered.
+    expiring ``ttl_seconds`` after it was (last) registered, at most ``max_pending`` at a time.
 
     :param admissions: where the registrations wait.
     :param ttl_seconds: how long a registration waits for its AudioSocket connection.
     :param start: starts the agent call of a registered connection (`avr.calls.CallManager.start_call`).
+    :param max_pending: most registrations waiting at once; a new UUID beyond that is refused (`RegistrationsFull`),
+        registering a waiting one again is not.
     """
 
     log = Logger()
@@ -99,22 +108,42 @@ class Registrations:
     admissions: Admissions
     ttl_seconds: float
     start: StartCall
+    max_pending: int = 1000
+    #: Registrations refused since the last one accepted (the first of a run is a warning, the rest are counted).
+    _refused: int = field(default=0, init=False)
+
+    def check_room(self, uuid: str) -> None:
+        """
+        Refuse ``uuid`` now if registering it would exceed ``max_pending`` (so a caller can answer before doing any
+        work for it).
+
+        :raises RegistrationsFull: no room for a new UUID.
+        """
+        if uuid in self or len(self) < self.max_pending:
+            return
+        if not self._refused:
+            self.log.warn("{count} calls are waiting for their AudioSocket connection (CALL_INIT_MAX): refusing new "
+                          "registrations until some are taken or expire", count=len(self))
+        self._refused += 1
+        raise RegistrationsFull(self.max_pending)
 
     def register(self, uuid: str, payload: Mapping[str, Any], sts_url: str | None, override: bool) -> Registration:
         """
         Store (or replace) the registration of ``uuid`` and (re)arm its expiry timer.
 
         :raises ValueError: if ``uuid`` is not a UUID (see `canonical_uuid`).
+        :raises RegistrationsFull: ``uuid`` is new and ``max_pending`` registrations are waiting.
         """
         key = canonical_uuid(uuid)
+        self.check_room(key)
+        if self._refused:
+            self.log.info("Accepting registrations again ({count} refused while full)", count=self._refused)
+            self._refused = 0
         if isinstance(self.admissions.get(key), RegisteredCall):
             self.log.info("Call {uuid} registered again: replacing its previous registration", uuid=key)
         registration = Registration(key, payload, sts_url, override, self.admissions.clock.seconds())
         self.admissions.expect(key, RegisteredCall(registration, self.start), self.ttl_seconds)
-        self.log.debug(
-            "Call {uuid} registered (STS URL {url}, override {override}); waiting {ttl}s for its AudioSocket",
-            uuid=key, url=redact_url(sts_url) if sts_url else "<echo agent>", override=override, ttl=self.ttl_seconds,
-        )
+        self.log.debug("Call {uuid} registered; waiting {ttl}s for its AudioSocket", uuid=key, ttl=self.ttl_seconds)
         return registration
 
     def get(self, uuid: str) -> Registration | None:

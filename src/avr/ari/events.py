@@ -41,6 +41,7 @@ from avr.ari.client import describe_connection_failure
 from avr.config import redact_url
 from avr.interfaces import IAriEventListener
 from avr.json_input import decode_json
+from avr.logtext import clip
 from avr.sts.once import Once
 from avr.wsclock import ConnectionTimers, WebSocketTimeouts, disable_autobahn_timers
 
@@ -481,7 +482,7 @@ class AriEventStream:
         try:
             self._listener.ari_event(event)
         except Exception:
-            self.log.failure("The ARI listener failed on a {type} event", type=event["type"])
+            self.log.failure("The ARI listener failed on a {type} event", type=clip(event["type"]))
 
     def replaced(self) -> None:
         """``ApplicationReplaced``: the connection closes; the next attempt waits the hold-off."""

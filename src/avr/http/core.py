@@ -18,7 +18,7 @@ from avr.config import redact_url
 from avr.http.auth import check_api_key
 from avr.http.json import ApiError, add_route, json_response, json_type, read_json_body
 from avr.interfaces import IWebhooks
-from avr.registrations import Registration, Registrations, canonical_uuid
+from avr.registrations import Registration, Registrations, RegistrationsFull, canonical_uuid
 from avr.urls import sts_url_with_params
 
 
@@ -71,13 +71,19 @@ class CoreRoutes:
         """
         ``POST /call`` with ``{"uuid": "<uuid>", "payload": {...}}``: decide the call's STS URL (``STS_URL`` or the
         ``call_initiated`` webhook's ``sts_url``, plus every payload field as a query parameter), register the call,
-        and answer 200 ``{"sts_url": <url or null>, "override": <bool>}``.
+        and answer 200 ``{"sts_url": <url or null>, "override": <bool>}``; 503 (before the webhook is asked) while
+        ``CALL_INIT_MAX`` calls are already waiting for their AudioSocket connection.
 
         The registration completes even if the client hangs up while the webhook is being asked.
         """
         check_api_key(request, self.api_key)
         uuid, payload = _parse_call(await read_json_body(request, self.max_body))
-        registration = await _uncancellable(self._initiate(uuid, payload))
+        try:
+            self.registrations.check_room(uuid)
+            registration = await _uncancellable(self._initiate(uuid, payload))
+        except RegistrationsFull as e:
+            request.setHeader(b"retry-after", b"1")
+            raise ApiError(503, f"too many calls pending: {e}; try again later", limit=e.limit) from None
         return json_response(request, 200, {"sts_url": registration.sts_url, "override": registration.override})
 
     def _initiate(self, uuid: str, payload: dict[str, Any]) -> Deferred[Registration]:
@@ -123,7 +129,7 @@ def _uncancellable(d: Deferred[Any]) -> Deferred[Any]:
 
     def relay(result: Any) -> None:
         if shield.called:
-            if isinstance(result, Failure):
+            if isinstance(result, Failure) and not result.check(RegistrationsFull):
                 CoreRoutes.log.failure("Call initialisation failed after the client left", result)
             return
         if isinstance(result, Failure):

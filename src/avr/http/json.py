@@ -14,6 +14,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from avr.json_input import JsonInputError, decode_json
+from avr.logtext import clip
 
 log = Logger()
 
@@ -126,8 +127,8 @@ def install_error_handlers(app: Klein) -> None:
         log.failure(
             "Unhandled error serving {method} {path}",
             failure,
-            method=_text(request.method),
-            path=_text(request.path),
+            method=clip(_text(request.method)),
+            path=clip(_text(request.path)),
         )
         return json_response(request, 500, {"error": "internal error"})
 

@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from avr import __version__
 from avr.config import redact_url
+from avr.logtext import clip
 from avr.interfaces import IStsConnector, IStsHandler, IStsSession
 from avr.sts.attempt import Dialer
 from avr.sts.codec import (
@@ -219,10 +220,11 @@ class StsClientProtocol(WebSocketClientProtocol):
             case Transcript(role=role, text=text):
                 self._handler.sts_transcript(role, text)
             case StsErrorMessage(message=text):
-                log.warn("STS for call {uuid} reported an error: {message}", uuid=self.uuid, message=text)
+                log.warn("STS for call {uuid} reported an error: {message}", uuid=self.uuid, message=clip(text))
                 self._handler.sts_error(text)
             case UnknownMessage(type=kind):
-                log.debug("STS for call {uuid}: ignoring message of unknown type {type!r}", uuid=self.uuid, type=kind)
+                log.debug("STS for call {uuid}: ignoring message of unknown type {type!r}", uuid=self.uuid,
+                          type=clip(kind))
 
     def _note(self, kind: str, fmt: str, **fields: Any) -> None:
         # The first oddity of each kind is a warning; repeats (a broken peer sends many) go to debug.
