@@ -115,7 +115,7 @@ def test_deep_rest_body_is_a_400(log_events: list[LogEvent]) -> None:
     clock = Clock()
     app = Klein()
     install_error_handlers(app)
-    ControlRoutes(_Model(), EventsHub(clock, ping_interval=0, ping_timeout=0, handshake_timeout=0),
+    ControlRoutes(_Model(), EventsHub(clock, ping_interval=0),
                   max_body=65536, api_key=None, clock=clock).install(app)
     stub = StubTreq(app.resource())
     response = fired(stub.post("http://avr/calls", data=DEEP.encode()))

@@ -33,7 +33,7 @@ from avr.interfaces import (
     IStsHandler,
     IStsSession,
 )
-from avr.logtext import clip
+from avr.logtext import clip, url_repr
 from avr.playout import FrameTicker, PlaybackQueue, frame_bytes_for_rate
 
 #: Caller audio kept while the STS connection opens (seconds); older audio is dropped first.
@@ -54,7 +54,7 @@ class Call:
 
     uuid: str
     leg: IAudioSocketLeg
-    sts_url: str | None
+    sts_url: str | None = field(repr=url_repr)
     sts_rate: int
     connector: IStsConnector
     observer: ICallObserver
@@ -249,7 +249,7 @@ class CallManager:
     observer: ICallObserver
     ticker: FrameTicker
     admissions: Admissions
-    sts_url: str | None
+    sts_url: str | None = field(repr=url_repr)
     sts_rate: int = 8000
     require_registration: bool = False
     _calls: dict[str, Call] = field(factory=dict)

@@ -82,3 +82,8 @@ def redact_url(url: str) -> str:
         for part in (parts.query, parts.fragment)
     )
     return clip(parts._replace(netloc=netloc, query=query, fragment=fragment).geturl())
+
+
+def url_repr(url: str | None) -> str:
+    """The ``repr`` of an attrs field holding a URL that may carry credentials: ``field(repr=url_repr)``."""
+    return repr(redact_url(url) if url else url)

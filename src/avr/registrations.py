@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from avr.admissions import Admissions
 from avr.interfaces import IAdmission, IAudioSocketLeg, ICallSink
+from avr.logtext import url_repr
 
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
@@ -52,7 +53,7 @@ class Registration:
 
     uuid: str
     payload: Mapping[str, Any]
-    sts_url: str | None
+    sts_url: str | None = field(repr=url_repr)
     override: bool
     registered_at: float
 

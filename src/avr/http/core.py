@@ -15,6 +15,7 @@ from twisted.web.iweb import IRequest
 
 import avr
 from avr.config import redact_url
+from avr.logtext import url_repr
 from avr.http.auth import check_api_key
 from avr.http.json import ApiError, add_route, json_response, json_type, read_json_body
 from avr.interfaces import IWebhooks
@@ -37,7 +38,7 @@ class CoreRoutes:
 
     log = Logger()
 
-    sts_url: str | None = field(repr=lambda url: repr(redact_url(url) if url else url))
+    sts_url: str | None = field(repr=url_repr)
     registrations: Registrations
     webhooks: IWebhooks
     max_body: int = 64 * 1024
