@@ -37,6 +37,19 @@ def test_http_and_audiosocket_ports() -> None:
     avr.service.stopService()
 
 
+def test_both_listeners_use_the_listen_backlog() -> None:
+    """LISTEN_BACKLOG (default 4096, not Twisted's 50) is the backlog of the AudioSocket and the HTTP port."""
+    reactor, avr = make(http_port=6001)
+    avr.service.startService()
+    assert [(port, backlog) for port, _, backlog, _ in reactor.tcpServers] == [(6001, 4096), (5001, 4096)]
+    avr.service.stopService()
+    reactor, avr = make(http_port=6001, listen_backlog=2000, bind_address="::")
+    avr.service.startService()
+    assert [(port, backlog, interface) for port, _, backlog, interface in reactor.tcpServers] == [
+        (6001, 2000, "::"), (5001, 2000, "::")]
+    avr.service.stopService()
+
+
 def test_port_in_use_refuses_to_start() -> None:
     """A port that cannot be bound stops startup with an error instead of running without a listener."""
     from twisted.internet.error import CannotListenError

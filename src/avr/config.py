@@ -133,6 +133,9 @@ SETTINGS: tuple[Setting, ...] = (
             "HTTP port for /health, /call, the REST API and /events; unset = no HTTP server (as avr-core)"),
     Setting("bind_address", "BIND_ADDRESS", _text, "127.0.0.1",
             "Interface both servers listen on; 0.0.0.0 (or ::) when Asterisk runs on another host"),
+    Setting("listen_backlog", "LISTEN_BACKLOG", _integer(1, 65535), 4096,
+            "Connections the kernel queues for both servers while avr is busy, so a burst of calls is not dropped; "
+            "Linux caps it at net.core.somaxconn"),
     Setting("sts_url", "STS_URL", _url("ws", "wss", "http", "https"), None,
             "Speech-to-speech service: ws(s):// (AVR STS protocol) or http(s):// (legacy streaming); "
             "unset = built-in echo agent"),
@@ -184,6 +187,7 @@ class Config:
     port: int = 5001
     http_port: int | None = None
     bind_address: str = "127.0.0.1"
+    listen_backlog: int = 4096
     sts_url: str | None = None
     sts_sample_rate: int = 8000
     sts_connect_timeout: int = 5000

@@ -173,11 +173,17 @@ def build_control(reactor: Any, config: Config, http_client: Any, injector: IAud
     return ControlService(hub, control, stream, events_webhook)
 
 
-def server_endpoint(reactor: Any, address: str, port: int) -> IStreamServerEndpoint:
-    """A TCP listening endpoint on ``address`` (IPv4 or IPv6 literal, or ``0.0.0.0``/``::``)."""
+def server_endpoint(reactor: Any, address: str, port: int, backlog: int) -> IStreamServerEndpoint:
+    """
+    A TCP listening endpoint on ``address`` (IPv4 or IPv6 literal, or ``0.0.0.0``/``::``).
+
+    :param backlog: the ``listen()`` backlog: connections the kernel completes and queues until avr accepts them.
+        When it is full the kernel drops new SYNs, and the caller only retries after 1 s, 3 s... (Asterisk gives up
+        connecting after 2 s), so it must hold a whole burst of calls (see ``LISTEN_BACKLOG``).
+    """
     if ":" in address:
-        return TCP6ServerEndpoint(reactor, port, interface=address)
-    return TCP4ServerEndpoint(reactor, port, interface=address)
+        return TCP6ServerEndpoint(reactor, port, backlog=backlog, interface=address)
+    return TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=address)
 
 
 @define(eq=False)
@@ -221,7 +227,7 @@ def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: ISts
     CallsService(calls, factory, admissions, webhooks).setServiceParent(top)
 
     audiosocket = ListeningService(
-        server_endpoint(reactor, config.bind_address, config.port),
+        server_endpoint(reactor, config.bind_address, config.port, config.listen_backlog),
         factory,
         "AVR AudioSocket Server listening on port {port}",
     )
@@ -237,7 +243,7 @@ def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: ISts
             control.control, control.hub, max_body=config.http_max_body, api_key=config.api_key, clock=reactor
         ).install(app)
         http = ListeningService(
-            server_endpoint(reactor, config.bind_address, config.http_port),
+            server_endpoint(reactor, config.bind_address, config.http_port, config.listen_backlog),
             Site(app.resource(), reactor=reactor, logFormatter=redacted_access_log),
             "AVR HTTP Server listening on port {port}",
         )
