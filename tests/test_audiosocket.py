@@ -179,6 +179,25 @@ def test_first_frame_must_be_the_uuid(log_events: list[LogEvent]) -> None:
     assert not protocol.connected
 
 
+@pytest.mark.parametrize("header", [b"\x10\x01\x40", b"\x12\x02\x80", b"\x03\x00\x01", b"\x00\x00\x05"],
+                         ids=["slin8", "slin16", "dtmf", "hangup"])
+def test_a_first_header_of_another_kind_is_refused_as_soon_as_it_arrives(
+        header: bytes, log_events: list[LogEvent]) -> None:
+    """
+    An audio, DTMF or hang-up header as the first thing on the connection: refused when its 3 bytes are in, not
+    when its payload completes (or at the UUID timeout, if the payload never comes).
+    """
+    protocol, transport, clock, router = connect()
+    protocol.dataReceived(header[:2])
+    assert transport.writes == [] and not transport.disconnecting
+    protocol.dataReceived(header[2:])
+    assert transport.writes == [HANGUP_FRAME] and transport.disconnecting
+    assert router.legs == [] and clock.getDelayedCalls() == []
+    assert any("not the UUID (0x01)" in t and "closing" in t for t in warnings_logged(log_events))
+    protocol.dataReceived(encode_uuid(UUID))
+    assert router.legs == []
+
+
 def test_uuid_timeout_closes_the_connection(log_events: list[LogEvent]) -> None:
     """No UUID within uuid_timeout seconds: the connection is closed with a logged reason."""
     protocol, transport, clock, router = connect(uuid_timeout=3.0)

@@ -177,6 +177,29 @@ def test_bad_lengths(kind: int, length: int, message: str) -> None:
         FrameParser().feed(bytes((kind, length >> 8, length & 0xFF)))
 
 
+@pytest.mark.parametrize("kind", [Kind.SLIN8, Kind.SLIN16, Kind.SLIN192, Kind.DTMF, Kind.HANGUP, Kind.ERROR])
+def test_uuid_first_refuses_any_other_first_header_when_it_is_complete(kind: int) -> None:
+    """
+    With ``uuid_first`` a first header of another kind fails when its third byte arrives, before its payload (which
+    may never come); the UUID itself, and anything after it, parse as usual.
+    """
+    length = {Kind.DTMF: 1, Kind.HANGUP: 0, Kind.ERROR: 1}.get(kind, 320)
+    parser = FrameParser(uuid_first=True)
+    assert parser.feed(bytes((kind,))) == []
+    assert parser.feed(bytes((length >> 8,))) == []
+    with pytest.raises(FrameError, match=rf"first frame is \w+ \(0x{kind:02x}\), not the UUID \(0x01\)") as caught:
+        parser.feed(bytes((length & 0xFF,)))
+    assert caught.value.frames == []
+    with pytest.raises(FrameError, match="already failed"):
+        parser.feed(encode_uuid("b5768917-0f8e-47b3-89df-6b961073e64d"))
+    parser = FrameParser(uuid_first=True)
+    uuid_frame = encode_uuid("b5768917-0f8e-47b3-89df-6b961073e64d")
+    assert parser.feed(uuid_frame[:3]) == []
+    assert parser.feed(uuid_frame[3:] + bytes((kind, length >> 8, length & 0xFF)) + bytes(length)) == [
+        Frame(Kind.UUID, uuid_frame[3:]), Frame(kind, bytes(length))]
+    assert FrameParser().feed(bytes((kind, length >> 8, length & 0xFF)) + bytes(length)) == [Frame(kind, bytes(length))]
+
+
 def test_audio_limit_is_configurable_and_inclusive() -> None:
     """max_payload is the largest accepted audio payload."""
     parser = FrameParser(max_payload=640)

@@ -25,7 +25,6 @@ from avr.frames import (
     FrameParser,
     Kind,
     decode_uuid,
-    kind_name,
 )
 from avr.interfaces import IAudioSocketLeg, ICallRouter, ICallSink
 from avr.writethrough import write_through
@@ -117,7 +116,7 @@ class AudioSocketProtocol(Protocol):
             except OSError as e:
                 self.log.debug("AudioSocket connection from {peer}: cannot set TCP_NODELAY: {error}",
                                peer=self.peer, error=e)
-        self._parser = FrameParser(max_payload=self.factory.max_payload)
+        self._parser = FrameParser(max_payload=self.factory.max_payload, uuid_first=True)
         self._uuid_timer = self.factory.clock.callLater(self.factory.uuid_timeout, self._uuid_timed_out)
         self.factory.connections.add(self)
         self.log.debug("AudioSocket connection from {peer}", peer=self.peer)
@@ -184,12 +183,7 @@ class AudioSocketProtocol(Protocol):
             self.log.warn("Call {uuid}: ignoring a second UUID frame", uuid=self.uuid)
 
     def _first_frame(self, frame: Frame) -> None:
-        if frame.kind != Kind.UUID:
-            self.log.warn(
-                "AudioSocket connection from {peer}: first frame is {kind}, not the UUID (0x01); closing",
-                peer=self.peer, kind=kind_name(frame.kind))
-            self.hang_up()
-            return
+        # The parser refuses any other first kind at its header.
         self._cancel_uuid_timer()
         self.uuid = decode_uuid(frame.payload)
         self.log.info("AudioSocket call {uuid} connected from {peer}", uuid=self.uuid, peer=self.peer)

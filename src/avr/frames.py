@@ -130,12 +130,15 @@ class FrameParser:
     them). Odd-length audio payloads are returned unchanged.
 
     :param max_payload: the largest audio payload accepted (1..65535).
+    :param uuid_first: the stream must start with the UUID message (Asterisk's stream to the server does): any
+        other first header fails as soon as its 3 bytes are in.
     """
 
-    def __init__(self, max_payload: int = DEFAULT_MAX_AUDIO_PAYLOAD) -> None:
+    def __init__(self, max_payload: int = DEFAULT_MAX_AUDIO_PAYLOAD, uuid_first: bool = False) -> None:
         if not 1 <= max_payload <= MAX_PAYLOAD:
             raise ValueError(f"max_payload must be 1..{MAX_PAYLOAD}, got {max_payload}")
         self.max_payload = max_payload
+        self._uuid_first = uuid_first
         self._pending = bytearray()
         # Bytes needed in _pending before parsing is worth trying (a header, then header + payload).
         self._need = _HEADER
@@ -165,6 +168,12 @@ class FrameParser:
             pending.clear()
         frames: list[Frame] = []
         total = len(data)
+        if self._uuid_first and total >= _HEADER:
+            # Nothing was consumed yet: data starts with the stream's first header.
+            self._uuid_first = False
+            if data[0] != Kind.UUID:
+                self._error = FrameError(f"first frame is {kind_name(data[0])}, not the UUID (0x01)")
+                raise self._error
         pos = 0
         need = _HEADER
         try:
