@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -16,10 +17,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from avr.admissions import Admissions
 from avr.audiosocket import AudioSocketFactory, AudioSocketProtocol, CallRefused
+from avr.calls import CallManager
 from avr.frames import HANGUP_FRAME, Kind, encode_dtmf, encode_frame, encode_uuid
 from avr.interfaces import IAudioSocketLeg, ICallRouter, ICallSink
+from avr.observers import WebhookObserver
+from avr.playout import FrameTicker
 from avr.testing.asterisk import Continuous, connect_simulated_asterisk
+from fakes import FakeStsConnector, FakeWebhooks
 
 UUID = "b5768917-0f8e-47b3-89df-6b961073e64d"
 AUDIO = bytes(range(256)) + bytes(64)
@@ -79,13 +85,34 @@ class FakeRouter:
         return sink
 
 
+class RecordingSocket:
+    """Records socket options set on it."""
+
+    def __init__(self) -> None:
+        self.options: dict[tuple[int, int], int] = {}
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        """Record."""
+        self.options[level, option] = value
+
+
 class RecordingTransport(StringTransport):
-    """A StringTransport that keeps each write separately and supports setTcpNoDelay."""
+    """A StringTransport that keeps each write separately and supports setTcpNoDelay and setTcpKeepAlive."""
 
     def __init__(self) -> None:
         super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
         self.writes: list[bytes] = []
         self.no_delay = False
+        self.keep_alive = False
+        self.handle = RecordingSocket()
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        """Record SO_KEEPALIVE."""
+        self.keep_alive = enabled
+
+    def getHandle(self) -> RecordingSocket:
+        """The 'socket'."""
+        return self.handle
 
     def write(self, data: bytes) -> None:
         """Record one write."""
@@ -141,7 +168,7 @@ def test_uuid_attaches_and_frames_reach_the_sink() -> None:
     protocol, transport, clock, router = connect()
     protocol.dataReceived(encode_uuid(UUID.upper()))
     assert router.legs == [protocol] and protocol.uuid == UUID
-    assert clock.getDelayedCalls() == []
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [1.0]  # the UUID timer is gone; the idle check is due
     protocol.dataReceived(encode_frame(Kind.SLIN8, AUDIO) + encode_frame(Kind.SLIN16, b"\x01\x02\x03"))
     protocol.dataReceived(encode_dtmf("1") + encode_dtmf("#") + encode_dtmf("a"))
     sink = router.sinks[0]
@@ -208,6 +235,139 @@ def test_uuid_timeout_closes_the_connection(log_events: list[LogEvent]) -> None:
     assert any("sent no UUID within 3.0 s" in t for t in warnings_logged(log_events))
     lose(protocol)
     assert router.legs == [] and clock.getDelayedCalls() == []
+
+
+def test_connections_get_tcp_keep_alive() -> None:
+    """SO_KEEPALIVE is on, with probes after 60 s of silence (not the kernel's 2 hours) where that can be tuned."""
+    _, transport, _, _ = connect()
+    assert transport.keep_alive is True
+    if hasattr(socket, "TCP_KEEPIDLE"):
+        assert transport.handle.options == {
+            (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE): 60,
+            (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL): 10,
+            (socket.IPPROTO_TCP, socket.TCP_KEEPCNT): 6,
+        }
+
+
+def _frames_every_20_ms(clock: Clock, seconds: float, send: Any) -> None:
+    for _ in range(round(seconds / 0.02)):
+        send()
+        clock.advance(0.02)
+
+
+def _run(clock: Clock, seconds: float) -> None:
+    """Let ``seconds`` pass in 1 ms steps, as a running reactor would."""
+    for _ in range(round(seconds / 0.001)):
+        clock.advance(0.001)
+
+
+def test_a_call_with_no_frame_for_the_idle_timeout_is_hung_up_and_ended(log_events: list[LogEvent]) -> None:
+    """
+    Audio every 20 ms keeps a call; once Asterisk goes quiet, the call is hung up (0x00) and ended with a logged
+    reason between idle_timeout and idle_timeout plus one check (timeout / 4) later.
+    """
+    protocol, transport, clock, router = connect(idle_timeout=3)
+    protocol.dataReceived(encode_uuid(UUID))
+    _frames_every_20_ms(clock, 10, lambda: protocol.dataReceived(encode_frame(Kind.SLIN8, AUDIO)))
+    sink = router.sinks[0]
+    assert sink.gone == [] and len(sink.audio) == 500
+    protocol.dataReceived(encode_frame(Kind.SLIN8, AUDIO))
+    _run(clock, 2.999)
+    assert sink.gone == [] and not transport.disconnecting
+    _run(clock, 0.75)
+    assert sink.gone == ["no frame either way for 3 s (AUDIOSOCKET_IDLE_TIMEOUT)"]
+    assert transport.writes == [HANGUP_FRAME] and transport.disconnecting
+    assert any(f"Call {UUID}: no frame to or from Asterisk for 3 s; hanging up" in t
+               for t in warnings_logged(log_events))
+    lose(protocol)
+    assert sink.gone == ["no frame either way for 3 s (AUDIOSOCKET_IDLE_TIMEOUT)"]
+    assert clock.getDelayedCalls() == []
+
+
+def test_audio_sent_to_asterisk_keeps_a_call_whose_caller_is_silent() -> None:
+    """
+    An avr-made externalMedia leg playing uploaded audio hears nothing while its bridge is silent: the frames avr
+    sends count as activity, as they do for Asterisk's own AudioSocket() timeout.
+    """
+    protocol, transport, clock, router = connect(idle_timeout=3)
+    protocol.dataReceived(encode_uuid(UUID))
+    _frames_every_20_ms(clock, 10, lambda: protocol.send_audio(Kind.SLIN16, bytes(640)))
+    assert router.sinks[0].gone == [] and len(transport.writes) == 500
+    _run(clock, 3.75)
+    assert router.sinks[0].gone != [] and transport.writes[-1] == HANGUP_FRAME
+
+
+def test_a_byte_now_and_then_does_not_keep_a_call(log_events: list[LogEvent]) -> None:
+    """A slowloris peer trickling one byte every half second (never a whole frame) is ended like a silent one."""
+    protocol, _, clock, router = connect(idle_timeout=3)
+    protocol.dataReceived(encode_uuid(UUID))
+    trickle = iter(encode_frame(Kind.SLIN8, AUDIO))
+    for _ in range(8):
+        protocol.dataReceived(bytes((next(trickle),)))
+        clock.advance(0.5)
+    assert router.sinks[0].gone == ["no frame either way for 3 s (AUDIOSOCKET_IDLE_TIMEOUT)"]
+
+
+def test_a_reactor_stall_longer_than_the_timeout_ends_no_call() -> None:
+    """
+    The check counts its own runs, not elapsed time: after the reactor was held up (the calls' frames wait unread in
+    their sockets) it runs once, so a stall never ends calls that were streaming.
+    """
+    protocol, _, clock, router = connect(idle_timeout=3)
+    protocol.dataReceived(encode_uuid(UUID))
+    _run(clock, 0.5)
+    clock.advance(10)
+    protocol.dataReceived(encode_frame(Kind.SLIN8, AUDIO))
+    _frames_every_20_ms(clock, 5, lambda: protocol.dataReceived(encode_frame(Kind.SLIN8, AUDIO)))
+    assert router.sinks[0].gone == []
+
+
+def test_idle_timeout_zero_never_ends_a_call_and_arms_nothing() -> None:
+    """AUDIOSOCKET_IDLE_TIMEOUT=0: a silent call lasts (keep-alive still watches the peer); no check is scheduled."""
+    protocol, transport, clock, router = connect(idle_timeout=0)
+    protocol.dataReceived(encode_uuid(UUID))
+    assert clock.getDelayedCalls() == []
+    clock.advance(3600)
+    assert router.sinks[0].gone == [] and not transport.disconnecting and transport.keep_alive
+
+
+def test_one_idle_check_serves_every_call_and_stops_with_the_last() -> None:
+    """One periodic check for all calls, not a timer per call: it runs while calls are watched, then stops."""
+    clock = Clock()
+    factory = AudioSocketFactory(FakeRouter(), clock, idle_timeout=30)
+    protocols = []
+    for n in range(3):
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001 + n))
+        protocol.makeConnection(RecordingTransport())
+        protocol.dataReceived(encode_uuid(f"b5768917-0f8e-47b3-89df-6b961073e64{n}"))
+        protocols.append(protocol)
+    assert len(factory.idle) == 3 and len(clock.getDelayedCalls()) == 1
+    assert clock.getDelayedCalls()[0].getTime() == 1.0  # checked every second: ended at most 1 s late
+    lose(protocols[0])
+    protocols[1].hang_up()
+    assert len(factory.idle) == 1 and len(clock.getDelayedCalls()) == 1
+    lose(protocols[2])
+    assert len(factory.idle) == 0 and clock.getDelayedCalls() == []
+
+
+def test_an_idle_call_ends_like_any_other_end() -> None:
+    """Through the real call manager: the idle end closes the STS session and sends call_ended exactly once."""
+    clock = Clock()
+    sts, webhooks = FakeStsConnector(), FakeWebhooks()
+    manager = CallManager(clock=clock, connector=sts, observer=WebhookObserver(webhooks), ticker=FrameTicker(clock),
+                          admissions=Admissions(clock), sts_url="ws://sts.example:6030")
+    factory = AudioSocketFactory(manager, clock, idle_timeout=5)
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+    transport = RecordingTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(encode_uuid(UUID))
+    session = sts.open(UUID)
+    _run(clock, 6)
+    assert session.closed and len(manager) == 0
+    assert webhooks.types(UUID) == ["call_started", "call_ended"]
+    assert transport.writes == [HANGUP_FRAME]
+    lose(protocol)
+    assert webhooks.types(UUID) == ["call_started", "call_ended"] and clock.getDelayedCalls() == []
 
 
 def test_eof_before_uuid_is_quiet(log_events: list[LogEvent]) -> None:

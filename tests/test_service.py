@@ -50,6 +50,16 @@ def test_both_listeners_use_the_listen_backlog() -> None:
     avr.service.stopService()
 
 
+def test_audiosocket_timeouts_come_from_the_config() -> None:
+    """AUDIOSOCKET_UUID_TIMEOUT and AUDIOSOCKET_IDLE_TIMEOUT (default 30 s, 0 = never) reach the AudioSocket server."""
+    for settings, idle in (({}, 30), ({"idle_timeout": 0}, 0), ({"idle_timeout": 120, "uuid_timeout": 9}, 120)):
+        reactor, avr = make(**settings)
+        avr.service.startService()
+        factory = reactor.tcpServers[0][1]
+        assert (factory.idle.timeout, factory.uuid_timeout) == (idle, settings.get("uuid_timeout", 5))
+        avr.service.stopService()
+
+
 def test_port_in_use_refuses_to_start() -> None:
     """A port that cannot be bound stops startup with an error instead of running without a listener."""
     from twisted.internet.error import CannotListenError

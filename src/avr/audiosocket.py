@@ -6,10 +6,14 @@ forwards audio, DTMF and the end of the leg to the returned `ICallSink`. What ha
 
 from __future__ import annotations
 
+import math
+import socket
 from typing import Any, Callable
 
+from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -28,6 +32,14 @@ from avr.frames import (
 )
 from avr.interfaces import IAudioSocketLeg, ICallRouter, ICallSink
 from avr.writethrough import write_through
+
+#: TCP keep-alive on accepted connections (where the platform lets them be tuned): the first probe after this many
+#: idle seconds, then one every `KEEPALIVE_INTERVAL` s; after `KEEPALIVE_PROBES` unanswered ones the kernel resets the
+#: connection (a peer that vanished is noticed in about 2 minutes, even with AUDIOSOCKET_IDLE_TIMEOUT=0).
+KEEPALIVE_IDLE = 60
+KEEPALIVE_INTERVAL = 10
+KEEPALIVE_PROBES = 6
+
 
 class CallRefused(Exception):
     """
@@ -49,11 +61,11 @@ class AudioSocketProtocol(Protocol):
     The first frame must be the UUID (0x01); a connection that sends none within ``factory.uuid_timeout`` seconds, or
     starts with anything else, is closed. After ``factory.router.attach(self)`` returned an `ICallSink`, audio goes to
     ``caller_audio``, DTMF to ``caller_dtmf``, and the end of the leg (0x00, 0xff, malformed frame, EOF, reset, a sink
-    failure) to ``caller_gone``, at most once. Ending the leg with `hang_up` does not call ``caller_gone``: the call
-    ended it itself.
+    failure, no frame either way for ``factory.idle``'s timeout) to ``caller_gone``, at most once. Ending the leg with
+    `hang_up` does not call ``caller_gone``: the call ended it itself.
 
-    ``factory`` must provide ``router`` (`ICallRouter`), ``clock`` (`IReactorTime`), ``uuid_timeout`` and
-    ``max_payload``, as `AudioSocketFactory` does.
+    ``factory`` must provide ``router`` (`ICallRouter`), ``clock`` (`IReactorTime`), ``uuid_timeout``,
+    ``max_payload`` and ``idle`` (`IdleWatch`), as `AudioSocketFactory` does.
     """
 
     log = Logger()
@@ -71,6 +83,10 @@ class AudioSocketProtocol(Protocol):
         self._closing = False
         self._gone = False
         self._write: Callable[[bytes], None] | None = None
+        #: Set by every complete frame received or audio frame sent; `IdleWatch` clears it (one store per frame).
+        self.active = False
+        #: Checks of `IdleWatch` in a row that found ``active`` unset.
+        self.quiet_checks = 0
 
     # --- IAudioSocketLeg -------------------------------------------------------------------------------------------
 
@@ -86,6 +102,7 @@ class AudioSocketProtocol(Protocol):
         if not 0 < size <= MAX_PAYLOAD:
             raise ValueError(f"audio payload must be 1..{MAX_PAYLOAD} bytes, got {size}")
         if self.connected:
+            self.active = True
             self._write(bytes((kind, size >> 8, size & 0xFF)) + pcm)  # type: ignore[misc]
 
     def hang_up(self) -> None:
@@ -95,6 +112,7 @@ class AudioSocketProtocol(Protocol):
         self._closing = True
         self._gone = True  # the call ended the leg itself: no caller_gone
         self._cancel_uuid_timer()
+        self.factory.idle.discard(self)
         if self.connected:
             self.connected = False
             self.transport.write(HANGUP_FRAME)  # type: ignore[union-attr]
@@ -103,7 +121,7 @@ class AudioSocketProtocol(Protocol):
     # --- Protocol ----------------------------------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        """Set TCP_NODELAY, start parsing and arm the UUID timeout."""
+        """Set TCP_NODELAY and keep-alive, start parsing and arm the UUID timeout."""
         self.connected = True
         self._write = write_through(self.transport)
         peer = self.transport.getPeer()  # type: ignore[union-attr]
@@ -116,6 +134,7 @@ class AudioSocketProtocol(Protocol):
             except OSError as e:
                 self.log.debug("AudioSocket connection from {peer}: cannot set TCP_NODELAY: {error}",
                                peer=self.peer, error=e)
+        self._keep_alive()
         self._parser = FrameParser(max_payload=self.factory.max_payload, uuid_first=True)
         self._uuid_timer = self.factory.clock.callLater(self.factory.uuid_timeout, self._uuid_timed_out)
         self.factory.connections.add(self)
@@ -129,6 +148,7 @@ class AudioSocketProtocol(Protocol):
         if (self._sink is not None and size > 0 and data[0] in AUDIO_KIND_RATES and (data[1] << 8 | data[2]) == size
                 and size <= self._parser.max_payload and not self._parser.buffered):
             # The common case, 50 times a second: one whole audio frame in one read (no parser, no Frame value).
+            self.active = True
             self._to_sink(self._sink.caller_audio, data[0], data[3:])
             return
         error = None
@@ -136,6 +156,8 @@ class AudioSocketProtocol(Protocol):
             frames = self._parser.feed(data)
         except FrameError as e:
             error, frames = e, e.frames
+        if frames:
+            self.active = True  # whole frames only: a byte now and then does not keep a call alive
         for frame in frames:
             self._frame(frame)
             if self._closing:
@@ -148,6 +170,7 @@ class AudioSocketProtocol(Protocol):
         self.connected = False
         self._closing = True
         self._cancel_uuid_timer()
+        self.factory.idle.discard(self)
         self.factory.connections.discard(self)
         if self._sink is not None:
             self._caller_gone(f"connection lost: {reason.getErrorMessage() if reason else 'unknown'}")
@@ -200,6 +223,7 @@ class AudioSocketProtocol(Protocol):
         if self._closing:
             return  # the router hung up already
         self._sink = sink
+        self.factory.idle.add(self)
 
     def _malformed(self, reason: str) -> None:
         if self.uuid is None:
@@ -222,6 +246,7 @@ class AudioSocketProtocol(Protocol):
         if not self._closing:
             self._closing = True
             self._cancel_uuid_timer()
+            self.factory.idle.discard(self)
             if self.connected:
                 self.connected = False
                 if send_hangup:
@@ -238,6 +263,29 @@ class AudioSocketProtocol(Protocol):
         except Exception:
             self.log.failure("Call {uuid}: the call failed while ending", uuid=self.uuid)
 
+    def idle_timed_out(self, seconds: float) -> None:
+        """Called by `IdleWatch`: no frame moved either way for ``seconds``; hang up and end the call."""
+        self.log.warn("Call {uuid}: no frame to or from Asterisk for {seconds} s; hanging up",
+                      uuid=self.uuid, seconds=seconds)
+        self._end(f"no frame either way for {seconds} s (AUDIOSOCKET_IDLE_TIMEOUT)", send_hangup=True)
+
+    def _keep_alive(self) -> None:
+        set_keep_alive = getattr(self.transport, "setTcpKeepAlive", None)
+        if set_keep_alive is None:
+            return
+        try:
+            set_keep_alive(True)
+            handle = getattr(self.transport, "getHandle", lambda: None)()
+            if not hasattr(handle, "setsockopt"):
+                return
+            for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+                                  ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+                if hasattr(socket, option):
+                    handle.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+        except OSError as e:
+            self.log.debug("AudioSocket connection from {peer}: cannot set TCP keep-alive: {error}",
+                           peer=self.peer, error=e)
+
     def _uuid_timed_out(self) -> None:
         self._uuid_timer = None
         self.log.warn("AudioSocket connection from {peer} sent no UUID within {timeout} s; closing",
@@ -251,14 +299,92 @@ class AudioSocketProtocol(Protocol):
             self._uuid_timer = None
 
 
+@define(eq=False)
+class IdleWatch:
+    """
+    Ends calls on which no frame moved in either direction for ``timeout`` seconds (0: never).
+
+    Asterisk sends a frame every 20 ms while a call's media flows, but a dead peer without FIN or reset, a stalled
+    or slowloris client, or a call whose media stopped sends nothing. Outbound audio counts too, as it does for
+    Asterisk's own AudioSocket() timeout: an avr-made externalMedia leg that plays uploaded audio hears nothing back
+    while the others in its bridge are silent.
+
+    Instead of a timer per call, reset on every frame, connections set their ``active`` flag, and one check every
+    ``timeout / CHECKS`` seconds (at most 1 s) clears it and counts the checks in a row that found it unset; a call is
+    ended between ``timeout`` and ``timeout`` plus one check interval after its last frame. The check runs only
+    while calls are watched. After the reactor was held up it runs once (it counts checks, not elapsed time), so a
+    stall, during which frames wait unread in the sockets, never ends the calls.
+    """
+
+    #: Checks per timeout at least (a call ends at most ``timeout / CHECKS`` late).
+    CHECKS = 4
+
+    clock: IReactorTime
+    timeout: float
+    _watched: set[AudioSocketProtocol] = field(factory=set)
+    _interval: float = field(init=False)
+    _quiet_limit: int = field(init=False)
+    _loop: LoopingCall | None = None
+    log = Logger()
+
+    def __attrs_post_init__(self) -> None:
+        if self.timeout < 0:
+            raise ValueError(f"timeout must be 0 (never) or positive, got {self.timeout}")
+        self._interval = min(1.0, self.timeout / self.CHECKS)
+        self._quiet_limit = math.ceil(self.timeout / self._interval - 1e-9) if self.timeout else 0
+
+    def add(self, connection: AudioSocketProtocol) -> None:
+        """Watch ``connection`` from now (it counts as active now)."""
+        if not self.timeout:
+            return
+        connection.active = True
+        connection.quiet_checks = 0
+        self._watched.add(connection)
+        if self._loop is None:
+            self._loop = LoopingCall(self._check)
+            self._loop.clock = self.clock
+            self._loop.start(self._interval, now=False).addErrback(
+                lambda f: self.log.failure("AudioSocket idle check stopped", f))
+
+    def discard(self, connection: AudioSocketProtocol) -> None:
+        """Stop watching ``connection`` (idempotent)."""
+        self._watched.discard(connection)
+        if not self._watched and self._loop is not None:
+            self._loop.stop()
+            self._loop = None
+
+    def __len__(self) -> int:
+        return len(self._watched)
+
+    def _check(self) -> None:
+        idle = []
+        for connection in self._watched:
+            if connection.active:
+                connection.active = False
+                connection.quiet_checks = 0
+            else:
+                connection.quiet_checks += 1
+                if connection.quiet_checks >= self._quiet_limit:
+                    idle.append(connection)
+        for connection in idle:
+            if connection not in self._watched:
+                continue  # ended meanwhile, by the end of another one
+            try:
+                connection.idle_timed_out(self.timeout)
+            except Exception:
+                self.log.failure("Ending idle AudioSocket call {uuid} failed", uuid=connection.uuid)
+            self.discard(connection)
+
+
 class AudioSocketFactory(Factory):
     """
     Makes an `AudioSocketProtocol` per connection and keeps the live ones in `connections`.
 
     :param router: decides what handles each call (`ICallRouter`).
-    :param clock: the time source for UUID timeouts.
+    :param clock: the time source for UUID and idle timeouts.
     :param uuid_timeout: seconds a connection may take to send its UUID.
     :param max_payload: largest inbound audio payload accepted (bytes).
+    :param idle_timeout: seconds without a frame either way after which a call is ended (0: never); see `IdleWatch`.
     """
 
     protocol = AudioSocketProtocol
@@ -270,11 +396,13 @@ class AudioSocketFactory(Factory):
         clock: IReactorTime,
         uuid_timeout: float = 5.0,
         max_payload: int = DEFAULT_MAX_AUDIO_PAYLOAD,
+        idle_timeout: float = 30,
     ) -> None:
         self.router = router
         self.clock = clock
         self.uuid_timeout = uuid_timeout
         self.max_payload = max_payload
+        self.idle = IdleWatch(clock, idle_timeout)
         #: The connections currently open.
         self.connections: set[AudioSocketProtocol] = set()
 
@@ -284,4 +412,4 @@ class AudioSocketFactory(Factory):
             connection.hang_up()
 
 
-__all__ = ["AudioSocketFactory", "AudioSocketProtocol", "CallRefused"]
+__all__ = ["AudioSocketFactory", "AudioSocketProtocol", "CallRefused", "IdleWatch"]

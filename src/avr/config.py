@@ -151,6 +151,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Extra webhook attempts after a failure, with exponential backoff"),
     Setting("uuid_timeout", "AUDIOSOCKET_UUID_TIMEOUT", _integer(1, 600), 5,
             "Seconds a new AudioSocket connection may take to send its UUID before it is closed"),
+    Setting("idle_timeout", "AUDIOSOCKET_IDLE_TIMEOUT", _integer(0, 86400), 30,
+            "Seconds without a frame in either direction after which an AudioSocket call is hung up and ended "
+            "(Asterisk sends audio every 20 ms while media flows); 0 = never"),
     Setting("require_call_init", "REQUIRE_CALL_INIT", _boolean, False,
             "Refuse AudioSocket calls whose UUID was not registered with POST /call"),
     Setting("call_init_ttl", "CALL_INIT_TTL", _integer(1, 86400), 60,
@@ -197,6 +200,7 @@ class Config:
     webhook_timeout: int = 3000
     webhook_retry: int = 0
     uuid_timeout: int = 5
+    idle_timeout: int = 30
     require_call_init: bool = False
     call_init_ttl: int = 60
     call_init_max: int = 1000

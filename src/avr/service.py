@@ -223,7 +223,7 @@ def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: ISts
         require_registration=config.require_call_init,
     )
     registrations = Registrations(admissions, config.call_init_ttl, calls.start_call, config.call_init_max)
-    factory = AudioSocketFactory(calls, reactor, uuid_timeout=config.uuid_timeout)
+    factory = AudioSocketFactory(calls, reactor, uuid_timeout=config.uuid_timeout, idle_timeout=config.idle_timeout)
     CallsService(calls, factory, admissions, webhooks).setServiceParent(top)
 
     audiosocket = ListeningService(
