@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from avr.playout import FrameTicker, PlaybackQueue, frame_bytes_for_rate
+from avr.playout import MAX_LAG_FRAMES, FrameTicker, PlaybackQueue, frame_bytes_for_rate
 
 
 def drain(queue: PlaybackQueue) -> list[bytes]:
@@ -73,19 +73,62 @@ def test_queue_is_bounded() -> None:
     assert drain(queue) == [b"a" * 320, b"b" * 320, b"c" * 320]
 
 
+def test_falling_behind_by_more_than_max_lag_drops_the_oldest_frames() -> None:
+    """Skipped ticks add up while frames wait; past max_lag that many of the oldest frames go, and are counted."""
+    queue = PlaybackQueue(320, max_lag=5)
+    queue.feed(b"".join(bytes([n]) * 320 for n in range(20)))
+    assert queue.fell_behind(3) == 0 and queue.fell_behind(2) == 0  # 5 behind: tolerated
+    assert queue.fell_behind(1) == 6
+    assert queue.late_dropped == 6 and len(queue) == 14
+    assert queue.next_frame() == bytes([6]) * 320
+    assert queue.fell_behind(5) == 0  # back on schedule: the count starts again
+
+
+def test_audio_that_arrives_ahead_of_real_time_is_never_dropped() -> None:
+    """
+    A 30 s answer sent in one burst is ahead of real time: it plays in full. Ticks skipped while nothing was queued
+    delayed nothing, and running dry puts the queue back on schedule.
+    """
+    queue = PlaybackQueue(320, max_lag=100)
+    assert queue.fell_behind(10_000) == 0
+    queue.feed(bytes(320 * 1500))
+    assert len(drain(queue)) == 1500
+    queue.feed(bytes(320 * 60))
+    assert queue.fell_behind(60) == 0
+    assert len(drain(queue)) == 60  # ran dry: the 60 ticks behind are forgotten
+    queue.feed(bytes(320 * 200))
+    assert queue.fell_behind(60) == 0 and queue.late_dropped == 0
+    queue.clear()
+    queue.feed(bytes(320 * 200))
+    assert queue.fell_behind(60) == 0 and queue.late_dropped == 0  # a barge-in starts afresh too
+
+
+def test_the_lag_counts_only_frames_that_were_waiting() -> None:
+    """A skipped tick can only delay a frame that is queued: 3 frames waiting through 50 skipped ticks are 3 late."""
+    queue = PlaybackQueue(320, max_lag=5)
+    queue.feed(bytes(320 * 3))
+    assert queue.fell_behind(50) == 0
+    queue.feed(bytes(320 * 10))
+    assert queue.fell_behind(3) == 6 and len(queue) == 7
+
+
 class Recorder:
-    """A player that records the clock time of every frame it is asked to play."""
+    """A player that records the clock time of every frame it is asked to play, and the ticks it missed."""
 
     def __init__(self, clock: Clock, frames: int | None = None) -> None:
         self.clock = clock
         self.times: list[float] = []
         self.left = frames
+        self.missed_ticks: list[int] = []
 
     def play_frame(self) -> None:
         if self.left is None or self.left > 0:
             self.times.append(self.clock.seconds())
             if self.left is not None:
                 self.left -= 1
+
+    def missed(self, ticks: int) -> None:
+        self.missed_ticks.append(ticks)
 
 
 def test_ticker_has_no_drift_over_ten_minutes() -> None:
@@ -119,8 +162,9 @@ def test_ticker_catches_up_boundedly_after_a_stall() -> None:
     assert len(player.times) == 1
     clock.advance(0.100)  # 5 ticks late
     assert len(player.times) == 1 + 3
+    assert player.missed_ticks == [2]  # the two beyond max_catch_up are skipped, and the player is told
     clock.advance(0.020)
-    assert len(player.times) == 5
+    assert len(player.times) == 5 and player.missed_ticks == [2]
     ticker.discard(player)
 
 
@@ -195,9 +239,12 @@ def test_phased_ticker_catches_up_boundedly_after_a_stall() -> None:
     assert [len(p.times) for p in players] == [1, 1, 1, 1]
     clock.advance(0.100)
     assert [len(p.times) for p in players] == [4, 4, 4, 4]
+    assert [p.missed_ticks for p in players] == [[2], [2], [2], [2]]  # 8 steps skipped, 2 of each group's
     for _ in range(4):
         clock.advance(0.005)
     assert [len(p.times) for p in players] == [5, 5, 5, 5]
+    clock.advance(0.033)  # late, but within max_catch_up: nothing is skipped
+    assert [p.missed_ticks for p in players] == [[2], [2], [2], [2]]
     for p in players:
         ticker.discard(p)
 
@@ -221,3 +268,62 @@ def test_new_players_join_the_smallest_group() -> None:
     for p in [*players, newcomer]:
         ticker.discard(p)
     assert not clock.getDelayedCalls()
+
+
+class Streamer:
+    """A call whose agent sends 20 ms of audio per 20 ms of clock time, played through a PlaybackQueue."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.queue = PlaybackQueue(320)
+        self.fed = 0
+        self.played = 0
+        self.longest = 0
+
+    def receive(self) -> None:
+        due = int(self.clock.seconds() / 0.020 + 1e-9)
+        while self.fed < due:
+            self.queue.feed(self.fed.to_bytes(4, "little") * 80)
+            self.fed += 1
+        self.longest = max(self.longest, len(self.queue))
+
+    def play_frame(self) -> None:
+        if self.queue.next_frame() is not None:
+            self.played += 1
+
+    def missed(self, ticks: int) -> None:
+        self.queue.fell_behind(ticks)
+
+
+@pytest.mark.parametrize("phases", [1, 4])
+def test_an_overloaded_server_stays_near_real_time(phases: int) -> None:
+    """
+    The reactor runs only every 100 ms (CPU overload) for 2 minutes while the agent streams in real time: the ticker
+    can serve 3 of every 5 frames, yet the queue (the delay) stays within about max_lag, instead of growing to
+    48 s; the frames beyond it are dropped and counted.
+    """
+    clock = Clock()
+    ticker = FrameTicker(clock, max_catch_up=3, phases=phases)
+    call = Streamer(clock)
+    ticker.add(call)
+    for _ in range(1200):
+        clock.advance(0.100)
+        call.receive()
+    assert call.fed == 6000
+    assert call.longest <= MAX_LAG_FRAMES + 10  # 2 s (+ one reactor pass)
+    assert call.queue.late_dropped > 0
+    assert call.played + call.queue.late_dropped + len(call.queue) == call.fed
+    ticker.discard(call)
+
+
+def test_a_burst_answer_plays_in_full_on_a_busy_but_keeping_up_server() -> None:
+    """A 60 s answer in one burst, with ticks up to 50 ms late (within max_catch_up): every frame is played."""
+    clock = Clock()
+    ticker = FrameTicker(clock, max_catch_up=3, phases=4)
+    call = Streamer(clock)
+    call.queue.feed(bytes(320 * 3000))
+    ticker.add(call)
+    for _ in range(1300):
+        clock.advance(0.050)
+    assert call.played == 3000 and call.queue.late_dropped == 0
+    ticker.discard(call)

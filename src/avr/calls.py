@@ -34,7 +34,7 @@ from avr.interfaces import (
     IStsSession,
 )
 from avr.logtext import clip, url_repr
-from avr.playout import FrameTicker, PlaybackQueue, frame_bytes_for_rate
+from avr.playout import FRAME_SECONDS, FrameTicker, PlaybackQueue, frame_bytes_for_rate
 
 #: Caller audio kept while the STS connection opens (seconds); older audio is dropped first.
 PENDING_AUDIO_SECONDS = 2.0
@@ -226,6 +226,17 @@ class Call:
         frame = self._queue.next_frame()  # type: ignore[union-attr]
         if frame is not None:
             self.leg.send_audio(self._out_kind, frame)  # type: ignore[arg-type]
+
+    def missed(self, ticks: int) -> None:
+        """Called by the ticker when it had to skip ticks (overload): keep the agent's audio near real time."""
+        queue = self._queue
+        assert queue is not None
+        dropped = queue.fell_behind(ticks)
+        if dropped:
+            self.log.warn(
+                "Call {uuid}: playback fell {seconds:.1f} s behind real time (server overloaded); dropped the oldest "
+                "{frames} frames ({total} on this call so far)",
+                uuid=self.uuid, seconds=dropped * FRAME_SECONDS, frames=dropped, total=queue.late_dropped)
 
 
 @implementer(ICallRouter)

@@ -24,6 +24,10 @@ FRAME_SECONDS = 0.020
 #: each.
 PLAYOUT_PHASES = 4
 
+#: How far (in frames: 2 s) queued playback may fall behind its real-time schedule, because the ticker had to skip
+#: slots while the server was overloaded, before its oldest frames are dropped to bring it back (`PlaybackQueue`).
+MAX_LAG_FRAMES = 100
+
 
 def frame_bytes_for_rate(rate: int) -> int:
     """Bytes of one 20 ms frame of mono PCM16 at ``rate`` Hz (320 at 8 kHz, 640 at 16 kHz, 1764 at 44.1 kHz)."""
@@ -37,15 +41,26 @@ class PlaybackQueue:
 
     A trailing partial frame is held for one tick in case the rest of it is on its way; if nothing arrives by then
     it is padded with silence and played, so the end of an utterance is never stuck.
+
+    Queued audio plays one frame per tick, so it is behind real time only by the ticks that were skipped while it
+    waited (`fell_behind`): a long answer an agent sent in one burst is ahead of real time, not behind, and plays in
+    full. Once the skipped ticks add up to more than ``max_lag``, the oldest frames are dropped (counted in
+    `late_dropped`) and playback is back on schedule: an overloaded server's calls sound cut, but stay live.
     """
 
     frame_bytes: int
     #: Most frames held (older audio keeps playing; audio beyond this is dropped and counted in `dropped`).
     max_frames: int = 50 * 300
     dropped: int = 0
+    #: Frames playback may fall behind real time before the oldest are dropped.
+    max_lag: int = MAX_LAG_FRAMES
+    #: Frames dropped to catch up with real time.
+    late_dropped: int = 0
     _frames: deque[bytes] = field(factory=deque)
     _partial: bytes = b""
     _partial_waited: bool = False
+    # Ticks missed while frames were waiting, since the queue last ran dry.
+    _lag: int = 0
 
     def feed(self, pcm: bytes) -> None:
         """Queue ``pcm`` (PCM16LE at the playback rate) behind what is already queued."""
@@ -71,6 +86,7 @@ class PlaybackQueue:
         """The frame to play at this tick, or ``None`` when there is nothing to play."""
         if self._frames:
             return self._frames.popleft()
+        self._lag = 0  # ran dry: whatever comes next is on time
         if not self._partial:
             return None
         if not self._partial_waited:
@@ -87,7 +103,27 @@ class PlaybackQueue:
         self._frames.clear()
         self._partial = b""
         self._partial_waited = False
+        self._lag = 0
         return dropped
+
+    def fell_behind(self, ticks: int) -> int:
+        """
+        ``ticks`` of this queue's ticks were skipped (the reactor was held up): the frames waiting now play that much
+        later than they should (at most as many ticks as frames count, since a tick can only delay a frame that is
+        there). When the queue is more than ``max_lag`` behind, drop that many of its oldest frames.
+
+        :return: the frames dropped now (0 most of the time).
+        """
+        frames = self._frames
+        self._lag += min(ticks, len(frames))
+        if self._lag <= self.max_lag:
+            return 0
+        count = min(self._lag, len(frames))
+        for _ in range(count):
+            frames.popleft()
+        self.late_dropped += count
+        self._lag = 0
+        return count
 
     def __len__(self) -> int:
         """Whole frames queued."""
@@ -105,6 +141,9 @@ class Player(Protocol):
     def play_frame(self) -> None:
         """Send the next frame, if any."""
 
+    def missed(self, ticks: int) -> None:
+        """The ticker skipped ``ticks`` of this player's ticks (the reactor was held up beyond ``max_catch_up``)."""
+
 
 @define(eq=False)
 class FrameTicker:
@@ -113,8 +152,9 @@ class FrameTicker:
 
     Ticks follow ``start + n × 20 ms`` (`LoopingCall` schedules from its start time, not from the previous tick), so
     there is no drift. If the reactor was held up for more than a tick, each player gets the missed frames at once,
-    up to ``max_catch_up`` (a lead Asterisk's softmix bridge tolerates), and the rest of the lateness is absorbed.
-    The ticker runs only while at least one player is registered.
+    up to ``max_catch_up`` (a lead Asterisk's softmix bridge tolerates); the ticks beyond are skipped, and each player
+    is told how many of its own were (`Player.missed`), so that its queued audio does not fall further and further
+    behind real time (see `PlaybackQueue.fell_behind`). The ticker runs only while at least one player is registered.
 
     With ``phases`` > 1 the players are dealt into that many groups (a new player joins the smallest), served in
     turn every ``20 ms / phases``: each player still gets one frame per 20 ms on an absolute schedule, but a tick
@@ -173,6 +213,8 @@ class FrameTicker:
         # max_catch_up times.
         last = self._served + count
         first = max(self._served + 1, last - self.max_catch_up * self.phases + 1)
+        if first > self._served + 1:
+            self._skipped(self._served + 1, first - 1)
         self._served = last
         for step in range(first, last + 1):
             for player in list(self._groups[step % self.phases].values()):
@@ -180,5 +222,19 @@ class FrameTicker:
                     player.play_frame()
                 except Exception:
                     # One call's failure must never stop the others' audio.
+                    self.log.failure("Playback failed for {player!r}", player=player)
+                    self.discard(player)
+
+    def _skipped(self, first: int, last: int) -> None:
+        """Steps ``first`` to ``last`` (inclusive) were skipped: tell each group's players how many were theirs."""
+        phases = self.phases
+        for group in range(phases):
+            ticks = (last - group) // phases - (first - 1 - group) // phases
+            if not ticks:
+                continue
+            for player in list(self._groups[group].values()):
+                try:
+                    player.missed(ticks)
+                except Exception:
                     self.log.failure("Playback failed for {player!r}", player=player)
                     self.discard(player)

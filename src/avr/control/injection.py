@@ -59,6 +59,9 @@ class InjectedPlayback:
         elif self._queue.idle:
             self._finish(None)
 
+    def missed(self, ticks: int) -> None:
+        """Ticks skipped under overload only delay the end of an uploaded recording: all of it is still played."""
+
     def stop(self, reason: Failure | None) -> None:
         """Stop early (cancelled, or the connection dropped)."""
         self._finish(reason)
