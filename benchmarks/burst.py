@@ -42,7 +42,8 @@ from benchmarks.run import ROOT, base_env, free_port, stop, wait_for_port
 AUDIO = b"\x10\x01\x40" + bytes(320)
 
 
-def burst(port: int, count: int, connect_timeout: float, hold: float) -> tuple[set[str], Counter[str], list[float], list[socket.socket]]:
+def burst(port: int, count: int, connect_timeout: float,
+          hold: float) -> tuple[set[str], Counter[str], list[float], list[socket.socket]]:
     """
     Open ``count`` connections at once. A connection not established within ``connect_timeout`` seconds is abandoned,
     as Asterisk abandons it (``MAX_CONNECT_TIMEOUT_MSEC``, 2 s).
