@@ -15,7 +15,8 @@ from twisted.logger import Logger
 from avr.config import INBOUND_POLICIES
 from avr.control.ari_link import AriLink
 from avr.control.call_registry import DEFAULT_RETENTION, CallRegistry
-from avr.control.records import MEDIA_CHANNEL_PREFIX, Bridge, CallRecord, Playback, Recording
+from avr.control.records import MEDIA_CHANNEL_PREFIX, Bridge, CallRecord, Playback
+from avr.control.recordings import Recordings
 from avr.control.tasks import TaskGroup
 from avr.interfaces import IAriClient, IAudioInjector, IEventSink
 
@@ -71,10 +72,11 @@ class ControlCore:
         self.tasks = TaskGroup(clock)
         self.link = AriLink(ari, self.tasks)
         self.registry = CallRegistry(clock, sink, self.tasks, retention)
+        self.recordings = Recordings(self.registry, self.link, clock)
+        self.registry.on_call_ended(self.recordings.call_ended)
         self.registry.on_call_ended(self._call_gone)
         self._bridges: dict[str, Bridge] = {}
         self._playbacks: dict[str, Playback] = {}
-        self._recordings: dict[str, Recording] = {}
         #: avr's own media channels: id -> entered Stasis yet.
         self._internal: dict[str, bool] = {}
         self._stasis_waiters: dict[str, list[Deferred]] = {}

@@ -31,14 +31,13 @@ from typing import Any, Callable
 from zope.interface import implementer
 
 from avr.control.media import MediaOps
-from avr.control.recordings import RecordingOps
 from avr.control.resync import ResyncOps
 from avr.control.transfer import TransferOps
 from avr.interfaces import IAriEventListener, ICallControl
 
 
 @implementer(ICallControl, IAriEventListener)
-class CallControl(TransferOps, ResyncOps, MediaOps, RecordingOps):
+class CallControl(TransferOps, ResyncOps, MediaOps):
     """
     Call control over ARI. See the module documentation; the constructor's parameters are those of
     `avr.control.core.ControlCore` (``ari``, ``clock``, ``sink``, ``app``, ``inbound_policy``, ``injector``,
@@ -65,9 +64,7 @@ class CallControl(TransferOps, ResyncOps, MediaOps, RecordingOps):
             "Dial": self._on_dial,
             "PlaybackStarted": self._on_playback_started,
             "PlaybackFinished": self._on_playback_finished,
-            "RecordingStarted": self._on_recording_started,
-            "RecordingFinished": self._on_recording_finished,
-            "RecordingFailed": self._on_recording_failed,
+            **self.recordings.handlers,
             "ChannelEnteredBridge": self._on_channel_entered_bridge,
             "ChannelLeftBridge": self._on_channel_left_bridge,
             "BridgeDestroyed": self._on_bridge_destroyed,
@@ -94,3 +91,38 @@ class CallControl(TransferOps, ResyncOps, MediaOps, RecordingOps):
         self.link.down(reason)
         self.tasks.cancel(self._resync_retry)
         self._resync_retry = None
+
+    # -- recordings -----------------------------------------------------------------------------------------------
+
+    async def record(self, call_id: str, name: str | None = None, format: str = "wav", max_duration: int = 300,
+                     beep: bool = False, if_exists: str = "fail") -> dict:
+        """See `Recordings.record`."""
+        return await self.recordings.record(call_id, name, format, max_duration, beep, if_exists)
+
+    async def stop_recording(self, name: str) -> dict:
+        """See `Recordings.stop_recording`."""
+        return await self.recordings.stop_recording(name)
+
+    async def cancel_recording(self, name: str) -> dict:
+        """See `Recordings.cancel_recording`."""
+        return await self.recordings.cancel_recording(name)
+
+    async def list_recordings(self) -> list[dict]:
+        """See `Recordings.list_recordings`."""
+        return await self.recordings.list_recordings()
+
+    async def get_recording(self, name: str) -> dict:
+        """See `Recordings.get_recording`."""
+        return await self.recordings.get_recording(name)
+
+    async def recording_file(self, name: str) -> Any:
+        """See `Recordings.recording_file`."""
+        return await self.recordings.recording_file(name)
+
+    async def copy_recording(self, name: str, destination: str) -> dict:
+        """See `Recordings.copy_recording`."""
+        return await self.recordings.copy_recording(name, destination)
+
+    async def delete_recording(self, name: str) -> dict:
+        """See `Recordings.delete_recording`."""
+        return await self.recordings.delete_recording(name)

@@ -9,12 +9,15 @@ point outside Asterisk's recording directory.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
+
+from attrs import define, field
+from twisted.internet.interfaces import IReactorTime
 
 from avr.ari.client import path_segment
 from avr.ari.errors import AriError
-from avr.control.core import ControlCore
-from avr.control.call_registry import require_stasis
+from avr.control.ari_link import AriLink
+from avr.control.call_registry import CallRegistry, require_stasis
 from avr.control.errors import Conflict, Invalid, NotFound
 from avr.control.records import CallRecord, Recording
 
@@ -41,8 +44,29 @@ def _not_found(error: AriError, name: str) -> Exception:
     return error
 
 
-class RecordingOps(ControlCore):
-    """Recording operations and the recording events."""
+@define(eq=False)
+class Recordings:
+    """
+    Live recordings of calls (by name) and the stored recordings on the Asterisk host.
+
+    :param registry: the calls recorded, and where the events go.
+    :param ari: the way to Asterisk.
+    :param clock: makes the default names unique.
+    """
+
+    registry: CallRegistry
+    ari: AriLink
+    clock: IReactorTime
+    _live: dict[str, Recording] = field(factory=dict, init=False)
+
+    @property
+    def handlers(self) -> dict[str, Callable[[dict], None]]:
+        """The ARI events this component applies, by type."""
+        return {
+            "RecordingStarted": self._on_recording_started,
+            "RecordingFinished": self._on_recording_finished,
+            "RecordingFailed": self._on_recording_failed,
+        }
 
     async def record(self, call_id: str, name: str | None = None, format: str = "wav", max_duration: int = 300,
                      beep: bool = False, if_exists: str = "fail") -> dict:
@@ -69,32 +93,32 @@ class RecordingOps(ControlCore):
             raise Invalid(f"if_exists must be one of {', '.join(IF_EXISTS)}")
         call = self.registry.live(call_id)
         require_stasis(call)
-        ari = self.link.require()
+        ari = self.ari.require()
         if name is None:
             name = f"call-{_UNSAFE.sub('-', call.id)}-{int(self.clock.seconds() * 1000)}"
-        if name in self._recordings:
+        if name in self._live:
             raise Conflict(f"Recording {name} is already in progress")
         recording = Recording(name, call.id, format, self.clock.seconds())
-        self._recordings[name] = recording
+        self._live[name] = recording
         try:
             await ari.request("POST", f"/channels/{path_segment(call.id)}/record", {
                 "name": name, "format": format, "maxDurationSeconds": max_duration, "beep": beep,
                 "ifExists": if_exists, "terminateOn": "none"})
         except AriError as e:
             if not recording.started_published:
-                self._recordings.pop(name, None)
+                self._live.pop(name, None)
             if e.status == 409:
                 raise Conflict(e.message) from None
             raise
         except BaseException:
             if not recording.started_published:
-                self._recordings.pop(name, None)
+                self._live.pop(name, None)
             raise
         if name not in call.recordings:
             call.recordings.append(name)
         if not recording.finished:
             recording.state = "recording"
-        self._recording_started(recording)
+        self._started(recording)
         return recording.to_dict()
 
     async def stop_recording(self, name: str) -> dict:
@@ -108,21 +132,21 @@ class RecordingOps(ControlCore):
     async def _end_live_recording(self, name: str, method: str, suffix: str, status: str) -> dict:
         check_name(name)
         try:
-            await self.link.require().request(method, f"/recordings/live/{path_segment(name)}{suffix}")
+            await self.ari.require().request(method, f"/recordings/live/{path_segment(name)}{suffix}")
         except AriError as e:
             raise _not_found(e, name) from None
         return {"name": name, "status": status}
 
     async def list_recordings(self) -> list[dict]:
         """The stored recordings: ``[{"name", "format"}]``."""
-        stored = await self.link.require().request("GET", "/recordings/stored")
+        stored = await self.ari.require().request("GET", "/recordings/stored")
         return [{"name": r.get("name"), "format": r.get("format")} for r in stored or [] if isinstance(r, dict)]
 
     async def get_recording(self, name: str) -> dict:
         """One stored recording: ``{"name", "format"}``. :raises NotFound:"""
         check_name(name)
         try:
-            stored = await self.link.require().request("GET", f"/recordings/stored/{path_segment(name)}")
+            stored = await self.ari.require().request("GET", f"/recordings/stored/{path_segment(name)}")
         except AriError as e:
             raise _not_found(e, name) from None
         return {"name": stored.get("name", name), "format": stored.get("format")}
@@ -136,7 +160,7 @@ class RecordingOps(ControlCore):
         """
         check_name(name)
         try:
-            return await self.link.require().stream(f"/recordings/stored/{path_segment(name)}/file")
+            return await self.ari.require().stream(f"/recordings/stored/{path_segment(name)}/file")
         except AriError as e:
             raise _not_found(e, name) from None
 
@@ -145,7 +169,7 @@ class RecordingOps(ControlCore):
         check_name(name)
         check_name(destination, "destination")
         try:
-            copy = await self.link.require().request("POST", f"/recordings/stored/{path_segment(name)}/copy",
+            copy = await self.ari.require().request("POST", f"/recordings/stored/{path_segment(name)}/copy",
                                                      {"destinationRecordingName": destination})
         except AriError as e:
             raise _not_found(e, name) from None
@@ -155,28 +179,27 @@ class RecordingOps(ControlCore):
         """Delete a stored recording. :raises NotFound:"""
         check_name(name)
         try:
-            await self.link.require().request("DELETE", f"/recordings/stored/{path_segment(name)}")
+            await self.ari.require().request("DELETE", f"/recordings/stored/{path_segment(name)}")
         except AriError as e:
             raise _not_found(e, name) from None
         return {"name": name, "status": "deleted"}
 
     # -- events -------------------------------------------------------------------------------------------------
 
-    def _recording_started(self, recording: Recording) -> None:
+    def _started(self, recording: Recording) -> None:
         if recording.started_published:
             return
         recording.started_published = True
         self.registry.publish("recording.started", {"name": recording.name, "format": recording.format},
-                      self.registry.find(recording.call_id))
+                              self.registry.find(recording.call_id))
 
-    def _recording_finished(self, recording: Recording, state: str, duration: Any = None,
-                            cause: Any = None) -> None:
+    def _finished(self, recording: Recording, state: str, duration: Any = None, cause: Any = None) -> None:
         if recording.finished:
             return
-        self._recording_started(recording)
+        self._started(recording)
         recording.finished = True
         recording.state = state
-        self._recordings.pop(recording.name, None)
+        self._live.pop(recording.name, None)
         data: dict[str, Any] = {"name": recording.name, "format": recording.format, "state": state,
                                 "duration": duration}
         if cause:
@@ -185,26 +208,36 @@ class RecordingOps(ControlCore):
 
     def _ari_recording(self, event: dict) -> tuple[Recording | None, dict]:
         live = event.get("recording") or {}
-        return self._recordings.get(live.get("name")), live
+        return self._live.get(live.get("name")), live
 
     def _on_recording_started(self, event: dict) -> None:
         recording, _ = self._ari_recording(event)
         if recording is not None and not recording.finished:
             recording.state = "recording"
-            self._recording_started(recording)
+            self._started(recording)
 
     def _on_recording_finished(self, event: dict) -> None:
         recording, live = self._ari_recording(event)
         if recording is not None:
-            self._recording_finished(recording, str(live.get("state") or "done"), live.get("duration"),
+            self._finished(recording, str(live.get("state") or "done"), live.get("duration"),
                                      live.get("cause"))
 
     def _on_recording_failed(self, event: dict) -> None:
         recording, live = self._ari_recording(event)
         if recording is not None:
-            self._recording_finished(recording, "failed", live.get("duration"), live.get("cause"))
+            self._finished(recording, "failed", live.get("duration"), live.get("cause"))
 
-    def _call_gone(self, call: CallRecord) -> None:
-        super()._call_gone(call)
-        for recording in [r for r in self._recordings.values() if r.call_id == call.id]:
-            self._recording_finished(recording, "unknown")
+    def call_ended(self, call: CallRecord) -> None:
+        """The recordings of the ended ``call`` are over (their state is ``unknown``: Asterisk may still report it)."""
+        for recording in [r for r in self._live.values() if r.call_id == call.id]:
+            self._finished(recording, "unknown")
+
+    async def resync(self) -> None:
+        """After a reconnect: live recordings that Asterisk no longer has are reported finished (``unknown``)."""
+        ari = self.ari.require()
+        for recording in [r for r in self._live.values() if r.state == "recording"]:
+            try:
+                await ari.request("GET", f"/recordings/live/{path_segment(recording.name)}")
+            except AriError as e:
+                if e.status == 404:
+                    self._finished(recording, "unknown")

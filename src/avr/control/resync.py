@@ -163,9 +163,4 @@ class ResyncOps(CallOps, BridgeOps):
             except AriError as e:
                 if e.status == 404:
                     self._playback_finished(playback, "unknown")
-        for recording in [r for r in self._recordings.values() if r.state == "recording"]:
-            try:
-                await ari.request("GET", f"/recordings/live/{path_segment(recording.name)}")
-            except AriError as e:
-                if e.status == 404:
-                    self._recording_finished(recording, "unknown")
+        await self.recordings.resync()
