@@ -18,6 +18,7 @@ from avr.ari.client import path_segment
 from avr.ari.errors import AriError, AriUnavailable
 from avr.control.core import ControlCore
 from avr.control.call_registry import require_stasis
+from avr.control.checks import check_endpoint, check_int, check_text
 from avr.control.errors import Conflict, Invalid
 from avr.control.records import (
     DIAL_STATUS_CAUSES,
@@ -28,39 +29,14 @@ from avr.control.records import (
     cause_text,
 )
 
-_ENDPOINT = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*/[^\s,]+$")
 _DTMF = re.compile(r"^[0-9A-Da-d*#wW]+$")
 _CALLER_ID = re.compile(r'^\s*"?([^"<]*?)"?\s*<([^>]*)>\s*$')
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 #: Largest originate/transfer dial timeout accepted, in seconds.
 MAX_DIAL_TIMEOUT = 600
 
 #: Seconds to wait for the events of a channel that was already gone when avr tried to hang it up.
 HANGUP_GRACE = 2.0
-
-
-def check_endpoint(endpoint: Any) -> str:
-    """``endpoint`` if it looks like an ARI dial string (``TECH/resource``), else `Invalid`."""
-    if not isinstance(endpoint, str) or len(endpoint) > 256 or not _ENDPOINT.match(endpoint):
-        raise Invalid("endpoint must be a dial string like PJSIP/1001 or PJSIP/5551234@trunk")
-    return endpoint
-
-
-def check_text(name: str, value: Any, limit: int = 256) -> str | None:
-    """``value`` if it is ``None`` or a short string without control characters, else `Invalid`."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > limit or _CONTROL.search(value):
-        raise Invalid(f"{name} must be a string of at most {limit} characters without control characters")
-    return value
-
-
-def check_int(name: str, value: Any, low: int, high: int) -> int:
-    """``value`` if it is a whole number in ``[low, high]``, else `Invalid`."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise Invalid(f"{name} must be a whole number from {low} to {high}")
-    return value
 
 
 def parse_caller_id(caller_id: str | None) -> tuple[str, str]:

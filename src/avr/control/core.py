@@ -15,7 +15,8 @@ from twisted.logger import Logger
 from avr.config import INBOUND_POLICIES
 from avr.control.ari_link import AriLink
 from avr.control.call_registry import DEFAULT_RETENTION, CallRegistry
-from avr.control.records import MEDIA_CHANNEL_PREFIX, Bridge, CallRecord, Playback
+from avr.control.bridges import Bridges
+from avr.control.records import MEDIA_CHANNEL_PREFIX, CallRecord, Playback
 from avr.control.recordings import Recordings
 from avr.control.tasks import TaskGroup
 from avr.interfaces import IAriClient, IAudioInjector, IEventSink
@@ -72,10 +73,11 @@ class ControlCore:
         self.tasks = TaskGroup(clock)
         self.link = AriLink(ari, self.tasks)
         self.registry = CallRegistry(clock, sink, self.tasks, retention)
+        self.bridges = Bridges(self.registry, self.link, clock, self._new_id)
         self.recordings = Recordings(self.registry, self.link, clock)
         self.registry.on_call_ended(self.recordings.call_ended)
         self.registry.on_call_ended(self._call_gone)
-        self._bridges: dict[str, Bridge] = {}
+        self.registry.on_call_ended(self.bridges.call_ended)
         self._playbacks: dict[str, Playback] = {}
         #: avr's own media channels: id -> entered Stasis yet.
         self._internal: dict[str, bool] = {}
@@ -95,14 +97,14 @@ class ControlCore:
             "app": self.app,
             "inboundPolicy": self.inbound_policy,
             "activeCalls": len(self.registry.active()),
-            "bridges": len(self._bridges),
+            "bridges": len(self.bridges),
         }
 
     def snapshot(self) -> dict:
         """``{"calls": [active calls], "bridges": [bridges]}`` for a new /events subscriber."""
         return {
             "calls": [c.to_dict() for c in self.registry.active()],
-            "bridges": [b.to_dict() for b in self._bridges.values()],
+            "bridges": [b.to_dict() for b in self.bridges],
         }
 
     def stop(self) -> Deferred:
@@ -126,6 +128,3 @@ class ControlCore:
 
     def _call_gone(self, call: CallRecord) -> None:
         """Release what the ended ``call`` held (overridden by the mixins, each calling up)."""
-
-    def _temp_bridge_left(self, bridge_id: str, call_id: str) -> None:
-        """A call left one of avr's temporary playback bridges (overridden by the media mixin)."""

@@ -299,8 +299,10 @@ class MediaOps(ControlCore):
         d.addBoth(forget)
         return self.tasks.wait(d, self.setup_timeout)
 
-    def _temp_bridge_left(self, bridge_id: str, call_id: str) -> None:
-        """The call left a temporary playback bridge (moved elsewhere): its audio there can no longer be heard."""
+    def _on_channel_left_bridge(self, event: dict) -> None:
+        """A call left a temporary playback bridge (moved elsewhere): its audio there can no longer be heard."""
+        bridge_id = (event.get("bridge") or {}).get("id")
+        call_id = (event.get("channel") or {}).get("id")
         for playback_id in list(self._temp_bridges.get(bridge_id, ())):
             playback = self._playbacks.get(playback_id)
             if playback is not None and playback.call_id == call_id and playback.state == "playing":

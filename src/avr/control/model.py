@@ -53,7 +53,7 @@ class CallControl(TransferOps, ResyncOps, MediaOps):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._handlers: dict[str, Callable[[dict], None]] = {
+        own: dict[str, Callable[[dict], None]] = {
             "StasisStart": self._on_stasis_start,
             "StasisEnd": self._on_stasis_end,
             "ChannelDestroyed": self._on_channel_destroyed,
@@ -64,11 +64,12 @@ class CallControl(TransferOps, ResyncOps, MediaOps):
             "Dial": self._on_dial,
             "PlaybackStarted": self._on_playback_started,
             "PlaybackFinished": self._on_playback_finished,
-            **self.recordings.handlers,
-            "ChannelEnteredBridge": self._on_channel_entered_bridge,
-            "ChannelLeftBridge": self._on_channel_left_bridge,
-            "BridgeDestroyed": self._on_bridge_destroyed,
         }
+        media: dict[str, Callable[[dict], None]] = {"ChannelLeftBridge": self._on_channel_left_bridge}
+        self._handlers: dict[str, list[Callable[[dict], None]]] = {}
+        for table in (own, self.bridges.handlers, media, self.recordings.handlers):
+            for type_, handler in table.items():
+                self._handlers.setdefault(type_, []).append(handler)
 
     def ari_connected(self) -> None:
         """The events socket is up: mark ARI connected and resynchronise from REST."""
@@ -78,13 +79,13 @@ class CallControl(TransferOps, ResyncOps, MediaOps):
     def ari_event(self, event: dict) -> None:
         """Apply one ARI event to the model (unknown types and channels are ignored)."""
         self.note_resync_event(event)
-        handler = self._handlers.get(event.get("type", ""))
-        if handler is None or self.tasks.stopped:
+        if self.tasks.stopped:
             return
-        try:
-            handler(event)
-        except Exception:
-            self.log.failure("Call control cannot apply an ARI {type} event", type=event.get("type"))
+        for handler in self._handlers.get(event.get("type", ""), ()):
+            try:
+                handler(event)
+            except Exception:
+                self.log.failure("Call control cannot apply an ARI {type} event", type=event.get("type"))
 
     def ari_disconnected(self, reason: str) -> None:
         """The events socket dropped: mark ARI disconnected (calls are kept; the next connect resynchronises)."""
@@ -126,3 +127,29 @@ class CallControl(TransferOps, ResyncOps, MediaOps):
     async def delete_recording(self, name: str) -> dict:
         """See `Recordings.delete_recording`."""
         return await self.recordings.delete_recording(name)
+
+    # -- bridges --------------------------------------------------------------------------------------------------
+
+    async def create_bridge(self, name: str | None = None) -> dict:
+        """See `Bridges.create_bridge`."""
+        return await self.bridges.create_bridge(name)
+
+    async def list_bridges(self) -> list[dict]:
+        """See `Bridges.list_bridges`."""
+        return await self.bridges.list_bridges()
+
+    async def get_bridge(self, bridge_id: str) -> dict:
+        """See `Bridges.get_bridge`."""
+        return await self.bridges.get_bridge(bridge_id)
+
+    async def destroy_bridge(self, bridge_id: str) -> dict:
+        """See `Bridges.destroy_bridge`."""
+        return await self.bridges.destroy_bridge(bridge_id)
+
+    async def add_to_bridge(self, bridge_id: str, call_id: str) -> dict:
+        """See `Bridges.add_to_bridge`."""
+        return await self.bridges.add_to_bridge(bridge_id, call_id)
+
+    async def remove_from_bridge(self, bridge_id: str, call_id: str) -> dict:
+        """See `Bridges.remove_from_bridge`."""
+        return await self.bridges.remove_from_bridge(bridge_id, call_id)

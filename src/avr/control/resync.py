@@ -18,7 +18,6 @@ from typing import Any
 
 from avr.ari.client import path_segment
 from avr.ari.errors import AriError, AriUnavailable
-from avr.control.bridges import BridgeOps
 from avr.control.calls import CallOps, channel_in_app
 from avr.control.records import MEDIA_CHANNEL_PREFIX, TEMP_BRIDGE_PREFIX
 
@@ -26,7 +25,7 @@ from avr.control.records import MEDIA_CHANNEL_PREFIX, TEMP_BRIDGE_PREFIX
 RESYNC_RETRY = 5.0
 
 
-class ResyncOps(CallOps, BridgeOps):
+class ResyncOps(CallOps):
     """The resync after each connect."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -69,12 +68,12 @@ class ResyncOps(CallOps, BridgeOps):
         ari = self.link.require()
         # The answers describe Asterisk as it was when it sent them: a call or bridge created, or mentioned by an
         # event, after that point is newer than the answer and must not be judged by it.
-        known = {c.id for c in self.registry} | set(self._bridges)
+        known = {c.id for c in self.registry} | {b.id for b in self.bridges}
         self._seen_during_resync = set()
         try:
             channels = [c for c in await ari.request("GET", "/channels") or [] if isinstance(c, dict) and "id" in c]
             bridges = [b for b in await ari.request("GET", "/bridges") or [] if isinstance(b, dict) and "id" in b]
-            newer = ({c.id for c in self.registry} | set(self._bridges)) - known | self._seen_during_resync
+            newer = ({c.id for c in self.registry} | {b.id for b in self.bridges}) - known | self._seen_during_resync
         finally:
             self._seen_during_resync = None
         if self.tasks.stopped:
@@ -84,7 +83,7 @@ class ResyncOps(CallOps, BridgeOps):
         self._resync_bridges(bridges, newer)
         await self._resync_media()
         self.log.info("Resynchronised with Asterisk: {calls} active calls, {bridges} bridges",
-                      calls=self.status()["activeCalls"], bridges=len(self._bridges))
+                      calls=self.status()["activeCalls"], bridges=len(self.bridges))
 
     def note_resync_event(self, event: dict) -> None:
         """Remember the channels and bridges an ARI event mentions while a resync waits for its answers."""
@@ -130,22 +129,22 @@ class ResyncOps(CallOps, BridgeOps):
                 where[str(channel_id)] = str(ari_bridge["id"])
         for call in live.values():
             call.ari_bridge_id = where.get(call.id)
-        for bridge in list(self._bridges.values()):
+        for bridge in list(self.bridges):
             if bridge.id in newer:
                 continue
             ari_bridge = by_id.get(bridge.id)
             if ari_bridge is None:
-                self._bridge_gone(bridge)
+                self.bridges.gone(bridge)
                 continue
             members = [str(c) for c in ari_bridge.get("channels") or [] if str(c) in live]
             for call_id in list(bridge.calls):
                 if call_id not in members:
-                    self._member_left(bridge, call_id)
+                    self.bridges.member_left(bridge, call_id)
             for call_id in members:
-                if bridge.id in self._bridges:
-                    self._member_entered(bridge, live[call_id])
+                if bridge.id in self.bridges:
+                    self.bridges.member_entered(bridge, live[call_id])
         for bridge_id, ari_bridge in by_id.items():
-            if bridge_id in self._bridges:
+            if bridge_id in self.bridges:
                 continue
             if bridge_id.startswith(TEMP_BRIDGE_PREFIX):
                 if bridge_id not in self._temp_bridges:
@@ -153,7 +152,7 @@ class ResyncOps(CallOps, BridgeOps):
                 continue
             members = [live[str(c)] for c in ari_bridge.get("channels") or [] if str(c) in live]
             if members and ari_bridge.get("bridge_class") == "stasis":
-                self._adopt_bridge(ari_bridge, members)
+                self.bridges.adopt(ari_bridge, members)
 
     async def _resync_media(self) -> None:
         ari = self.link.require()

@@ -12,8 +12,8 @@ from twisted.python.failure import Failure
 
 from avr.ari.client import path_segment
 from avr.ari.errors import AriError, AriUnavailable
-from avr.control.bridges import BridgeOps
-from avr.control.calls import MAX_DIAL_TIMEOUT, CallOps, check_endpoint, check_int, check_text
+from avr.control.calls import MAX_DIAL_TIMEOUT, CallOps
+from avr.control.checks import check_endpoint, check_int, check_text
 from avr.control.call_registry import require_stasis
 from avr.control.errors import Conflict, ControlError, Timeout
 from avr.control.records import Bridge, CallRecord, cause_text
@@ -22,7 +22,7 @@ from avr.control.records import Bridge, CallRecord, cause_text
 TRANSFER_GRACE = 5.0
 
 
-class TransferOps(CallOps, BridgeOps):
+class TransferOps(CallOps):
     """The transfer operation."""
 
     async def transfer(self, call_id: str, endpoint: str, caller_id: str | None = None, timeout: int = 30) -> dict:
@@ -78,7 +78,7 @@ class TransferOps(CallOps, BridgeOps):
             await self._target_in_stasis(call, target, endpoint, timeout + TRANSFER_GRACE)
             await ari.request("DELETE", f"{channel}/ring")
             self._check_parties(call, target)
-            bridge = await self._create_bridge(f"transfer-{call.id}", "transfer")
+            bridge = await self.bridges.create(f"transfer-{call.id}", "transfer")
             self._check_parties(call, target)
             await ari.request("POST", f"/bridges/{path_segment(bridge.id)}/addChannel",
                               {"channel": [call.id, target.id]})
@@ -87,7 +87,7 @@ class TransferOps(CallOps, BridgeOps):
             self._transfer_failed(call, target, bridge, endpoint, e)
             raise
         for party in (call, target):
-            self._member_entered(bridge, party)
+            self.bridges.member_entered(bridge, party)
         self.log.info("Transferred call {id} to {endpoint} (new call {new}, bridge {bridge})", id=call.id,
                       endpoint=endpoint, new=target.id, bridge=bridge.id)
         self.registry.publish("call.transferred", {"endpoint": endpoint, "targetCallId": target.id, "bridgeId": bridge.id},
@@ -160,9 +160,9 @@ class TransferOps(CallOps, BridgeOps):
                         f"stopping the ringing on call {call.id}")
         if target is not None and not target.ended:
             self.link.hang_up_quietly(target.id)
-        if bridge is not None and bridge.id in self._bridges:
+        if bridge is not None and bridge.id in self.bridges:
             self.link.destroy_bridge_quietly(bridge.id)
-            self._bridge_gone(bridge)
+            self.bridges.gone(bridge)
         if isinstance(error, (ControlError, AriError, AriUnavailable)):
             reason = str(error.message)
         else:
