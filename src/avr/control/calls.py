@@ -12,7 +12,6 @@ reason avr asked for. ``soft: true`` causes (32 = hung up over ARI, 4 = shutdown
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from avr.ari.client import path_segment
 from avr.ari.errors import AriError, AriUnavailable
@@ -263,8 +262,7 @@ class CallOps(ControlCore):
         if not isinstance(channel_id, str):
             return
         args = [str(a) for a in event.get("args") or []]
-        if self._is_internal(channel_id):
-            self._internal_entered(channel_id)
+        if self.legs.is_media_channel(channel_id):
             return
         call = self.registry.find(channel_id)
         if call is None:
@@ -303,16 +301,6 @@ class CallOps(ControlCore):
                               extension=extension, context=context, error=e)
                 self.link.hang_up_quietly(call.id)
 
-    def _internal_entered(self, channel_id: str) -> None:
-        if channel_id not in self._internal:
-            self.log.info("Hanging up leftover media channel {id}", id=channel_id)
-            self.link.hang_up_quietly(channel_id)
-            return
-        self._internal[channel_id] = True
-        for waiter in self._stasis_waiters.pop(channel_id, []):
-            if not waiter.called:
-                waiter.callback(None)
-
     def _on_stasis_end(self, event: dict) -> None:
         channel_id = (event.get("channel") or {}).get("id")
         call = self.registry.find(channel_id) if isinstance(channel_id, str) else None
@@ -332,12 +320,6 @@ class CallOps(ControlCore):
     def _on_channel_destroyed(self, event: dict) -> None:
         channel_id = (event.get("channel") or {}).get("id")
         if not isinstance(channel_id, str):
-            return
-        if self._is_internal(channel_id):
-            self._internal.pop(channel_id, None)
-            for waiter in self._stasis_waiters.pop(channel_id, []):
-                if not waiter.called:
-                    waiter.errback(Conflict(f"media channel {channel_id} was hung up"))
             return
         call = self.registry.find(channel_id)
         if call is None:

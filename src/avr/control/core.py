@@ -16,7 +16,8 @@ from avr.config import INBOUND_POLICIES
 from avr.control.ari_link import AriLink
 from avr.control.call_registry import DEFAULT_RETENTION, CallRegistry
 from avr.control.bridges import Bridges
-from avr.control.records import MEDIA_CHANNEL_PREFIX, CallRecord, Playback
+from avr.control.media_leg import MediaLegs
+from avr.control.playbacks import Playbacks
 from avr.control.recordings import Recordings
 from avr.control.tasks import TaskGroup
 from avr.interfaces import IAriClient, IAudioInjector, IEventSink
@@ -66,7 +67,6 @@ class ControlCore:
         self.app = app
         self.inbound_policy = inbound_policy
         self.injector = injector
-        self.audiosocket_address = audiosocket_address
         self.setup_timeout = setup_timeout
         self.pcm_lead_in = pcm_lead_in
         self._new_id = new_id or _new_uuid
@@ -76,16 +76,22 @@ class ControlCore:
         self.bridges = Bridges(self.registry, self.link, clock, self._new_id)
         self.recordings = Recordings(self.registry, self.link, clock)
         self.registry.on_call_ended(self.recordings.call_ended)
-        self.registry.on_call_ended(self._call_gone)
+        self.legs = MediaLegs(self.link, self.tasks, app, audiosocket_address, setup_timeout)
+        self.playbacks = Playbacks(self.registry, self.link, clock, self.legs, injector, self._new_id, pcm_lead_in)
+        self.registry.on_call_ended(self.legs.call_ended)
+        self.registry.on_call_ended(self.playbacks.call_ended)
         self.registry.on_call_ended(self.bridges.call_ended)
-        self._playbacks: dict[str, Playback] = {}
-        #: avr's own media channels: id -> entered Stasis yet.
-        self._internal: dict[str, bool] = {}
-        self._stasis_waiters: dict[str, list[Deferred]] = {}
-        #: Temporary playback bridges: id -> ids of the PCM playbacks using it.
-        self._temp_bridges: dict[str, set[str]] = {}
         #: Channels whose originate failed ambiguously (timeout): hung up if they show up.
         self._abandoned: dict[str, IDelayedCall] = {}
+
+    @property
+    def audiosocket_address(self) -> str | None:
+        """``host:port`` where Asterisk reaches avr's AudioSocket server (for media legs); settable."""
+        return self.legs.address
+
+    @audiosocket_address.setter
+    def audiosocket_address(self, address: str | None) -> None:
+        self.legs.address = address
 
     # -- status -------------------------------------------------------------------------------------------------
 
@@ -117,14 +123,5 @@ class ControlCore:
         self.tasks.stop()
         self._abandoned.clear()
         self.registry.stop()
-        for playback in list(self._playbacks.values()):
-            if playback.played is not None and not playback.played.called:
-                playback.stop_requested = True
-                playback.played.cancel()
+        self.legs.stop()
         return self.tasks.drained()
-
-    def _is_internal(self, channel_id: str) -> bool:
-        return channel_id in self._internal or channel_id.startswith(MEDIA_CHANNEL_PREFIX)
-
-    def _call_gone(self, call: CallRecord) -> None:
-        """Release what the ended ``call`` held (overridden by the mixins, each calling up)."""

@@ -30,14 +30,13 @@ from typing import Any, Callable
 
 from zope.interface import implementer
 
-from avr.control.media import MediaOps
 from avr.control.resync import ResyncOps
 from avr.control.transfer import TransferOps
 from avr.interfaces import IAriEventListener, ICallControl
 
 
 @implementer(ICallControl, IAriEventListener)
-class CallControl(TransferOps, ResyncOps, MediaOps):
+class CallControl(TransferOps, ResyncOps):
     """
     Call control over ARI. See the module documentation; the constructor's parameters are those of
     `avr.control.core.ControlCore` (``ari``, ``clock``, ``sink``, ``app``, ``inbound_policy``, ``injector``,
@@ -62,12 +61,10 @@ class CallControl(TransferOps, ResyncOps, MediaOps):
             "ChannelDtmfReceived": self._on_channel_dtmf_received,
             "ChannelCallerId": self._on_channel_caller_id,
             "Dial": self._on_dial,
-            "PlaybackStarted": self._on_playback_started,
-            "PlaybackFinished": self._on_playback_finished,
         }
-        media: dict[str, Callable[[dict], None]] = {"ChannelLeftBridge": self._on_channel_left_bridge}
         self._handlers: dict[str, list[Callable[[dict], None]]] = {}
-        for table in (own, self.bridges.handlers, media, self.recordings.handlers):
+        for table in (self.legs.handlers, own, self.bridges.handlers, self.playbacks.handlers,
+                      self.recordings.handlers):
             for type_, handler in table.items():
                 self._handlers.setdefault(type_, []).append(handler)
 
@@ -153,3 +150,17 @@ class CallControl(TransferOps, ResyncOps, MediaOps):
     async def remove_from_bridge(self, bridge_id: str, call_id: str) -> dict:
         """See `Bridges.remove_from_bridge`."""
         return await self.bridges.remove_from_bridge(bridge_id, call_id)
+
+    # -- playback -------------------------------------------------------------------------------------------------
+
+    async def play(self, call_id: str, media: list[str]) -> dict:
+        """See `Playbacks.play`."""
+        return await self.playbacks.play(call_id, media)
+
+    async def stop_playback(self, call_id: str, playback_id: str) -> dict:
+        """See `Playbacks.stop_playback`."""
+        return await self.playbacks.stop_playback(call_id, playback_id)
+
+    async def play_pcm(self, call_id: str, pcm: bytes, rate: int) -> dict:
+        """See `Playbacks.play_pcm`."""
+        return await self.playbacks.play_pcm(call_id, pcm, rate)

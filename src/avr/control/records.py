@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from attrs import define, field
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 
 #: Call states. ``dialing``: originated, far end not ringing yet; ``ringing``: far end alerting (outbound) or caller
@@ -195,11 +194,6 @@ class Playback:
     stop_requested: bool = False
     rate: int | None = None
     duration_ms: int | None = None
-    media_channel: str | None = None
-    bridge_id: str | None = None
-    temp_bridge: bool = False
-    played: Deferred | None = None
-    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The playback as JSON."""

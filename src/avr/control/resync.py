@@ -16,10 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from avr.ari.client import path_segment
 from avr.ari.errors import AriError, AriUnavailable
 from avr.control.calls import CallOps, channel_in_app
-from avr.control.records import MEDIA_CHANNEL_PREFIX, TEMP_BRIDGE_PREFIX
 
 #: Seconds before a failed resync is tried again (while connected).
 RESYNC_RETRY = 5.0
@@ -81,7 +79,8 @@ class ResyncOps(CallOps):
         by_id = {str(c["id"]): c for c in channels}
         self._resync_calls(by_id, newer)
         self._resync_bridges(bridges, newer)
-        await self._resync_media()
+        await self.playbacks.resync()
+        await self.recordings.resync()
         self.log.info("Resynchronised with Asterisk: {calls} active calls, {bridges} bridges",
                       calls=self.status()["activeCalls"], bridges=len(self.bridges))
 
@@ -113,8 +112,8 @@ class ResyncOps(CallOps):
         for channel_id, channel in by_id.items():
             if channel_id in self.registry or not channel_in_app(channel, self.app):
                 continue
-            if channel_id.startswith(MEDIA_CHANNEL_PREFIX) or channel_id in self._abandoned:
-                if channel_id not in self._internal:
+            if self.legs.is_media_channel(channel_id) or channel_id in self._abandoned:
+                if not self.legs.owns_channel(channel_id):
                     self.link.hang_up_quietly(channel_id)
                 continue
             args = str((channel.get("dialplan") or {}).get("app_data") or "").split(",")[1:]
@@ -146,20 +145,10 @@ class ResyncOps(CallOps):
         for bridge_id, ari_bridge in by_id.items():
             if bridge_id in self.bridges:
                 continue
-            if bridge_id.startswith(TEMP_BRIDGE_PREFIX):
-                if bridge_id not in self._temp_bridges:
+            if self.legs.is_temporary_bridge(bridge_id):
+                if self.legs.is_leftover_bridge(bridge_id):
                     self.link.destroy_bridge_quietly(bridge_id)
                 continue
             members = [live[str(c)] for c in ari_bridge.get("channels") or [] if str(c) in live]
             if members and ari_bridge.get("bridge_class") == "stasis":
                 self.bridges.adopt(ari_bridge, members)
-
-    async def _resync_media(self) -> None:
-        ari = self.link.require()
-        for playback in [p for p in self._playbacks.values() if p.kind == "media" and p.state == "playing"]:
-            try:
-                await ari.request("GET", f"/playbacks/{path_segment(playback.id)}")
-            except AriError as e:
-                if e.status == 404:
-                    self._playback_finished(playback, "unknown")
-        await self.recordings.resync()
