@@ -9,13 +9,14 @@ import uuid
 from typing import Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from avr.config import INBOUND_POLICIES
 from avr.control.ari_link import AriLink
 from avr.control.call_registry import DEFAULT_RETENTION, CallRegistry
 from avr.control.bridges import Bridges
+from avr.control.channels import Channels
 from avr.control.media_leg import MediaLegs
 from avr.control.playbacks import Playbacks
 from avr.control.recordings import Recordings
@@ -81,8 +82,8 @@ class ControlCore:
         self.registry.on_call_ended(self.legs.call_ended)
         self.registry.on_call_ended(self.playbacks.call_ended)
         self.registry.on_call_ended(self.bridges.call_ended)
-        #: Channels whose originate failed ambiguously (timeout): hung up if they show up.
-        self._abandoned: dict[str, IDelayedCall] = {}
+        self.channels = Channels(self.registry, self.link, self.tasks, clock, self.legs, app, inbound_policy,
+                                 self._new_id)
 
     @property
     def audiosocket_address(self) -> str | None:
@@ -121,7 +122,7 @@ class ControlCore:
         :return: a Deferred firing once the ARI requests still in flight (cleanups) are done.
         """
         self.tasks.stop()
-        self._abandoned.clear()
+        self.channels.stop()
         self.registry.stop()
         self.legs.stop()
         return self.tasks.drained()

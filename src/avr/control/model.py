@@ -52,18 +52,8 @@ class CallControl(TransferOps, ResyncOps):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        own: dict[str, Callable[[dict], None]] = {
-            "StasisStart": self._on_stasis_start,
-            "StasisEnd": self._on_stasis_end,
-            "ChannelDestroyed": self._on_channel_destroyed,
-            "ChannelStateChange": self._on_channel_state_change,
-            "ChannelHangupRequest": self._on_channel_hangup_request,
-            "ChannelDtmfReceived": self._on_channel_dtmf_received,
-            "ChannelCallerId": self._on_channel_caller_id,
-            "Dial": self._on_dial,
-        }
         self._handlers: dict[str, list[Callable[[dict], None]]] = {}
-        for table in (self.legs.handlers, own, self.bridges.handlers, self.playbacks.handlers,
+        for table in (self.legs.handlers, self.channels.handlers, self.bridges.handlers, self.playbacks.handlers,
                       self.recordings.handlers):
             for type_, handler in table.items():
                 self._handlers.setdefault(type_, []).append(handler)
@@ -89,6 +79,39 @@ class CallControl(TransferOps, ResyncOps):
         self.link.down(reason)
         self.tasks.cancel(self._resync_retry)
         self._resync_retry = None
+
+    # -- calls --------------------------------------------------------------------------------------------------
+
+    async def list_calls(self) -> list[dict]:
+        """See `Channels.list_calls`."""
+        return await self.channels.list_calls()
+
+    async def get_call(self, call_id: str) -> dict:
+        """See `Channels.get_call`."""
+        return await self.channels.get_call(call_id)
+
+    async def list_endpoints(self) -> list[dict]:
+        """See `Channels.list_endpoints`."""
+        return await self.channels.list_endpoints()
+
+    async def originate(self, endpoint: str, caller_id: str | None = None, timeout: int = 30,
+                        variables: dict | None = None, context: str | None = None, extension: str | None = None,
+                        priority: int | None = None) -> dict:
+        """See `Channels.originate`."""
+        return await self.channels.originate(endpoint, caller_id, timeout, variables, context, extension, priority)
+
+    async def answer(self, call_id: str) -> dict:
+        """See `Channels.answer`."""
+        return await self.channels.answer(call_id)
+
+    async def hangup(self, call_id: str, reason: str = "normal") -> dict:
+        """See `Channels.hangup`."""
+        return await self.channels.hangup(call_id, reason)
+
+    async def send_dtmf(self, call_id: str, dtmf: str, between: int | None = None,
+                        duration: int | None = None) -> dict:
+        """See `Channels.send_dtmf`."""
+        return await self.channels.send_dtmf(call_id, dtmf, between, duration)
 
     # -- recordings -----------------------------------------------------------------------------------------------
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 from typing import Any
 
 from avr.ari.errors import AriError, AriUnavailable
-from avr.control.calls import CallOps, channel_in_app
+from avr.control.channels import channel_in_app
+from avr.control.core import ControlCore
 
 #: Seconds before a failed resync is tried again (while connected).
 RESYNC_RETRY = 5.0
 
 
-class ResyncOps(CallOps):
+class ResyncOps(ControlCore):
     """The resync after each connect."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -112,12 +113,12 @@ class ResyncOps(CallOps):
         for channel_id, channel in by_id.items():
             if channel_id in self.registry or not channel_in_app(channel, self.app):
                 continue
-            if self.legs.is_media_channel(channel_id) or channel_id in self._abandoned:
+            if self.legs.is_media_channel(channel_id) or self.channels.is_abandoned(channel_id):
                 if not self.legs.owns_channel(channel_id):
                     self.link.hang_up_quietly(channel_id)
                 continue
             args = str((channel.get("dialplan") or {}).get("app_data") or "").split(",")[1:]
-            self._inbound(channel, args, resynced=True)
+            self.channels.inbound(channel, args, resynced=True)
 
     def _resync_bridges(self, bridges: list[dict], newer: set[str]) -> None:
         by_id = {str(b["id"]): b for b in bridges}

@@ -12,7 +12,8 @@ from twisted.python.failure import Failure
 
 from avr.ari.client import path_segment
 from avr.ari.errors import AriError, AriUnavailable
-from avr.control.calls import MAX_DIAL_TIMEOUT, CallOps
+from avr.control.channels import MAX_DIAL_TIMEOUT
+from avr.control.core import ControlCore
 from avr.control.checks import check_endpoint, check_int, check_text
 from avr.control.call_registry import require_stasis
 from avr.control.errors import Conflict, ControlError, Timeout
@@ -22,7 +23,7 @@ from avr.control.records import Bridge, CallRecord, cause_text
 TRANSFER_GRACE = 5.0
 
 
-class TransferOps(CallOps):
+class TransferOps(ControlCore):
     """The transfer operation."""
 
     async def transfer(self, call_id: str, endpoint: str, caller_id: str | None = None, timeout: int = 30) -> dict:
@@ -74,7 +75,7 @@ class TransferOps(CallOps):
         bridge: Bridge | None = None
         await ari.request("POST", f"{channel}/ring")
         try:
-            target = await self._originate(endpoint, caller_id, timeout, None, transferred_from=call.id)
+            target = await self.channels.dial(endpoint, caller_id, timeout, None, transferred_from=call.id)
             await self._target_in_stasis(call, target, endpoint, timeout + TRANSFER_GRACE)
             await ari.request("DELETE", f"{channel}/ring")
             self._check_parties(call, target)

@@ -1,5 +1,5 @@
 """
-Calls: the operations on one call (originate, answer, hang up, DTMF, endpoints) and the ARI channel events that
+Channels: the operations on one call (originate, answer, hang up, DTMF, endpoints) and the ARI channel events that
 drive the call state machine.
 
 How a call ends: ``ChannelDestroyed`` carries the Q.850 cause and is what ends a call avr originated (the app stays
@@ -12,13 +12,20 @@ reason avr asked for. ``soft: true`` causes (32 = hung up over ARI, 4 = shutdown
 from __future__ import annotations
 
 import re
+from typing import Callable
+
+from attrs import define, field
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 from avr.ari.client import path_segment
 from avr.ari.errors import AriError, AriUnavailable
-from avr.control.core import ControlCore
-from avr.control.call_registry import require_stasis
+from avr.control.ari_link import AriLink
+from avr.control.call_registry import CallRegistry, require_stasis
 from avr.control.checks import check_endpoint, check_int, check_text
 from avr.control.errors import Conflict, Invalid
+from avr.control.media_leg import MediaLegs
+from avr.control.tasks import TaskGroup
 from avr.control.records import (
     DIAL_STATUS_CAUSES,
     HANGUP_REASONS,
@@ -56,8 +63,54 @@ def channel_in_app(channel: dict, app: str) -> bool:
     return str(dialplan.get("app_data") or "").split(",")[0] == app
 
 
-class CallOps(ControlCore):
-    """Operations on calls and the channel events."""
+@define(eq=False)
+class Channels:
+    """
+    The calls' channels: originate, answer, hang up, DTMF, and the channel events.
+
+    :param registry: the calls, and where the events go.
+    :param ari: the way to Asterisk.
+    :param tasks: background requests (auto-answer, hand-off) and timers.
+    :param clock: timestamps.
+    :param legs: the media legs, whose channels are not calls.
+    :param app: the Stasis application name.
+    :param inbound_policy: ``answer``, ``ring`` or ``none`` (see `avr.config.INBOUND_POLICIES`).
+    :param new_id: makes the ids of originated channels.
+    """
+
+    registry: CallRegistry
+    ari: AriLink
+    tasks: TaskGroup
+    clock: IReactorTime
+    legs: MediaLegs
+    app: str
+    inbound_policy: str
+    new_id: Callable[[], str]
+    #: Channels whose originate failed ambiguously (timeout): hung up if they show up.
+    _abandoned: dict[str, IDelayedCall] = field(factory=dict, init=False)
+    log = Logger()
+
+    @property
+    def handlers(self) -> dict[str, Callable[[dict], None]]:
+        """The ARI events this component applies, by type."""
+        return {
+            "StasisStart": self._on_stasis_start,
+            "StasisEnd": self._on_stasis_end,
+            "ChannelDestroyed": self._on_channel_destroyed,
+            "ChannelStateChange": self._on_channel_state_change,
+            "ChannelHangupRequest": self._on_channel_hangup_request,
+            "ChannelDtmfReceived": self._on_channel_dtmf_received,
+            "ChannelCallerId": self._on_channel_caller_id,
+            "Dial": self._on_dial,
+        }
+
+    def is_abandoned(self, channel_id: str) -> bool:
+        """``channel_id`` was being originated when Asterisk stopped answering (it is hung up if it shows up)."""
+        return channel_id in self._abandoned
+
+    def stop(self) -> None:
+        """Shutting down: forget the abandoned channels (their timers are gone with the task group's)."""
+        self._abandoned.clear()
 
     async def list_calls(self) -> list[dict]:
         """The active (not ended) calls."""
@@ -73,7 +126,7 @@ class CallOps(ControlCore):
 
     async def list_endpoints(self) -> list[dict]:
         """Asterisk's endpoints: ``[{"technology", "resource", "state", "channelIds"}]``."""
-        endpoints = await self.link.require().request("GET", "/endpoints")
+        endpoints = await self.ari.require().request("GET", "/endpoints")
         return [
             {"technology": e.get("technology"), "resource": e.get("resource"), "state": e.get("state"),
              "channelIds": list(e.get("channel_ids") or [])}
@@ -120,15 +173,16 @@ class CallOps(ControlCore):
             check_text("context", context, 80)
             check_text("extension", extension, 80)
             dialplan = (context, extension, 1 if priority is None else check_int("priority", priority, 1, 100000))
-        self.link.require_connected()
-        call = await self._originate(endpoint, caller_id, timeout, variables, dialplan)
+        self.ari.require_connected()
+        call = await self.dial(endpoint, caller_id, timeout, variables, dialplan)
         return call.to_dict()
 
-    async def _originate(self, endpoint: str, caller_id: str | None, timeout: int, variables: dict | None,
-                         dialplan: tuple[str, str, int] | None = None, transferred_from: str | None = None) -> CallRecord:
-        ari = self.link.require()
+    async def dial(self, endpoint: str, caller_id: str | None, timeout: int, variables: dict | None,
+                   dialplan: tuple[str, str, int] | None = None, transferred_from: str | None = None) -> CallRecord:
+        """Originate a call into the app (see `originate`); the record is tracked before Asterisk is asked."""
+        ari = self.ari.require()
         name, number = parse_caller_id(caller_id)
-        call = CallRecord(self._new_id(), OUTBOUND, self.clock.seconds(), endpoint=endpoint, caller_number=number,
+        call = CallRecord(self.new_id(), OUTBOUND, self.clock.seconds(), endpoint=endpoint, caller_number=number,
                     caller_name=name, callee_number=endpoint, subscribed=True, pending=True, dialplan=dialplan,
                     transferred_from=transferred_from)
         call.state = call.derived_state()
@@ -153,7 +207,7 @@ class CallOps(ControlCore):
         return call
 
     def _abandon(self, channel_id: str) -> None:
-        self.link.hang_up_quietly(channel_id)
+        self.ari.hang_up_quietly(channel_id)
         self._abandoned[channel_id] = self.tasks.later(MAX_DIAL_TIMEOUT + 60, self._abandoned.pop, channel_id, None)
 
     async def answer(self, call_id: str) -> dict:
@@ -168,7 +222,7 @@ class CallOps(ControlCore):
         if call.direction == OUTBOUND:
             raise Conflict(f"Call {call_id} is outbound: the far end answers it")
         require_stasis(call)
-        await self.link.require().request("POST", f"/channels/{path_segment(call.id)}/answer")
+        await self.ari.require().request("POST", f"/channels/{path_segment(call.id)}/answer")
         self.registry.answered(call)
         return call.to_dict()
 
@@ -184,7 +238,7 @@ class CallOps(ControlCore):
         if reason not in HANGUP_REASONS:
             raise Invalid(f"reason must be one of {', '.join(HANGUP_REASONS)}")
         call = self.registry.live(call_id)
-        ari = self.link.require()
+        ari = self.ari.require()
         call.requested_reason = reason
         try:
             await ari.request("DELETE", f"/channels/{path_segment(call.id)}", {"reason": reason})
@@ -215,13 +269,14 @@ class CallOps(ControlCore):
             check_int("duration", duration, 1, 10000)
         call = self.registry.live(call_id)
         require_stasis(call)
-        await self.link.require().request("POST", f"/channels/{path_segment(call.id)}/dtmf",
+        await self.ari.require().request("POST", f"/channels/{path_segment(call.id)}/dtmf",
                                           {"dtmf": dtmf, "between": between, "duration": duration})
         return {"callId": call.id, "dtmf": dtmf}
 
     # -- inbound ------------------------------------------------------------------------------------------------
 
-    def _inbound(self, channel: dict, args: list[str], resynced: bool = False) -> CallRecord:
+    def inbound(self, channel: dict, args: list[str], resynced: bool = False) -> CallRecord:
+        """A channel (ARI Channel JSON) that entered the app becomes an inbound call, given the inbound policy."""
         caller = channel.get("caller") or {}
         call = CallRecord(str(channel["id"]), INBOUND, self.clock.seconds(), caller_number=str(caller.get("number") or ""),
                     caller_name=str(caller.get("name") or ""),
@@ -241,13 +296,13 @@ class CallOps(ControlCore):
             if self.inbound_policy == "answer":
                 self.tasks.spawn(self._auto_answer(call), f"answering call {call.id}")
             elif self.inbound_policy == "ring":
-                self.tasks.spawn(self.link.quietly("POST", f"/channels/{path_segment(call.id)}/ring"),
+                self.tasks.spawn(self.ari.quietly("POST", f"/channels/{path_segment(call.id)}/ring"),
                             f"ringing call {call.id}")
         return call
 
     async def _auto_answer(self, call: CallRecord) -> None:
         try:
-            await self.link.require().request("POST", f"/channels/{path_segment(call.id)}/answer")
+            await self.ari.require().request("POST", f"/channels/{path_segment(call.id)}/answer")
         except (AriError, AriUnavailable) as e:
             if not call.ended:
                 self.log.warn("Cannot answer inbound call {id}: {error}", id=call.id, error=e)
@@ -267,15 +322,15 @@ class CallOps(ControlCore):
         call = self.registry.find(channel_id)
         if call is None:
             if channel_id in self._abandoned:
-                self.link.hang_up_quietly(channel_id)
+                self.ari.hang_up_quietly(channel_id)
                 return
-            self._inbound(channel, args)
+            self.inbound(channel, args)
             return
         if call.ended:
             if call.direction == INBOUND:
                 # The channel came back into the app (the dialplan sent it again): a new inbound call.
                 self.registry.forget(call)
-                self._inbound(channel, args)
+                self.inbound(channel, args)
             return
         call.in_stasis = True
         if channel.get("state") == "Up" and call.answered_at is None:
@@ -293,13 +348,13 @@ class CallOps(ControlCore):
         assert call.dialplan is not None
         context, extension, priority = call.dialplan
         try:
-            await self.link.require().request("POST", f"/channels/{path_segment(call.id)}/continue",
+            await self.ari.require().request("POST", f"/channels/{path_segment(call.id)}/continue",
                                               {"context": context, "extension": extension, "priority": priority})
         except (AriError, AriUnavailable) as e:
             if not call.ended:
                 self.log.warn("Cannot send call {id} to {extension}@{context}: {error}; hanging it up", id=call.id,
                               extension=extension, context=context, error=e)
-                self.link.hang_up_quietly(call.id)
+                self.ari.hang_up_quietly(call.id)
 
     def _on_stasis_end(self, event: dict) -> None:
         channel_id = (event.get("channel") or {}).get("id")
