@@ -58,6 +58,10 @@ class FileResource(Resource):
         return self.body
 
 
+#: An option the route did not pass (see `FakeControl.record`).
+_UNSET: Any = object()
+
+
 @implementer(ICallControl)
 class FakeControl:
     """
@@ -84,7 +88,7 @@ class FakeControl:
 
     async def list_endpoints(self) -> list:
         self._called("list_endpoints")
-        return [{"technology": "PJSIP", "resource": "1001", "state": "online", "channel_ids": []}]
+        return [{"technology": "PJSIP", "resource": "1001", "state": "online", "channelIds": []}]
 
     async def list_calls(self) -> list:
         self._called("list_calls")
@@ -94,43 +98,58 @@ class FakeControl:
         self._called("get_call", call_id)
         return CALL
 
-    async def originate(self, endpoint: str, **kwargs: Any) -> dict:
-        self._called("originate", endpoint, **kwargs)
+    async def originate(self, endpoint: str, caller_id: str | None = None, timeout: int = 30,
+                        variables: dict | None = None, context: str | None = None, extension: str | None = None,
+                        priority: int | None = None) -> dict:
+        self._called("originate", endpoint, caller_id=caller_id, timeout=timeout, variables=variables,
+                     context=context, extension=extension, priority=priority)
         return {**CALL, "state": "dialing", "endpoint": endpoint}
 
     async def answer(self, call_id: str) -> dict:
         self._called("answer", call_id)
         return CALL
 
-    async def hangup(self, call_id: str, reason: str = "normal") -> None:
+    async def hangup(self, call_id: str, reason: str = "normal") -> dict:
         self._called("hangup", call_id, reason=reason)
+        return CALL
 
     async def play(self, call_id: str, media: list[str]) -> dict:
         self._called("play", call_id, media)
         return {**PLAYBACK, "media": media}
 
-    async def stop_playback(self, call_id: str, playback_id: str) -> None:
+    async def stop_playback(self, call_id: str, playback_id: str) -> dict:
         self._called("stop_playback", call_id, playback_id)
+        return {**PLAYBACK, "playbackId": playback_id, "callId": call_id}
 
     async def play_pcm(self, call_id: str, pcm: bytes, rate: int) -> dict:
         self._called("play_pcm", call_id, pcm, rate)
         return {**PLAYBACK, "kind": "pcm", "rate": rate}
 
-    async def record(self, call_id: str, **kwargs: Any) -> dict:
-        self._called("record", call_id, **kwargs)
-        return {"name": kwargs.get("name", "call-1"), "callId": call_id, "format": kwargs.get("format", "wav"),
-                "state": "queued"}
+    async def record(self, call_id: str, name: Any = _UNSET, format: Any = _UNSET, max_duration: Any = _UNSET,
+                     beep: Any = _UNSET, if_exists: Any = _UNSET) -> dict:
+        # Only the options the route passed are recorded: the others keep the model's defaults.
+        given = {"name": name, "format": format, "max_duration": max_duration, "beep": beep, "if_exists": if_exists}
+        self._called("record", call_id, **{k: v for k, v in given.items() if v is not _UNSET})
+        return {"name": "call-1" if name is _UNSET else name, "callId": call_id,
+                "format": "wav" if format is _UNSET else format, "state": "queued"}
 
-    async def stop_recording(self, name: str) -> None:
+    async def stop_recording(self, name: str) -> dict:
         self._called("stop_recording", name)
+        return {"name": name, "status": "stopped"}
+
+    async def cancel_recording(self, name: str) -> dict:
+        self._called("cancel_recording", name)
+        return {"name": name, "status": "cancelled"}
 
     async def send_dtmf(self, call_id: str, dtmf: str, between: int | None = None,
-                        duration: int | None = None) -> None:
+                        duration: int | None = None) -> dict:
         self._called("send_dtmf", call_id, dtmf, between=between, duration=duration)
+        return {"callId": call_id, "dtmf": dtmf}
 
-    async def transfer(self, call_id: str, endpoint: str, **kwargs: Any) -> dict:
-        self._called("transfer", call_id, endpoint, **kwargs)
-        return {"bridgeId": "b-t", "newCallId": "1700000000.2"}
+    async def transfer(self, call_id: str, endpoint: str, caller_id: str | None = None, timeout: int = 30) -> dict:
+        self._called("transfer", call_id, endpoint, caller_id=caller_id, timeout=timeout)
+        return {"callId": call_id, "newCallId": "1700000000.2", "bridgeId": "b-t",
+                "bridge": {**BRIDGE, "id": "b-t", "kind": "transfer", "calls": [call_id, "1700000000.2"]}}
 
     async def create_bridge(self, name: str | None = None) -> dict:
         self._called("create_bridge", name=name)
@@ -144,8 +163,9 @@ class FakeControl:
         self._called("get_bridge", bridge_id)
         return BRIDGE
 
-    async def destroy_bridge(self, bridge_id: str) -> None:
+    async def destroy_bridge(self, bridge_id: str) -> dict:
         self._called("destroy_bridge", bridge_id)
+        return {"id": bridge_id, "status": "destroyed"}
 
     async def add_to_bridge(self, bridge_id: str, call_id: str) -> dict:
         self._called("add_to_bridge", bridge_id, call_id)
@@ -172,8 +192,9 @@ class FakeControl:
         self._called("copy_recording", name, destination)
         return {"name": destination, "format": "wav"}
 
-    async def delete_recording(self, name: str) -> None:
+    async def delete_recording(self, name: str) -> dict:
         self._called("delete_recording", name)
+        return {"name": name, "status": "deleted"}
 
 
 class Api:
@@ -394,7 +415,8 @@ def test_originate_passes_every_option() -> None:
 def test_hangup_with_default_body_and_query_reasons() -> None:
     """DELETE /calls/:id: reason from the body or the query, default normal."""
     api = Api(FakeControl())
-    assert api.request("DELETE", "/calls/c1")[:2] == (200, {"status": "hungup", "callId": "c1", "reason": "normal"})
+    assert api.request("DELETE", "/calls/c1")[:2] == (200, {"status": "hungup", "callId": "c1", "reason": "normal",
+                                                           "call": CALL})
     api.request("DELETE", "/calls/c1", {"reason": "busy"})
     api.request("DELETE", "/calls/c1?reason=rejected")
     api.request("DELETE", "/calls/c1?reason=busy", {"reason": "busy"})
@@ -475,7 +497,9 @@ def test_transfer() -> None:
     """POST /calls/:id/transfer: 201 with the model's answer."""
     api = Api(FakeControl())
     status, payload, _ = api.request("POST", "/calls/c1/transfer", {"endpoint": "PJSIP/1002", "timeout": 20})
-    assert (status, payload) == (201, {"bridgeId": "b-t", "newCallId": "1700000000.2"})
+    assert status == 201
+    assert payload == {"callId": "c1", "newCallId": "1700000000.2", "bridgeId": "b-t", "bridge": {
+        **BRIDGE, "id": "b-t", "kind": "transfer", "calls": ["c1", "1700000000.2"]}}
     assert api.control.calls[-1] == ("transfer", ("c1", "PJSIP/1002"), {  # type: ignore[union-attr]
         "caller_id": None, "timeout": 20})
 

@@ -5,7 +5,7 @@ tests check both with ``verifyObject``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Awaitable
 
 from zope.interface import Attribute, Interface
 
@@ -221,14 +221,122 @@ class IAudioInjector(Interface):
 
 class ICallControl(Interface):
     """
-    Call control over ARI: the model behind the REST API. Every method that talks to Asterisk is ``async``;
-    failures are `avr.control.errors.ControlError` subclasses (not found, conflict, invalid, unavailable)
-    or `avr.ari.errors.AriError` with Asterisk's status.
-    Calls and bridges are returned as JSON-ready dicts.
+    Call control over ARI: the model behind the REST API. Every operation but `status` and `snapshot` is a
+    coroutine function (``async def``); failures are `avr.control.errors.ControlError` subclasses (not found,
+    conflict, invalid, unavailable, timeout) or `avr.ari.errors` failures (`AriError` with Asterisk's status,
+    `AriUnavailable`). Calls, bridges, playbacks and recordings are returned as JSON-ready dicts.
+
+    Arguments arrive validated against the wire limits (the REST routes check them); the model refuses only what
+    breaks its own invariants (an unknown hang-up reason, a dialplan target without an extension, PCM that is not
+    whole 16-bit samples at an AudioSocket rate).
     """
 
     def status() -> dict:
-        """``{"ari": "connected"|"connecting"|"disconnected"|"not configured", "activeCalls": n, ...}``."""
+        """``{"ari": "connected"|"connecting"|"disconnected"|"not configured", "ariReason", "app",
+        "inboundPolicy", "activeCalls": n, "bridges": n}``."""
 
     def snapshot() -> dict:
         """``{"calls": [...active calls], "bridges": [...]}`` for a new /events subscriber."""
+
+    # -- calls ----------------------------------------------------------------------------------------------------
+
+    def list_calls() -> Awaitable[list[dict]]:
+        """:return: the active calls."""
+
+    def get_call(call_id: str) -> Awaitable[dict]:
+        """:return: one call, active or ended within the retention. :raises NotFound:"""
+
+    def originate(endpoint: str, caller_id: str | None = None, timeout: int = 30,
+                  variables: dict | None = None, context: str | None = None, extension: str | None = None,
+                  priority: int | None = None) -> Awaitable[dict]:
+        """
+        Dial ``endpoint`` (``TECH/resource``) into the app, ringing ``timeout`` seconds; with ``context`` and
+        ``extension`` (``priority`` 1 by default) the answered call continues in the dialplan.
+
+        :return: the call. :raises Unavailable: ARI not configured or not connected.
+        """
+
+    def answer(call_id: str) -> Awaitable[dict]:
+        """Answer a ringing inbound call. :return: the call."""
+
+    def hangup(call_id: str, reason: str = "normal") -> Awaitable[dict]:
+        """Hang up with one of ARI's reasons; ``call.ended`` follows. :return: the call (usually not ended yet)."""
+
+    def send_dtmf(call_id: str, dtmf: str, between: int | None = None,
+                  duration: int | None = None) -> Awaitable[dict]:
+        """Send DTMF digits (timings in ms; ``None``: Asterisk's defaults). :return: ``{"callId", "dtmf"}``."""
+
+    def transfer(call_id: str, endpoint: str, caller_id: str | None = None,
+                 timeout: int = 30) -> Awaitable[dict]:
+        """
+        Connect an answered call to ``endpoint`` through a new leg and a bridge, once the target answers.
+
+        :return: ``{"callId", "newCallId", "bridgeId", "bridge"}``. :raises Timeout: no answer.
+        :raises Conflict: busy, failed, or the call is not in a state to be transferred.
+        """
+
+    def list_endpoints() -> Awaitable[list[dict]]:
+        """:return: Asterisk's endpoints, ``[{"technology", "resource", "state", "channelIds"}]``."""
+
+    # -- playback -------------------------------------------------------------------------------------------------
+
+    def play(call_id: str, media: list[str]) -> Awaitable[dict]:
+        """Play ARI media URIs (one playlist). :return: the playback, once Asterisk accepted it."""
+
+    def stop_playback(call_id: str, playback_id: str) -> Awaitable[dict]:
+        """Stop a running playback (``playback.finished`` follows, ``stopped``). :return: the playback."""
+
+    def play_pcm(call_id: str, pcm: bytes, rate: int) -> Awaitable[dict]:
+        """
+        Play PCM16LE mono at an AudioSocket ``rate`` through an externalMedia leg.
+
+        :return: the playback, once the audio is bridged. :raises Timeout: the media channel never came up.
+        """
+
+    # -- recordings -----------------------------------------------------------------------------------------------
+
+    def record(call_id: str, name: str | None = None, format: str = "wav",
+               max_duration: int = 300, beep: bool = False, if_exists: str = "fail") -> Awaitable[dict]:
+        """Record the call (``max_duration`` 0: no limit). :return: the live recording, ``{"name", "callId",
+        "format", "state"}``."""
+
+    def stop_recording(name: str) -> Awaitable[dict]:
+        """Stop a live recording, keeping the file. :return: ``{"name", "status": "stopped"}``."""
+
+    def cancel_recording(name: str) -> Awaitable[dict]:
+        """Stop a live recording and discard it. :return: ``{"name", "status": "cancelled"}``."""
+
+    def list_recordings() -> Awaitable[list[dict]]:
+        """:return: the stored recordings, ``[{"name", "format"}]``."""
+
+    def get_recording(name: str) -> Awaitable[dict]:
+        """:return: one stored recording, ``{"name", "format"}``. :raises NotFound:"""
+
+    def recording_file(name: str) -> Awaitable[Any]:
+        """:return: the treq response of the stored recording's file, body unread."""
+
+    def copy_recording(name: str, destination: str) -> Awaitable[dict]:
+        """:return: the copy, ``{"name", "format"}``."""
+
+    def delete_recording(name: str) -> Awaitable[dict]:
+        """Delete a stored recording. :return: ``{"name", "status": "deleted"}``."""
+
+    # -- bridges --------------------------------------------------------------------------------------------------
+
+    def create_bridge(name: str | None = None) -> Awaitable[dict]:
+        """Create a mixing bridge (``bridge.created``). :return: the bridge."""
+
+    def list_bridges() -> Awaitable[list[dict]]:
+        """:return: the bridges made through the API or by transfers."""
+
+    def get_bridge(bridge_id: str) -> Awaitable[dict]:
+        """:return: one bridge. :raises NotFound:"""
+
+    def destroy_bridge(bridge_id: str) -> Awaitable[dict]:
+        """Destroy a bridge; its calls stay up. :return: ``{"id", "status": "destroyed"}``."""
+
+    def add_to_bridge(bridge_id: str, call_id: str) -> Awaitable[dict]:
+        """Put a call into a bridge (out of any other). :return: the bridge."""
+
+    def remove_from_bridge(bridge_id: str, call_id: str) -> Awaitable[dict]:
+        """Take a call out of a bridge (it stays up). :return: the bridge."""

@@ -25,7 +25,6 @@ from avr.control.call_registry import CallRegistry, require_stasis
 from avr.control.checks import check_endpoint, check_int, check_text
 from avr.control.errors import Conflict, Invalid
 from avr.control.media_leg import MediaLegs
-from avr.control.tasks import TaskGroup
 from avr.control.records import (
     DIAL_STATUS_CAUSES,
     HANGUP_REASONS,
@@ -34,6 +33,7 @@ from avr.control.records import (
     CallRecord,
     cause_text,
 )
+from avr.control.tasks import TaskGroup
 
 _DTMF = re.compile(r"^[0-9A-Da-d*#wW]+$")
 _CALLER_ID = re.compile(r'^\s*"?([^"<]*?)"?\s*<([^>]*)>\s*$')

@@ -22,50 +22,142 @@ Events published (``{"type", "callId" | "bridgeId", "timestamp", "data"}``): ``c
 (data: the bridge), ``bridge.destroyed``, ``bridge.channel_entered`` and ``bridge.channel_left`` (``callId``).
 
 Every operation is a coroutine (``async def``); wrap it with ``Deferred.fromCoroutine`` at the HTTP boundary.
+
+`CallControl` is a façade: it builds the components, each with one job and its own state, and routes the ARI
+events to them (each component has a table of the event types it applies):
+
+* `avr.control.call_registry.CallRegistry`: the calls, their state machine, ``call.ended``, event publishing;
+* `avr.control.channels.Channels`: originate, answer, hang up, DTMF, inbound calls, the channel events;
+* `avr.control.bridges.Bridges`: bridges and their members;
+* `avr.control.media_leg.MediaLegs`: externalMedia legs (uploaded audio today);
+* `avr.control.playbacks.Playbacks`: ARI media and uploaded PCM;
+* `avr.control.recordings.Recordings`: live and stored recordings;
+* `avr.control.transfers.Transfers`: transfer through a new leg and a bridge;
+* `avr.control.resync.Resync`: reconciling with Asterisk after each connect;
+* shared by all: `avr.control.tasks.TaskGroup` (timers, tasks, waits) and `avr.control.ari_link.AriLink`.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Callable
 
+from attrs import define, field
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from zope.interface import implementer
 
-from avr.control.resync import ResyncOps
-from avr.control.transfer import TransferOps
-from avr.interfaces import IAriEventListener, ICallControl
+from avr.config import INBOUND_POLICIES
+from avr.control.ari_link import AriLink
+from avr.control.bridges import Bridges
+from avr.control.call_registry import DEFAULT_RETENTION, CallRegistry
+from avr.control.channels import Channels
+from avr.control.media_leg import MediaLegs
+from avr.control.playbacks import Playbacks
+from avr.control.recordings import Recordings
+from avr.control.resync import Resync
+from avr.control.tasks import TaskGroup
+from avr.control.transfers import Transfers
+from avr.interfaces import IAriClient, IAriEventListener, IAudioInjector, ICallControl, IEventSink
+
+
+def _new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def _or_uuid(new_id: Callable[[], str] | None) -> Callable[[], str]:
+    return new_id or _new_uuid
+
+
+def _check_policy(instance: Any, attribute: Any, value: str) -> None:
+    if value not in INBOUND_POLICIES:
+        raise ValueError(f"inbound_policy must be one of {', '.join(INBOUND_POLICIES)}, got {value!r}")
 
 
 @implementer(ICallControl, IAriEventListener)
-class CallControl(TransferOps, ResyncOps):
+@define(eq=False)
+class CallControl:
     """
-    Call control over ARI. See the module documentation; the constructor's parameters are those of
-    `avr.control.core.ControlCore` (``ari``, ``clock``, ``sink``, ``app``, ``inbound_policy``, ``injector``,
-    ``audiosocket_address``, ``retention``, ...).
+    Call control over ARI (see the module documentation).
 
-    Operations (all ``async``; failures are `avr.control.errors.ControlError` subclasses or
-    `avr.ari.errors.AriError` carrying Asterisk's status): `list_calls`, `get_call`, `originate`, `answer`,
-    `hangup`, `send_dtmf`, `play`, `stop_playback`, `play_pcm`, `record`, `stop_recording`, `cancel_recording`,
-    `transfer`, `create_bridge`, `list_bridges`, `get_bridge`, `destroy_bridge`, `add_to_bridge`,
-    `remove_from_bridge`, `list_recordings`, `get_recording`, `recording_file`, `copy_recording`,
-    `delete_recording`, `list_endpoints`. Synchronous: `status`, `snapshot`, `stop`.
+    :param ari: the ARI REST client, or ``None`` when ARI is not configured (operations then raise `Unavailable`).
+    :param clock: time source for timestamps, the ended-call retention and every timeout.
+    :param sink: receives every event (the /events hub and the events webhook).
+    :param app: the Stasis application name.
+    :param inbound_policy: ``answer``, ``ring`` or ``none`` (see `avr.config.INBOUND_POLICIES`).
+    :param injector: plays uploaded PCM through an AudioSocket connection (``None``: `play_pcm` is unavailable).
+    :param audiosocket_address: ``host:port`` where Asterisk reaches avr's AudioSocket server (for media legs).
+    :param retention: seconds an ended call stays readable.
+    :param setup_timeout: seconds to wait for Asterisk during multi-step setups (a media channel entering Stasis).
+    :param new_id: makes the ids of originated channels, created bridges and ARI playbacks (UUID4 by default).
+    :param pcm_lead_in: seconds of silence played before uploaded audio (see `Playbacks`).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._handlers: dict[str, list[Callable[[dict], None]]] = {}
-        for table in (self.legs.handlers, self.channels.handlers, self.bridges.handlers, self.playbacks.handlers,
-                      self.recordings.handlers):
-            for type_, handler in table.items():
+    ari: IAriClient | None
+    clock: IReactorTime
+    sink: IEventSink
+    app: str
+    inbound_policy: str = field(default="answer", validator=_check_policy)
+    injector: IAudioInjector | None = None
+    _audiosocket_address: str | None = None
+    retention: float = DEFAULT_RETENTION
+    setup_timeout: float = 10.0
+    new_id: Callable[[], str] = field(default=None, converter=_or_uuid)
+    pcm_lead_in: float = 0.3
+    tasks: TaskGroup = field(init=False)
+    link: AriLink = field(init=False)
+    registry: CallRegistry = field(init=False)
+    legs: MediaLegs = field(init=False)
+    channels: Channels = field(init=False)
+    bridges: Bridges = field(init=False)
+    playbacks: Playbacks = field(init=False)
+    recordings: Recordings = field(init=False)
+    transfers: Transfers = field(init=False)
+    resync: Resync = field(init=False)
+    _handlers: dict[str, list[Callable[[dict], None]]] = field(factory=dict, init=False)
+    log = Logger()
+
+    def __attrs_post_init__(self) -> None:
+        clock, app = self.clock, self.app
+        self.tasks = tasks = TaskGroup(clock)
+        self.link = link = AriLink(self.ari, tasks)
+        self.registry = registry = CallRegistry(clock, self.sink, tasks, self.retention)
+        self.legs = MediaLegs(link, tasks, app, self._audiosocket_address, self.setup_timeout)
+        self.channels = Channels(registry, link, tasks, clock, self.legs, app, self.inbound_policy, self.new_id)
+        self.bridges = Bridges(registry, link, clock, self.new_id)
+        self.playbacks = Playbacks(registry, link, clock, self.legs, self.injector, self.new_id, self.pcm_lead_in)
+        self.recordings = Recordings(registry, link, clock)
+        self.transfers = Transfers(registry, link, tasks, self.channels, self.bridges)
+        self.resync = Resync(registry, link, tasks, clock, app, self.channels, self.bridges, self.legs,
+                             self.playbacks, self.recordings)
+        # What an ended call held is released in this order (its events are published in it).
+        for released in (self.recordings, self.legs, self.playbacks, self.bridges):
+            registry.on_call_ended(released.call_ended)
+        # Media legs see StasisStart first: their channels are not calls.
+        for component in (self.legs, self.channels, self.bridges, self.playbacks, self.recordings):
+            for type_, handler in component.handlers.items():
                 self._handlers.setdefault(type_, []).append(handler)
+
+    @property
+    def audiosocket_address(self) -> str | None:
+        """``host:port`` where Asterisk reaches avr's AudioSocket server (settable once the port is known)."""
+        return self.legs.address
+
+    @audiosocket_address.setter
+    def audiosocket_address(self, address: str | None) -> None:
+        self.legs.address = address
+
+    # -- IAriEventListener ----------------------------------------------------------------------------------------
 
     def ari_connected(self) -> None:
         """The events socket is up: mark ARI connected and resynchronise from REST."""
         self.link.up()
-        self._start_resync()
+        self.resync.start()
 
     def ari_event(self, event: dict) -> None:
         """Apply one ARI event to the model (unknown types and channels are ignored)."""
-        self.note_resync_event(event)
+        self.resync.note(event)
         if self.tasks.stopped:
             return
         for handler in self._handlers.get(event.get("type", ""), ()):
@@ -77,8 +169,40 @@ class CallControl(TransferOps, ResyncOps):
     def ari_disconnected(self, reason: str) -> None:
         """The events socket dropped: mark ARI disconnected (calls are kept; the next connect resynchronises)."""
         self.link.down(reason)
-        self.tasks.cancel(self._resync_retry)
-        self._resync_retry = None
+        self.resync.cancel_retry()
+
+    # -- status and lifecycle -------------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        """See `ICallControl.status`."""
+        return {
+            "ari": self.link.state,
+            "ariReason": self.link.reason,
+            "app": self.app,
+            "inboundPolicy": self.inbound_policy,
+            "activeCalls": len(self.registry.active()),
+            "bridges": len(self.bridges),
+        }
+
+    def snapshot(self) -> dict:
+        """See `ICallControl.snapshot`."""
+        return {
+            "calls": [c.to_dict() for c in self.registry.active()],
+            "bridges": [b.to_dict() for b in self.bridges],
+        }
+
+    def stop(self) -> Deferred:
+        """
+        Shut down: cancel every timer, fail pending waits, stop the media legs (their channels are hung up). Live
+        calls are left alone.
+
+        :return: a Deferred firing once the ARI requests still in flight (cleanups) are done.
+        """
+        self.tasks.stop()
+        self.channels.stop()
+        self.registry.stop()
+        self.legs.stop()
+        return self.tasks.drained()
 
     # -- calls --------------------------------------------------------------------------------------------------
 
@@ -112,6 +236,10 @@ class CallControl(TransferOps, ResyncOps):
                         duration: int | None = None) -> dict:
         """See `Channels.send_dtmf`."""
         return await self.channels.send_dtmf(call_id, dtmf, between, duration)
+
+    async def transfer(self, call_id: str, endpoint: str, caller_id: str | None = None, timeout: int = 30) -> dict:
+        """See `Transfers.transfer`."""
+        return await self.transfers.transfer(call_id, endpoint, caller_id, timeout)
 
     # -- recordings -----------------------------------------------------------------------------------------------
 

@@ -205,7 +205,7 @@ class Playbacks:
         self.registry.publish("playback.finished", data, self.registry.find(playback.call_id))
 
     def _ari_playback(self, event: dict) -> Playback | None:
-        playback = self._playbacks.get((event.get("playback") or {}).get("id"))
+        playback = self._playbacks.get(str((event.get("playback") or {}).get("id")))
         return playback if playback is not None and playback.kind == "media" else None
 
     def _on_playback_started(self, event: dict) -> None:

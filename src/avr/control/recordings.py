@@ -208,7 +208,7 @@ class Recordings:
 
     def _ari_recording(self, event: dict) -> tuple[Recording | None, dict]:
         live = event.get("recording") or {}
-        return self._live.get(live.get("name")), live
+        return self._live.get(str(live.get("name"))), live
 
     def _on_recording_started(self, event: dict) -> None:
         recording, _ = self._ari_recording(event)

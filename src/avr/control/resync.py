@@ -14,67 +14,97 @@ lost, so the model re-reads ``GET /channels`` and ``GET /bridges`` and reconcile
 
 from __future__ import annotations
 
-from typing import Any
+from attrs import define, field
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 from avr.ari.errors import AriError, AriUnavailable
-from avr.control.channels import channel_in_app
-from avr.control.core import ControlCore
+from avr.control.ari_link import AriLink
+from avr.control.bridges import Bridges
+from avr.control.call_registry import CallRegistry
+from avr.control.channels import Channels, channel_in_app
+from avr.control.media_leg import MediaLegs
+from avr.control.playbacks import Playbacks
+from avr.control.recordings import Recordings
+from avr.control.tasks import TaskGroup
 
 #: Seconds before a failed resync is tried again (while connected).
 RESYNC_RETRY = 5.0
 
 
-class ResyncOps(ControlCore):
-    """The resync after each connect."""
+@define(eq=False)
+class Resync:
+    """
+    Reconciles the model with Asterisk after each connect of the events socket (`start`).
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._resyncing = False
-        self._resync_again = False
-        self._resync_retry: Any = None
-        #: While the resync's GETs are in flight: ids of channels and bridges that ARI events mentioned meanwhile.
-        self._seen_during_resync: set[str] | None = None
+    :param registry: the calls, and where the events go.
+    :param ari: the way to Asterisk (and whether it is connected).
+    :param tasks: runs the resync and its retry timer.
+    :param clock: answer times of calls found answered.
+    :param app: the Stasis application name.
+    """
 
-    def _start_resync(self) -> None:
-        if self.tasks.stopped or self.link.client is None:
+    registry: CallRegistry
+    ari: AriLink
+    tasks: TaskGroup
+    clock: IReactorTime
+    app: str
+    channels: Channels
+    bridges: Bridges
+    legs: MediaLegs
+    playbacks: Playbacks
+    recordings: Recordings
+    _resyncing: bool = field(default=False, init=False)
+    _again: bool = field(default=False, init=False)
+    _retry: IDelayedCall | None = field(default=None, init=False)
+    #: While the resync's GETs are in flight: ids of channels and bridges that ARI events mentioned meanwhile.
+    _seen: set[str] | None = field(default=None, init=False)
+    log = Logger()
+
+    def start(self) -> None:
+        """Resynchronise now (once more after the running one, if one is running)."""
+        if self.tasks.stopped or self.ari.client is None:
             return
-        self.tasks.cancel(self._resync_retry)
-        self._resync_retry = None
+        self.cancel_retry()
         if self._resyncing:
-            self._resync_again = True
+            self._again = True
             return
         self._resyncing = True
-        self.tasks.spawn(self._resync_loop(), "resynchronising with Asterisk")
+        self.tasks.spawn(self._loop(), "resynchronising with Asterisk")
 
-    async def _resync_loop(self) -> None:
+    def cancel_retry(self) -> None:
+        """No retry of a failed resync is wanted (ARI is down: the next connect resynchronises)."""
+        self.tasks.cancel(self._retry)
+        self._retry = None
+    async def _loop(self) -> None:
         try:
             while True:
-                self._resync_again = False
+                self._again = False
                 try:
                     await self._resync()
                 except (AriError, AriUnavailable) as e:
                     self.log.warn("Cannot resynchronise with Asterisk ({error}); retrying in {delay:g} s", error=e,
                                   delay=RESYNC_RETRY)
-                    if self.link.connected and not self.tasks.stopped:
-                        self._resync_retry = self.tasks.later(RESYNC_RETRY, self._start_resync)
+                    if self.ari.connected and not self.tasks.stopped:
+                        self._retry = self.tasks.later(RESYNC_RETRY, self.start)
                     return
-                if not self._resync_again:
+                if not self._again:
                     return
         finally:
             self._resyncing = False
 
     async def _resync(self) -> None:
-        ari = self.link.require()
+        ari = self.ari.require()
         # The answers describe Asterisk as it was when it sent them: a call or bridge created, or mentioned by an
         # event, after that point is newer than the answer and must not be judged by it.
         known = {c.id for c in self.registry} | {b.id for b in self.bridges}
-        self._seen_during_resync = set()
+        self._seen = set()
         try:
             channels = [c for c in await ari.request("GET", "/channels") or [] if isinstance(c, dict) and "id" in c]
             bridges = [b for b in await ari.request("GET", "/bridges") or [] if isinstance(b, dict) and "id" in b]
-            newer = ({c.id for c in self.registry} | {b.id for b in self.bridges}) - known | self._seen_during_resync
+            newer = ({c.id for c in self.registry} | {b.id for b in self.bridges}) - known | self._seen
         finally:
-            self._seen_during_resync = None
+            self._seen = None
         if self.tasks.stopped:
             return
         by_id = {str(c["id"]): c for c in channels}
@@ -83,16 +113,16 @@ class ResyncOps(ControlCore):
         await self.playbacks.resync()
         await self.recordings.resync()
         self.log.info("Resynchronised with Asterisk: {calls} active calls, {bridges} bridges",
-                      calls=self.status()["activeCalls"], bridges=len(self.bridges))
+                      calls=len(self.registry.active()), bridges=len(self.bridges))
 
-    def note_resync_event(self, event: dict) -> None:
+    def note(self, event: dict) -> None:
         """Remember the channels and bridges an ARI event mentions while a resync waits for its answers."""
-        if self._seen_during_resync is None:
+        if self._seen is None:
             return
         for key in ("channel", "bridge", "peer", "replace_channel"):
             item = event.get(key)
             if isinstance(item, dict) and "id" in item:
-                self._seen_during_resync.add(str(item["id"]))
+                self._seen.add(str(item["id"]))
 
     def _resync_calls(self, by_id: dict[str, dict], newer: set[str]) -> None:
         for call in self.registry:
@@ -115,7 +145,7 @@ class ResyncOps(ControlCore):
                 continue
             if self.legs.is_media_channel(channel_id) or self.channels.is_abandoned(channel_id):
                 if not self.legs.owns_channel(channel_id):
-                    self.link.hang_up_quietly(channel_id)
+                    self.ari.hang_up_quietly(channel_id)
                 continue
             args = str((channel.get("dialplan") or {}).get("app_data") or "").split(",")[1:]
             self.channels.inbound(channel, args, resynced=True)
@@ -132,15 +162,15 @@ class ResyncOps(ControlCore):
         for bridge in list(self.bridges):
             if bridge.id in newer:
                 continue
-            ari_bridge = by_id.get(bridge.id)
-            if ari_bridge is None:
+            found = by_id.get(bridge.id)
+            if found is None:
                 self.bridges.gone(bridge)
                 continue
-            members = [str(c) for c in ari_bridge.get("channels") or [] if str(c) in live]
+            member_ids = [str(c) for c in found.get("channels") or [] if str(c) in live]
             for call_id in list(bridge.calls):
-                if call_id not in members:
+                if call_id not in member_ids:
                     self.bridges.member_left(bridge, call_id)
-            for call_id in members:
+            for call_id in member_ids:
                 if bridge.id in self.bridges:
                     self.bridges.member_entered(bridge, live[call_id])
         for bridge_id, ari_bridge in by_id.items():
@@ -148,7 +178,7 @@ class ResyncOps(ControlCore):
                 continue
             if self.legs.is_temporary_bridge(bridge_id):
                 if self.legs.is_leftover_bridge(bridge_id):
-                    self.link.destroy_bridge_quietly(bridge_id)
+                    self.ari.destroy_bridge_quietly(bridge_id)
                 continue
             members = [live[str(c)] for c in ari_bridge.get("channels") or [] if str(c) in live]
             if members and ari_bridge.get("bridge_class") == "stasis":

@@ -403,7 +403,7 @@ class ControlRoutes:
         return start
 
     @property
-    def _model(self) -> Any:
+    def _model(self) -> ICallControl:
         # Only reached behind the "configured" check of `_guarded`.
         assert self.control is not None
         return self.control
@@ -488,23 +488,23 @@ class ControlRoutes:
             if reason is not None and reason != query_reason:
                 raise ApiError(400, "reason given twice (body and query) with different values")
             reason = _validate({"reason": query_reason}, HANGUP)["reason"]
-        result = await self._model.hangup(call_id, reason=reason or "normal")
-        answer = {"status": "hungup", "callId": call_id, "reason": reason or "normal"}
-        return json_response(request, 200, {**answer, **_as_object("call", result)})
+        call = await self._model.hangup(call_id, reason=reason or "normal")
+        return json_response(request, 200, {"status": "hungup", "callId": call_id, "reason": reason or "normal",
+                                            "call": call})
 
     async def _answer(self, request: IRequest, id: str) -> bytes:
         """Answer a ringing inbound call."""
         call_id = _checked_id(id, "call")
         await self._read_fields(request, (), optional=True)
-        result = await self._model.answer(call_id)
-        return json_response(request, 200, {"status": "answered", **_as_object("call", result)})
+        call = await self._model.answer(call_id)
+        return json_response(request, 200, {"status": "answered", "call": call})
 
     async def _play(self, request: IRequest, id: str) -> bytes:
         """Play audio: one media URI or a sequential playlist (sound:, recording:, digits:, tone:, ...)."""
         call_id = _checked_id(id, "call")
         body = await self._json(request, PLAY)
-        result = await self._model.play(call_id, body["media"])
-        return json_response(request, 201, _as_object("playback", result))
+        playback = await self._model.play(call_id, body["media"])
+        return json_response(request, 201, {"playback": playback})
 
     async def _stop_playback(self, request: IRequest, id: str, playbackId: str) -> bytes:
         """Stop a playback started with POST /calls/:id/play."""
@@ -527,9 +527,9 @@ class ControlRoutes:
             audio = decode_wav(data)
         except WavError as e:
             raise ApiError(e.status, e.message) from None
-        result = await self._model.play_pcm(call_id, audio.pcm, audio.rate)
-        answer = {"status": "ok", "durationSeconds": round(audio.duration, 3), "sampleRate": audio.rate}
-        return json_response(request, 201, {**answer, **_as_object("playback", result)})
+        playback = await self._model.play_pcm(call_id, audio.pcm, audio.rate)
+        return json_response(request, 201, {"status": "ok", "durationSeconds": round(audio.duration, 3),
+                                            "sampleRate": audio.rate, "playback": playback})
 
     async def _record(self, request: IRequest, id: str) -> bytes:
         """Start recording a call."""
@@ -538,8 +538,8 @@ class ControlRoutes:
         options = {snake: body[camel] for camel, snake in (
             ("name", "name"), ("format", "format"), ("maxDurationSeconds", "max_duration"), ("beep", "beep"),
             ("ifExists", "if_exists")) if camel in body}
-        result = await self._model.record(call_id, **options)
-        return json_response(request, 201, _recording_answer(result))
+        recording = await self._model.record(call_id, **options)
+        return json_response(request, 201, {"recordingName": recording["name"], "recording": recording})
 
     async def _send_dtmf(self, request: IRequest, id: str) -> bytes:
         """Send DTMF tones (0-9, A-D, *, #; w/W pause 0.5/1 s)."""
@@ -555,7 +555,7 @@ class ControlRoutes:
         body = await self._json(request, TRANSFER)
         result = await self._model.transfer(call_id, body["endpoint"], caller_id=body.get("callerId"),
                                             timeout=body.get("timeout", 30))
-        return json_response(request, 201, result if isinstance(result, dict) else {"status": "ok"})
+        return json_response(request, 201, result)
 
     async def _create_bridge(self, request: IRequest) -> bytes:
         """Create a mixing bridge."""
@@ -582,15 +582,15 @@ class ControlRoutes:
         """Add a call to a bridge (body: callId)."""
         bridge_id = _checked_id(id, "bridge")
         body = await self._json(request, BRIDGE_MEMBER)
-        result = await self._model.add_to_bridge(bridge_id, body["callId"])
-        return json_response(request, 200, {"status": "ok", **_as_object("bridge", result)})
+        bridge = await self._model.add_to_bridge(bridge_id, body["callId"])
+        return json_response(request, 200, {"status": "ok", "bridge": bridge})
 
     async def _remove_from_bridge(self, request: IRequest, id: str) -> bytes:
         """Remove a call from a bridge (body: callId)."""
         bridge_id = _checked_id(id, "bridge")
         body = await self._json(request, BRIDGE_MEMBER)
-        result = await self._model.remove_from_bridge(bridge_id, body["callId"])
-        return json_response(request, 200, {"status": "ok", **_as_object("bridge", result)})
+        bridge = await self._model.remove_from_bridge(bridge_id, body["callId"])
+        return json_response(request, 200, {"status": "ok", "bridge": bridge})
 
     async def _list_recordings(self, request: IRequest) -> bytes:
         """List stored recordings."""
@@ -625,19 +625,6 @@ class ControlRoutes:
             return json_response(request, 200, {"status": "deleted", "name": name})
         await self._model.stop_recording(name)
         return json_response(request, 200, {"status": "stopped", "name": name})
-
-
-def _as_object(key: str, result: Any) -> dict[str, Any]:
-    """A model result as response fields: a dict goes under ``key``; nothing adds nothing."""
-    if result is None:
-        return {}
-    return {key: result}
-
-
-def _recording_answer(result: Any) -> dict[str, Any]:
-    if isinstance(result, dict):
-        return {"recordingName": result.get("name"), "recording": result}
-    return {"recordingName": result}
 
 
 # --- streaming a recording -------------------------------------------------------------------------------------------

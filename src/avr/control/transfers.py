@@ -7,24 +7,44 @@ from __future__ import annotations
 
 from typing import Any
 
+from attrs import define
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from avr.ari.client import path_segment
 from avr.ari.errors import AriError, AriUnavailable
-from avr.control.channels import MAX_DIAL_TIMEOUT
-from avr.control.core import ControlCore
+from avr.control.ari_link import AriLink
+from avr.control.bridges import Bridges
+from avr.control.call_registry import CallRegistry, require_stasis
+from avr.control.channels import MAX_DIAL_TIMEOUT, Channels
 from avr.control.checks import check_endpoint, check_int, check_text
-from avr.control.call_registry import require_stasis
 from avr.control.errors import Conflict, ControlError, Timeout
 from avr.control.records import Bridge, CallRecord, cause_text
+from avr.control.tasks import TaskGroup
 
 #: Seconds granted beyond the dial timeout for Asterisk to report the outcome.
 TRANSFER_GRACE = 5.0
 
 
-class TransferOps(ControlCore):
-    """The transfer operation."""
+@define(eq=False)
+class Transfers:
+    """
+    The transfer operation.
+
+    :param registry: the calls, and where the events go.
+    :param ari: the way to Asterisk.
+    :param tasks: the wait for the target, and clean-ups.
+    :param channels: originates the target leg.
+    :param bridges: makes the bridge that joins the parties.
+    """
+
+    registry: CallRegistry
+    ari: AriLink
+    tasks: TaskGroup
+    channels: Channels
+    bridges: Bridges
+    log = Logger()
 
     async def transfer(self, call_id: str, endpoint: str, caller_id: str | None = None, timeout: int = 30) -> dict:
         """
@@ -54,7 +74,7 @@ class TransferOps(ControlCore):
         check_text("callerId", caller_id)
         check_int("timeout", timeout, 1, MAX_DIAL_TIMEOUT)
         call = self.registry.live(call_id)
-        self.link.require_connected()
+        self.ari.require_connected()
         require_stasis(call)
         if call.answered_at is None:
             raise Conflict(f"Call {call_id} must be answered before it can be transferred")
@@ -69,7 +89,7 @@ class TransferOps(ControlCore):
             call.transfer_pending = False
 
     async def _transfer(self, call: CallRecord, endpoint: str, caller_id: str | None, timeout: int) -> dict:
-        ari = self.link.require()
+        ari = self.ari.require()
         channel = f"/channels/{path_segment(call.id)}"
         target: CallRecord | None = None
         bridge: Bridge | None = None
@@ -157,12 +177,12 @@ class TransferOps(ControlCore):
     def _transfer_failed(self, call: CallRecord, target: CallRecord | None, bridge: Bridge | None, endpoint: str,
                          error: BaseException) -> None:
         if not call.ended:
-            self.tasks.spawn(self.link.quietly("DELETE", f"/channels/{path_segment(call.id)}/ring"),
+            self.tasks.spawn(self.ari.quietly("DELETE", f"/channels/{path_segment(call.id)}/ring"),
                         f"stopping the ringing on call {call.id}")
         if target is not None and not target.ended:
-            self.link.hang_up_quietly(target.id)
+            self.ari.hang_up_quietly(target.id)
         if bridge is not None and bridge.id in self.bridges:
-            self.link.destroy_bridge_quietly(bridge.id)
+            self.ari.destroy_bridge_quietly(bridge.id)
             self.bridges.gone(bridge)
         if isinstance(error, (ControlError, AriError, AriUnavailable)):
             reason = str(error.message)
