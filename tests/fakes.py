@@ -47,10 +47,12 @@ class FakeLeg:
 
 @implementer(IStsSession)
 class FakeStsSession:
-    """An STS session that records what it was sent."""
+    """An STS session that records what it was sent, at the rates it states."""
 
-    def __init__(self, handler: IStsHandler) -> None:
+    def __init__(self, handler: IStsHandler, input_rate: int = 8000, output_rate: int = 8000) -> None:
         self.handler = handler
+        self.input_rate = input_rate
+        self.output_rate = output_rate
         self.audio: list[bytes] = []
         self.dtmf: list[str] = []
         #: Everything sent, in order: audio chunks (bytes) and digits (str).
@@ -94,9 +96,9 @@ class FakeStsConnector:
     def url_for(self, uuid: str) -> str | None:
         return self.pending[uuid][2]
 
-    def open(self, uuid: str) -> FakeStsSession:
+    def open(self, uuid: str, input_rate: int = 8000, output_rate: int = 8000) -> FakeStsSession:
         d, handler, _ = self.pending.pop(uuid)
-        session = self.sessions[uuid] = FakeStsSession(handler)
+        session = self.sessions[uuid] = FakeStsSession(handler, input_rate, output_rate)
         d.callback(session)
         return session
 

@@ -10,6 +10,7 @@ from twisted.logger import LogEvent, LogLevel, formatEvent
 from zope.interface.verify import verifyObject
 
 from avr.admissions import Admissions
+from avr.audio import Resampler
 from avr.audiosocket import CallRefused
 from avr.calls import CallManager
 from avr.control.injection import PcmInjector
@@ -43,7 +44,7 @@ class World:
         self.observer = RecordingObserver()
         self.admissions = Admissions(self.clock)
         self.ticker = FrameTicker(self.clock)
-        options = {"sts_url": "ws://sts.example:6030", "sts_rate": 8000, **kwargs}
+        options = {"sts_url": "ws://sts.example:6030", **kwargs}
         self.manager = CallManager(
             clock=self.clock,
             connector=self.sts,
@@ -217,6 +218,47 @@ def test_wideband_call_gets_wideband_frames() -> None:
     assert {k for k, _ in leg.sent} == {0x12}
     assert all(len(p) == 640 for _, p in leg.sent)
     assert 49 <= len(leg.sent) <= 51
+
+
+def test_the_session_states_its_own_rates() -> None:
+    """An 8 kHz call with a session taking 16 kHz and speaking 24 kHz (a TTS): each way is converted."""
+    world = World()
+    leg, call = world.connect()
+    call.caller_audio(0x10, tone(8000, 20))
+    session = world.sts.open(U1, input_rate=16000, output_rate=24000)
+    call.caller_audio(0x10, tone(8000, 20))
+    assert [len(chunk) in (638, 640, 642) for chunk in session.audio] == [True, True]
+    call.sts_audio(tone(24000, 1000))
+    world.run(1.2)
+    assert {k for k, _ in leg.sent} == {0x10}
+    assert all(len(p) == 320 for _, p in leg.sent)
+    assert 49 <= len(leg.sent) <= 51
+
+
+def test_audio_waiting_for_the_sts_joins_the_live_audio_seamlessly() -> None:
+    """Caller audio kept while the STS connects goes through the same converter as what follows: the session gets
+    one continuous stream, as if it had been open all along."""
+    world = World()
+    _, call = world.connect()
+    audio = tone(8000, 200)
+    frames = [audio[i:i + 320] for i in range(0, len(audio), 320)]
+    for frame in frames[:4]:
+        call.caller_audio(0x10, frame)
+    session = world.sts.open(U1, input_rate=16000)
+    for frame in frames[4:]:
+        call.caller_audio(0x10, frame)
+    assert b"".join(session.audio) == Resampler(8000, 16000).convert(audio)
+
+
+def test_a_rate_change_before_the_sts_opens_drops_the_audio_of_the_old_rate() -> None:
+    """Asterisk switching from 8 to 16 kHz while the STS connects: only audio at the new rate is kept."""
+    world = World()
+    _, call = world.connect()
+    call.caller_audio(0x10, tone(8000, 20))
+    call.caller_dtmf("1")
+    call.caller_audio(0x12, tone(16000, 20))
+    session = world.sts.open(U1, input_rate=16000)
+    assert session.sent == ["1", tone(16000, 20)]
 
 
 def test_agent_speaking_first_plays_8khz_and_keeps_it() -> None:

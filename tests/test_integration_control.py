@@ -23,7 +23,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from avr.config import Config
 from avr.control.records import MEDIA_CHANNEL_PREFIX
-from avr.service import Avr, build
+from avr.service import Avr, build, sts_connectors
 from avr.sts.connector import StsConnector
 from avr.testing.ari import FakeAsterisk
 from tests.control_harness import WAIT, EventsClient, close_events, connect_events, of_call
@@ -173,10 +173,10 @@ class ServiceRig:
         """Build and start avr against the fake (ARI credentials avr/avrpass, app ``avr``, API key ``k``)."""
         config = Config(**{
             "port": 0, "http_port": 0, "ari_url": f"http://127.0.0.1:{self.fake.port}", "ari_username": "avr",
-            "ari_password": "avrpass", "ari_app": "avr", "api_key": API_KEY, **settings,
+            "ari_password": "avrpass", "ari_app": "avr", "api_key": API_KEY, "sts_connect_timeout": 2000, **settings,
         })
         self.avr = build(self.reactor, config, http_client=self.avr_http,
-                         sts_connector=StsConnector.for_reactor(self.reactor, connect_timeout=2.0))
+                         sts_connector=StsConnector(sts_connectors(self.reactor, config)))
         self.avr.service.startService()
         assert self.avr.control is not None
         self.avr.control.audiosocket_address = f"127.0.0.1:{self.port_of('audiosocket')}"

@@ -15,10 +15,10 @@ from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
-from avr.audio import ulaw_to_slin
+from avr.audio import Resampler, ulaw_to_slin
 from avr.config import Config
 from avr.frames import Kind
-from avr.service import Avr, build
+from avr.service import Avr, build, sts_connectors
 from avr.sts.connector import StsConnector
 from avr.testing.asterisk import Continuous, Replay, SimulatedAsterisk, connect_simulated_asterisk, load_capture
 from avr.testing.sts import FakeStsServerFactory, FakeStsServerProtocol
@@ -58,11 +58,13 @@ class Rig:
             "webhook_url": f"http://127.0.0.1:{hook_port}/hooks",
             "webhook_secret": "hush",
             "webhook_timeout": 1000,
+            "sts_connect_timeout": 2000,
             **settings,
         }
+        config = Config(**options)
         self.avr = build(
-            self.reactor, Config(**options), http_client=self.http,
-            sts_connector=StsConnector.for_reactor(self.reactor, connect_timeout=2.0),
+            self.reactor, config, http_client=self.http,
+            sts_connector=StsConnector(sts_connectors(self.reactor, config)),
         )
         self.avr.service.startService()
 
@@ -247,6 +249,24 @@ async def test_wideband_leg_round_trip(rig: Rig) -> None:
     await until(rig.reactor, lambda: len(audio_frames(asterisk)) >= 19)
     assert {(f.kind, len(f.payload)) for _, f in audio_frames(asterisk)} == {(Kind.SLIN16, 640)}
     await until(rig.reactor, lambda: sts.dtmf == ["1", "2", "3", "#"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_sts_sample_rate_is_the_rate_of_the_session_both_ways(rig: Rig) -> None:
+    """STS_SAMPLE_RATE=16000 on an 8 kHz leg: the STS gets 16 kHz audio, and its 16 kHz audio reaches the caller as
+    320-byte 0x10 frames at the right speed."""
+    rig.start(sts_sample_rate=16000)
+    caller_audio = tone(8000, 1000, 300)
+    asterisk = await rig.dial(Continuous.from_pcm(caller_audio, duration=None), uuid=U1)
+    sts = await rig.session(U1)
+    await until(rig.reactor, lambda: len(sts.received_audio) >= 2 * len(caller_audio))
+    expected = Resampler(8000, 16000).convert(caller_audio)
+    assert len(expected) >= 2 * len(caller_audio) - 4 and sts.received_audio[: len(expected)] == expected
+    sts.send_audio(tone(16000, 400, 440))
+    await until(rig.reactor, lambda: len(audio_frames(asterisk)) >= 20)
+    frames = audio_frames(asterisk)[:20]
+    assert {(f.kind, len(f.payload)) for _, f in frames} == {(Kind.SLIN8, 320)}
+    assert b"".join(f.payload for _, f in frames) == Resampler(16000, 8000).convert(tone(16000, 400, 440))
 
 
 @pytest_twisted.ensureDeferred

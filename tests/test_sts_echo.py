@@ -13,13 +13,14 @@ from avr.testing.sts import RecordingStsHandler
 UUID = "935652e3-1a2b-4c3d-8e9f-0123456789ab"
 
 
-def open_echo(delay=0.0):
+def open_echo(delay=0.0, **connector_kwargs):
     """An echo session on a Clock, with a recording handler."""
     clock = Clock()
     handler = RecordingStsHandler()
     sessions: list = []
     with capturedLogs() as events:
-        EchoStsConnector(clock, delay=delay).connect(None, UUID, handler).addCallback(sessions.append)
+        EchoStsConnector(clock, delay=delay, **connector_kwargs).connect(None, UUID, handler).addCallback(
+            sessions.append)
     return sessions[0], handler, clock, events
 
 
@@ -29,6 +30,13 @@ def test_providers_implement_the_interfaces():
     assert isinstance(session, EchoStsSession)
     assert verifyObject(IStsSession, session)
     assert verifyObject(IStsConnector, EchoStsConnector(Clock()))
+
+
+def test_the_echo_comes_back_at_the_rate_it_went_in():
+    """The session's input and output rates are both the configured one (STS_SAMPLE_RATE)."""
+    assert (open_echo()[0].input_rate, open_echo()[0].output_rate) == (8000, 8000)
+    session, *_ = open_echo(sample_rate=16000)
+    assert (session.input_rate, session.output_rate) == (16000, 16000)
 
 
 def test_connect_fires_at_once_and_logs_the_echo_agent():

@@ -57,7 +57,16 @@ def test_providers_implement_the_interfaces():
     """The session is an IStsSession, the connector an IStsConnector."""
     session, *_ = open_session()
     assert verifyObject(IStsSession, session)
+    assert (session.input_rate, session.output_rate) == (8000, 8000)
     assert verifyObject(IStsConnector, HttpStsConnector(MemoryReactorClock()))
+
+
+def test_the_session_states_the_configured_rate():
+    """The raw PCM is at STS_SAMPLE_RATE both ways: the session says so."""
+    reactor, _, _, outcome = connecting(sample_rate=16000)
+    iosim.ConnectionCompleter(reactor).succeedOnce().flush()
+    (session,) = outcome
+    assert (session.input_rate, session.output_rate) == (16000, 16000)
 
 
 def test_request_carries_x_uuid_path_and_query():

@@ -62,6 +62,7 @@ def test_providers_implement_the_interfaces():
     """The protocol is an IStsSession, the connector an IStsConnector, the recording handler an IStsHandler."""
     client, *_ = pair()
     assert verifyObject(IStsSession, client)
+    assert (client.input_rate, client.output_rate) == (8000, 8000)
     assert verifyObject(IStsConnector, WebSocketStsConnector(MemoryReactorClock()))
     assert verifyObject(IStsHandler, RecordingStsHandler())
 
@@ -218,7 +219,7 @@ def test_connector_opens_a_session_at_the_url():
     reactor = MemoryReactorClock()
     server = FakeStsServerFactory(reactor)
     reactor.listenTCP(9000, server)
-    connector = WebSocketStsConnector(reactor)
+    connector = WebSocketStsConnector(reactor, sample_rate=16000)
     handler = RecordingStsHandler()
     outcome: list = []
     with capturedLogs() as events:
@@ -228,6 +229,7 @@ def test_connector_opens_a_session_at_the_url():
         pump.flush()
     session = outcome[0]
     assert isinstance(session, StsClientProtocol)
+    assert (session.input_rate, session.output_rate) == (16000, 16000)  # STS_SAMPLE_RATE, both ways
     (conn,) = server.connections
     assert conn.path == "/agent"
     assert conn.params == {"from": ["2000"], "api_key": ["s3cret"]}

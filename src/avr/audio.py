@@ -1,6 +1,6 @@
 """
 Audio conversion, sans-IO: resampling, G.711, and `InboundAudio`, which turns a call's AudioSocket audio frames into
-PCM16LE at the STS rate, detecting raw G.711 sent under kind 0x10.
+PCM16LE at the call's rate, detecting raw G.711 sent under kind 0x10.
 
 All sample work is done by ``audioop`` (C), never per sample in Python.
 """
@@ -164,27 +164,25 @@ def _judge(payload: bytes) -> str:
 
 class InboundAudio:
     """
-    One call's inbound audio path: AudioSocket payloads in, PCM16LE at the STS rate out.
+    One call's inbound audio path: AudioSocket payloads in, PCM16LE at the call's rate (`rate`) out; the call
+    converts it to the rate its STS session takes.
 
     Kinds 0x11-0x18 carry slin at their rate. Kind 0x10 carries slin 8 kHz, or raw G.711 (µ-law or A-law) when
     Asterisk used ``Dial(AudioSocket/…)`` without ``c()``; the codec is detected from the signal itself (see the
     module comments), logged once as ``Audio codec detected: …`` and then locked. Until then each frame is decoded
     with the current best guess.
 
-    :param sts_rate: the output rate (Hz).
     :param uuid: the call's UUID, for log lines.
     """
 
     log = Logger()
 
-    def __init__(self, sts_rate: int, uuid: str | None = None) -> None:
-        self.sts_rate = sts_rate
+    def __init__(self, uuid: str | None = None) -> None:
         self.uuid = uuid
         #: The detected codec (`SLIN`, `ULAW`, `ALAW`) once locked, else ``None``.
         self.codec: str | None = None
         #: The call's sample rate, from the audio kind (``None`` before the first audio frame).
         self.rate: int | None = None
-        self._resampler: Resampler | None = None
         self._odd = b""
         self._votes = {SLIN: 0, ULAW: 0, ALAW: 0}
         self._prior = SLIN
@@ -204,7 +202,7 @@ class InboundAudio:
         Convert one audio frame.
 
         :param kind: the frame's kind (0x10-0x18).
-        :return: PCM16LE at ``sts_rate``; possibly empty.
+        :return: PCM16LE at `rate` (the kind's); possibly empty.
         :raises ValueError: ``kind`` is not an audio kind.
         """
         rate = AUDIO_KIND_RATES.get(kind)
@@ -215,16 +213,14 @@ class InboundAudio:
         if kind != Kind.SLIN8:
             if self.codec is None:
                 self._lock(SLIN)
-            return self._resampler.convert(self._slin(payload))  # type: ignore[union-attr]
+            return self._slin(payload)
         if self.codec is None and payload:
             self._detect(payload)
         codec = self.guess
         if codec == SLIN:
-            pcm = self._slin(payload)
-        else:
-            self._odd = b""
-            pcm = audioop.ulaw2lin(payload, 2) if codec == ULAW else audioop.alaw2lin(payload, 2)
-        return self._resampler.convert(pcm)  # type: ignore[union-attr]
+            return self._slin(payload)
+        self._odd = b""
+        return audioop.ulaw2lin(payload, 2) if codec == ULAW else audioop.alaw2lin(payload, 2)
 
     def _slin(self, payload: bytes) -> bytes:
         if self._odd:
@@ -241,7 +237,6 @@ class InboundAudio:
                           uuid=self.uuid, old=self.rate, new=rate)
         self.rate = rate
         self._odd = b""
-        self._resampler = Resampler(rate, self.sts_rate)
 
     def _detect(self, payload: bytes) -> None:
         if len(payload) >= _MIN_SAMPLES * 2:

@@ -50,12 +50,15 @@ class Call:
     that rate, even when the caller's leg is G.711: Asterisk transcodes what it receives). If the agent speaks
     before the caller has sent any audio, the call plays at 8 kHz (kind 0x10, which every Asterisk accepts) and
     stays there, since Asterisk should not see the rate change mid-call.
+
+    The STS session states its own rates (`IStsSession.input_rate`, ``output_rate``): caller audio is converted from
+    the call's rate to the first, agent audio from the second to the call's. Until the session opens, caller audio
+    waits at the call's rate.
     """
 
     uuid: str
     leg: IAudioSocketLeg
     sts_url: str | None = field(repr=url_repr)
-    sts_rate: int
     connector: IStsConnector
     observer: ICallObserver
     ticker: FrameTicker
@@ -71,13 +74,15 @@ class Call:
     _connecting: Deferred | None = None
     _pending: deque[bytes | str] = field(factory=deque)
     _pending_bytes: int = 0
+    _pending_rate: int | None = None
+    _to_sts: Resampler | None = None
     _out_kind: int | None = None
     _outbound: Resampler | None = None
     _queue: PlaybackQueue | None = None
     log = Logger()
 
     def __attrs_post_init__(self) -> None:
-        self._inbound = InboundAudio(self.sts_rate, uuid=self.uuid)
+        self._inbound = InboundAudio(uuid=self.uuid)
 
     @property
     def rate(self) -> int | None:
@@ -132,7 +137,7 @@ class Call:
         while self._pending:
             item = self._pending.popleft()
             if isinstance(item, bytes):
-                session.send_audio(item)
+                session.send_audio(self._sts_input(item))
             else:
                 session.send_dtmf(item)
         self._pending_bytes = 0
@@ -156,9 +161,16 @@ class Call:
         if not pcm:
             return
         if self._session is not None:
-            self._session.send_audio(pcm)
+            self._session.send_audio(self._sts_input(pcm))
         else:
             self._buffer(pcm)
+
+    def _sts_input(self, pcm: bytes) -> bytes:
+        """Caller audio at the call's rate, converted to the session's input rate (one stream: no drift)."""
+        rate = self._inbound.rate
+        if self._to_sts is None or self._to_sts.from_rate != rate:
+            self._to_sts = Resampler(rate, self._session.input_rate)  # type: ignore[arg-type,union-attr]
+        return self._to_sts.convert(pcm)
 
     def caller_dtmf(self, digit: str) -> None:
         if self.ended:
@@ -174,9 +186,15 @@ class Call:
         self.end(f"Asterisk: {reason}")
 
     def _buffer(self, pcm: bytes) -> None:
+        rate = self._inbound.rate
+        if rate != self._pending_rate:
+            # Asterisk changed the rate (InboundAudio warned): audio kept at the old one would play at the wrong speed.
+            self._pending = deque(item for item in self._pending if isinstance(item, str))
+            self._pending_bytes = 0
+            self._pending_rate = rate
         self._pending.append(pcm)
         self._pending_bytes += len(pcm)
-        limit = int(PENDING_AUDIO_SECONDS * self.sts_rate) * 2
+        limit = int(PENDING_AUDIO_SECONDS * rate) * 2  # type: ignore[operator]
         while self._pending_bytes > limit:
             # Drop the oldest audio; digits stay where they are, so the order the STS sees is kept.
             oldest = next(i for i, item in enumerate(self._pending) if isinstance(item, bytes))
@@ -188,8 +206,13 @@ class Call:
     def sts_audio(self, pcm: bytes) -> None:
         if self.ended:
             return
-        if self._out_kind is None:
-            self._start_playout(Kind.SLIN8)
+        if self._outbound is None:
+            if self._session is None:
+                return  # not from an open session: its rate is unknown
+            if self._out_kind is None:
+                self._start_playout(Kind.SLIN8)
+            call_rate = AUDIO_KIND_RATES[self._out_kind]  # type: ignore[index]
+            self._outbound = Resampler(self._session.output_rate, call_rate)
         self._queue.feed(self._outbound.convert(pcm))  # type: ignore[union-attr]
 
     def sts_interruption(self) -> None:
@@ -216,9 +239,7 @@ class Call:
 
     def _start_playout(self, kind: int) -> None:
         self._out_kind = kind
-        rate = AUDIO_KIND_RATES[kind]
-        self._outbound = Resampler(self.sts_rate, rate)
-        self._queue = PlaybackQueue(frame_bytes_for_rate(rate))
+        self._queue = PlaybackQueue(frame_bytes_for_rate(AUDIO_KIND_RATES[kind]))
         self.ticker.add(self)
 
     def play_frame(self) -> None:
@@ -251,7 +272,6 @@ class CallManager:
     :param ticker: paces the agents' audio.
     :param admissions: the connections someone expects.
     :param sts_url: ``STS_URL``, for connections nobody expects (``None`` = the built-in echo agent).
-    :param sts_rate: ``STS_SAMPLE_RATE``.
     :param require_registration: ``REQUIRE_CALL_INIT``: refuse connections nobody expects.
     """
 
@@ -261,7 +281,6 @@ class CallManager:
     ticker: FrameTicker
     admissions: Admissions
     sts_url: str | None = field(repr=url_repr)
-    sts_rate: int = 8000
     require_registration: bool = False
     _calls: dict[str, Call] = field(factory=dict)
     log = Logger()
@@ -293,7 +312,6 @@ class CallManager:
             uuid=leg.uuid,
             leg=leg,
             sts_url=sts_url,
-            sts_rate=self.sts_rate,
             connector=self.connector,
             observer=self.observer,
             ticker=self.ticker,

@@ -32,7 +32,7 @@ class IStsHandler(Interface):
     """Receives what an STS session delivers for one call (implemented by the call)."""
 
     def sts_audio(pcm: bytes) -> None:
-        """Agent audio: PCM16LE at the STS sample rate, any length."""
+        """Agent audio: PCM16LE at the session's ``output_rate``, any length."""
 
     def sts_interruption() -> None:
         """The caller barged in: queued agent audio must be dropped."""
@@ -48,10 +48,16 @@ class IStsHandler(Interface):
 
 
 class IStsSession(Interface):
-    """One open connection to a speech-to-speech service, for one call."""
+    """
+    One open connection to a speech-to-speech service (or a pipeline of services), for one call. The session states
+    its own sample rates; the call converts between them and the call's rate.
+    """
+
+    input_rate = Attribute("Sample rate (Hz) of the caller audio `send_audio` takes.")
+    output_rate = Attribute("Sample rate (Hz) of the agent audio the session hands to `IStsHandler.sts_audio`.")
 
     def send_audio(pcm: bytes) -> None:
-        """Caller audio: PCM16LE at the STS sample rate."""
+        """Caller audio: PCM16LE at ``input_rate``."""
 
     def send_dtmf(digit: str) -> None:
         """A DTMF digit the caller pressed."""
@@ -65,8 +71,8 @@ class IStsConnector(Interface):
 
     def connect(url: str | None, uuid: str, handler: IStsHandler):  # type: ignore[no-untyped-def]
         """
-        Open a session for call ``uuid`` at ``url`` (``None`` = the built-in echo agent) and perform the protocol's
-        opening (``init`` for WebSocket STS).
+        Open a session for call ``uuid`` at ``url`` (``None``: no STS URL, the configured default agent) and perform
+        the protocol's opening (``init`` for WebSocket STS).
 
         :return: a Deferred firing with an `IStsSession`, or failing with a readable reason (refused, timeout,
             bad certificate, handshake rejected).

@@ -36,6 +36,9 @@ from avr.interfaces import IAudioInjector, IStsConnector, IWebhooks
 from avr.observers import WebhookObserver
 from avr.playout import PLAYOUT_PHASES, FrameTicker
 from avr.registrations import Registrations
+from avr.sts.echo import EchoStsConnector
+from avr.sts.http import HttpStsConnector
+from avr.sts.websocket import WebSocketStsConnector
 from avr.webhooks import WebhookClient
 
 
@@ -199,13 +202,29 @@ class Avr:
     http_app: Klein | None = None
 
 
+def sts_connectors(reactor: Any, config: Config) -> dict[str | None, IStsConnector]:
+    """
+    The STS connector of each URL scheme, for `avr.sts.connector.StsConnector`; the key ``None`` serves calls
+    without an STS URL. Another kind of agent is one more entry.
+
+    :param reactor: for the connections and their timers (IReactorTCP + IReactorTime).
+    :raises avr.config.ConfigError: ``STS_CA_FILE`` cannot be used.
+    """
+    timeout = config.sts_connect_timeout / 1000
+    rate = config.sts_sample_rate
+    websocket = WebSocketStsConnector(reactor, timeout, config.sts_ca_file, sample_rate=rate)
+    http = HttpStsConnector(reactor, timeout, config.sts_ca_file, sample_rate=rate)
+    echo = EchoStsConnector(reactor, sample_rate=rate)
+    return {"ws": websocket, "wss": websocket, "http": http, "https": http, None: echo}
+
+
 def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: IStsConnector) -> Avr:
     """
     Build avr for ``config``.
 
     :param reactor: provides `IReactorTCP` and `IReactorTime` (a `MemoryReactorClock` in tests).
     :param http_client: a treq `HTTPClient` (webhooks, ARI, legacy HTTP STS).
-    :param sts_connector: opens STS sessions (see `avr.sts.connector`).
+    :param sts_connector: opens STS sessions (``StsConnector(sts_connectors(reactor, config))``, or a fake).
     """
     log = Logger(namespace="avr.service")
     top = MultiService()
@@ -219,7 +238,6 @@ def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: ISts
         ticker=ticker,
         admissions=admissions,
         sts_url=config.sts_url,
-        sts_rate=config.sts_sample_rate,
         require_registration=config.require_call_init,
     )
     registrations = Registrations(admissions, config.call_init_ttl, calls.start_call, config.call_init_max)

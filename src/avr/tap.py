@@ -55,7 +55,7 @@ def build_real_service(reactor: Any, config: Config) -> IService:
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
 
-    from avr.service import build
+    from avr.service import build, sts_connectors
     from avr.sts.connector import StsConnector
 
     pool = HTTPConnectionPool(reactor, persistent=True)
@@ -63,9 +63,7 @@ def build_real_service(reactor: Any, config: Config) -> IService:
         reactor,
         config,
         http_client=HTTPClient(Agent(reactor, pool=pool)),
-        sts_connector=StsConnector.for_reactor(
-            reactor, connect_timeout=config.sts_connect_timeout / 1000, trust_root=config.sts_ca_file
-        ),
+        sts_connector=StsConnector(sts_connectors(reactor, config)),
     )
     PoolCloser(pool).setServiceParent(avr.service)
     return avr.service

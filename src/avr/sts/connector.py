@@ -1,59 +1,43 @@
-"""Chooses the STS client by URL scheme: none (echo agent), ``ws``/``wss`` (AVR STS protocol), ``http``/``https`` (legacy)."""
+"""Chooses the STS connector of a call by the scheme of its STS URL, from a registry built in the composition root."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Mapping
 from urllib.parse import urlsplit
 
+from attrs import frozen
 from twisted.internet.defer import Deferred, fail
 from zope.interface import implementer
 
 from avr.interfaces import IStsConnector, IStsHandler
-from avr.sts.echo import EchoStsConnector
 from avr.sts.errors import StsConnectError
-from avr.sts.http import HttpStsConnector
-from avr.sts.websocket import WebSocketStsConnector
 
 
 @implementer(IStsConnector)
+@frozen
 class StsConnector:
     """
-    Dispatches `IStsConnector.connect` by URL scheme.
+    Dispatches `IStsConnector.connect` to the connector registered for the URL's scheme (case-insensitive).
 
-    :param websocket: opens ``ws://`` and ``wss://`` sessions.
-    :param http: opens ``http://`` and ``https://`` sessions.
-    :param echo: opens sessions when the URL is ``None``.
+    :param by_scheme: lower-case scheme → connector (e.g. ``ws`` and ``wss`` → the WebSocket STS client); the key
+        ``None`` serves calls without an STS URL (the built-in echo agent). See `avr.service.sts_connectors`.
     """
 
-    def __init__(self, websocket: IStsConnector, http: IStsConnector, echo: IStsConnector) -> None:
-        self._websocket = websocket
-        self._http = http
-        self._echo = echo
-
-    @classmethod
-    def for_reactor(cls, reactor: Any, connect_timeout: float = 5.0, trust_root: str | None = None) -> StsConnector:
-        """
-        The production wiring: all three connectors on ``reactor``.
-
-        :param trust_root: PEM CA file for wss:// and https:// peers (``None``: the platform's CAs).
-        :raises avr.config.ConfigError: ``trust_root`` cannot be used.
-        """
-        return cls(
-            WebSocketStsConnector(reactor, connect_timeout, trust_root),
-            HttpStsConnector(reactor, connect_timeout, trust_root),
-            EchoStsConnector(reactor),
-        )
+    by_scheme: Mapping[str | None, IStsConnector]
 
     def connect(self, url: str | None, uuid: str, handler: IStsHandler) -> Deferred:
-        """Open the session with the connector for ``url``'s scheme; an unsupported scheme fails with `StsConnectError`."""
-        if url is None:
-            return self._echo.connect(None, uuid, handler)
-        try:
-            scheme = urlsplit(url).scheme.lower()
-        except ValueError:
-            scheme = ""
-        if scheme in ("ws", "wss"):
-            return self._websocket.connect(url, uuid, handler)
-        if scheme in ("http", "https"):
-            return self._http.connect(url, uuid, handler)
-        return fail(StsConnectError(f"unsupported STS URL scheme {scheme!r} (use ws, wss, http or https)"))
+        """Open the session with the connector for ``url``'s scheme; an unknown scheme fails with `StsConnectError`."""
+        scheme: str | None = None
+        if url is not None:
+            try:
+                scheme = urlsplit(url).scheme.lower()
+            except ValueError:
+                scheme = ""
+        connector = self.by_scheme.get(scheme)
+        if connector is None:
+            if url is None:
+                return fail(StsConnectError("no STS URL, and no agent for calls without one"))
+            known = [s for s in self.by_scheme if s is not None]
+            use = ", ".join(known[:-1]) + f" or {known[-1]}" if len(known) > 1 else "".join(known)
+            return fail(StsConnectError(f"unsupported STS URL scheme {scheme!r} (use {use})"))
+        return connector.connect(url, uuid, handler)

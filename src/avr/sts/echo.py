@@ -20,15 +20,27 @@ log = Logger()
 class EchoStsSession:
     """
     Hands every chunk of caller audio back as agent audio: at once (``delay`` 0, from inside `send_audio`) or
-    ``delay`` seconds later on ``clock``. DTMF is ignored.
+    ``delay`` seconds later on ``clock``. DTMF is ignored. The audio comes back at the rate it went in: ``rate``
+    (``STS_SAMPLE_RATE``), `input_rate` and `output_rate` alike.
     """
 
     uuid: str
     handler: IStsHandler
     clock: Any
     delay: float = 0.0
+    rate: int = 8000
     _pending: deque = field(factory=deque, init=False)
     _closed: bool = field(default=False, init=False)
+
+    @property
+    def input_rate(self) -> int:
+        """The rate of the caller audio."""
+        return self.rate
+
+    @property
+    def output_rate(self) -> int:
+        """The rate of the echo: the same."""
+        return self.rate
 
     def send_audio(self, pcm: bytes) -> None:
         """Echo ``pcm``."""
@@ -68,13 +80,15 @@ class EchoStsConnector:
 
     :param clock: schedules delayed echoes.
     :param delay: seconds before each chunk comes back (0: at once).
+    :param sample_rate: the rate of the echoed audio (``STS_SAMPLE_RATE``).
     """
 
-    def __init__(self, clock: Any, delay: float = 0.0) -> None:
+    def __init__(self, clock: Any, delay: float = 0.0, sample_rate: int = 8000) -> None:
         self._clock = clock
         self._delay = delay
+        self._sample_rate = sample_rate
 
     def connect(self, url: str | None, uuid: str, handler: IStsHandler) -> Deferred:
         """:return: a Deferred that has already fired with an `EchoStsSession`."""
         log.info("No STS configured: call {uuid} talks to the built-in echo agent", uuid=uuid)
-        return succeed(EchoStsSession(uuid, handler, self._clock, self._delay))
+        return succeed(EchoStsSession(uuid, handler, self._clock, self._delay, self._sample_rate))

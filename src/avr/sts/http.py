@@ -241,10 +241,13 @@ class HttpStsProtocol(Protocol):
     :param uuid: the call's UUID (for logs).
     :param handler: receives agent audio, errors and the end of the session.
     :param secure: the connection is TLS (open at the handshake rather than at connect).
+    :param sample_rate: the rate of the raw PCM both ways (``STS_SAMPLE_RATE``): `input_rate` and `output_rate`.
     """
 
-    def __init__(self, head: bytes, uuid: str, handler: IStsHandler, secure: bool) -> None:
+    def __init__(self, head: bytes, uuid: str, handler: IStsHandler, secure: bool,
+                 sample_rate: int = 8000) -> None:
         self.uuid = uuid
+        self.input_rate = self.output_rate = sample_rate
         self._head = head
         self._handler = handler
         self._secure = secure
@@ -403,10 +406,13 @@ class HttpStsConnector:
     :param connect_timeout: seconds until the request is on the wire (https: until the peer is verified).
     :param trust_root: ``None`` to trust the platform's CAs for https://, or a PEM CA file (read now;
         `avr.config.ConfigError` if unusable). Chain and host name are always verified.
+    :param sample_rate: the rate of the raw PCM exchanged with the STS, both ways (``STS_SAMPLE_RATE``).
     """
 
-    def __init__(self, reactor: Any, connect_timeout: float = 5.0, trust_root: str | None = None) -> None:
+    def __init__(self, reactor: Any, connect_timeout: float = 5.0, trust_root: str | None = None,
+                 sample_rate: int = 8000) -> None:
         self._dialer = Dialer(reactor, connect_timeout, load_trust_root(trust_root))
+        self._sample_rate = sample_rate
 
     def connect(self, url: str | None, uuid: str, handler: IStsHandler) -> Deferred:
         """
@@ -428,5 +434,5 @@ class HttpStsConnector:
             head = request_head(url, uuid)
         except (ValueError, UnicodeEncodeError):
             return fail(StsConnectError("not a valid http:// or https:// URL"))
-        factory = Factory.forProtocol(lambda: HttpStsProtocol(head, uuid, handler, secure))
+        factory = Factory.forProtocol(lambda: HttpStsProtocol(head, uuid, handler, secure, self._sample_rate))
         return self._dialer.dial(host, port, secure, factory)

@@ -76,6 +76,7 @@ class StsClientProtocol(WebSocketClientProtocol):
     :param uuid: the call's UUID, sent in ``init``.
     :param handler: receives what the STS sends, and `IStsHandler.sts_closed` once if the session opened.
     :param clock: schedules the closing handshake timeout.
+    :param sample_rate: the rate of the audio both ways (``STS_SAMPLE_RATE``): `input_rate` and `output_rate`.
     """
 
     def __init__(
@@ -84,9 +85,11 @@ class StsClientProtocol(WebSocketClientProtocol):
         handler: IStsHandler,
         clock: Any,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        sample_rate: int = 8000,
     ) -> None:
         super().__init__()
         self.uuid = uuid
+        self.input_rate = self.output_rate = sample_rate
         self._handler = handler
         self._timers = ConnectionTimers(self, clock, WebSocketTimeouts(close=close_timeout))
         self._was_open = False
@@ -297,6 +300,7 @@ class WebSocketStsConnector:
     :param trust_root: ``None`` to trust the platform's CAs for wss://, or the path of a PEM file of CA certificates
         (read now; `avr.config.ConfigError` if unusable). Certificate chain and host name are always verified.
     :param close_timeout: seconds the STS gets to finish the closing handshake.
+    :param sample_rate: the rate of the PCM16 exchanged with the STS, both ways (``STS_SAMPLE_RATE``).
     """
 
     def __init__(
@@ -305,8 +309,10 @@ class WebSocketStsConnector:
         connect_timeout: float = 5.0,
         trust_root: str | None = None,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        sample_rate: int = 8000,
     ) -> None:
         self._reactor = reactor
+        self._sample_rate = sample_rate
         self._dialer = Dialer(reactor, connect_timeout, load_trust_root(trust_root))
         self._close_timeout = close_timeout
 
@@ -326,5 +332,6 @@ class WebSocketStsConnector:
             return fail(StsConnectError("not a valid ws:// or wss:// URL"))
         disable_autobahn_timers(factory)
         factory.setProtocolOptions(maxMessagePayloadSize=MAX_MESSAGE_BYTES)
-        factory.protocol = partial(StsClientProtocol, uuid, handler, self._reactor, self._close_timeout)
+        factory.protocol = partial(StsClientProtocol, uuid, handler, self._reactor, self._close_timeout,
+                                   self._sample_rate)
         return self._dialer.dial(factory.host, factory.port, factory.isSecure, factory)
