@@ -17,7 +17,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from avr.config import Config
 from avr.http.auth import check_api_key, presented_api_keys, redacted_access_log, strip_credentials
 from avr.http.json import ApiError
-from avr.service import build
+from avr.service import build, sts_connectors
 from avr.sts.connector import StsConnector
 from avr.testing.ari import FakeAsterisk
 from tests.raw_http import exchange, status_of, upgrade
@@ -76,9 +76,9 @@ class Avr:
         from twisted.web.client import Agent, HTTPConnectionPool
 
         self.pool = HTTPConnectionPool(reactor, persistent=False)
-        config = Config(port=0, http_port=0, api_key=KEY, **settings)
+        config = Config(port=0, http_port=0, api_key=KEY, **{"sts_connect_timeout": 2000, **settings})
         self.avr = build(reactor, config, http_client=HTTPClient(Agent(reactor, pool=self.pool)),
-                         sts_connector=StsConnector.for_reactor(reactor, connect_timeout=2.0))
+                         sts_connector=StsConnector(sts_connectors(reactor, config)))
         self.avr.service.startService()
         self.port = self.avr.service.getServiceNamed("http").port.getHost().port
 
