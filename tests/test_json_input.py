@@ -97,7 +97,7 @@ def test_deep_sts_message_is_ignored_and_the_call_goes_on(log_events: list[LogEv
 def test_deep_post_call_body_is_a_400(log_events: list[LogEvent]) -> None:
     """POST /call: a clear 400, nothing registered, no traceback."""
     api = Api()
-    status, _, body = api.answer(api.send("POST", "/call", ('{"uuid":"%s","payload":%s}' % (UUID, nested(980))).encode()))
+    status, _, body = api.answer(api.send("POST", "/call", f'{{"uuid":"{UUID}","payload":{nested(980)}}}'.encode()))
     assert status == 400 and f"nested deeper than {MAX_DEPTH} levels" in body["error"]
     assert len(api.registrations) == 0
     assert failures(log_events) == []

@@ -16,7 +16,6 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succee
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from avr.admissions import Admissions
 from avr.ari.client import AriClient
@@ -29,9 +28,9 @@ from avr.control.injection import PcmInjector
 from avr.control.model import CallControl
 from avr.control.routes import ControlRoutes
 from avr.control.webhook import EventsWebhook
-from avr.http.auth import redacted_access_log
 from avr.http.core import CoreRoutes
 from avr.http.json import install_error_handlers
+from avr.http.site import AvrSite, RequestGate
 from avr.interfaces import IAudioInjector, IStsConnector, IWebhooks
 from avr.observers import WebhookObserver
 from avr.playout import PLAYOUT_PHASES, FrameTicker
@@ -256,13 +255,17 @@ def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: ISts
     if config.http_port is not None:
         app = Klein()
         install_error_handlers(app)
-        CoreRoutes.from_config(config, registrations, webhooks, lambda: _health(calls, control)).install(app)
-        ControlRoutes(
+        core = CoreRoutes.from_config(config, registrations, webhooks, lambda: _health(calls, control))
+        core.install(app)
+        control_routes = ControlRoutes(
             control.control, control.hub, max_body=config.http_max_body, api_key=config.api_key, clock=reactor
-        ).install(app)
+        )
+        control_routes.install(app)
+        gate = RequestGate(app.url_map, config.api_key, config.http_max_body,
+                           {**core.policies(), **control_routes.policies()})
         http = ListeningService(
             server_endpoint(reactor, config.bind_address, config.http_port, config.listen_backlog),
-            Site(app.resource(), reactor=reactor, logFormatter=redacted_access_log),
+            AvrSite(app.resource(), gate, reactor=reactor),
             "AVR HTTP Server listening on port {port}",
         )
         http.setName("http")

@@ -35,6 +35,7 @@ from avr.control.records import MEDIA_SCHEMES
 from avr.control.wav import WavError, decode_wav
 from avr.http.auth import check_api_key, strip_credentials
 from avr.http.json import ApiError, add_route, json_response, json_type, read_json_body
+from avr.http.site import RoutePolicy
 from avr.interfaces import ICallControl
 
 #: Answer of every call-control route while ARI is not configured.
@@ -380,6 +381,17 @@ class ControlRoutes:
             endpoint = "control." + route.name
             self._descriptions[endpoint] = (handler.__doc__ or "").strip().splitlines()[0]
             add_route(app, route.path, self._guarded(route, handler), methods=[route.method], endpoint=endpoint)
+
+    def policies(self) -> dict[str, RoutePolicy]:
+        """
+        What the routes admit before their bodies are read (`avr.http.site`): ``GET /`` is public, an uploaded file
+        may be ``max_upload`` bytes, every other body ``max_body``.
+        """
+        return {
+            "control." + route.name: RoutePolicy(
+                public=route.open, max_body=self.max_upload if route.name == "play_file" else self.max_body)
+            for route in _ROUTES
+        }
 
     def _guarded(self, route: _Route, handler: Callable[..., Awaitable[Any]]) -> Callable[..., Deferred]:
         async def guarded(request: IRequest, **values: str) -> Any:

@@ -68,7 +68,8 @@ def strip_credentials(request: IRequest) -> None:
 class _RedactedRequest:
     """
     A view of a request for the access log: the request target and the ``Referer`` with their secret query values
-    masked, and those, the method and the ``User-Agent`` clipped to ``LOG_TEXT_LIMIT`` characters; everything else delegated.
+    masked, and those, the method and the ``User-Agent`` clipped to ``LOG_TEXT_LIMIT`` characters; everything else
+    delegated.
     """
 
     def __init__(self, request: IRequest) -> None:

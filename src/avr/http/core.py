@@ -15,10 +15,11 @@ from twisted.web.iweb import IRequest
 
 import avr
 from avr.config import redact_url
-from avr.logtext import url_repr
 from avr.http.auth import check_api_key
 from avr.http.json import ApiError, add_route, json_response, json_type, read_json_body
+from avr.http.site import RoutePolicy
 from avr.interfaces import IWebhooks
+from avr.logtext import url_repr
 from avr.registrations import Registration, Registrations, RegistrationsFull, canonical_uuid
 from avr.urls import sts_url_with_params
 
@@ -58,6 +59,10 @@ class CoreRoutes:
         """Register ``GET /health`` and ``POST /call`` on ``app`` (endpoints ``core.health`` and ``core.call``)."""
         add_route(app, "/health", self.health, methods=["GET"], endpoint="core.health")
         add_route(app, "/call", self.call, methods=["POST"], endpoint="core.call")
+
+    def policies(self) -> dict[str, RoutePolicy]:
+        """What the routes admit before their bodies are read (`avr.http.site`): ``/health`` is public."""
+        return {"core.health": RoutePolicy(public=True), "core.call": RoutePolicy(max_body=self.max_body)}
 
     def health(self, request: IRequest) -> bytes:
         """
