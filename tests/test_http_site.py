@@ -28,7 +28,7 @@ from avr.http.core import CoreRoutes
 from avr.http.json import install_error_handlers
 from avr.http.site import LINGER_SECONDS, AvrSite, RequestGate
 from avr.registrations import Registrations
-from avr.service import build
+from avr.service import build, sts_connectors
 from avr.sts.connector import StsConnector
 from avr.testing.webhooks import FakeWebhooks
 from tests.raw_http import connect, status_of
@@ -215,9 +215,9 @@ async def test_loopback_big_unauthenticated_upload_is_answered_at_once(spooled: 
     from twisted.web.client import Agent, HTTPConnectionPool
 
     pool = HTTPConnectionPool(reactor, persistent=False)
-    avr = build(reactor, Config(port=0, http_port=0, api_key=KEY),
-                http_client=HTTPClient(Agent(reactor, pool=pool)),
-                sts_connector=StsConnector.for_reactor(reactor, connect_timeout=2.0))
+    config = Config(port=0, http_port=0, api_key=KEY)
+    avr = build(reactor, config, http_client=HTTPClient(Agent(reactor, pool=pool)),
+                sts_connector=StsConnector(sts_connectors(reactor, config)))
     avr.service.startService()
     port = avr.service.getServiceNamed("http").port.getHost().port
     try:
