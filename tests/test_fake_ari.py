@@ -335,6 +335,19 @@ def test_app_exists_only_while_a_socket_or_a_channel_holds_it() -> None:
     assert harness.request("GET", "/applications")[2] == []
 
 
+def test_an_app_without_socket_goes_when_its_last_channel_continues_in_the_dialplan() -> None:
+    """Fact 28: the app stays listed while a channel is in it, and goes when that channel leaves Stasis."""
+    harness = Harness(app="avr-ari")
+    sock = harness.connect("avr-ari")
+    harness.request("POST", "/channels", {"endpoint": "Local/6100@cap-ari", "app": "avr-ari", "channelId": "c"})
+    harness.advance(1.0)
+    sock.close()
+    assert [a["name"] for a in harness.request("GET", "/applications")[2]] == ["avr-ari"]
+    status = harness.request("POST", "/channels/c/continue", {"context": "cap-ari", "extension": "6103"})[0]
+    assert status == 204 and "c" in harness.fake.channels
+    assert harness.request("GET", "/applications")[2] == []
+
+
 def test_restart_matches_the_core_restart_capture() -> None:
     """
     Fact 30: ``core restart now`` hangs the Stasis channel up with the captured events, then the socket gets EOF

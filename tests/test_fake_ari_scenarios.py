@@ -13,8 +13,19 @@ import uuid
 import pytest
 from fake_ari_harness import Harness, load_fixture
 
-from avr.testing.ari_media import dtmf_schedule
-from avr.testing.ari_model import format_timestamp, parse_caller_id, parse_dialplan, wav_bytes, wav_duration
+from avr.testing.ari_clock import format_timestamp
+from avr.testing.ari_dialplan import parse_dialplan
+from avr.testing.ari_dtmf import dtmf_schedule
+from avr.testing.ari_params import parse_caller_id
+from avr.testing.ari_recordings import wav_bytes
+
+
+def wav_duration(data: bytes) -> float:
+    """Seconds of audio in a PCM 16-bit mono WAV with the 44-byte header the fake writes (0.0 if not a WAV)."""
+    if len(data) < 44 or data[:4] != b"RIFF":
+        return 0.0
+    rate = struct.unpack("<I", data[24:28])[0] or 8000
+    return (len(data) - 44) / (2 * rate)
 
 
 def _types(sock, start: int = 0, prefix: str = "") -> list[str]:  # type: ignore[no-untyped-def]
@@ -240,6 +251,51 @@ def test_playbacks_queue_and_pause() -> None:
     assert _types(sock, start, "Playback") == ["PlaybackStarted", "PlaybackStarted", "PlaybackFinished",
                                                "PlaybackStarted"]  # fmt: skip
     assert [e for e in sock.events if e["type"] == "PlaybackStarted"][-1]["playback"]["id"] == "p2"
+
+
+def test_a_queued_playback_stopped_before_it_starts_never_plays() -> None:
+    """``DELETE /playbacks/{id}`` of a queued playback: 204, no event, gone; the next command starts as usual."""
+    h = Harness()
+    sock = h.connect()
+    cid = h.originate_local()["id"]
+    start = len(sock.events)
+    h.request("POST", f"/channels/{cid}/play/p1", {"media": "sound:hello-world"})
+    h.request("POST", f"/channels/{cid}/play/p2", {"media": "sound:beep"})
+    h.request("POST", f"/channels/{cid}/play/p3", {"media": "sound:beep"})
+    assert h.request("DELETE", "/playbacks/p2")[0] == 204
+    assert h.request("GET", "/playbacks/p2")[0] == 404
+    h.advance(3.0)
+    played = [(e["type"], e["playback"]["id"]) for e in sock.events[start:] if e["type"].startswith("Playback")]
+    assert played == [("PlaybackStarted", "p1"), ("PlaybackFinished", "p1"), ("PlaybackStarted", "p3"),
+                      ("PlaybackFinished", "p3")]  # fmt: skip
+
+
+def test_destroying_a_bridge_stops_its_playbacks_and_recordings() -> None:
+    """
+    ``DELETE /bridges/{id}`` while a bridge playback runs, another waits and a bridge recording runs: the running
+    playback finishes ``done``, the waiting one is dropped without an event, the recording finishes and is stored
+    (the app subscribed to the bridge explicitly, so it also gets BridgeDestroyed: fact 23).
+    """
+    h = Harness()
+    sock = h.connect()
+    cid = h.call(h.fake.inbound_call, "100", "6000", answered=True)
+    h.request("POST", "/bridges/b1")
+    h.request("POST", "/applications/avr/subscription", {"eventSource": "bridge:b1"})
+    h.request("POST", "/bridges/b1/addChannel", {"channel": cid})
+    h.request("POST", "/bridges/b1/play/bp1", {"media": "sound:hello-world"})
+    h.request("POST", "/bridges/b1/play/bp2", {"media": "sound:beep"})
+    h.request("POST", "/bridges/b1/record", {"name": "br", "format": "wav"})
+    start = len(sock.events)
+    h.advance(1.0)
+    assert h.request("DELETE", "/bridges/b1")[0] == 204
+    media = [(e["type"], (e.get("playback") or e.get("recording") or {}).get("state")) for e in sock.events[start:]
+             if e["type"].startswith(("Playback", "Recording"))]  # fmt: skip
+    assert media == [("PlaybackFinished", "done"), ("RecordingFinished", "done")]
+    assert sock.events[-1]["type"] == "BridgeDestroyed"
+    assert h.request("GET", "/playbacks/bp2")[0] == 404 and not h.fake.playbacks and not h.fake.live_recordings
+    assert h.request("GET", "/recordings/stored/br")[2] == {"name": "br", "format": "wav"}
+    h.advance(2.0)
+    assert not [e for e in sock.events[start:] if e["type"] == "PlaybackStarted"]
 
 
 def test_playlist_missing_file_and_unknown_scheme() -> None:
