@@ -25,15 +25,14 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import defer, task
 from twisted.logger import Logger
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import Site
 
 from avr.testing.ari_asterisk import Asterisk
 from avr.testing.ari_dialplan import FIXTURE_DIALPLAN, parse_dialplan
 from avr.testing.ari_events_socket import AriEventsFactory, AriEventsProtocol
-from avr.testing.ari_http import REALM, AriResource, RecordedRequest, html_error, parse_basic, valid_app_names, write_response
+from avr.testing.ari_http import AriResource, RecordedRequest, parse_basic
 from avr.testing.ari_media_channels import FakeAudioSocketConnection
 from avr.testing.ari_model import App, Bridge, Channel, Endpoint, LiveRecording, Playback, StoredRecording
 from avr.testing.ari_playbacks import DEFAULT_SOUNDS
@@ -95,8 +94,8 @@ class FakeAsterisk:
             global_variables=global_variables,
             dtmf_loopback=dtmf_loopback,
             connect_audiosocket=audiosocket_endpoint,
+            history=history,
         )
-        self.asterisk.apps.history = history
         self.history = history
         #: ``up``, ``down`` (connections refused) or ``booting`` (404 on ``/ari/...``)
         self.status = "up"
@@ -107,7 +106,6 @@ class FakeAsterisk:
         self.http_channels: weakref.WeakSet[Any] = weakref.WeakSet()
         self._resource: AriResource | None = None
         self._factory: AriEventsFactory | None = None
-        self._ws_resource: WebSocketResource | None = None
         self._site: Site | None = None
         self._reactor: Any = None
         self._listening: Any = None
@@ -375,26 +373,7 @@ class FakeAsterisk:
         return ch
 
     # ----------------------------------------------------------------------------------------------------------------
-    # Internals used by the HTTP layer
-
-    def render_events(self, request: Any, query: list[tuple[str, str]]) -> Any:
-        """``GET /ari/events``: 401 JSON, 400 HTML without ``app`` (fact 11), else the WebSocket upgrade."""
-        params = dict(query)
-        header = request.requestHeaders.getRawHeaders(b"authorization")
-        wall = self.asterisk.clock.wall()
-        if not self.authorized(header[-1].decode("latin-1") if header else None, params.get("api_key")):
-            write_response(request, wall, 401, body=b'{"message":"Authentication required"}',
-                           content_type="application/json",
-                           headers=(("WWW-Authenticate", f'Basic realm="{REALM}"'),))  # fmt: skip
-            return NOT_DONE_YET
-        if not valid_app_names(params.get("app", "")):
-            write_response(request, wall, 400, body=html_error(400, "Bad Request",
-                           "HTTP request is missing param: [app]"), content_type="text/html")  # fmt: skip
-            return NOT_DONE_YET
-        if self._ws_resource is None:
-            self._ws_resource = WebSocketResource(self.events_factory())
-        self.http_channels.discard(request.channel)
-        return self._ws_resource.render(request)
+    # Restarts
 
     def _schedule(self, delay: float, fn: Callable[[], Any]) -> None:
         self._timers[:] = [c for c in self._timers if c.active()]
@@ -435,11 +414,3 @@ class FakeAsterisk:
         if self._reactor is not None and self._listening is None:
             self._listening = self._reactor.listenTCP(self._port_number, self.site(), interface=self._interface)
 
-
-__all__ = [
-    "FIXTURE_DIALPLAN",
-    "AriEventsFactory",
-    "AriEventsProtocol",
-    "FakeAsterisk",
-    "FakeAudioSocketConnection",
-]

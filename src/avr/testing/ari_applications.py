@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from attrs import define, field
 from twisted.logger import Logger
 
 from avr.testing.ari_clock import AsteriskClock
@@ -24,6 +25,7 @@ ASTERISK_ID = "02:fc:00:00:00:01"
 SUBSCRIPTION_SCHEMES = ("channel", "bridge", "endpoint", "deviceState")
 
 
+@define(eq=False)
 class Applications:
     """
     The registry of Stasis applications and the event publisher.
@@ -34,11 +36,11 @@ class Applications:
 
     log = Logger()
 
-    def __init__(self, clock: AsteriskClock) -> None:
-        self._clock = clock
-        self.by_name: dict[str, App] = {}
-        self.delivered: list[tuple[str, dict]] = []
-        self.history = True
+    _clock: AsteriskClock
+    #: keep `delivered`
+    history: bool = True
+    by_name: dict[str, App] = field(factory=dict, init=False)
+    delivered: list[tuple[str, dict]] = field(factory=list, init=False)
 
     def reset(self) -> None:
         """Forget every application (a restart)."""

@@ -62,6 +62,7 @@ class Asterisk:
     :param global_variables: dialplan globals, restored by every restart.
     :param dtmf_loopback: see `avr.testing.ari.FakeAsterisk`.
     :param connect_audiosocket: ``(host, port) -> IStreamClientEndpoint`` for externalMedia AudioSocket channels.
+    :param history: keep every delivered event (`Applications.delivered`).
     """
 
     def __init__(
@@ -75,12 +76,13 @@ class Asterisk:
         global_variables: Mapping[str, str] | None = None,
         dtmf_loopback: bool = False,
         connect_audiosocket: Callable[[str, int], Any] | None = None,
+        history: bool = True,
     ) -> None:
         new_id = new_id or (lambda: str(uuid.uuid4()))
         self.clock = AsteriskClock(clock, wall_start)
-        self.apps = Applications(self.clock)
+        self.apps = Applications(self.clock, history)
         self.channels = Channels(self.clock, self.apps)
-        self.variables = Variables(self.channels, self.apps, global_variables or {})
+        self.variables = Variables(self.channels, self.apps, dict(global_variables or {}))
         # Two collaborators come later (the dependency is circular, as in Asterisk): a command that held up a
         # hangup ends its channel, and a Local half answering in the dialplan answers the half being dialled.
         self.commands = CommandQueue(self.clock, end_channel=lambda ch, cause: self.hangups.end(ch, cause))

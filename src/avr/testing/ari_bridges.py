@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from attrs import define, field
+
 from avr.testing.ari_applications import Applications
 from avr.testing.ari_channels import Channels
 from avr.testing.ari_clock import AsteriskClock
@@ -23,6 +25,7 @@ from avr.testing.ari_params import AriHttpError, param_str
 BRIDGE_TYPES = frozenset({"mixing", "holding", "dtmf_events", "proxy_media", "video_sfu", "video_single", "sdp_label"})
 
 
+@define(eq=False)
 class Bridges:
     """
     Bridges by id.
@@ -34,14 +37,12 @@ class Bridges:
     :param stop_media: stops a bridge's playbacks and recordings when it is destroyed.
     """
 
-    def __init__(self, clock: AsteriskClock, apps: Applications, channels: Channels, new_id: Callable[[], str],
-                 stop_media: Callable[[Bridge], None]) -> None:  # fmt: skip
-        self._clock = clock
-        self._apps = apps
-        self._channels = channels
-        self._new_id = new_id
-        self._stop_media = stop_media
-        self.by_id: dict[str, Bridge] = {}
+    _clock: AsteriskClock
+    _apps: Applications
+    _channels: Channels
+    _new_id: Callable[[], str]
+    _stop_media: Callable[[Bridge], None]
+    by_id: dict[str, Bridge] = field(factory=dict, init=False)
 
     def reset(self) -> None:
         """Forget every bridge (a restart)."""

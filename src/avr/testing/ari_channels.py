@@ -5,7 +5,10 @@ The channel registry of the fake Asterisk: ids and names as Asterisk makes them 
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
+
+from attrs import define, field
 
 from avr.testing.ari_applications import Applications
 from avr.testing.ari_clock import AsteriskClock
@@ -13,6 +16,7 @@ from avr.testing.ari_model import Channel
 from avr.testing.ari_params import AriHttpError
 
 
+@define(eq=False)
 class Channels:
     """
     Live channels by id, and the counters their ids and names come from (reset by a restart).
@@ -21,17 +25,17 @@ class Channels:
     :param apps: where channel events go.
     """
 
-    def __init__(self, clock: AsteriskClock, apps: Applications) -> None:
-        self._clock = clock
-        self._apps = apps
-        self.by_id: dict[str, Channel] = {}
-        self.reset()
+    _clock: AsteriskClock
+    _apps: Applications
+    by_id: dict[str, Channel] = field(factory=dict, init=False)
+    sequence: int = field(default=0, init=False)
+    _counters: Counter[str] = field(factory=Counter, init=False)
 
     def reset(self) -> None:
         """Forget every channel; counters restart."""
         self.by_id.clear()
         self.sequence = 0
-        self._counters = {"unreal": 0, "snoop": 0, "pjsip": 0}
+        self._counters.clear()
 
     def next_id(self) -> str:
         """A new channel id: ``<epoch seconds>.<sequence>``."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from attrs import define, field
 from twisted.logger import Logger
 
 from avr.testing.ari_applications import Applications
@@ -37,6 +38,7 @@ from avr.testing.ari_variables import Variables
 ENDPOINT_BEHAVIOURS = ("auto", "never", "busy", "manual")
 
 
+@define(eq=False)
 class Dialer:
     """
     Originates, dials and answers channels.
@@ -51,16 +53,14 @@ class Dialer:
 
     log = Logger()
 
-    def __init__(self, clock: AsteriskClock, apps: Applications, channels: Channels, variables: Variables,
-                 stasis: Stasis, dialplan: Dialplan, hangups: Hangups) -> None:  # fmt: skip
-        self._clock = clock
-        self._apps = apps
-        self._channels = channels
-        self._variables = variables
-        self._stasis = stasis
-        self._dialplan = dialplan
-        self._hangups = hangups
-        self.endpoints: dict[tuple[str, str], Endpoint] = {}
+    _clock: AsteriskClock
+    _apps: Applications
+    _channels: Channels
+    _variables: Variables
+    _stasis: Stasis
+    _dialplan: Dialplan
+    _hangups: Hangups
+    endpoints: dict[tuple[str, str], Endpoint] = field(factory=dict, init=False)
 
     def add_endpoint(self, technology: str, resource: str, answer: str, delay: float, state: str) -> Endpoint:
         """Configure an endpoint (see `avr.testing.ari.FakeAsterisk.add_endpoint`)."""

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from attrs import frozen
+from attrs import define, frozen
 from twisted.logger import Logger
 
 from avr.testing.ari_applications import Applications
@@ -142,6 +142,7 @@ def _seconds(value: str) -> float:
         return 0.0
 
 
+@define(eq=False)
 class Dialplan:
     """
     Runs ``context,exten,priority`` on a channel until it hangs up or enters Stasis.
@@ -153,19 +154,16 @@ class Dialplan:
 
     log = Logger()
 
-    def __init__(self, clock: AsteriskClock, apps: Applications, channels: Channels, variables: Variables,
-                 stasis: Stasis, dtmf: Dtmf, hangups: Hangups, contexts: dict[str, dict[str, list[DialplanStep]]],
-                 sounds: Mapping[str, float], answer: Callable[[Channel], None]) -> None:  # fmt: skip
-        self._clock = clock
-        self._apps = apps
-        self._channels = channels
-        self._variables = variables
-        self._stasis = stasis
-        self._dtmf = dtmf
-        self._hangups = hangups
-        self.contexts = contexts
-        self._sounds = sounds
-        self._answer = answer
+    _clock: AsteriskClock
+    _apps: Applications
+    _channels: Channels
+    _variables: Variables
+    _stasis: Stasis
+    _dtmf: Dtmf
+    _hangups: Hangups
+    contexts: dict[str, dict[str, list[DialplanStep]]]
+    _sounds: Mapping[str, float]
+    _answer: Callable[[Channel], None]
 
     def load(self, text: str) -> None:
         """Add extensions from ``extensions.conf`` text (an extension given again replaces the old one)."""

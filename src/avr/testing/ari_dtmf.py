@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from attrs import define, field
 from twisted.logger import Logger
 
 from avr.testing.ari_applications import Applications
@@ -44,6 +45,7 @@ def dtmf_schedule(digits: str, before: int, between: int, duration: int, after: 
     return ends, t + max(after, 0) / 1000
 
 
+@define(eq=False)
 class Dtmf:
     """
     Sends and receives digits.
@@ -58,14 +60,12 @@ class Dtmf:
 
     log = Logger()
 
-    def __init__(self, clock: AsteriskClock, apps: Applications, commands: CommandQueue, recordings: Recordings,
-                 loopback: bool = False) -> None:  # fmt: skip
-        self._clock = clock
-        self._apps = apps
-        self._commands = commands
-        self._recordings = recordings
-        self.loopback = loopback
-        self.sent: dict[str, list[str]] = {}
+    _clock: AsteriskClock
+    _apps: Applications
+    _commands: CommandQueue
+    _recordings: Recordings
+    loopback: bool = False
+    sent: dict[str, list[str]] = field(factory=dict, init=False)
 
     def send(self, ch: Channel, params: dict[str, Any]) -> None:
         """``POST /channels/{id}/dtmf`` (after the control's checks): queued; a hangup waits until it is done."""

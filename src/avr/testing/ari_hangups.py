@@ -8,6 +8,7 @@ shutdown), not a Q.850 cause; the Q.850 cause is in ChannelDestroyed.
 
 from __future__ import annotations
 
+from attrs import define
 from twisted.logger import Logger
 
 from avr.testing.ari_applications import Applications
@@ -45,6 +46,7 @@ HANGUP_REASONS: dict[str, int] = {
 DIAL_FAILURES = {17: "BUSY", 34: "CONGESTION", 42: "CONGESTION", 18: "NOANSWER", 19: "NOANSWER"}
 
 
+@define(eq=False)
 class Hangups:
     """
     Ends channels.
@@ -59,14 +61,12 @@ class Hangups:
 
     log = Logger()
 
-    def __init__(self, clock: AsteriskClock, apps: Applications, channels: Channels, bridges: Bridges,
-                 stasis: Stasis, playbacks: Playbacks) -> None:  # fmt: skip
-        self._clock = clock
-        self._apps = apps
-        self._channels = channels
-        self._bridges = bridges
-        self._stasis = stasis
-        self._playbacks = playbacks
+    _clock: AsteriskClock
+    _apps: Applications
+    _channels: Channels
+    _bridges: Bridges
+    _stasis: Stasis
+    _playbacks: Playbacks
 
     def hangup(self, ch: Channel, params: dict[str, str]) -> None:
         """``DELETE /channels/{id}[?reason=|reason_code=]``: works on any channel (fact 19)."""

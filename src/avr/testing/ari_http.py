@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from attrs import frozen
+from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -154,6 +155,7 @@ class AriResource(Resource):
         super().__init__()
         self._fake = fake
         self._routes = build_routes(routes)
+        self._websocket: WebSocketResource | None = None
 
     # ----------------------------------------------------------------------------------------------------------------
     # Request plumbing
@@ -173,7 +175,7 @@ class AriResource(Resource):
             return NOT_DONE_YET
         query = [(k, v) for k, v in parse_qsl(urlsplit(request.uri.decode("latin-1")).query, keep_blank_values=True)]
         if path == "/ari/events":
-            return fake.render_events(request, query)
+            return self._events(request, dict(query))
         try:
             params, body = self._params(request, query)
         except AriHttpError as error:
@@ -183,8 +185,7 @@ class AriResource(Resource):
         authorized = fake.authorized(_header(request, b"authorization"), dict(query).get("api_key"))
         fake.note_request(RecordedRequest(request.method.decode(), path, params, body, authorized))
         if not authorized:
-            self._json(request, 401, {"message": "Authentication required"},
-                       headers=(("WWW-Authenticate", f'Basic realm="{REALM}"'),))  # fmt: skip
+            self._unauthorized(request)
             return NOT_DONE_YET
         method = request.method.decode()
         node, path_args = self._match(path[4:])
@@ -200,6 +201,23 @@ class AriResource(Resource):
             return NOT_DONE_YET
         self._invoke(request, handler, AriRequest(method, path_args, params, body))
         return NOT_DONE_YET
+
+    def _events(self, request: Any, query: dict[str, str]) -> Any:
+        """``GET /ari/events``: 401 JSON, 400 HTML without ``app`` (fact 11), else the WebSocket upgrade."""
+        if not self._fake.authorized(_header(request, b"authorization"), query.get("api_key")):
+            self._unauthorized(request)
+            return NOT_DONE_YET
+        if not valid_app_names(query.get("app", "")):
+            self._html(request, 400, "Bad Request", "HTTP request is missing param: [app]")
+            return NOT_DONE_YET
+        if self._websocket is None:
+            self._websocket = WebSocketResource(self._fake.events_factory())
+        self._fake.http_channels.discard(request.channel)
+        return self._websocket.render(request)
+
+    def _unauthorized(self, request: Any) -> None:
+        self._json(request, 401, {"message": "Authentication required"},
+                   headers=(("WWW-Authenticate", f'Basic realm="{REALM}"'),))  # fmt: skip
 
     @staticmethod
     def _allow(node: _Route) -> str:
@@ -254,7 +272,7 @@ class AriResource(Resource):
                 return
             if not isinstance(outcome, Failure):
                 self._respond(request, outcome)
-            elif outcome.check(AriHttpError):
+            elif isinstance(outcome.value, AriHttpError):
                 self._json(request, outcome.value.status, outcome.value.body)
             else:
                 self.log.failure("Fake ARI handler for {method} {path} failed", outcome, method=ari.method,

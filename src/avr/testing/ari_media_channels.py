@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from attrs import define, field
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
@@ -44,6 +45,7 @@ class FakeAudioSocketConnection(Protocol):
     """
 
     log = Logger()
+    transport: Any
 
     def __init__(self, uuid_bytes: bytes, on_lost: Callable[[FakeAudioSocketConnection], None]) -> None:
         self.uuid_bytes = uuid_bytes
@@ -109,6 +111,7 @@ class FakeAudioSocketConnection(Protocol):
             self.log.failure("Handling the end of a fake AudioSocket connection failed")
 
 
+@define(eq=False)
 class MediaChannels:
     """
     externalMedia and snoop channels.
@@ -120,18 +123,15 @@ class MediaChannels:
 
     log = Logger()
 
-    def __init__(self, clock: AsteriskClock, apps: Applications, channels: Channels, variables: Variables,
-                 stasis: Stasis, dialer: Dialer, hangups: Hangups,
-                 connect: Callable[[str, int], Any] | None) -> None:  # fmt: skip
-        self._clock = clock
-        self._apps = apps
-        self._channels = channels
-        self._variables = variables
-        self._stasis = stasis
-        self._dialer = dialer
-        self._hangups = hangups
-        self._connect = connect
-        self.audiosockets: dict[str, FakeAudioSocketConnection] = {}
+    _clock: AsteriskClock
+    _apps: Applications
+    _channels: Channels
+    _variables: Variables
+    _stasis: Stasis
+    _dialer: Dialer
+    _hangups: Hangups
+    _connect: Callable[[str, int], Any] | None
+    audiosockets: dict[str, FakeAudioSocketConnection] = field(factory=dict, init=False)
 
     def snoop(self, target_id: str, params: dict[str, Any], snoop_id: str | None) -> dict:
         """``POST /channels/{id}/snoop[/{snoopId}]``: a ``Snoop/…`` channel, already Up, in ``app``."""
@@ -193,7 +193,7 @@ class MediaChannels:
         return d
 
     def _check(self, params: dict[str, Any]) -> tuple[str, str, str, str, str]:
-        """Validate (before any connection is made): ``(kind, host, port, format, data)``, kind ``audiosocket``/``rtp``."""
+        """Validate before any connection is made: ``(kind, host, port, format, data)``, kind audiosocket or rtp."""
         host = param_str(params.get("external_host"))
         fmt = param_str(params.get("format"))
         encapsulation = (param_str(params.get("encapsulation")) or "rtp").lower()

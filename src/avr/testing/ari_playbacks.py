@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from attrs import define, field
+
 from avr.testing.ari_applications import Applications
 from avr.testing.ari_bridges import Bridges
 from avr.testing.ari_clock import AsteriskClock
@@ -35,6 +37,7 @@ SAY_ITEM_SECONDS = 0.775
 PLAYBACK_OPERATIONS = ("restart", "pause", "unpause", "reverse", "forward")
 
 
+@define(eq=False)
 class Playbacks:
     """
     Playbacks in progress by id.
@@ -48,17 +51,14 @@ class Playbacks:
     :param new_id: makes playback ids (UUID4 by default).
     """
 
-    def __init__(self, clock: AsteriskClock, apps: Applications, bridges: Bridges, commands: CommandQueue,
-                 sounds: Mapping[str, float], spool: Mapping[str, StoredRecording],
-                 new_id: Callable[[], str]) -> None:  # fmt: skip
-        self._clock = clock
-        self._apps = apps
-        self._bridges = bridges
-        self._commands = commands
-        self.sounds = sounds
-        self._spool = spool
-        self._new_id = new_id
-        self.by_id: dict[str, Playback] = {}
+    _clock: AsteriskClock
+    _apps: Applications
+    _bridges: Bridges
+    _commands: CommandQueue
+    sounds: Mapping[str, float]
+    _spool: Mapping[str, StoredRecording]
+    _new_id: Callable[[], str]
+    by_id: dict[str, Playback] = field(factory=dict, init=False)
 
     def reset(self) -> None:
         """Forget every playback (a restart)."""

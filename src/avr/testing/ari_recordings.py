@@ -14,6 +14,8 @@ import struct
 from typing import Any
 from urllib.parse import quote
 
+from attrs import define, field
+
 from avr.testing.ari_applications import Applications
 from avr.testing.ari_bridges import Bridges
 from avr.testing.ari_clock import AsteriskClock
@@ -79,6 +81,7 @@ def _check_name(name: str) -> None:
         raise AriHttpError(400, "Recording name invalid")
 
 
+@define(eq=False)
 class Recordings:
     """
     Live recordings by name, and the spool of stored ones (`stored`).
@@ -89,14 +92,13 @@ class Recordings:
     :param commands: the queue channel recordings run in.
     """
 
-    def __init__(self, clock: AsteriskClock, apps: Applications, bridges: Bridges, commands: CommandQueue) -> None:
-        self._clock = clock
-        self._apps = apps
-        self._bridges = bridges
-        self._commands = commands
-        self.live: dict[str, LiveRecording] = {}
-        #: the spool: kept across restarts
-        self.stored: dict[str, StoredRecording] = {}
+    _clock: AsteriskClock
+    _apps: Applications
+    _bridges: Bridges
+    _commands: CommandQueue
+    live: dict[str, LiveRecording] = field(factory=dict, init=False)
+    #: the spool: kept across restarts
+    stored: dict[str, StoredRecording] = field(factory=dict, init=False)
 
     def reset(self) -> None:
         """Forget the live recordings (a restart; the spool stays)."""
@@ -129,11 +131,14 @@ class Recordings:
         self.live[name] = rec
         if isinstance(target, Channel):
             self._commands.enqueue(target, Command(rec, lambda: self._begin(rec), lambda _hangup: self._finish(rec),
-                                                   lambda: self.live.pop(rec.name, None)))  # fmt: skip
+                                                   lambda: self._forget(rec)))  # fmt: skip
         else:
             target.recorders[name] = self._bridges.join_pseudo(target, "Recorder")
             self._begin(rec)
         return rec.to_json(), f"/ari/recordings/live/{quote(name, safe='')}"
+
+    def _forget(self, rec: LiveRecording) -> None:
+        self.live.pop(rec.name, None)
 
     def _begin(self, rec: LiveRecording) -> None:
         rec.state = "recording"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from attrs import define
 from twisted.logger import Logger
 
 from avr.testing.ari_applications import Applications
@@ -19,6 +20,7 @@ from avr.testing.ari_model import Channel, Command, StasisState
 from avr.testing.ari_params import AriHttpError, param_str, split_args
 
 
+@define(eq=False)
 class CommandQueue:
     """
     The command queue of each channel's Stasis control.
@@ -27,9 +29,8 @@ class CommandQueue:
     :param end_channel: ends a channel whose hangup waited for an uninterruptible command (``(channel, cause)``).
     """
 
-    def __init__(self, clock: AsteriskClock, end_channel: Callable[[Channel, int], None]) -> None:
-        self._clock = clock
-        self._end_channel = end_channel
+    _clock: AsteriskClock
+    _end_channel: Callable[[Channel, int], None]
 
     def enqueue(self, ch: Channel, cmd: Command) -> None:
         """Queue ``cmd``; it begins at once if nothing runs."""
@@ -94,6 +95,7 @@ class CommandQueue:
                     self._clock.cancel(cmd)
 
 
+@define(eq=False)
 class Stasis:
     """
     Entering, leaving and moving between Stasis applications, and the checks and signalling operations of a
@@ -106,10 +108,9 @@ class Stasis:
 
     log = Logger()
 
-    def __init__(self, apps: Applications, channels: Channels, commands: CommandQueue) -> None:
-        self._apps = apps
-        self._channels = channels
-        self._commands = commands
+    _apps: Applications
+    _channels: Channels
+    _commands: CommandQueue
 
     @staticmethod
     def control(ch: Channel) -> StasisState:

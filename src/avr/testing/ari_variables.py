@@ -8,12 +8,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from attrs import define, field
+
 from avr.testing.ari_applications import Applications
 from avr.testing.ari_channels import Channels
 from avr.testing.ari_model import Channel
 from avr.testing.ari_params import AriHttpError, parse_caller_id
 
 
+@define(eq=False)
 class Variables:
     """
     Reads and writes variables.
@@ -23,11 +26,13 @@ class Variables:
     :param config_globals: the ``[globals]`` of the configuration, restored by every restart.
     """
 
-    def __init__(self, channels: Channels, apps: Applications, config_globals: Mapping[str, str]) -> None:
-        self._channels = channels
-        self._apps = apps
-        self._config_globals = dict(config_globals)
-        self.globals = dict(self._config_globals)
+    _channels: Channels
+    _apps: Applications
+    _config_globals: Mapping[str, str]
+    globals: dict[str, str] = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.reset()
 
     def reset(self) -> None:
         """Globals as configured (a restart)."""
