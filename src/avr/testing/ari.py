@@ -1,6 +1,6 @@
 """
 A fake of Asterisk 22.10.1's ARI: REST (a twisted.web resource) and the events WebSocket (autobahn), behaving like
-the real captures of the fixtures (their README's "facts") for every operation avr's call control uses, with
+the real captures in ``avr/testing/captures/asterisk/ari`` (the "facts" of their README) for every operation avr's call control uses, with
 scenario controls for tests (inbound calls, far-end hangups and answers, DTMF, restarts) and a check that a test
 left no channel or bridge behind (`FakeAsterisk.assert_no_leftovers`).
 

@@ -4,7 +4,8 @@ and the operations that concern them all (restart, teardown). `avr.testing.ari.F
 WebSocket and scenario controls around it.
 
 Every rule the components follow reproduces what Asterisk 22.10.1 did in the captured ARI exchanges (the "facts"
-of the captures' README); where they are silent, the rule follows the Asterisk source and says so.
+of ``avr/testing/captures/asterisk/README.md``); where they are silent, the rule follows the Asterisk source and says
+so.
 
 ================  =====================================================================================
 component         its job
