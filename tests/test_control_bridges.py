@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from avr.ari.errors import AriError
-from avr.control.errors import Conflict, Invalid, NotFound, Timeout
+from avr.control.errors import Conflict, NotFound, Timeout
 from tests.ari_fakes import (
     Harness,
     answered_inbound,
@@ -47,8 +47,6 @@ def test_create_bridge_publishes_bridge_created_itself() -> None:
     assert h.ari.find("POST", "/bridges/br-1")[0].params == {"type": "mixing", "name": "conf"}
     assert h.sink.types() == ["bridge.created"] and h.sink.events[0]["bridgeId"] == "br-1"
     assert h.run(h.control.list_bridges()) == [bridge]
-    with pytest.raises(Invalid):
-        h.run(h.control.create_bridge("x" * 129))
 
 
 def test_add_and_remove_from_capture_event_order() -> None:
@@ -265,8 +263,6 @@ def test_transfer_refusals() -> None:
     d, outcome = h.start(h.control.transfer(cid, "PJSIP/1002"))
     with pytest.raises(Conflict, match="already"):
         h.run(h.control.transfer(cid, "PJSIP/1003"))
-    with pytest.raises(Invalid):
-        h.run(h.control.transfer(cid, "nope"))
     _answer_target(h, "t-1")
     with pytest.raises(Conflict, match="bridge"):
         h.run(h.control.transfer(cid, "PJSIP/1003"))

@@ -83,7 +83,7 @@ def test_playback_still_running_when_the_call_ends_is_reported_failed() -> None:
 
 
 @pytest.mark.parametrize("media", [[], "", ["nosuchscheme:foo"], ["sound:a,sound:b"], [" sound:a"], [5],
-                                   "beep", ["sound:x"] * 101])
+                                   "beep"])
 def test_play_validation(media: object) -> None:
     """Media that Asterisk would accept but never finish (unknown scheme), or that could not be joined, is 422."""
     h = make("none")
@@ -370,10 +370,10 @@ def test_record_default_name_and_conflicts() -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"name": "../etc"}, {"name": "a/b"}, {"name": ""}, {"name": ".hidden"},
-                                    {"format": "mp3!"}, {"format": ""}, {"max_duration": -1},
-                                    {"max_duration": 86401}, {"beep": "yes"}, {"if_exists": "sometimes"}])
+                                    {"name": "a..b"}])
 def test_record_validation(kwargs: dict) -> None:
-    """Bad recording arguments are 422 before Asterisk is asked."""
+    """A recording name that could point outside Asterisk's recording directory is 422 before Asterisk is asked
+    (the routes check the other options' wire limits)."""
     h = make("none")
     cid = answered_inbound(h)
     with pytest.raises(Invalid):

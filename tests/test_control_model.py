@@ -153,15 +153,13 @@ def test_originate_timeout_hangs_up_the_channel_if_it_appears() -> None:
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"endpoint": ""}, {"endpoint": "not-an-endpoint"}, {"endpoint": "PJSIP/1 0"}, {"endpoint": 5},
-    {"endpoint": "PJSIP/1", "timeout": 0}, {"endpoint": "PJSIP/1", "timeout": 601},
-    {"endpoint": "PJSIP/1", "timeout": True}, {"endpoint": "PJSIP/1", "timeout": "30"},
-    {"endpoint": "PJSIP/1", "variables": {"A": 1}}, {"endpoint": "PJSIP/1", "variables": ["A"]},
-    {"endpoint": "PJSIP/1", "caller_id": "a\nb"}, {"endpoint": "PJSIP/1", "context": "x"},
-    {"endpoint": "PJSIP/1", "extension": "100", "context": "x", "priority": 0},
+    {"endpoint": "PJSIP/1", "context": "x"}, {"endpoint": "PJSIP/1", "extension": "100"},
+    {"endpoint": "PJSIP/1", "priority": 2},
 ])
 def test_originate_validation(kwargs: dict) -> None:
-    """Bad originate arguments are refused (422) before Asterisk is asked."""
+    """A dialplan target without both context and extension is refused (422) before Asterisk is asked. (The wire
+    limits of the arguments are the routes' to check: see test_control_routes.test_bad_bodies_are_400_with_details.)
+    """
     h = make()
     with pytest.raises(Invalid):
         h.run(h.control.originate(**kwargs))
@@ -406,17 +404,12 @@ def test_dtmf_received_from_capture() -> None:
 
 
 def test_send_dtmf() -> None:
-    """send_dtmf sends the digits with the optional timings; bad digits are refused first."""
+    """send_dtmf sends the digits with the optional timings (the routes check the digits and timings)."""
     h = make("none")
     cid = answered_inbound(h)
     assert h.run(h.control.send_dtmf(cid, "12#", between=100, duration=120)) == {"callId": cid, "dtmf": "12#"}
     assert h.ari.find("POST", f"/channels/{cid}/dtmf")[0].params == {"dtmf": "12#", "between": 100,
                                                                       "duration": 120}
-    for bad in ("12x", "", "1 2", 5):
-        with pytest.raises(Invalid):
-            h.run(h.control.send_dtmf(cid, bad))  # type: ignore[arg-type]
-    with pytest.raises(Invalid):
-        h.run(h.control.send_dtmf(cid, "1", between=-1))
 
 
 def test_send_dtmf_asterisk_error_keeps_its_status() -> None:

@@ -20,7 +20,6 @@ from avr.ari.client import path_segment
 from avr.ari.errors import AriError
 from avr.control.ari_link import AriLink
 from avr.control.call_registry import CallRegistry, require_stasis
-from avr.control.checks import check_text
 from avr.control.errors import Conflict, NotFound
 from avr.control.records import Bridge, CallRecord
 
@@ -65,7 +64,6 @@ class Bridges:
         return bridge_id in self._bridges
     async def create_bridge(self, name: str | None = None) -> dict:
         """Create a mixing bridge (id chosen by avr). :return: the bridge. ``bridge.created`` is published."""
-        check_text("name", name, 128)
         return (await self.create(name, "user")).to_dict()
 
     async def create(self, name: str | None, kind: str) -> Bridge:

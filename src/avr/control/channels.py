@@ -22,7 +22,6 @@ from avr.ari.client import path_segment
 from avr.ari.errors import AriError, AriUnavailable
 from avr.control.ari_link import AriLink
 from avr.control.call_registry import CallRegistry, require_stasis
-from avr.control.checks import check_endpoint, check_int, check_text
 from avr.control.errors import Conflict, Invalid
 from avr.control.media_leg import MediaLegs
 from avr.control.records import (
@@ -35,11 +34,10 @@ from avr.control.records import (
 )
 from avr.control.tasks import TaskGroup
 
-_DTMF = re.compile(r"^[0-9A-Da-d*#wW]+$")
 _CALLER_ID = re.compile(r'^\s*"?([^"<]*?)"?\s*<([^>]*)>\s*$')
 
-#: Largest originate/transfer dial timeout accepted, in seconds.
-MAX_DIAL_TIMEOUT = 600
+#: Seconds beyond its dial timeout that a channel whose originate failed ambiguously is watched for.
+ABANDON_GRACE = 60
 
 #: Seconds to wait for the events of a channel that was already gone when avr tried to hang it up.
 HANGUP_GRACE = 2.0
@@ -152,27 +150,19 @@ class Channels:
         hangup, ``call.ended`` with the real cause) until it is destroyed, but media operations then answer 409.
 
         :param caller_id: ``"Name <number>"`` or a number.
-        :param timeout: seconds to ring (1-600).
+        :param timeout: seconds to ring.
         :param variables: channel variables, names to string values.
         :return: the call, state ``dialing`` (or later, when events came first). Its ``call.created`` event is
             published before any other event of the call.
-        :raises Invalid: bad arguments. :raises Unavailable: ARI not configured or not connected.
+        :raises Invalid: a dialplan target without both context and extension. :raises Unavailable: ARI not
+            configured or not connected.
         :raises AriError: Asterisk refused the originate (e.g. 400 invalid endpoint, 500 unknown technology).
         """
-        check_endpoint(endpoint)
-        check_text("callerId", caller_id)
-        check_int("timeout", timeout, 1, MAX_DIAL_TIMEOUT)
-        if variables is not None:
-            if not isinstance(variables, dict) or not all(
-                    isinstance(k, str) and k and isinstance(v, str) for k, v in variables.items()):
-                raise Invalid("variables must map variable names to string values")
         dialplan = None
         if context is not None or extension is not None or priority is not None:
             if not context or not extension:
                 raise Invalid("context and extension must both be given to send the call to the dialplan")
-            check_text("context", context, 80)
-            check_text("extension", extension, 80)
-            dialplan = (context, extension, 1 if priority is None else check_int("priority", priority, 1, 100000))
+            dialplan = (context, extension, 1 if priority is None else priority)
         self.ari.require_connected()
         call = await self.dial(endpoint, caller_id, timeout, variables, dialplan)
         return call.to_dict()
@@ -195,7 +185,7 @@ class Channels:
         except AriUnavailable:
             # The channel may exist (e.g. a timeout after Asterisk acted): make sure it does not ring on.
             self.registry.discard(call)
-            self._abandon(call.id)
+            self._abandon(call.id, timeout)
             raise
         except BaseException:
             self.registry.discard(call)
@@ -206,9 +196,9 @@ class Channels:
         self.registry.accepted(call)
         return call
 
-    def _abandon(self, channel_id: str) -> None:
+    def _abandon(self, channel_id: str, timeout: int) -> None:
         self.ari.hang_up_quietly(channel_id)
-        self._abandoned[channel_id] = self.tasks.later(MAX_DIAL_TIMEOUT + 60, self._abandoned.pop, channel_id, None)
+        self._abandoned[channel_id] = self.tasks.later(timeout + ABANDON_GRACE, self._abandoned.pop, channel_id, None)
 
     async def answer(self, call_id: str) -> dict:
         """
@@ -261,12 +251,6 @@ class Channels:
         :param between: ms between digits (ARI default 100). :param duration: ms per digit (ARI default 100).
         :return: ``{"callId", "dtmf"}`` once Asterisk accepted them (it plays them afterwards).
         """
-        if not isinstance(dtmf, str) or not 0 < len(dtmf) <= 100 or not _DTMF.match(dtmf):
-            raise Invalid("dtmf must contain only DTMF characters (0-9, A-D, *, #, w)")
-        if between is not None:
-            check_int("between", between, 0, 10000)
-        if duration is not None:
-            check_int("duration", duration, 1, 10000)
         call = self.registry.live(call_id)
         require_stasis(call)
         await self.ari.require().request("POST", f"/channels/{path_segment(call.id)}/dtmf",

@@ -23,12 +23,15 @@ from avr.interfaces import IAudioInjector
 
 
 def check_media(media: Any) -> list[str]:
-    """``media`` (one URI or a list) as a list of playable URIs, else `Invalid`."""
+    """
+    ``media`` (one URI or a list) as a non-empty list of URIs that make one ARI playlist and that Asterisk plays
+    to the end (another scheme is accepted but never finishes, and a comma would split a URI), else `Invalid`.
+    """
     items = [media] if isinstance(media, str) else media
-    if not isinstance(items, list) or not items or len(items) > 100:
-        raise Invalid("media must be a media URI or a list of 1 to 100 of them")
+    if not isinstance(items, list) or not items:
+        raise Invalid("media must be a media URI or a non-empty list of them")
     for item in items:
-        if not isinstance(item, str) or not 0 < len(item) <= 1024 or "," in item or item.strip() != item:
+        if not isinstance(item, str) or not item or "," in item or item.strip() != item:
             raise Invalid("each media URI must be a non-empty string without commas or surrounding spaces")
         if not item.startswith(MEDIA_SCHEMES):
             raise Invalid(f"unsupported media {item!r}: use one of the schemes {', '.join(MEDIA_SCHEMES)}")

@@ -19,19 +19,15 @@ from avr.ari.errors import AriError
 from avr.control.ari_link import AriLink
 from avr.control.call_registry import CallRegistry, require_stasis
 from avr.control.errors import Conflict, Invalid, NotFound
-from avr.control.records import CallRecord, Recording
+from avr.control.records import RECORDING_NAME, CallRecord, Recording
 
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
-_FORMAT = re.compile(r"^[a-z0-9]{1,16}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
-#: ARI ``ifExists`` choices.
-IF_EXISTS = ("fail", "overwrite", "append")
 
 
 def check_name(value: Any, what: str = "name") -> str:
-    """``value`` if it is a valid recording name, else `Invalid`."""
-    if not isinstance(value, str) or not _NAME.match(value) or ".." in value:
+    """``value`` if it is a recording name (`avr.control.records.RECORDING_NAME`), else `Invalid`."""
+    if not isinstance(value, str) or not RECORDING_NAME.fullmatch(value):
         raise Invalid(f"{what} must be 1-200 letters, digits, '.', '_' or '-' (not starting with '.' or '-')")
     return value
 
@@ -76,21 +72,13 @@ class Recordings:
         :param name: recording name (default ``call-<id>-<epoch ms>``).
         :param format: file format Asterisk writes (``wav``, ``gsm``, ``ulaw``, ``alaw``, ``sln``, ``sln16``, ...;
             an unknown one gets Asterisk's 422).
-        :param max_duration: seconds (0 = no limit, at most 86400).
+        :param max_duration: seconds (0 = no limit).
         :param if_exists: ``fail``, ``overwrite`` or ``append``.
         :return: the live recording once Asterisk accepted it; ``recording.finished`` reports the end.
         :raises Conflict: the name is in use (or exists, with ``fail``).
         """
         if name is not None:
             check_name(name)
-        if not isinstance(format, str) or not _FORMAT.match(format):
-            raise Invalid("format must be a short lower-case format name such as wav or sln16")
-        if isinstance(max_duration, bool) or not isinstance(max_duration, int) or not 0 <= max_duration <= 86400:
-            raise Invalid("max_duration must be a whole number of seconds from 0 (no limit) to 86400")
-        if not isinstance(beep, bool):
-            raise Invalid("beep must be true or false")
-        if if_exists not in IF_EXISTS:
-            raise Invalid(f"if_exists must be one of {', '.join(IF_EXISTS)}")
         call = self.registry.live(call_id)
         require_stasis(call)
         ari = self.ari.require()

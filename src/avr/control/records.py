@@ -5,6 +5,7 @@ tables the model uses (call states, hang-up reasons and Q.850 causes, media sche
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -47,6 +48,13 @@ SLIN_FORMATS = {
     8000: "slin", 12000: "slin12", 16000: "slin16", 24000: "slin24", 32000: "slin32", 44100: "slin44",
     48000: "slin48", 96000: "slin96", 192000: "slin192",
 }
+
+#: ARI's ``ifExists`` choices for a recording whose name is taken.
+IF_EXISTS = ("fail", "overwrite", "append")
+
+#: Names of recordings (``fullmatch``): no sub-directories and no "..", so that a name never points outside
+#: Asterisk's recording directory.
+RECORDING_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
 
 #: Prefix of the ids of avr's internal channels (externalMedia legs playing uploaded audio) and temporary bridges.
 MEDIA_CHANNEL_PREFIX = "avr-media-"

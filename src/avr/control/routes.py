@@ -12,29 +12,38 @@ rest of the server works.
 from __future__ import annotations
 
 import re
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable
 
 from attrs import define, field, frozen
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import UNKNOWN_LENGTH, IRequest
+from twisted.web.iweb import IRequest
 
 import avr
 from avr.ari.errors import AriError, AriUnavailable
 from avr.control.errors import ControlError
 from avr.control.hub import EventsHub
-from avr.control.recordings import IF_EXISTS
-from avr.control.records import HANGUP_REASONS as _REASON_CAUSES
-from avr.control.records import MEDIA_SCHEMES
+from avr.control.download import relay
+from avr.control.request_fields import (
+    BRIDGE_MEMBER,
+    COPY_RECORDING,
+    CREATE_BRIDGE,
+    DTMF,
+    HANGUP,
+    ORIGINATE,
+    PLAY,
+    RECORD,
+    TRANSFER,
+    Field,
+    checked_id,
+    checked_recording_name,
+    validate,
+)
 from avr.control.wav import WavError, decode_wav
 from avr.http.auth import check_api_key, strip_credentials
-from avr.http.json import ApiError, add_route, json_response, json_type, read_json_body
+from avr.http.json import ApiError, add_route, json_response, read_json_body
 from avr.http.site import RoutePolicy
 from avr.interfaces import ICallControl
 
@@ -46,210 +55,10 @@ MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 #: Content types accepted for an uploaded WAV file.
 WAV_CONTENT_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "application/octet-stream")
 
-#: Recording formats offered (Asterisk's format names; one whose module is not loaded is refused by Asterisk: 422).
-RECORD_FORMATS = ("wav", "wav16", "gsm", "ulaw", "alaw", "sln", "sln16", "g722")
-#: ARI's hang-up reasons (``DELETE /channels/{id}?reason=``).
-HANGUP_REASONS = tuple(_REASON_CAUSES)
-#: Most media URIs in one ``play`` request.
-MAX_MEDIA = 20
-
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-# No sub-directories and no "..": a name never points outside Asterisk's recording directory.
-_RECORDING_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
-_ENDPOINT = re.compile(r"[A-Za-z][A-Za-z0-9_-]*/[^\s,\x00-\x1f\x7f]{1,250}")
-# DTMF digits, plus Asterisk's pauses: w = 0.5 s, W = 1 s.
-_DTMF = re.compile(r"[0-9A-Da-d*#wW]{1,100}")
-_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_().:-]{0,79}")
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _RULE_ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
+
 log = Logger()
-
-
-# --- request validation ----------------------------------------------------------------------------------------------
-
-
-class _Invalid(ValueError):
-    """One field's problem (the message follows ``<field>: ``)."""
-
-
-@frozen
-class _Field:
-    """One allowed field of a JSON request body: ``check`` returns the value to use or raises `_Invalid`."""
-
-    name: str
-    check: Callable[[Any], Any]
-    required: bool = False
-
-
-def _validate(body: Any, fields: Iterable[_Field]) -> dict[str, Any]:
-    """
-    Check ``body`` against ``fields``; a field given as ``null`` counts as not given.
-
-    :return: the checked values of the fields present.
-    :raises ApiError: 400 ``{"error": "Validation failed: ...", "details": [...]}`` listing every problem.
-    """
-    if not isinstance(body, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    fields = tuple(fields)
-    known = {f.name for f in fields}
-    details = [f"{key}: unknown field" for key in body if key not in known]
-    values: dict[str, Any] = {}
-    for f in fields:
-        value = body.get(f.name)
-        if value is None:
-            if f.required:
-                details.append(f"{f.name}: required")
-            continue
-        try:
-            values[f.name] = f.check(value)
-        except _Invalid as e:
-            details.append(f"{f.name}: {e}")
-    if details:
-        raise ApiError(400, "Validation failed: " + "; ".join(details), details=details)
-    return values
-
-
-def _text(max_length: int, pattern: re.Pattern[str] | None = None, hint: str = "") -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if not isinstance(value, str):
-            raise _Invalid(f"must be a string, not {json_type(value)}")
-        if not value:
-            raise _Invalid("must not be empty")
-        if len(value) > max_length:
-            raise _Invalid(f"must be at most {max_length} characters")
-        if _CONTROL_CHARS.search(value):
-            raise _Invalid("must not contain control characters")
-        if pattern is not None and not pattern.fullmatch(value):
-            raise _Invalid(hint)
-        return value
-
-    return check
-
-
-def _integer(low: int, high: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, float):
-            raise _Invalid(f"must be a whole number, got {value!r}")
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid(f"must be a whole number, not {json_type(value)}")
-        if not low <= value <= high:
-            raise _Invalid(f"must be between {low} and {high}, got {value}")
-        return value
-
-    return check
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(f"must be true or false, not {json_type(value)}")
-    return value
-
-
-def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if not isinstance(value, str) or value not in choices:
-            raise _Invalid(f"must be one of {', '.join(choices)}")
-        return value
-
-    return check
-
-
-def _media_uri(value: Any) -> str:
-    uri = _text(1000)(value)
-    if "," in uri or uri.strip() != uri:
-        # ARI takes a playlist as one comma-separated value: a comma would split this URI.
-        raise _Invalid(f"{uri!r}: a media URI must not contain commas or surrounding spaces")
-    scheme, sep, rest = uri.partition(":")
-    if not sep or scheme + sep not in MEDIA_SCHEMES or not rest:
-        raise _Invalid(f"{uri!r} is not a media URI ({', '.join(MEDIA_SCHEMES)}...), e.g. 'sound:hello-world'")
-    return uri
-
-
-def _media(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [_media_uri(value)]
-    if not isinstance(value, list):
-        raise _Invalid(f"must be a media URI or a list of them, not {json_type(value)}")
-    if not 1 <= len(value) <= MAX_MEDIA:
-        raise _Invalid(f"must list 1 to {MAX_MEDIA} media URIs, got {len(value)}")
-    uris = []
-    for i, item in enumerate(value):
-        try:
-            uris.append(_media_uri(item))
-        except _Invalid as e:
-            raise _Invalid(f"item {i}: {e}") from None
-    return uris
-
-
-def _variables(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise _Invalid(f"must be an object of strings, not {json_type(value)}")
-    if len(value) > 100:
-        raise _Invalid("must have at most 100 entries")
-    for name, text in value.items():
-        if not _VARIABLE_NAME.fullmatch(name):
-            raise _Invalid(f"{name!r} is not a channel variable name")
-        if not isinstance(text, str):
-            raise _Invalid(f"{name}: value must be a string, not {json_type(text)}")
-        if len(text) > 1000 or "\x00" in text:
-            raise _Invalid(f"{name}: value must be at most 1000 characters, without NUL")
-    return dict(value)
-
-
-def _dtmf(value: Any) -> str:
-    digits = _text(100, _DTMF, "must contain only DTMF characters 0-9, A-D, *, # and the pauses w (0.5 s) and "
-                                "W (1 s)")(value)
-    return digits.translate(str.maketrans("abcd", "ABCD"))
-
-
-_ENDPOINT_HINT = "must be a dial string like 'PJSIP/1001' or 'PJSIP/5551234@trunk'"
-_CALL_ID_HINT = "must be a call id"
-_RECORDING_HINT = "must be 1-200 letters, digits, '.', '_' or '-', not starting with '.' or '-', without '..'"
-
-ORIGINATE = (
-    _Field("endpoint", _text(256, _ENDPOINT, _ENDPOINT_HINT), required=True),
-    _Field("callerId", _text(128)),
-    _Field("timeout", _integer(1, 120)),
-    _Field("variables", _variables),
-    _Field("context", _text(80)),
-    _Field("extension", _text(80)),
-    _Field("priority", _integer(1, 100000)),
-)
-HANGUP = (_Field("reason", _choice(HANGUP_REASONS)),)
-PLAY = (_Field("media", _media, required=True),)
-RECORD = (
-    _Field("name", _text(200, _RECORDING_NAME, _RECORDING_HINT)),
-    _Field("format", _choice(RECORD_FORMATS)),
-    _Field("maxDurationSeconds", _integer(1, 7200)),
-    _Field("beep", _boolean),
-    _Field("ifExists", _choice(IF_EXISTS)),
-)
-DTMF = (
-    _Field("dtmf", _dtmf, required=True),
-    _Field("between", _integer(0, 10000)),
-    _Field("duration", _integer(40, 10000)),
-)
-TRANSFER = (
-    _Field("endpoint", _text(256, _ENDPOINT, _ENDPOINT_HINT), required=True),
-    _Field("callerId", _text(128)),
-    _Field("timeout", _integer(1, 120)),
-)
-CREATE_BRIDGE = (_Field("name", _text(80)),)
-BRIDGE_MEMBER = (_Field("callId", _text(128, _ID, _CALL_ID_HINT), required=True),)
-COPY_RECORDING = (_Field("destinationName", _text(200, _RECORDING_NAME, _RECORDING_HINT), required=True),)
-
-
-def _checked_id(value: str, what: str) -> str:
-    if not _ID.fullmatch(value):
-        raise ApiError(400, f"invalid {what} id: must be 1-128 letters, digits, '.', '_', ':' or '-'")
-    return value
-
-
-def _checked_recording_name(value: str) -> str:
-    if not _RECORDING_NAME.fullmatch(value):
-        raise ApiError(400, f"invalid recording name: {_RECORDING_HINT}")
-    return value
 
 
 def _query(request: IRequest, name: str) -> str | None:
@@ -420,13 +229,13 @@ class ControlRoutes:
         assert self.control is not None
         return self.control
 
-    def _json(self, request: IRequest, fields: tuple[_Field, ...]) -> Awaitable[dict[str, Any]]:
+    def _json(self, request: IRequest, fields: tuple[Field, ...]) -> Awaitable[dict[str, Any]]:
         return self._read_fields(request, fields, optional=False)
 
-    async def _read_fields(self, request: IRequest, fields: tuple[_Field, ...], optional: bool) -> dict[str, Any]:
+    async def _read_fields(self, request: IRequest, fields: tuple[Field, ...], optional: bool) -> dict[str, Any]:
         if optional and _body_is_empty(request, self.max_body):
             return {}
-        return _validate(await read_json_body(request, self.max_body), fields)
+        return validate(await read_json_body(request, self.max_body), fields)
 
     # --- handlers (the first docstring line is the description in GET /) ---------------------------------------------
 
@@ -487,47 +296,47 @@ class ControlRoutes:
 
     async def _get_call(self, request: IRequest, id: str) -> bytes:
         """Get call details."""
-        call = await self._model.get_call(_checked_id(id, "call"))
+        call = await self._model.get_call(checked_id(id, "call"))
         return json_response(request, 200, {"call": call})
 
     async def _hangup(self, request: IRequest, id: str) -> bytes:
         """Hang up a call (optional reason in the body or query: normal, busy, congestion, ...)."""
-        call_id = _checked_id(id, "call")
+        call_id = checked_id(id, "call")
         body = await self._read_fields(request, HANGUP, optional=True)
         reason = body.get("reason")
         query_reason = _query(request, "reason")
         if query_reason is not None:
             if reason is not None and reason != query_reason:
                 raise ApiError(400, "reason given twice (body and query) with different values")
-            reason = _validate({"reason": query_reason}, HANGUP)["reason"]
+            reason = validate({"reason": query_reason}, HANGUP)["reason"]
         call = await self._model.hangup(call_id, reason=reason or "normal")
         return json_response(request, 200, {"status": "hungup", "callId": call_id, "reason": reason or "normal",
                                             "call": call})
 
     async def _answer(self, request: IRequest, id: str) -> bytes:
         """Answer a ringing inbound call."""
-        call_id = _checked_id(id, "call")
+        call_id = checked_id(id, "call")
         await self._read_fields(request, (), optional=True)
         call = await self._model.answer(call_id)
         return json_response(request, 200, {"status": "answered", "call": call})
 
     async def _play(self, request: IRequest, id: str) -> bytes:
         """Play audio: one media URI or a sequential playlist (sound:, recording:, digits:, tone:, ...)."""
-        call_id = _checked_id(id, "call")
+        call_id = checked_id(id, "call")
         body = await self._json(request, PLAY)
         playback = await self._model.play(call_id, body["media"])
         return json_response(request, 201, {"playback": playback})
 
     async def _stop_playback(self, request: IRequest, id: str, playbackId: str) -> bytes:
         """Stop a playback started with POST /calls/:id/play."""
-        call_id = _checked_id(id, "call")
-        playback_id = _checked_id(playbackId, "playback")
+        call_id = checked_id(id, "call")
+        playback_id = checked_id(playbackId, "playback")
         await self._model.stop_playback(call_id, playback_id)
         return json_response(request, 200, {"status": "stopped", "playbackId": playback_id})
 
     async def _play_file(self, request: IRequest, id: str) -> bytes:
         """Upload and play a WAV file (raw body, Content-Type audio/wav; PCM 8/16-bit, mono/stereo, up to 10 MB)."""
-        call_id = _checked_id(id, "call")
+        call_id = checked_id(id, "call")
         media_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
         if media_type not in WAV_CONTENT_TYPES:
             raise ApiError(415, "send the WAV file as the raw request body with Content-Type audio/wav "
@@ -545,7 +354,7 @@ class ControlRoutes:
 
     async def _record(self, request: IRequest, id: str) -> bytes:
         """Start recording a call."""
-        call_id = _checked_id(id, "call")
+        call_id = checked_id(id, "call")
         body = await self._json(request, RECORD)
         options = {snake: body[camel] for camel, snake in (
             ("name", "name"), ("format", "format"), ("maxDurationSeconds", "max_duration"), ("beep", "beep"),
@@ -555,7 +364,7 @@ class ControlRoutes:
 
     async def _send_dtmf(self, request: IRequest, id: str) -> bytes:
         """Send DTMF tones (0-9, A-D, *, #; w/W pause 0.5/1 s)."""
-        call_id = _checked_id(id, "call")
+        call_id = checked_id(id, "call")
         body = await self._json(request, DTMF)
         await self._model.send_dtmf(call_id, body["dtmf"], between=body.get("between"),
                                     duration=body.get("duration"))
@@ -563,7 +372,7 @@ class ControlRoutes:
 
     async def _transfer(self, request: IRequest, id: str) -> bytes:
         """Transfer a call to another endpoint (bridged when the target answers)."""
-        call_id = _checked_id(id, "call")
+        call_id = checked_id(id, "call")
         body = await self._json(request, TRANSFER)
         result = await self._model.transfer(call_id, body["endpoint"], caller_id=body.get("callerId"),
                                             timeout=body.get("timeout", 30))
@@ -581,25 +390,25 @@ class ControlRoutes:
 
     async def _get_bridge(self, request: IRequest, id: str) -> bytes:
         """Get bridge details."""
-        bridge = await self._model.get_bridge(_checked_id(id, "bridge"))
+        bridge = await self._model.get_bridge(checked_id(id, "bridge"))
         return json_response(request, 200, {"bridge": bridge})
 
     async def _destroy_bridge(self, request: IRequest, id: str) -> bytes:
         """Destroy a bridge."""
-        bridge_id = _checked_id(id, "bridge")
+        bridge_id = checked_id(id, "bridge")
         await self._model.destroy_bridge(bridge_id)
         return json_response(request, 200, {"status": "destroyed", "bridgeId": bridge_id})
 
     async def _add_to_bridge(self, request: IRequest, id: str) -> bytes:
         """Add a call to a bridge (body: callId)."""
-        bridge_id = _checked_id(id, "bridge")
+        bridge_id = checked_id(id, "bridge")
         body = await self._json(request, BRIDGE_MEMBER)
         bridge = await self._model.add_to_bridge(bridge_id, body["callId"])
         return json_response(request, 200, {"status": "ok", "bridge": bridge})
 
     async def _remove_from_bridge(self, request: IRequest, id: str) -> bytes:
         """Remove a call from a bridge (body: callId)."""
-        bridge_id = _checked_id(id, "bridge")
+        bridge_id = checked_id(id, "bridge")
         body = await self._json(request, BRIDGE_MEMBER)
         bridge = await self._model.remove_from_bridge(bridge_id, body["callId"])
         return json_response(request, 200, {"status": "ok", "bridge": bridge})
@@ -610,25 +419,25 @@ class ControlRoutes:
 
     async def _get_recording(self, request: IRequest, name: str) -> bytes:
         """Get a stored recording's metadata."""
-        recording = await self._model.get_recording(_checked_recording_name(name))
+        recording = await self._model.get_recording(checked_recording_name(name))
         return json_response(request, 200, {"recording": recording})
 
     async def _recording_file(self, request: IRequest, name: str) -> None:
         """Download a stored recording (streamed, with Asterisk's content type)."""
-        name = _checked_recording_name(name)
+        name = checked_recording_name(name)
         response = await self._model.recording_file(name)
-        await _relay(response, request)
+        await relay(response, request)
 
     async def _copy_recording(self, request: IRequest, name: str) -> bytes:
         """Copy a stored recording (body: destinationName)."""
-        name = _checked_recording_name(name)
+        name = checked_recording_name(name)
         body = await self._json(request, COPY_RECORDING)
         recording = await self._model.copy_recording(name, body["destinationName"])
         return json_response(request, 201, {"recording": recording})
 
     async def _delete_recording(self, request: IRequest, name: str) -> bytes:
         """Stop a live recording, or delete a stored one (?stored=true)."""
-        name = _checked_recording_name(name)
+        name = checked_recording_name(name)
         stored = _query(request, "stored")
         if stored not in (None, "true", "false"):
             raise ApiError(400, "query parameter stored must be true or false")
@@ -637,60 +446,3 @@ class ControlRoutes:
             return json_response(request, 200, {"status": "deleted", "name": name})
         await self._model.stop_recording(name)
         return json_response(request, 200, {"status": "stopped", "name": name})
-
-
-# --- streaming a recording -------------------------------------------------------------------------------------------
-
-
-class _Relay(Protocol):
-    """
-    Copies a response body (from ARI) to a server request as it arrives. The ARI body's transport is registered as
-    the request's producer, so a slow client pauses the download instead of buffering the file.
-    """
-
-    def __init__(self, request: IRequest) -> None:
-        self.request = request
-        self.done: Deferred[None] = Deferred(self._cancel)
-        self.sent = 0
-
-    def connectionMade(self) -> None:
-        self.request.registerProducer(self.transport, True)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.sent += len(data)
-        self.request.write(data)
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
-        self.request.unregisterProducer()
-        if self.done.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(None)
-        else:
-            self.done.errback(reason)
-
-    def _cancel(self, d: Deferred[None]) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-
-async def _relay(response: Any, request: IRequest) -> None:
-    """Stream ``response``'s body to ``request`` with its content type and length."""
-    content_type = (response.headers.getRawHeaders(b"content-type") or [b"audio/wav"])[0]
-    request.setResponseCode(200)
-    request.setHeader(b"content-type", content_type)
-    if response.length is not UNKNOWN_LENGTH:
-        request.setHeader(b"content-length", str(response.length).encode("ascii"))
-    relay = _Relay(request)
-    response.deliverBody(relay)
-    try:
-        await relay.done
-    except CancelledError:
-        raise
-    except Exception:
-        # The status line is gone already: all that is left is to cut the download so the client sees it short.
-        log.failure("Recording download broke off after {sent} bytes", sent=relay.sent)
-        transport = getattr(request, "channel", None) and request.channel.transport
-        if transport is not None:
-            transport.abortConnection()
-        await Deferred()  # Klein cancels this when the connection is gone; it must not finish the response.

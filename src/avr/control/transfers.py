@@ -17,8 +17,7 @@ from avr.ari.errors import AriError, AriUnavailable
 from avr.control.ari_link import AriLink
 from avr.control.bridges import Bridges
 from avr.control.call_registry import CallRegistry, require_stasis
-from avr.control.channels import MAX_DIAL_TIMEOUT, Channels
-from avr.control.checks import check_endpoint, check_int, check_text
+from avr.control.channels import Channels
 from avr.control.errors import Conflict, ControlError, Timeout
 from avr.control.records import Bridge, CallRecord, cause_text
 from avr.control.tasks import TaskGroup
@@ -67,12 +66,9 @@ class Transfers:
            not answer, `Conflict` (409) when it was busy or failed, or the call ended; `AriError` when Asterisk
            refused the originate.
 
-        :raises Invalid: bad arguments. :raises NotFound: unknown call. :raises Conflict: the call is ended, not
-            answered, not in Stasis, in a bridge already, or already being transferred.
+        :raises NotFound: unknown call. :raises Conflict: the call is ended, not answered, not in Stasis, in a
+            bridge already, or already being transferred.
         """
-        check_endpoint(endpoint)
-        check_text("callerId", caller_id)
-        check_int("timeout", timeout, 1, MAX_DIAL_TIMEOUT)
         call = self.registry.live(call_id)
         self.ari.require_connected()
         require_stasis(call)

@@ -1,0 +1,219 @@
+"""
+What the call-control REST API accepts: the fields of each JSON request body with their checks, and the checks of
+ids in paths. This is the one place where wire input is validated, with asterisk-api's limits (dial timeout 1-120 s,
+DTMF durations 40-10000 ms, up to 20 media URIs, recordings of 1-7200 s in the formats offered); the model behind
+the routes keeps only its own invariants.
+
+A body is checked by `validate` against a tuple of `Field`: unknown fields, wrong types and out-of-range values are
+a 400 listing every problem; a field given as ``null`` counts as not given.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterable
+
+from attrs import frozen
+
+from avr.control.records import HANGUP_REASONS as _REASON_CAUSES
+from avr.control.records import IF_EXISTS, MEDIA_SCHEMES, RECORDING_NAME
+from avr.http.json import ApiError, json_type
+
+#: Recording formats offered (Asterisk's format names; one whose module is not loaded is refused by Asterisk: 422).
+RECORD_FORMATS = ("wav", "wav16", "gsm", "ulaw", "alaw", "sln", "sln16", "g722")
+#: ARI's hang-up reasons (``DELETE /channels/{id}?reason=``).
+HANGUP_REASONS = tuple(_REASON_CAUSES)
+#: Most media URIs in one ``play`` request.
+MAX_MEDIA = 20
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_ENDPOINT = re.compile(r"[A-Za-z][A-Za-z0-9_-]*/[^\s,\x00-\x1f\x7f]{1,250}")
+# DTMF digits, plus Asterisk's pauses: w = 0.5 s, W = 1 s.
+_DTMF = re.compile(r"[0-9A-Da-d*#wW]{1,100}")
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_().:-]{0,79}")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class _Invalid(ValueError):
+    """One field's problem (the message follows ``<field>: ``)."""
+
+
+@frozen
+class Field:
+    """One allowed field of a JSON request body: ``check`` returns the value to use or raises `_Invalid`."""
+
+    name: str
+    check: Callable[[Any], Any]
+    required: bool = False
+
+
+def validate(body: Any, fields: Iterable[Field]) -> dict[str, Any]:
+    """
+    Check ``body`` against ``fields``; a field given as ``null`` counts as not given.
+
+    :return: the checked values of the fields present.
+    :raises ApiError: 400 ``{"error": "Validation failed: ...", "details": [...]}`` listing every problem.
+    """
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    fields = tuple(fields)
+    known = {f.name for f in fields}
+    details = [f"{key}: unknown field" for key in body if key not in known]
+    values: dict[str, Any] = {}
+    for f in fields:
+        value = body.get(f.name)
+        if value is None:
+            if f.required:
+                details.append(f"{f.name}: required")
+            continue
+        try:
+            values[f.name] = f.check(value)
+        except _Invalid as e:
+            details.append(f"{f.name}: {e}")
+    if details:
+        raise ApiError(400, "Validation failed: " + "; ".join(details), details=details)
+    return values
+
+
+def _text(max_length: int, pattern: re.Pattern[str] | None = None, hint: str = "") -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise _Invalid(f"must be a string, not {json_type(value)}")
+        if not value:
+            raise _Invalid("must not be empty")
+        if len(value) > max_length:
+            raise _Invalid(f"must be at most {max_length} characters")
+        if _CONTROL_CHARS.search(value):
+            raise _Invalid("must not contain control characters")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise _Invalid(hint)
+        return value
+
+    return check
+
+
+def _integer(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, float):
+            raise _Invalid(f"must be a whole number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"must be a whole number, not {json_type(value)}")
+        if not low <= value <= high:
+            raise _Invalid(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return check
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be true or false, not {json_type(value)}")
+    return value
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise _Invalid(f"must be one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+def _media_uri(value: Any) -> str:
+    uri = _text(1000)(value)
+    if "," in uri or uri.strip() != uri:
+        # ARI takes a playlist as one comma-separated value: a comma would split this URI.
+        raise _Invalid(f"{uri!r}: a media URI must not contain commas or surrounding spaces")
+    scheme, sep, rest = uri.partition(":")
+    if not sep or scheme + sep not in MEDIA_SCHEMES or not rest:
+        raise _Invalid(f"{uri!r} is not a media URI ({', '.join(MEDIA_SCHEMES)}...), e.g. 'sound:hello-world'")
+    return uri
+
+
+def _media(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [_media_uri(value)]
+    if not isinstance(value, list):
+        raise _Invalid(f"must be a media URI or a list of them, not {json_type(value)}")
+    if not 1 <= len(value) <= MAX_MEDIA:
+        raise _Invalid(f"must list 1 to {MAX_MEDIA} media URIs, got {len(value)}")
+    uris = []
+    for i, item in enumerate(value):
+        try:
+            uris.append(_media_uri(item))
+        except _Invalid as e:
+            raise _Invalid(f"item {i}: {e}") from None
+    return uris
+
+
+def _variables(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be an object of strings, not {json_type(value)}")
+    if len(value) > 100:
+        raise _Invalid("must have at most 100 entries")
+    for name, text in value.items():
+        if not _VARIABLE_NAME.fullmatch(name):
+            raise _Invalid(f"{name!r} is not a channel variable name")
+        if not isinstance(text, str):
+            raise _Invalid(f"{name}: value must be a string, not {json_type(text)}")
+        if len(text) > 1000 or "\x00" in text:
+            raise _Invalid(f"{name}: value must be at most 1000 characters, without NUL")
+    return dict(value)
+
+
+def _dtmf(value: Any) -> str:
+    digits = _text(100, _DTMF, "must contain only DTMF characters 0-9, A-D, *, # and the pauses w (0.5 s) and "
+                                "W (1 s)")(value)
+    return digits.translate(str.maketrans("abcd", "ABCD"))
+
+
+_ENDPOINT_HINT = "must be a dial string like 'PJSIP/1001' or 'PJSIP/5551234@trunk'"
+_CALL_ID_HINT = "must be a call id"
+_RECORDING_HINT = "must be 1-200 letters, digits, '.', '_' or '-', not starting with '.' or '-', without '..'"
+
+ORIGINATE = (
+    Field("endpoint", _text(256, _ENDPOINT, _ENDPOINT_HINT), required=True),
+    Field("callerId", _text(128)),
+    Field("timeout", _integer(1, 120)),
+    Field("variables", _variables),
+    Field("context", _text(80)),
+    Field("extension", _text(80)),
+    Field("priority", _integer(1, 100000)),
+)
+HANGUP = (Field("reason", _choice(HANGUP_REASONS)),)
+PLAY = (Field("media", _media, required=True),)
+RECORD = (
+    Field("name", _text(200, RECORDING_NAME, _RECORDING_HINT)),
+    Field("format", _choice(RECORD_FORMATS)),
+    Field("maxDurationSeconds", _integer(1, 7200)),
+    Field("beep", _boolean),
+    Field("ifExists", _choice(IF_EXISTS)),
+)
+DTMF = (
+    Field("dtmf", _dtmf, required=True),
+    Field("between", _integer(0, 10000)),
+    Field("duration", _integer(40, 10000)),
+)
+TRANSFER = (
+    Field("endpoint", _text(256, _ENDPOINT, _ENDPOINT_HINT), required=True),
+    Field("callerId", _text(128)),
+    Field("timeout", _integer(1, 120)),
+)
+CREATE_BRIDGE = (Field("name", _text(80)),)
+BRIDGE_MEMBER = (Field("callId", _text(128, _ID, _CALL_ID_HINT), required=True),)
+COPY_RECORDING = (Field("destinationName", _text(200, RECORDING_NAME, _RECORDING_HINT), required=True),)
+
+
+def checked_id(value: str, what: str) -> str:
+    """``value`` (a path segment naming a call, bridge or playback). :raises ApiError: 400, not an id."""
+    if not _ID.fullmatch(value):
+        raise ApiError(400, f"invalid {what} id: must be 1-128 letters, digits, '.', '_', ':' or '-'")
+    return value
+
+
+def checked_recording_name(value: str) -> str:
+    """``value`` (a path segment naming a recording). :raises ApiError: 400, not a recording name."""
+    if not RECORDING_NAME.fullmatch(value):
+        raise ApiError(400, f"invalid recording name: {_RECORDING_HINT}")
+    return value
