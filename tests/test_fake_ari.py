@@ -10,7 +10,8 @@ import json
 import re
 
 import pytest
-from fake_ari_harness import FIXTURES, Harness, Replay, basic, load_fixture
+from fake_ari_harness import FIXTURES, Harness, basic, load_fixture
+from fake_ari_replay import Replay
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
 from twisted.test import iosim

@@ -1,8 +1,8 @@
 """
 A fake of Asterisk 22.10.1's ARI: REST (a twisted.web resource) and the events WebSocket (autobahn), behaving like
-the real captures in ``avr/testing/captures/asterisk/ari`` (the "facts" of their README) for every operation avr's call control uses, with
-scenario controls for tests (inbound calls, far-end hangups and answers, DTMF, restarts) and a check that a test
-left no channel or bridge behind (`FakeAsterisk.assert_no_leftovers`).
+the real captures in ``avr/testing/captures/asterisk/ari`` (the "facts" of their README) for every operation avr's
+call control uses, with scenario controls for tests (inbound calls, far-end hangups and answers, DTMF, restarts)
+and a check that a test left no channel or bridge behind (`FakeAsterisk.assert_no_leftovers`).
 
 Usage, in memory::
 
@@ -14,29 +14,29 @@ over loopback::
 
     port = fake.listen(reactor)                      # Site on 127.0.0.1:<port>, /ari/events upgrades to WebSocket
 
-The simulated Asterisk is composed of small components in `avr.testing.ari_asterisk`; this module adds the
-network (HTTP in `avr.testing.ari_http` and `avr.testing.ari_rest`, the WebSocket in
-`avr.testing.ari_events_socket`), restarts, and the scenario controls.
+`FakeAsterisk` is the tests' handle on two parts: the simulated Asterisk, made of small components composed in
+`avr.testing.ari_asterisk`, and its network face, `avr.testing.ari_server` (HTTP in `avr.testing.ari_http` and
+`avr.testing.ari_rest`, the WebSocket in `avr.testing.ari_events_socket`). It adds restarts and the scenario
+controls.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from twisted.internet import defer, task
-from twisted.logger import Logger
+from twisted.internet.interfaces import IDelayedCall
 from twisted.web.server import Site
 
 from avr.testing.ari_asterisk import Asterisk
 from avr.testing.ari_dialplan import FIXTURE_DIALPLAN, parse_dialplan
-from avr.testing.ari_events_socket import AriEventsFactory, AriEventsProtocol
-from avr.testing.ari_http import AriResource, RecordedRequest, parse_basic
+from avr.testing.ari_events_socket import AriEventsFactory
+from avr.testing.ari_http import AriResource, RecordedRequest
 from avr.testing.ari_media_channels import FakeAudioSocketConnection
 from avr.testing.ari_model import App, Bridge, Channel, Endpoint, LiveRecording, Playback, StoredRecording
 from avr.testing.ari_playbacks import DEFAULT_SOUNDS
-from avr.testing.ari_rest import ROUTES
+from avr.testing.ari_server import AsteriskServer
 
 
 class FakeAsterisk:
@@ -61,8 +61,6 @@ class FakeAsterisk:
         benchmark runs).
     """
 
-    log = Logger()
-
     def __init__(
         self,
         clock: Any,
@@ -79,7 +77,6 @@ class FakeAsterisk:
         history: bool = True,
     ) -> None:
         self.clock = clock
-        self.users = dict(users if users is not None else {"avr": "avrpass"})
         self.app = app
         now = clock.seconds()
         if wall_start is None:
@@ -96,45 +93,25 @@ class FakeAsterisk:
             connect_audiosocket=audiosocket_endpoint,
             history=history,
         )
-        self.history = history
-        #: ``up``, ``down`` (connections refused) or ``booting`` (404 on ``/ari/...``)
-        self.status = "up"
-        #: every REST request received, in order
-        self.requests: list[RecordedRequest] = []
-        #: open events sockets
-        self.sockets: set[AriEventsProtocol] = set()
-        self.http_channels: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._resource: AriResource | None = None
-        self._factory: AriEventsFactory | None = None
-        self._site: Site | None = None
-        self._reactor: Any = None
-        self._listening: Any = None
-        self._port_number = 0
-        self._interface = "127.0.0.1"
-        self._timers: list[Any] = []
+        #: its HTTP and WebSocket service
+        self.server = AsteriskServer(clock, self.asterisk, users if users is not None else {"avr": "avrpass"},
+                                     history)  # fmt: skip
+        self._timers: list[IDelayedCall] = []
 
     # ----------------------------------------------------------------------------------------------------------------
     # Wiring
 
     def resource(self) -> AriResource:
         """The HTTP root resource (``/ari/...`` REST and the ``/ari/events`` WebSocket upgrade)."""
-        if self._resource is None:
-            self._resource = AriResource(self, ROUTES)
-        return self._resource
+        return self.server.resource()
 
     def events_factory(self) -> AriEventsFactory:
         """The autobahn factory behind ``/ari/events`` (connect an iosim-pumped client to it in memory)."""
-        if self._factory is None:
-            self._factory = AriEventsFactory(self)
-        return self._factory
+        return self.server.events_factory()
 
     def site(self) -> Site:
         """A ``Site`` over `resource` (keep-alive connections idle out after 15 s: fact 10)."""
-        if self._site is None:
-            self._site = Site(self.resource(), reactor=self.clock)
-            self._site.timeOut = 15
-            self._site.displayTracebacks = False
-        return self._site
+        return self.server.site()
 
     def listen(self, reactor: Any, port: int = 0, interface: str = "127.0.0.1") -> Any:
         """
@@ -142,16 +119,22 @@ class FakeAsterisk:
 
         :return: the ``IListeningPort``.
         """
-        self._reactor = reactor
-        self._interface = interface
-        self._listening = reactor.listenTCP(port, self.site(), interface=interface)
-        self._port_number = self._listening.getHost().port
-        return self._listening
+        return self.server.listen(reactor, port, interface)
 
     @property
     def port(self) -> int:
         """The TCP port `listen` bound (0 before)."""
-        return self._port_number
+        return self.server.port
+
+    @property
+    def status(self) -> str:
+        """``up``, ``down`` (connections refused) or ``booting`` (404 on ``/ari/...``)."""
+        return self.server.status
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every REST request received, in order."""
+        return self.server.requests
 
     def close(self) -> defer.Deferred:
         """
@@ -163,10 +146,7 @@ class FakeAsterisk:
                 call.cancel()
         self._timers.clear()
         self.asterisk.cancel_all()
-        gone = [sock.gone for sock in self.sockets] if self._reactor is not None else []
-        self._drop_connections()
-        stopped = self._stop_listening()
-        return defer.gatherResults([stopped, *gone], consumeErrors=True).addCallback(lambda _: None)
+        return self.server.close()
 
     # ----------------------------------------------------------------------------------------------------------------
     # Configuration
@@ -190,19 +170,6 @@ class FakeAsterisk:
                              data: bytes | None = None) -> None:  # fmt: skip
         """Put a recording file in the spool (``data`` defaults to a valid WAV/raw file of ``seconds`` silence)."""
         self.asterisk.recordings.add_stored(name, fmt, seconds, data)
-
-    def note_request(self, request: RecordedRequest) -> None:
-        """Keep a received request in `requests` (unless ``history`` is off)."""
-        if self.history:
-            self.requests.append(request)
-
-    def authorized(self, authorization: str | None, api_key: str | None) -> bool:
-        """Basic credentials, else ``api_key=user:password`` (both checked against `users`)."""
-        creds = parse_basic(authorization)
-        if creds is None and api_key:
-            user, sep, password = api_key.partition(":")
-            creds = (user, password) if sep else None
-        return creds is not None and self.users.get(creds[0]) == creds[1]
 
     # ----------------------------------------------------------------------------------------------------------------
     # Scenario control
@@ -255,21 +222,20 @@ class FakeAsterisk:
         then Asterisk is up again with no channels, bridges or applications.
         """
         self.asterisk.shutdown()
-        self._schedule(eof_after, self._go_down)
-        self._schedule(eof_after + refused_for, self._go_booting)
-        self._schedule(eof_after + refused_for + booting_for, self._go_up)
+        self._schedule(eof_after, self.server.go_down)
+        self._schedule(eof_after + refused_for, self._boot)
+        self._schedule(eof_after + refused_for + booting_for, self.server.come_back)
 
     def stop(self) -> defer.Deferred:
         """Asterisk dies (no events, no close frames): sockets dropped, connections refused until `start`."""
         self.asterisk.cancel_all()
         self.asterisk.reset()
-        return self._go_down()
+        return self.server.go_down()
 
     def start(self) -> None:
         """Asterisk is back (fresh state)."""
         self.asterisk.reset()
-        self._listen_again()
-        self.status = "up"
+        self.server.come_back()
 
     # ----------------------------------------------------------------------------------------------------------------
     # State
@@ -379,38 +345,7 @@ class FakeAsterisk:
         self._timers[:] = [c for c in self._timers if c.active()]
         self._timers.append(self.clock.callLater(delay, fn))
 
-    def _go_down(self) -> defer.Deferred:
-        self.status = "down"
-        self._drop_connections()
-        return self._stop_listening()
-
-    def _go_booting(self) -> None:
+    def _boot(self) -> None:
         self.asterisk.cancel_all()
         self.asterisk.reset()
-        self.status = "booting"
-        self._listen_again()
-
-    def _go_up(self) -> None:
-        self.status = "up"
-
-    def _drop_connections(self) -> None:
-        for sock in list(self.sockets):
-            self.sockets.discard(sock)
-            self.asterisk.apps.detach(sock)
-            sock.dropConnection(abort=False)  # TCP EOF, no close frame (fact 30)
-        for channel in list(self.http_channels):
-            transport = getattr(channel, "transport", None)
-            if transport is not None:
-                transport.abortConnection()
-        self.http_channels.clear()
-
-    def _stop_listening(self) -> defer.Deferred:
-        listening, self._listening = self._listening, None
-        if listening is None:
-            return defer.succeed(None)
-        return defer.maybeDeferred(listening.stopListening)
-
-    def _listen_again(self) -> None:
-        if self._reactor is not None and self._listening is None:
-            self._listening = self._reactor.listenTCP(self._port_number, self.site(), interface=self._interface)
-
+        self.server.come_back("booting")

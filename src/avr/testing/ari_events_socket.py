@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from avr.testing.ari_http import valid_app_names
 
 if TYPE_CHECKING:
-    from avr.testing.ari import FakeAsterisk
+    from avr.testing.ari_server import AsteriskServer
 
 
 class AriEventsProtocol(WebSocketServerProtocol):
@@ -33,12 +33,12 @@ class AriEventsProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request: Any) -> None:
         """Check credentials (Basic or ``api_key``) and ``app`` as Asterisk does (401, 400; 404 while booting)."""
-        fake: FakeAsterisk = self.factory.fake
-        if fake.status != "up":
+        server: AsteriskServer = self.factory.ari_server
+        if server.status != "up":
             raise ConnectionDeny(404, "Not Found")
         params = request.params
         api_key = (params.get("api_key") or [None])[-1]
-        if not fake.authorized(request.headers.get("authorization"), api_key):
+        if not server.authorized(request.headers.get("authorization"), api_key):
             raise ConnectionDeny(401, "Unauthorized")
         names = valid_app_names((params.get("app") or [""])[-1])
         if not names:
@@ -49,16 +49,16 @@ class AriEventsProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         """Register the applications (a previous socket of the same app gets ApplicationReplaced)."""
-        fake: FakeAsterisk = self.factory.fake
-        fake.sockets.add(self)
-        fake.asterisk.apps.attach(self, self.apps, self.subscribe_all)
+        server: AsteriskServer = self.factory.ari_server
+        server.sockets.add(self)
+        server.asterisk.apps.attach(self, self.apps, self.subscribe_all)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         """Unregister (apps with a channel inside stay: fact 28)."""
-        fake: FakeAsterisk = self.factory.fake
-        if self in fake.sockets:
-            fake.sockets.discard(self)
-            fake.asterisk.apps.detach(self)
+        server: AsteriskServer = self.factory.ari_server
+        if self in server.sockets:
+            server.sockets.discard(self)
+            server.asterisk.apps.detach(self)
         if not self.gone.called:
             self.gone.callback(None)
 
@@ -73,14 +73,15 @@ class AriEventsFactory(WebSocketServerFactory):
 
     protocol = AriEventsProtocol
 
-    def __init__(self, fake: FakeAsterisk) -> None:
-        super().__init__(url=None, server=None, reactor=fake.clock)
-        self.fake = fake
+    def __init__(self, server: AsteriskServer) -> None:
+        super().__init__(url=None, server=None, reactor=server.clock)
+        #: not ``server``: autobahn sends that as the ``Server`` header, which Asterisk's handshake lacks (fact 27)
+        self.ari_server = server
         # No handshake timers: they would run on txaio's global reactor, not the injected clock.
         self.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, autoPingInterval=0)
 
     def buildProtocol(self, addr: Any) -> Any:
         """A protocol, or ``None`` (connection refused) while down."""
-        if self.fake.status == "down":
+        if self.ari_server.status == "down":
             return None
         return super().buildProtocol(addr)

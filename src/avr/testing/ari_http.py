@@ -28,7 +28,7 @@ from avr.testing.ari_clock import http_date
 from avr.testing.ari_params import AriHttpError, param_str
 
 if TYPE_CHECKING:
-    from avr.testing.ari import FakeAsterisk
+    from avr.testing.ari_server import AsteriskServer
 
 METHOD_ORDER = ("GET", "POST", "PUT", "DELETE")
 REALM = "Asterisk REST Interface"
@@ -151,9 +151,9 @@ class AriResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, fake: FakeAsterisk, routes: Iterable[tuple[str, str, Callable[..., Any]]]) -> None:
+    def __init__(self, server: AsteriskServer, routes: Iterable[tuple[str, str, Callable[..., Any]]]) -> None:
         super().__init__()
-        self._fake = fake
+        self._server = server
         self._routes = build_routes(routes)
         self._websocket: WebSocketResource | None = None
 
@@ -162,15 +162,15 @@ class AriResource(Resource):
 
     def render(self, request: Any) -> Any:
         """Dispatch one request (see the class docstring)."""
-        fake = self._fake
-        if fake.status == "down":
+        server = self._server
+        if server.status == "down":
             transport = request.channel.transport
             if transport is not None:
                 transport.abortConnection()
             return NOT_DONE_YET
-        fake.http_channels.add(request.channel)
+        server.http_channels.add(request.channel)
         path = request.path.decode("latin-1")
-        if fake.status == "booting" or not (path == "/ari" or path.startswith("/ari/")):
+        if server.status == "booting" or not (path == "/ari" or path.startswith("/ari/")):
             self._html(request, 404, "Not Found", "The requested URL was not found on this server.")
             return NOT_DONE_YET
         query = [(k, v) for k, v in parse_qsl(urlsplit(request.uri.decode("latin-1")).query, keep_blank_values=True)]
@@ -179,11 +179,11 @@ class AriResource(Resource):
         try:
             params, body = self._params(request, query)
         except AriHttpError as error:
-            fake.note_request(RecordedRequest(request.method.decode(), path, dict(query), None, True))
+            server.note_request(RecordedRequest(request.method.decode(), path, dict(query), None, True))
             self._json(request, error.status, error.body)
             return NOT_DONE_YET
-        authorized = fake.authorized(_header(request, b"authorization"), dict(query).get("api_key"))
-        fake.note_request(RecordedRequest(request.method.decode(), path, params, body, authorized))
+        authorized = server.authorized(_header(request, b"authorization"), dict(query).get("api_key"))
+        server.note_request(RecordedRequest(request.method.decode(), path, params, body, authorized))
         if not authorized:
             self._unauthorized(request)
             return NOT_DONE_YET
@@ -204,15 +204,15 @@ class AriResource(Resource):
 
     def _events(self, request: Any, query: dict[str, str]) -> Any:
         """``GET /ari/events``: 401 JSON, 400 HTML without ``app`` (fact 11), else the WebSocket upgrade."""
-        if not self._fake.authorized(_header(request, b"authorization"), query.get("api_key")):
+        if not self._server.authorized(_header(request, b"authorization"), query.get("api_key")):
             self._unauthorized(request)
             return NOT_DONE_YET
         if not valid_app_names(query.get("app", "")):
             self._html(request, 400, "Bad Request", "HTTP request is missing param: [app]")
             return NOT_DONE_YET
         if self._websocket is None:
-            self._websocket = WebSocketResource(self._fake.events_factory())
-        self._fake.http_channels.discard(request.channel)
+            self._websocket = WebSocketResource(self._server.events_factory())
+        self._server.http_channels.discard(request.channel)
         return self._websocket.render(request)
 
     def _unauthorized(self, request: Any) -> None:
@@ -279,24 +279,24 @@ class AriResource(Resource):
                                  path=request.path)  # fmt: skip
                 self._json(request, 500, {"message": "Internal Server Error"})
 
-        defer.maybeDeferred(handler, self._fake.asterisk, ari).addBoth(done)
+        defer.maybeDeferred(handler, self._server.asterisk, ari).addBoth(done)
 
     def _respond(self, request: Any, result: Any) -> None:
         if not isinstance(result, AriResponse):
             result = AriResponse(204) if result is None else AriResponse(200, result)
         if result.raw is not None:
-            write_response(request, self._fake.asterisk.clock.wall(), result.status, body=result.raw,
+            write_response(request, self._server.asterisk.clock.wall(), result.status, body=result.raw,
                            content_type=result.content_type, headers=result.headers)  # fmt: skip
             return
         self._json(request, result.status, result.body, headers=result.headers)
 
     def _json(self, request: Any, status: int, body: Any, headers: tuple = ()) -> None:
         data = b"" if body is None else json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        write_response(request, self._fake.asterisk.clock.wall(), status, body=data, content_type="application/json",
+        write_response(request, self._server.asterisk.clock.wall(), status, body=data, content_type="application/json",
                        headers=headers)  # fmt: skip
 
     def _html(self, request: Any, status: int, title: str, text: str) -> None:
-        write_response(request, self._fake.asterisk.clock.wall(), status, body=html_error(status, title, text),
+        write_response(request, self._server.asterisk.clock.wall(), status, body=html_error(status, title, text),
                        content_type="text/html")  # fmt: skip
 
 
