@@ -61,7 +61,7 @@ class StasisState:
     """A channel's presence in a Stasis application (its control and command queue)."""
 
     app: str
-    #: how it got there: ``originate``, ``dialplan``, ``create``, ``snoop``, ``external``, ``inbound``
+    #: how it got there: ``originate`` (externalMedia too), ``dialplan``, ``create``, ``snoop``, ``inbound``
     origin: str
     queue: deque[Command] = field(factory=deque)
     current: Command | None = None
