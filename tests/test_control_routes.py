@@ -24,8 +24,11 @@ from zope.interface.verify import verifyObject
 
 from avr.ari.errors import AriError, AriUnavailable
 from avr.control import errors
+from avr.control.call_registry import CallRegistry
 from avr.control.hub import EventsHub
+from avr.control.records import OUTBOUND, CallRecord
 from avr.control.routes import NOT_CONFIGURED, ControlRoutes
+from avr.control.tasks import TaskGroup
 from avr.http.json import add_route, install_error_handlers
 from avr.interfaces import ICallControl
 from tests.helpers import fired, wav_file
@@ -205,9 +208,12 @@ class Api:
         self.control = control
         self.clock = Clock()
         self.hub = EventsHub(self.clock, ping_interval=0)
+        self.registry = CallRegistry(self.clock, self.hub, TaskGroup(self.clock))
+        self.record = CallRecord(CALL["id"], OUTBOUND, 1700000000.0, state="answered", answered_at=1700000001.0)
+        self.registry.add(self.record)
         self.app = Klein()
         install_error_handlers(self.app)
-        ControlRoutes(control, self.hub, max_body=max_body, api_key=api_key, clock=self.clock,
+        ControlRoutes(control, self.hub, self.registry, max_body=max_body, api_key=api_key, clock=self.clock,
                       max_upload=max_upload).install(self.app)
         self.stub = StubTreq(self.app.resource())
 
@@ -269,7 +275,8 @@ PROTECTED = [
     ("POST", "/recordings/r1/copy", {"destinationName": "r2"}),
     ("DELETE", "/recordings/r1", None),
 ]
-CONTROL_ROUTES = PROTECTED
+#: The routes that need ARI (reading the call registry does not).
+CONTROL_ROUTES = [route for route in PROTECTED if route[:2] not in (("GET", "/calls"), ("GET", "/calls/c1"))]
 ALL_PROTECTED = PROTECTED + [("GET", "/events", None)]
 
 
@@ -296,7 +303,7 @@ def test_key_in_the_query_works() -> None:
     """?api_key= is accepted as well as the header."""
     api = Api(FakeControl())
     status, payload, _ = api.request("GET", f"/calls?api_key={API_KEY}", key=None)
-    assert (status, payload) == (200, {"calls": [CALL]})
+    assert (status, payload) == (200, {"calls": [api.record.to_dict()]})
 
 
 def test_the_key_never_appears_in_errors() -> None:
@@ -360,6 +367,14 @@ def test_call_control_routes_answer_503_when_ari_is_not_configured(method: str, 
     assert (status, payload) == (503, {"error": NOT_CONFIGURED})
 
 
+def test_the_call_registry_is_read_without_ari() -> None:
+    """control=None: GET /calls and GET /calls/:id still answer from the call registry."""
+    api = Api(None)
+    assert api.request("GET", "/calls")[:2] == (200, {"calls": [api.record.to_dict()]})
+    assert api.request("GET", f"/calls/{CALL['id']}")[:2] == (200, {"call": api.record.to_dict()})
+    assert api.request("GET", "/calls/c1")[0] == 404
+
+
 def test_index_and_events_work_without_ari() -> None:
     """GET / and /events still work when ARI is not configured (events: 426 to a plain GET, not 503)."""
     api = Api(None)
@@ -379,22 +394,23 @@ def test_auth_is_checked_before_configuration() -> None:
 
 
 def test_list_endpoints_calls_bridges_recordings() -> None:
-    """The list routes wrap the model's lists."""
+    """The list routes wrap the model's lists; GET /calls lists the call registry."""
     api = Api(FakeControl())
     assert api.request("GET", "/endpoints")[1]["endpoints"][0]["resource"] == "1001"
-    assert api.request("GET", "/calls")[:2] == (200, {"calls": [CALL]})
+    assert api.request("GET", "/calls")[:2] == (200, {"calls": [api.record.to_dict()]})
     assert api.request("GET", "/bridges")[:2] == (200, {"bridges": [BRIDGE]})
     assert api.request("GET", "/recordings")[:2] == (200, {"recordings": [RECORDING]})
 
 
 def test_get_one_call_bridge_recording() -> None:
-    """The get routes pass the id and wrap the record."""
+    """The get routes pass the id and wrap the record; GET /calls/:id reads the call registry."""
     api = Api(FakeControl())
-    assert api.request("GET", "/calls/1700000000.1")[:2] == (200, {"call": CALL})
+    assert api.request("GET", "/calls/1700000000.1")[:2] == (200, {"call": api.record.to_dict()})
+    assert api.request("GET", "/calls/1700000000.9")[:2] == (404, {"error": "Call 1700000000.9 not found"})
     assert api.request("GET", "/bridges/b-1")[:2] == (200, {"bridge": BRIDGE})
     assert api.request("GET", "/recordings/rec-1")[:2] == (200, {"recording": RECORDING})
     assert [c[:2] for c in api.control.calls] == [  # type: ignore[union-attr]
-        ("get_call", ("1700000000.1",)), ("get_bridge", ("b-1",)), ("get_recording", ("rec-1",))]
+        ("get_bridge", ("b-1",)), ("get_recording", ("rec-1",))]
 
 
 def test_originate_passes_every_option() -> None:
@@ -755,7 +771,7 @@ def test_upload_may_exceed_the_json_limit() -> None:
     (RuntimeError("bug with a secret inside"), 500, "internal error"),
 ])
 @pytest.mark.parametrize(("method", "path", "body", "model_method"), [
-    ("GET", "/calls/c1", None, "get_call"),
+    ("DELETE", "/calls/c1", None, "hangup"),
     ("POST", "/calls", {"endpoint": "PJSIP/1001"}, "originate"),
     ("POST", "/calls/c1/dtmf", {"dtmf": "1"}, "send_dtmf"),
     ("GET", "/recordings/r1/file", None, "recording_file"),

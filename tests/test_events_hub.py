@@ -19,8 +19,10 @@ from twisted.web.server import Site
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from avr.control.call_registry import CallRegistry
 from avr.control.hub import EventsHub, FanOut
 from avr.control.routes import ControlRoutes
+from avr.control.tasks import TaskGroup
 from avr.http.json import add_route, install_error_handlers
 from avr.interfaces import IEventSink
 
@@ -373,7 +375,8 @@ def routes_app(clock: Clock, hub: EventsHub, control: Any = None, api_key: str |
     """The real ControlRoutes (with /events behind the API key) on a Klein app."""
     app = Klein()
     install_error_handlers(app)
-    ControlRoutes(control, hub, max_body=65536, api_key=api_key, clock=clock).install(app)
+    registry = CallRegistry(clock, hub, TaskGroup(clock))
+    ControlRoutes(control, hub, registry, max_body=65536, api_key=api_key, clock=clock).install(app)
     return app
 
 
@@ -396,16 +399,16 @@ def test_events_refuses_clients_without_the_key(clock: Clock, path: str, headers
     ("/events", {"X-API-Key": API_KEY}),
 ])
 def test_events_accepts_the_key_in_header_or_query(clock: Clock, path: str, headers: dict | None) -> None:
-    """The key works as X-API-Key header and as ?api_key=; the snapshot comes from the model."""
+    """The key works as X-API-Key header and as ?api_key=; the snapshot has the model's bridges."""
 
     class Model:
         def snapshot(self) -> dict:
-            return {"calls": [{"id": "c9"}], "bridges": []}
+            return {"calls": [], "bridges": [{"id": "b9"}]}
 
     hub = quiet_hub(clock)
     client, pump = Server(routes_app(clock, hub, control=Model()), clock).connect(path, headers)
     assert client.opened
-    assert client.messages[0]["calls"] == [{"id": "c9"}]
+    assert client.messages[0]["bridges"] == [{"id": "b9"}]
 
 
 def test_events_401_is_json(clock: Clock) -> None:

@@ -23,6 +23,7 @@ from avr.sts.connector import StsConnector
 from avr.testing.asterisk import Continuous, Replay, SimulatedAsterisk, connect_simulated_asterisk, load_capture
 from avr.testing.sts import FakeStsServerFactory, FakeStsServerProtocol
 from avr.testing.webhooks import WebhookReply, WebhookSink
+from tests.control_harness import close_events, connect_events, of_call
 from tests.helpers import tone, until
 
 pytestmark = pytest.mark.integration
@@ -302,3 +303,75 @@ async def test_twenty_concurrent_calls_are_isolated(rig: Rig) -> None:
     await until(rig.reactor, lambda: len(rig.sink.of_type("call_ended")) == 20, timeout=10)
     assert len(rig.avr.calls) == 0  # type: ignore[union-attr]
     assert json.loads(rig.sink.received[0].body)["type"] == "call_started"
+
+
+def _webhook(uuid: str, type_: str, timestamp: str, payload: bytes) -> bytes:
+    """avr-core's webhook body, byte for byte."""
+    return b'{"uuid":"%s","type":"%s","timestamp":"%s","payload":%s}' % (
+        uuid.encode(), type_.encode(), timestamp.encode(), payload)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_audiosocket_call_is_in_get_calls_and_on_events_without_ari(rig: Rig) -> None:
+    """
+    A dialplan call (POST /call, then AudioSocket) appears in GET /calls and GET /calls/:id and on /events
+    (created, dtmf, transcript, interruption, ended) with ARI not configured, while the AVR webhooks stay
+    byte for byte what avr-core sends.
+    """
+    rig.start()
+    http = f"http://127.0.0.1:{rig.port_of('http')}"
+    events = await connect_events(rig.reactor, rig.port_of("http"), None)
+    try:
+        snapshot = await events.wait(lambda m: m["type"] == "snapshot")
+        assert snapshot["calls"] == [] and snapshot["bridges"] == []
+        payload = {"from": "2000", "uniqueid": "1770758888.32", "channel": "PJSIP/2000-00000013"}
+        status, body = await rig.post_call(U1, payload)
+        assert status == 200
+        asterisk = await rig.dial(Continuous.from_pcm(tone(8000, 400, 440), duration=None), uuid=U1)
+        sts = await rig.session(U1)
+        created = await events.wait(of_call(U1, "call.created"))
+        assert created["data"]["kind"] == "audiosocket" and created["data"]["channelId"] == "1770758888.32"
+        await until(rig.reactor, lambda: len(sts.received_audio) >= 3200)
+
+        response = await rig.http.get(f"{http}/calls")
+        [listed] = (await response.json())["calls"]
+        assert response.code == 200
+        assert listed | {
+            "id": U1, "kind": "audiosocket", "uuid": U1, "state": "answered", "stsUrl": body["sts_url"],
+            "sampleRate": 8000, "codec": "slin", "channelId": "1770758888.32", "channelName": "PJSIP/2000-00000013",
+            "linkedCallId": None, "endedAt": None,
+        } == listed
+
+        asterisk.send_dtmf("5")
+        await events.wait(of_call(U1, "call.dtmf", digit="5"))
+        sts.send_transcript("user", "hello")
+        await events.wait(of_call(U1, "call.transcript", role="user", text="hello"))
+        sts.send_interruption()
+        await events.wait(of_call(U1, "call.interruption"))
+        asterisk.hang_up()
+        ended = await events.wait(of_call(U1, "call.ended", previousState="answered"))
+        assert ended["data"]["reason"].startswith("Asterisk:")
+        assert [m["type"] for m in events.messages if m.get("callId") == U1] == [
+            "call.created", "call.dtmf", "call.transcript", "call.interruption", "call.ended"]
+
+        response = await rig.http.get(f"{http}/calls/{U1}")
+        call = (await response.json())["call"]
+        assert response.code == 200 and call["state"] == "ended" and call["endedAt"] is not None
+        response = await rig.http.get(f"{http}/calls")
+        assert (await response.json()) == {"calls": []}
+        response = await rig.http.post(f"{http}/calls", json={"endpoint": "PJSIP/1001"})
+        assert response.code == 503  # call control needs ARI
+        await response.content()
+    finally:
+        await close_events(events)
+
+    hooks = await rig.sink.when_received(6).addTimeout(5, rig.reactor)
+    stamps = [h.envelope["timestamp"] for h in hooks]
+    assert [h.body for h in hooks] == [
+        _webhook(U1, "call_initiated", stamps[0], json.dumps(payload, separators=(",", ":")).encode()),
+        _webhook(U1, "call_started", stamps[1], b"{}"),
+        _webhook(U1, "dtmf_digit", stamps[2], b'{"digit":"5"}'),
+        _webhook(U1, "transcription", stamps[3], b'{"role":"user","text":"hello"}'),
+        _webhook(U1, "interruption", stamps[4], b"{}"),
+        _webhook(U1, "call_ended", stamps[5], b"{}"),
+    ]

@@ -81,7 +81,8 @@ class Rig:
                                      self.tap, ping_interval=None)
         app = Klein()
         install_error_handlers(app)
-        ControlRoutes(self.control, self.hub, max_body=65536, api_key=API_KEY, clock=reactor).install(app)
+        ControlRoutes(self.control, self.hub, self.control.registry, max_body=65536, api_key=API_KEY,
+                      clock=reactor).install(app)
         self.port = reactor.listenTCP(0, Site(app.resource(), reactor=reactor), interface="127.0.0.1")
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
         self.clients: list[EventsClient] = []

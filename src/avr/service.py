@@ -23,16 +23,19 @@ from avr.ari.events import AriEventStream, endpoint_connector
 from avr.audiosocket import AudioSocketFactory
 from avr.calls import CallManager
 from avr.config import Config, redact_url
+from avr.control.call_observer import RegistryObserver
+from avr.control.call_registry import CallRegistry
 from avr.control.hub import EventsHub, FanOut
 from avr.control.injection import PcmInjector
 from avr.control.model import CallControl
 from avr.control.routes import ControlRoutes
+from avr.control.tasks import TaskGroup
 from avr.control.webhook import EventsWebhook
 from avr.http.core import CoreRoutes
 from avr.http.json import install_error_handlers
 from avr.http.site import AvrSite, RequestGate
 from avr.interfaces import IAudioInjector, IStsConnector, IWebhooks
-from avr.observers import WebhookObserver
+from avr.observers import CallObservers, WebhookObserver
 from avr.playout import PLAYOUT_PHASES, FrameTicker
 from avr.registrations import Registrations
 from avr.sts.echo import EchoStsConnector
@@ -100,16 +103,24 @@ class CallsService(Service):
         self.admissions.clear()
         self.factory.hang_up_all()
         d = self.webhooks.stop()
-        # Cleared again after the webhooks settled: a /call answered by stop() may still register.
-        d.addBoth(lambda result: (self.admissions.clear(), result)[1])
-        return d
+
+        def clear_again(result: object) -> object:
+            # After the webhooks settled: a /call answered by stop() may still have registered.
+            self.admissions.clear()
+            return result
+
+        return d.addBoth(clear_again)
 
 
 @define(eq=False)
 class ControlService(Service):
-    """Runs the ARI events stream while running; at shutdown closes /events clients and stops deliveries."""
+    """
+    Runs the ARI events stream while running; at shutdown stops the call registry's timers, closes /events clients
+    and stops deliveries.
+    """
 
     hub: EventsHub
+    registry: CallRegistry
     control: CallControl | None = None
     stream: AriEventStream | None = None
     events_webhook: EventsWebhook | None = None
@@ -128,6 +139,7 @@ class ControlService(Service):
         stops = [self.hub.stop()]
         if self.control is not None:
             stops.append(self.control.stop())
+        self.registry.stop()
         if self.events_webhook is not None:
             stops.append(self.events_webhook.stop())
         await DeferredList(stops, consumeErrors=True)
@@ -146,11 +158,11 @@ def audiosocket_address(config: Config) -> str:
 
 
 def build_control(reactor: Any, config: Config, http_client: Any, injector: IAudioInjector) -> ControlService:
-    """The call-control side: ARI client, events stream, model, /events hub and events webhook."""
+    """
+    The call registry and where its events go (the /events hub, the events webhook), with ARI configured the
+    call-control side too: ARI client, events stream, model.
+    """
     hub = EventsHub(reactor)
-    if config.ari_url is None:
-        return ControlService(hub)
-    assert config.ari_username is not None and config.ari_password is not None
     events_webhook = None
     sinks: list[Any] = [hub]
     if config.events_webhook_url is not None:
@@ -159,20 +171,26 @@ def build_control(reactor: Any, config: Config, http_client: Any, injector: IAud
             timeout=config.webhook_timeout / 1000, retries=config.webhook_retry,
         )
         sinks.append(events_webhook)
+    sink = FanOut(*sinks)
+    registry = CallRegistry(reactor, sink, TaskGroup(reactor))
+    if config.ari_url is None:
+        return ControlService(hub, registry, events_webhook=events_webhook)
+    assert config.ari_username is not None and config.ari_password is not None
     control = CallControl(
         AriClient(http_client, reactor, config.ari_url, config.ari_username, config.ari_password),
         reactor,
-        FanOut(*sinks),
+        sink,
         config.ari_app,
         config.ari_inbound,
         injector=injector,
         audiosocket_address=audiosocket_address(config),
+        registry=registry,
     )
     stream = AriEventStream(
         reactor, endpoint_connector(reactor), config.ari_url, config.ari_app,
         config.ari_username, config.ari_password, control,
     )
-    return ControlService(hub, control, stream, events_webhook)
+    return ControlService(hub, registry, control, stream, events_webhook)
 
 
 def server_endpoint(reactor: Any, address: str, port: int, backlog: int) -> IStreamServerEndpoint:
@@ -197,6 +215,7 @@ class Avr:
     admissions: Admissions
     registrations: Registrations
     webhooks: IWebhooks
+    registry: CallRegistry
     control: CallControl | None = None
     http_app: Klein | None = None
 
@@ -230,10 +249,14 @@ def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: ISts
     admissions = Admissions(reactor)
     webhooks = WebhookClient.from_config(http_client, reactor, config)
     ticker = FrameTicker(reactor, phases=PLAYOUT_PHASES)
+    # Added before the calls, so stopped after them: the calls ended at shutdown still reach /events.
+    control = build_control(reactor, config, http_client, PcmInjector(admissions, ticker))
+    control.setName("control")
+    control.setServiceParent(top)
     calls = CallManager(
         clock=reactor,
         connector=sts_connector,
-        observer=WebhookObserver(webhooks),
+        observer=CallObservers(WebhookObserver(webhooks), RegistryObserver(control.registry, reactor)),
         ticker=ticker,
         admissions=admissions,
         sts_url=config.sts_url,
@@ -248,9 +271,6 @@ def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: ISts
         factory,
         "AVR AudioSocket Server listening on port {port}",
     )
-    control = build_control(reactor, config, http_client, PcmInjector(admissions, ticker))
-    control.setName("control")
-    control.setServiceParent(top)
     app = None
     if config.http_port is not None:
         app = Klein()
@@ -258,7 +278,8 @@ def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: ISts
         core = CoreRoutes.from_config(config, registrations, webhooks, lambda: _health(calls, control))
         core.install(app)
         control_routes = ControlRoutes(
-            control.control, control.hub, max_body=config.http_max_body, api_key=config.api_key, clock=reactor
+            control.control, control.hub, control.registry, max_body=config.http_max_body, api_key=config.api_key,
+            clock=reactor,
         )
         control_routes.install(app)
         gate = RequestGate(app.url_map, config.api_key, config.http_max_body,
@@ -278,7 +299,7 @@ def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: ISts
     else:
         log.info("STS: {url} at {rate} Hz", url=redact_url(config.sts_url), rate=config.sts_sample_rate)
     return Avr(service=top, calls=calls, admissions=admissions, registrations=registrations, webhooks=webhooks,
-               control=control.control, http_app=app)
+               registry=control.registry, control=control.control, http_app=app)
 
 
 def _health(calls: CallManager, control: ControlService) -> dict[str, Any]:

@@ -1,6 +1,12 @@
 """
-`CallRegistry`: the calls of the call-control model (`CallRecord`), the state machine's single way forward
-(`CallRegistry.refresh`) and single exit (`CallRegistry.end_call`), and the publishing of events.
+`CallRegistry`: every call avr knows, in one place: the ARI calls of the call-control model (`CallRecord`) and
+the dialplan AudioSocket calls (`AudioSocketCallRecord`, kept by `avr.control.call_observer`); the ARI state
+machine's single way forward (`CallRegistry.refresh`) and single exit (`CallRegistry.end_call`), and the publishing
+of events.
+
+The lookups the call-control components use (`find`, `require`, `live`, `active`, iteration) see ARI calls only, so
+no ARI operation ever acts on another kind of call; `listing` and `describe` (``GET /calls``, ``/events``) see
+every call.
 
 Components that hold something for a call (a bridge membership, a playback, a recording, a media leg) release it
 in a callback given to `CallRegistry.on_call_ended`; they run after ``call.ended`` is published, in the order they
@@ -16,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from avr.control.errors import Conflict, NotFound
-from avr.control.records import ANSWERED, BRIDGED, ENDED, OUTBOUND, CallRecord, iso
+from avr.control.records import ANSWERED, BRIDGED, ENDED, OUTBOUND, AnyCallRecord, CallRecord, iso
 from avr.control.tasks import TaskGroup
 from avr.interfaces import IEventSink
 
@@ -48,28 +54,54 @@ class CallRegistry:
     sink: IEventSink
     tasks: TaskGroup
     retention: float = DEFAULT_RETENTION
-    _calls: dict[str, CallRecord] = field(factory=dict, init=False)
+    _calls: dict[str, AnyCallRecord] = field(factory=dict, init=False)
     _ended_callbacks: list[Callable[[CallRecord], None]] = field(factory=list, init=False)
+    _stopped: bool = field(default=False, init=False)
     log = Logger()
 
-    # -- lookups ------------------------------------------------------------------------------------------------
+    # -- every kind of call -------------------------------------------------------------------------------------
 
-    def __iter__(self) -> Iterator[CallRecord]:
-        """Every record, pending and ended ones included."""
-        return iter(list(self._calls.values()))
+    def listing(self) -> list[dict[str, Any]]:
+        """Every call that is up, of every kind, as JSON (``GET /calls``, the ``/events`` snapshot)."""
+        return [c.to_dict() for c in self._calls.values() if not c.ended and not c.pending]
 
-    def __contains__(self, call_id: object) -> bool:
-        return call_id in self._calls
-
-    def find(self, call_id: Any) -> CallRecord | None:
-        """The record of ``call_id`` (pending or ended too), if any."""
-        return self._calls.get(call_id) if isinstance(call_id, str) else None
-
-    def require(self, call_id: str) -> CallRecord:
-        """A known call, live or ended within the retention. :raises NotFound:"""
+    def describe(self, call_id: str) -> dict[str, Any]:
+        """One call of any kind, live or ended within the retention, as JSON. :raises NotFound:"""
         call = self._calls.get(call_id)
         if call is None or call.pending:
             raise NotFound(f"Call {call_id} not found")
+        return call.to_dict()
+
+    def lookup(self, call_id: Any) -> AnyCallRecord | None:
+        """The record of ``call_id``, of any kind (pending or ended too), if any."""
+        return self._calls.get(call_id) if isinstance(call_id, str) else None
+
+    # -- ARI calls ----------------------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[CallRecord]:
+        """Every ARI call record, pending and ended ones included."""
+        return iter([c for c in self._calls.values() if isinstance(c, CallRecord)])
+
+    def __contains__(self, call_id: object) -> bool:
+        return isinstance(self._calls.get(call_id), CallRecord) if isinstance(call_id, str) else False
+
+    def find(self, call_id: Any) -> CallRecord | None:
+        """The ARI call record of ``call_id`` (pending or ended too), if any."""
+        call = self._calls.get(call_id) if isinstance(call_id, str) else None
+        return call if isinstance(call, CallRecord) else None
+
+    def require(self, call_id: str) -> CallRecord:
+        """
+        A known ARI call, live or ended within the retention.
+
+        :raises NotFound: unknown. :raises Conflict: another kind of call (ARI cannot act on it).
+        """
+        call = self._calls.get(call_id)
+        if call is None or call.pending:
+            raise NotFound(f"Call {call_id} not found")
+        if not isinstance(call, CallRecord):
+            raise Conflict(f"Call {call_id} is an {call.kind} call, not in the Stasis application: call control "
+                           "over ARI cannot act on it")
         return call
 
     def live(self, call_id: str) -> CallRecord:
@@ -80,12 +112,12 @@ class CallRegistry:
         return call
 
     def active(self) -> list[CallRecord]:
-        """The calls that are up (not ended, not waiting for Asterisk to accept their originate)."""
-        return [c for c in self._calls.values() if not c.ended and not c.pending]
+        """The ARI calls that are up (not ended, not waiting for Asterisk to accept their originate)."""
+        return [c for c in self._calls.values() if isinstance(c, CallRecord) and not c.ended and not c.pending]
 
     # -- membership ---------------------------------------------------------------------------------------------
 
-    def add(self, call: CallRecord) -> None:
+    def add(self, call: AnyCallRecord) -> None:
         """Track ``call`` (its id must be new, or belong to a record `forget` removed)."""
         self._calls[call.id] = call
 
@@ -101,7 +133,7 @@ class CallRegistry:
         call.queued = []
         self.forget(call)
 
-    def forget(self, call: CallRecord) -> None:
+    def forget(self, call: AnyCallRecord) -> None:
         """Stop tracking ``call`` (an ended one whose retention is over, or that is replaced)."""
         self.tasks.cancel(call.retention)
         call.retention = None
@@ -112,9 +144,16 @@ class CallRegistry:
         """Call ``callback(call)`` whenever a call ends, right after its ``call.ended`` is published."""
         self._ended_callbacks.append(callback)
 
+    def retain(self, call: AnyCallRecord) -> None:
+        """``call`` has ended: keep it readable for ``retention`` seconds, then `forget` it."""
+        if not self._stopped:
+            call.retention = self.tasks.later(self.retention, self.forget, call)
+
     def stop(self) -> None:
-        """Shutting down: ended calls stay readable (their retention timers are gone with the task group's)."""
+        """Shutting down: ended calls stay readable, with no retention timer left."""
+        self._stopped = True
         for call in self._calls.values():
+            self.tasks.cancel(call.retention)
             call.retention = None
 
     # -- the state machine --------------------------------------------------------------------------------------
@@ -169,11 +208,13 @@ class CallRegistry:
                 hook()
             except Exception:
                 self.log.failure("Call control: an end hook of call {id} failed", id=call.id)
-        call.retention = self.tasks.later(self.retention, self.forget, call)
+        self.retain(call)
 
     # -- events -------------------------------------------------------------------------------------------------
 
-    def publish(self, type_: str, data: dict, call: CallRecord | None = None, bridge_id: str | None = None) -> None:
+    def publish(
+        self, type_: str, data: dict, call: AnyCallRecord | None = None, bridge_id: str | None = None,
+    ) -> None:
         """Publish one event; those of a pending call are held back until Asterisk accepts it (`accepted`)."""
         event: dict[str, Any] = {"type": type_}
         if call is not None:
@@ -182,7 +223,7 @@ class CallRegistry:
             event["bridgeId"] = bridge_id
         event["timestamp"] = iso(self.clock.seconds())
         event["data"] = data
-        if call is not None and call.pending:
+        if isinstance(call, CallRecord) and call.pending:
             call.queued.append(event)
             return
         self._send(event)

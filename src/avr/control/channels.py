@@ -111,8 +111,8 @@ class Channels:
         self._abandoned.clear()
 
     async def list_calls(self) -> list[dict]:
-        """The active (not ended) calls."""
-        return [c.to_dict() for c in self.registry.active()]
+        """The active (not ended) calls, of every kind (see `CallRegistry.listing`)."""
+        return self.registry.listing()
 
     async def get_call(self, call_id: str) -> dict:
         """
@@ -120,7 +120,7 @@ class Channels:
 
         :raises NotFound: unknown call.
         """
-        return self.registry.require(call_id).to_dict()
+        return self.registry.describe(call_id)
 
     async def list_endpoints(self) -> list[dict]:
         """Asterisk's endpoints: ``[{"technology", "resource", "state", "channelIds"}]``."""

@@ -92,6 +92,8 @@ class CallControl:
     :param setup_timeout: seconds to wait for Asterisk during multi-step setups (a media channel entering Stasis).
     :param new_id: makes the ids of originated channels, created bridges and ARI playbacks (UUID4 by default).
     :param pcm_lead_in: seconds of silence played before uploaded audio (see `Playbacks`).
+    :param registry: the call registry shared with the AudioSocket side (its own ``sink`` and ``retention``
+        apply); when not given, one is built on ``sink``.
     """
 
     ari: IAriClient | None
@@ -105,6 +107,7 @@ class CallControl:
     setup_timeout: float = 10.0
     new_id: Callable[[], str] = field(default=None, converter=_or_uuid)
     pcm_lead_in: float = 0.3
+    _given_registry: CallRegistry | None = field(default=None, alias="registry", repr=False)
     tasks: TaskGroup = field(init=False)
     link: AriLink = field(init=False)
     registry: CallRegistry = field(init=False)
@@ -122,7 +125,7 @@ class CallControl:
         clock, app = self.clock, self.app
         self.tasks = tasks = TaskGroup(clock)
         self.link = link = AriLink(self.ari, tasks)
-        self.registry = registry = CallRegistry(clock, self.sink, tasks, self.retention)
+        self.registry = registry = self._given_registry or CallRegistry(clock, self.sink, tasks, self.retention)
         self.legs = MediaLegs(link, tasks, app, self._audiosocket_address, self.setup_timeout)
         self.channels = Channels(registry, link, tasks, clock, self.legs, app, self.inbound_policy, self.new_id)
         self.bridges = Bridges(registry, link, clock, self.new_id)

@@ -1,16 +1,22 @@
 """
-The records of the call-control model (calls, bridges, playbacks, recordings), their JSON form, and the fixed
-tables the model uses (call states, hang-up reasons and Q.850 causes, media schemes, AudioSocket formats).
+The records of the call model (ARI calls, dialplan AudioSocket calls, bridges, playbacks, recordings), their JSON
+form, and the fixed tables the model uses (call states, hang-up reasons and Q.850 causes, media schemes,
+AudioSocket formats).
 """
 
 from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from attrs import define, field
 from twisted.internet.interfaces import IDelayedCall
+
+from avr.config import redact_url
+
+if TYPE_CHECKING:
+    from avr.calls import Call
 
 #: Call states. ``dialing``: originated, far end not ringing yet; ``ringing``: far end alerting (outbound) or caller
 #: waiting for an answer (inbound); ``answered``; ``bridged``: answered and in a bridge made through this API;
@@ -80,6 +86,7 @@ def cause_text(code: int | None) -> str:
 class CallRecord:
     """One call: an ARI channel in (or originated into) the Stasis app. Its API id is its ARI channel id."""
 
+    kind = "ari"
     id: str
     direction: str
     created_at: float
@@ -119,6 +126,8 @@ class CallRecord:
     #: One-shot hooks run when the channel enters Stasis / when the call ends (used by transfer).
     on_stasis: list[Callable[[], None]] = field(factory=list)
     on_end: list[Callable[[], None]] = field(factory=list)
+    #: The AudioSocket call last started on this channel (named by its ``POST /call`` payload), if any.
+    linked_call_id: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -139,6 +148,7 @@ class CallRecord:
         """The call as JSON."""
         return {
             "id": self.id,
+            "kind": self.kind,
             "channelId": self.id,
             "direction": self.direction,
             "state": self.state,
@@ -158,7 +168,65 @@ class CallRecord:
             "hangupCauseText": self.cause_text,
             "transferredFrom": self.transferred_from,
             "recordings": list(self.recordings),
+            "linkedCallId": self.linked_call_id,
         }
+
+
+@define(eq=False)
+class AudioSocketCallRecord:
+    """
+    A dialplan AudioSocket call (`avr.calls.Call`) as the call registry shows it. Its API id is its AudioSocket
+    UUID; ``channel_id``/``channel_name`` are its Asterisk channel's, when its ``POST /call`` payload named them
+    (``uniqueid``, ``channel``).
+    """
+
+    kind = "audiosocket"
+    call: Call
+    created_at: float
+    channel_id: str | None = None
+    channel_name: str | None = None
+    #: The ARI call of the same channel, if the call-control model knows it.
+    linked_call_id: str | None = None
+    state: str = ANSWERED
+    ended_at: float | None = None
+    end_reason: str | None = None
+    retention: IDelayedCall | None = None
+    #: Never waiting for Asterisk (only originated ARI calls are).
+    pending: bool = False
+
+    @property
+    def id(self) -> str:
+        """The AudioSocket UUID."""
+        return self.call.uuid
+
+    @property
+    def ended(self) -> bool:
+        """The call is over."""
+        return self.ended_at is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The call as JSON; the STS URL with its secrets masked."""
+        sts_url = self.call.sts_url
+        codec = self.call.codec
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "uuid": self.id,
+            "state": self.state,
+            "stsUrl": redact_url(sts_url) if sts_url is not None else None,
+            "sampleRate": self.call.rate,
+            "codec": codec.lower() if codec is not None else None,
+            "channelId": self.channel_id,
+            "channelName": self.channel_name,
+            "linkedCallId": self.linked_call_id,
+            "createdAt": iso(self.created_at),
+            "endedAt": iso(self.ended_at),
+            "endReason": self.end_reason,
+        }
+
+
+#: A record of the call registry, of any kind.
+AnyCallRecord = CallRecord | AudioSocketCallRecord
 
 
 @define(eq=False)

@@ -23,6 +23,7 @@ from twisted.web.iweb import IRequest
 
 import avr
 from avr.ari.errors import AriError, AriUnavailable
+from avr.control.call_registry import CallRegistry
 from avr.control.errors import ControlError
 from avr.control.hub import EventsHub
 from avr.control.download import relay
@@ -130,9 +131,9 @@ _ROUTES = (
     _Route("GET", "/", "index", control=False, open=True),
     _Route("GET", "/events", "events", control=False),
     _Route("GET", "/endpoints", "list_endpoints"),
-    _Route("GET", "/calls", "list_calls"),
+    _Route("GET", "/calls", "list_calls", control=False),
     _Route("POST", "/calls", "originate"),
-    _Route("GET", "/calls/<id>", "get_call"),
+    _Route("GET", "/calls/<id>", "get_call", control=False),
     _Route("DELETE", "/calls/<id>", "hangup"),
     _Route("POST", "/calls/<id>/answer", "answer"),
     _Route("POST", "/calls/<id>/play", "play"),
@@ -162,6 +163,8 @@ class ControlRoutes:
 
     :param control: the call-control model, or ``None`` when ARI is not configured.
     :param hub: the ``/events`` hub (its resource is built once, here).
+    :param registry: every call, of every kind (``GET /calls``, ``GET /calls/:id``, the ``/events`` snapshot work
+        without ARI).
     :param max_body: largest JSON request body, in bytes.
     :param api_key: required on every route but ``GET /`` when not ``None``.
     :param clock: the reactor's time (part of the wiring contract; the routes themselves keep no timers).
@@ -170,6 +173,7 @@ class ControlRoutes:
 
     control: ICallControl | None
     hub: EventsHub
+    registry: CallRegistry
     max_body: int
     api_key: str | None = field(repr=False)
     clock: IReactorTime
@@ -179,8 +183,11 @@ class ControlRoutes:
     _events_resource: Any = field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
-        snapshot = self.control.snapshot if self.control is not None else None
-        self._events_resource = self.hub.resource(snapshot)
+        self._events_resource = self.hub.resource(self._snapshot)
+
+    def _snapshot(self) -> dict[str, Any]:
+        bridges = self.control.snapshot()["bridges"] if self.control is not None else []
+        return {"calls": self.registry.listing(), "bridges": bridges}
 
     def install(self, app: Klein) -> None:
         """Register every route on ``app`` (endpoint names ``control.<name>``)."""
@@ -277,8 +284,8 @@ class ControlRoutes:
         return json_response(request, 200, {"endpoints": await self._model.list_endpoints()})
 
     async def _list_calls(self, request: IRequest) -> bytes:
-        """List active calls."""
-        return json_response(request, 200, {"calls": await self._model.list_calls()})
+        """List active calls (ARI and AudioSocket)."""
+        return json_response(request, 200, {"calls": self.registry.listing()})
 
     async def _originate(self, request: IRequest) -> bytes:
         """Originate an outbound call."""
@@ -296,7 +303,7 @@ class ControlRoutes:
 
     async def _get_call(self, request: IRequest, id: str) -> bytes:
         """Get call details."""
-        call = await self._model.get_call(checked_id(id, "call"))
+        call = self.registry.describe(checked_id(id, "call"))
         return json_response(request, 200, {"call": call})
 
     async def _hangup(self, request: IRequest, id: str) -> bytes:

@@ -1,0 +1,90 @@
+"""
+`RegistryObserver`: puts the dialplan AudioSocket calls in the call registry and publishes their events, so that
+``GET /calls``, ``GET /calls/:id``, ``/events`` and the events webhook show them next to the ARI calls, ARI
+configured or not.
+
+Events (``callId`` = the AudioSocket UUID): ``call.created`` (data: the call), ``call.dtmf`` (``digit``),
+``call.transcript`` (``role``, ``text``), ``call.interruption`` (``{}``), ``call.ended`` (``previousState``,
+``cause`` and ``causeText`` ``null``, ``endedAt``, ``reason``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from attrs import define
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from avr.control.call_registry import CallRegistry
+from avr.control.records import ENDED, AudioSocketCallRecord, iso
+from avr.interfaces import ICallObserver
+
+if TYPE_CHECKING:
+    from avr.calls import Call
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+@implementer(ICallObserver)
+@define(eq=False)
+class RegistryObserver:
+    """
+    :param registry: the one call registry.
+    :param clock: stamps the calls' end.
+    """
+
+    registry: CallRegistry
+    clock: IReactorTime
+
+    def call_started(self, call: Call) -> None:
+        previous = self.registry.lookup(call.uuid)
+        if previous is not None:
+            if not previous.ended:
+                return  # the UUID of a live call: avr refuses such a connection before it gets here
+            self.registry.forget(previous)
+        record = AudioSocketCallRecord(
+            call, call.started_at,
+            channel_id=_text(call.payload.get("uniqueid")), channel_name=_text(call.payload.get("channel")),
+        )
+        ari = self.registry.find(record.channel_id)
+        if ari is not None:
+            record.linked_call_id = ari.id
+            ari.linked_call_id = record.id
+        self.registry.add(record)
+        self.registry.publish("call.created", record.to_dict(), record)
+
+    def dtmf(self, call: Call, digit: str) -> None:
+        self._publish(call, "call.dtmf", {"digit": digit})
+
+    def transcript(self, call: Call, role: str, text: str) -> None:
+        self._publish(call, "call.transcript", {"role": role, "text": text})
+
+    def interruption(self, call: Call) -> None:
+        self._publish(call, "call.interruption", {})
+
+    def call_ended(self, call: Call, reason: str) -> None:
+        record = self._record(call)
+        if record is None:
+            return
+        previous, record.state = record.state, ENDED
+        record.ended_at = self.clock.seconds()
+        record.end_reason = reason
+        self.registry.publish("call.ended", {
+            "previousState": previous, "cause": None, "causeText": None, "endedAt": iso(record.ended_at),
+            "reason": reason,
+        }, record)
+        self.registry.retain(record)
+
+    def _record(self, call: Call) -> AudioSocketCallRecord | None:
+        record = self.registry.lookup(call.uuid)
+        if isinstance(record, AudioSocketCallRecord) and record.call is call and not record.ended:
+            return record
+        return None
+
+    def _publish(self, call: Call, type_: str, data: dict[str, Any]) -> None:
+        record = self._record(call)
+        if record is not None:
+            self.registry.publish(type_, data, record)
