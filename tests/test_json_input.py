@@ -17,8 +17,10 @@ from twisted.logger import LogEvent, LogLevel
 from twisted.test import iosim
 
 from avr.ari.errors import AriError
+from avr.control.call_registry import CallRegistry
 from avr.control.hub import EventsHub
 from avr.control.routes import ControlRoutes
+from avr.control.tasks import TaskGroup
 from avr.http.json import install_error_handlers
 from avr.json_input import MAX_DEPTH, JsonInputError, decode_json
 from avr.sts.codec import StsProtocolError, decode_message
@@ -115,7 +117,8 @@ def test_deep_rest_body_is_a_400(log_events: list[LogEvent]) -> None:
     clock = Clock()
     app = Klein()
     install_error_handlers(app)
-    ControlRoutes(_Model(), EventsHub(clock, ping_interval=0),
+    hub = EventsHub(clock, ping_interval=0)
+    ControlRoutes(_Model(), hub, CallRegistry(clock, hub, TaskGroup(clock)),
                   max_body=65536, api_key=None, clock=clock).install(app)
     stub = StubTreq(app.resource())
     response = fired(stub.post("http://avr/calls", data=DEEP.encode()))

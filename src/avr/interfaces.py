@@ -242,15 +242,15 @@ class ICallControl(Interface):
         "inboundPolicy", "activeCalls": n, "bridges": n}``."""
 
     def snapshot() -> dict:
-        """``{"calls": [...active calls], "bridges": [...]}`` for a new /events subscriber."""
+        """``{"calls": [...active calls of every kind], "bridges": [...]}`` for a new /events subscriber."""
 
     # -- calls ----------------------------------------------------------------------------------------------------
 
     def list_calls() -> Awaitable[list[dict]]:
-        """:return: the active calls."""
+        """:return: the active calls, of every kind (ARI and AudioSocket)."""
 
     def get_call(call_id: str) -> Awaitable[dict]:
-        """:return: one call, active or ended within the retention. :raises NotFound:"""
+        """:return: one call of any kind, active or ended within the retention. :raises NotFound:"""
 
     def originate(endpoint: str, caller_id: str | None = None, timeout: int = 30,
                   variables: dict | None = None, context: str | None = None, extension: str | None = None,

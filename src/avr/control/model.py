@@ -190,7 +190,7 @@ class CallControl:
     def snapshot(self) -> dict:
         """See `ICallControl.snapshot`."""
         return {
-            "calls": [c.to_dict() for c in self.registry.active()],
+            "calls": self.registry.listing(),
             "bridges": [b.to_dict() for b in self.bridges],
         }
 

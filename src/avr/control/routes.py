@@ -186,8 +186,9 @@ class ControlRoutes:
         self._events_resource = self.hub.resource(self._snapshot)
 
     def _snapshot(self) -> dict[str, Any]:
-        bridges = self.control.snapshot()["bridges"] if self.control is not None else []
-        return {"calls": self.registry.listing(), "bridges": bridges}
+        if self.control is not None:
+            return self.control.snapshot()
+        return {"calls": self.registry.listing(), "bridges": []}
 
     def install(self, app: Klein) -> None:
         """Register every route on ``app`` (endpoint names ``control.<name>``)."""
