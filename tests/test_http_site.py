@@ -22,8 +22,10 @@ from zope.interface import implementer
 
 from avr.admissions import Admissions
 from avr.config import Config
+from avr.control.call_registry import CallRegistry
 from avr.control.hub import EventsHub
 from avr.control.routes import MAX_UPLOAD_BYTES, ControlRoutes
+from avr.control.tasks import TaskGroup
 from avr.http.core import CoreRoutes
 from avr.http.json import install_error_handlers
 from avr.http.site import LINGER_SECONDS, AvrSite, RequestGate
@@ -76,7 +78,9 @@ class Server:
         app = Klein()
         install_error_handlers(app)
         core = CoreRoutes(None, self.registrations, FakeWebhooks(), MAX_BODY, KEY)
-        control = ControlRoutes(None, EventsHub(self.reactor, ping_interval=0), MAX_BODY, KEY, self.reactor)
+        hub = EventsHub(self.reactor, ping_interval=0)
+        control = ControlRoutes(None, hub, CallRegistry(self.reactor, hub, TaskGroup(self.reactor)), MAX_BODY, KEY,
+                                self.reactor)
         core.install(app)
         control.install(app)
         gate = RequestGate(app.url_map, KEY, MAX_BODY, {**core.policies(), **control.policies()})
