@@ -50,10 +50,6 @@ class Bridges:
             "BridgeDestroyed": self._on_bridge_destroyed,
         }
 
-    def find(self, bridge_id: Any) -> Bridge | None:
-        """The tracked bridge ``bridge_id``, if any."""
-        return self._bridges.get(bridge_id) if isinstance(bridge_id, str) else None
-
     def __iter__(self) -> Iterator[Bridge]:
         return iter(list(self._bridges.values()))
 
@@ -119,7 +115,7 @@ class Bridges:
         if call.transfer_pending:
             raise Conflict(f"Call {call_id} is being transferred")
         await self.ari.require().request("POST", f"/bridges/{path_segment(bridge.id)}/addChannel",
-                                          {"channel": call.id})
+                                         {"channel": call.id})
         if bridge.id in self._bridges and not call.ended:
             self.member_entered(bridge, call)
         return bridge.to_dict()
@@ -131,7 +127,7 @@ class Bridges:
         if call.id not in bridge.calls:
             raise Conflict(f"Call {call_id} is not in bridge {bridge_id}")
         await self.ari.require().request("POST", f"/bridges/{path_segment(bridge.id)}/removeChannel",
-                                          {"channel": call.id})
+                                         {"channel": call.id})
         self.member_left(bridge, call.id)
         return bridge.to_dict()
 
@@ -178,7 +174,7 @@ class Bridges:
         for call_id in list(bridge.calls):
             self.member_left(bridge, call_id)
         self.registry.publish("bridge.destroyed", {"id": bridge.id, "name": bridge.name, "kind": bridge.kind},
-                      bridge_id=bridge.id)
+                              bridge_id=bridge.id)
 
     def call_ended(self, call: CallRecord) -> None:
         """The ended ``call`` leaves its bridge."""
@@ -191,7 +187,7 @@ class Bridges:
     def _bridge_event(self, event: dict) -> tuple[str | None, CallRecord | None]:
         bridge_id = (event.get("bridge") or {}).get("id")
         channel_id = (event.get("channel") or {}).get("id")
-        call = self.registry.find(channel_id) if isinstance(channel_id, str) else None
+        call = self.registry.find(channel_id)
         return (bridge_id if isinstance(bridge_id, str) else None), call
 
     def _on_channel_entered_bridge(self, event: dict) -> None:

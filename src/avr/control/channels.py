@@ -173,8 +173,8 @@ class Channels:
         ari = self.ari.require()
         name, number = parse_caller_id(caller_id)
         call = CallRecord(self.new_id(), OUTBOUND, self.clock.seconds(), endpoint=endpoint, caller_number=number,
-                    caller_name=name, callee_number=endpoint, subscribed=True, pending=True, dialplan=dialplan,
-                    transferred_from=transferred_from)
+                          caller_name=name, callee_number=endpoint, subscribed=True, pending=True, dialplan=dialplan,
+                          transferred_from=transferred_from)
         call.state = call.derived_state()
         self.registry.add(call)
         self.registry.publish("call.created", call.to_dict(), call)  # held back (pending) until Asterisk accepts
@@ -254,7 +254,7 @@ class Channels:
         call = self.registry.live(call_id)
         require_stasis(call)
         await self.ari.require().request("POST", f"/channels/{path_segment(call.id)}/dtmf",
-                                          {"dtmf": dtmf, "between": between, "duration": duration})
+                                         {"dtmf": dtmf, "between": between, "duration": duration})
         return {"callId": call.id, "dtmf": dtmf}
 
     # -- inbound ------------------------------------------------------------------------------------------------
@@ -262,10 +262,10 @@ class Channels:
     def inbound(self, channel: dict, args: list[str], resynced: bool = False) -> CallRecord:
         """A channel (ARI Channel JSON) that entered the app becomes an inbound call, given the inbound policy."""
         caller = channel.get("caller") or {}
-        call = CallRecord(str(channel["id"]), INBOUND, self.clock.seconds(), caller_number=str(caller.get("number") or ""),
-                    caller_name=str(caller.get("name") or ""),
-                    callee_number=str((channel.get("dialplan") or {}).get("exten") or ""),
-                    channel_name=str(channel.get("name") or ""), args=args, in_stasis=True)
+        call = CallRecord(str(channel["id"]), INBOUND, self.clock.seconds(),
+                          caller_number=str(caller.get("number") or ""), caller_name=str(caller.get("name") or ""),
+                          callee_number=str((channel.get("dialplan") or {}).get("exten") or ""),
+                          channel_name=str(channel.get("name") or ""), args=args, in_stasis=True)
         if channel.get("state") == "Up":
             call.answered_at = call.created_at
         call.state = call.derived_state()
@@ -280,8 +280,7 @@ class Channels:
             if self.inbound_policy == "answer":
                 self.tasks.spawn(self._auto_answer(call), f"answering call {call.id}")
             elif self.inbound_policy == "ring":
-                self.tasks.spawn(self.ari.quietly("POST", f"/channels/{path_segment(call.id)}/ring"),
-                            f"ringing call {call.id}")
+                self.ari.in_background("POST", f"/channels/{path_segment(call.id)}/ring", f"ringing call {call.id}")
         return call
 
     async def _auto_answer(self, call: CallRecord) -> None:
@@ -333,7 +332,7 @@ class Channels:
         context, extension, priority = call.dialplan
         try:
             await self.ari.require().request("POST", f"/channels/{path_segment(call.id)}/continue",
-                                              {"context": context, "extension": extension, "priority": priority})
+                                             {"context": context, "extension": extension, "priority": priority})
         except (AriError, AriUnavailable) as e:
             if not call.ended:
                 self.log.warn("Cannot send call {id} to {extension}@{context}: {error}; hanging it up", id=call.id,
@@ -342,7 +341,7 @@ class Channels:
 
     def _on_stasis_end(self, event: dict) -> None:
         channel_id = (event.get("channel") or {}).get("id")
-        call = self.registry.find(channel_id) if isinstance(channel_id, str) else None
+        call = self.registry.find(channel_id)
         if call is None or call.ended:
             return
         call.in_stasis = False

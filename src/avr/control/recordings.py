@@ -158,7 +158,7 @@ class Recordings:
         check_name(destination, "destination")
         try:
             copy = await self.ari.require().request("POST", f"/recordings/stored/{path_segment(name)}/copy",
-                                                     {"destinationRecordingName": destination})
+                                                    {"destinationRecordingName": destination})
         except AriError as e:
             raise _not_found(e, name) from None
         return {"name": (copy or {}).get("name", destination), "format": (copy or {}).get("format")}
@@ -208,7 +208,7 @@ class Recordings:
         recording, live = self._ari_recording(event)
         if recording is not None:
             self._finished(recording, str(live.get("state") or "done"), live.get("duration"),
-                                     live.get("cause"))
+                           live.get("cause"))
 
     def _on_recording_failed(self, event: dict) -> None:
         recording, live = self._ari_recording(event)

@@ -107,8 +107,8 @@ class Transfers:
             self.bridges.member_entered(bridge, party)
         self.log.info("Transferred call {id} to {endpoint} (new call {new}, bridge {bridge})", id=call.id,
                       endpoint=endpoint, new=target.id, bridge=bridge.id)
-        self.registry.publish("call.transferred", {"endpoint": endpoint, "targetCallId": target.id, "bridgeId": bridge.id},
-                      call)
+        self.registry.publish("call.transferred",
+                              {"endpoint": endpoint, "targetCallId": target.id, "bridgeId": bridge.id}, call)
         return {"callId": call.id, "newCallId": target.id, "bridgeId": bridge.id, "bridge": bridge.to_dict()}
 
     def _check_parties(self, call: CallRecord, target: CallRecord) -> None:
@@ -173,8 +173,8 @@ class Transfers:
     def _transfer_failed(self, call: CallRecord, target: CallRecord | None, bridge: Bridge | None, endpoint: str,
                          error: BaseException) -> None:
         if not call.ended:
-            self.tasks.spawn(self.ari.quietly("DELETE", f"/channels/{path_segment(call.id)}/ring"),
-                        f"stopping the ringing on call {call.id}")
+            self.ari.in_background("DELETE", f"/channels/{path_segment(call.id)}/ring",
+                                   f"stopping the ringing on call {call.id}")
         if target is not None and not target.ended:
             self.ari.hang_up_quietly(target.id)
         if bridge is not None and bridge.id in self.bridges:
