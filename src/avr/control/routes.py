@@ -24,9 +24,9 @@ from twisted.web.iweb import IRequest
 import avr
 from avr.ari.errors import AriError, AriUnavailable
 from avr.control.call_registry import CallRegistry
+from avr.control.download import relay
 from avr.control.errors import ControlError
 from avr.control.hub import EventsHub
-from avr.control.download import relay
 from avr.control.request_fields import (
     BRIDGE_MEMBER,
     COPY_RECORDING,
