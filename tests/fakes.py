@@ -1,10 +1,10 @@
-"""In-test fakes of avr's own seams (interfaces.py). Fakes of external systems live in avr.testing."""
+"""In-test fakes of avr's own seams (interfaces.py). Fakes of external systems and of the webhooks: avr.testing."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -16,7 +16,6 @@ from avr.interfaces import (
     IStsConnector,
     IStsHandler,
     IStsSession,
-    IWebhooks,
 )
 
 
@@ -105,25 +104,6 @@ class FakeStsConnector:
     def refuse(self, uuid: str, reason: str = "Connection refused") -> None:
         d, _, _ = self.pending.pop(uuid)
         d.errback(ConnectionRefusedError(reason))
-
-
-@implementer(IWebhooks)
-class FakeWebhooks:
-    """Records emitted webhooks; ``call_initiated`` answers with ``override``."""
-
-    def __init__(self, override: str | None = None) -> None:
-        self.events: list[tuple[str, str, dict]] = []
-        self.override = override
-
-    def emit(self, uuid: str, type: str, payload: dict) -> None:
-        self.events.append((uuid, type, payload))
-
-    def call_initiated(self, uuid: str, payload: dict) -> Deferred:
-        self.events.append((uuid, "call_initiated", payload))
-        return succeed(self.override)
-
-    def types(self, uuid: str) -> list[str]:
-        return [t for u, t, _ in self.events if u == uuid]
 
 
 @implementer(ICallObserver)

@@ -27,7 +27,8 @@ from avr.interfaces import (
 from avr.observers import CallObservers, WebhookObserver
 from avr.playout import FrameTicker
 from avr.registrations import Registrations
-from fakes import FakeLeg, FakeStsConnector, FakeWebhooks, RecordingObserver
+from avr.testing.webhooks import FakeWebhooks
+from fakes import FakeLeg, FakeStsConnector, RecordingObserver
 from tests.helpers import tone
 
 U1 = "935652e3-7c59-4edc-b17f-9646a9c2a265"

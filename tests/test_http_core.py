@@ -48,7 +48,9 @@ class Api:
         self.clock = Clock()
         self.sink = WebhookSink(self.clock, secret=secret)
         self.hooks_http = StubTreq(self.sink)
-        self.webhooks = webhooks or WebhookClient(self.hooks_http, self.clock, webhook_url, secret, timeout_ms, 0)
+        self.webhooks = webhooks or WebhookClient(
+            self.hooks_http, self.clock, webhook_url, secret, timeout_ms / 1000, 0
+        )
         self.admissions = Admissions(self.clock)
         self.registrations = Registrations(self.admissions, 60, no_connection_expected)
         self.app = app if app is not None else Klein()

@@ -47,7 +47,7 @@ class Rig:
         self.clock.advance(NOON)
         self.sink = WebhookSink(self.clock, secret=sink_secret)
         self.http = StubTreq(self.sink)
-        self.client = WebhookClient(self.http, self.clock, url, secret, timeout_ms, retries)
+        self.client = WebhookClient(self.http, self.clock, url, secret, timeout_ms / 1000, retries)
 
     def advance(self, seconds: float) -> None:
         """Move time on, letting in-memory HTTP traffic through before and after."""
@@ -162,8 +162,9 @@ def test_retries_with_exponential_backoff(log_events):
 
 def test_backoff_is_capped():
     """Backoff doubles from 0.5 s and stops growing at the cap."""
-    client = WebhookClient(None, Clock(), URL, None, 3000, 10, backoff_cap=3.0)
-    assert [client._backoff(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    client = WebhookClient(None, Clock(), URL, None, 3.0, 10, backoff_cap=3.0)
+    assert client.deliveries is not None
+    assert [client.deliveries.backoff(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
 
 
 def test_retry_then_success_logs_no_error(log_events):
@@ -350,7 +351,7 @@ def test_oversized_reply_is_dropped_but_delivery_counts(log_events):
 def test_no_url_means_no_op():
     """Without a URL, emit does nothing and call_initiated fires None at once."""
     clock = Clock()
-    client = WebhookClient(None, clock, None, None, 3000, 0)
+    client = WebhookClient(None, clock, None, None, 3.0, 0)
     client.emit(U, "call_started", {})
     assert fired(client.call_initiated(U, {})) is None
     assert clock.getDelayedCalls() == []
@@ -368,11 +369,11 @@ def test_connection_failure_is_a_failed_attempt(log_events):
             return fail(ConnectionRefusedError("127.0.0.1:9"))
 
     clock = Clock()
-    client = WebhookClient(Refusing(), clock, URL, "topsecret", 3000, 1)
+    client = WebhookClient(Refusing(), clock, URL, "topsecret", 3.0, 1)
     client.emit(U, "call_ended", {})
     clock.advance(0.5)
     [error] = logged(log_events, LogLevel.error)
-    assert "ConnectionRefusedError" in error and "2 attempt(s)" in error
+    assert "connection refused" in error and "2 attempt(s)" in error
     assert clock.getDelayedCalls() == []
 
 
@@ -469,7 +470,7 @@ async def test_loopback_delivery_with_real_http_client():
     port = reactor.listenTCP(0, Site(sink), interface="127.0.0.1")
     pool = HTTPConnectionPool(reactor, persistent=True)
     http = HTTPClient(Agent(reactor, pool=pool))
-    client = WebhookClient(http, reactor, f"http://127.0.0.1:{port.getHost().port}/hook", "s", 3000, 0)
+    client = WebhookClient(http, reactor, f"http://127.0.0.1:{port.getHost().port}/hook", "s", 3.0, 0)
     try:
         assert await client.call_initiated(U, {"from": "2000"}) == "ws://127.0.0.1:1/x"
         client.emit(U, "call_started", {})

@@ -29,8 +29,8 @@ from avr.control.hub import EventsHub, FanOut
 from avr.control.injection import PcmInjector
 from avr.control.model import CallControl
 from avr.control.routes import ControlRoutes
+from avr.control.events_webhook import EventsWebhook
 from avr.control.tasks import TaskGroup
-from avr.control.webhook import EventsWebhook
 from avr.http.core import CoreRoutes
 from avr.http.json import install_error_handlers
 from avr.http.site import AvrSite, RequestGate
@@ -157,7 +157,9 @@ def audiosocket_address(config: Config) -> str:
     return f"[{host}]:{config.port}" if ":" in host else f"{host}:{config.port}"
 
 
-def build_control(reactor: Any, config: Config, http_client: Any, injector: IAudioInjector) -> ControlService:
+def build_control(
+    reactor: Any, config: Config, http_client: Any, injector: IAudioInjector, fresh_http_client: Any = None
+) -> ControlService:
     """
     The call registry and where its events go (the /events hub, the events webhook), with ARI configured the
     call-control side too: ARI client, events stream, model.
@@ -168,7 +170,7 @@ def build_control(reactor: Any, config: Config, http_client: Any, injector: IAud
     if config.events_webhook_url is not None:
         events_webhook = EventsWebhook(
             http_client, reactor, config.events_webhook_url,
-            timeout=config.webhook_timeout / 1000, retries=config.webhook_retry,
+            timeout=config.webhook_timeout / 1000, retries=config.webhook_retry, fresh_http=fresh_http_client,
         )
         sinks.append(events_webhook)
     sink = FanOut(*sinks)
@@ -236,21 +238,25 @@ def sts_connectors(reactor: Any, config: Config) -> dict[str | None, IStsConnect
     return {"ws": websocket, "wss": websocket, "http": http, "https": http, None: echo}
 
 
-def build(reactor: Any, config: Config, *, http_client: Any, sts_connector: IStsConnector) -> Avr:
+def build(
+    reactor: Any, config: Config, *, http_client: Any, sts_connector: IStsConnector, fresh_http_client: Any = None
+) -> Avr:
     """
     Build avr for ``config``.
 
     :param reactor: provides `IReactorTCP` and `IReactorTime` (a `MemoryReactorClock` in tests).
     :param http_client: a treq `HTTPClient` (webhooks, ARI, legacy HTTP STS).
     :param sts_connector: opens STS sessions (``StsConnector(sts_connectors(reactor, config))``, or a fake).
+    :param fresh_http_client: a treq `HTTPClient` that never reuses a connection; the webhooks send a request again
+        with it when its kept-alive connection closed before any response (default: ``http_client``).
     """
     log = Logger(namespace="avr.service")
     top = MultiService()
     admissions = Admissions(reactor)
-    webhooks = WebhookClient.from_config(http_client, reactor, config)
+    webhooks = WebhookClient.from_config(http_client, reactor, config, fresh_http_client)
     ticker = FrameTicker(reactor, phases=PLAYOUT_PHASES)
     # Added before the calls, so stopped after them: the calls ended at shutdown still reach /events.
-    control = build_control(reactor, config, http_client, PcmInjector(admissions, ticker))
+    control = build_control(reactor, config, http_client, PcmInjector(admissions, ticker), fresh_http_client)
     control.setName("control")
     control.setServiceParent(top)
     calls = CallManager(

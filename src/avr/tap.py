@@ -63,6 +63,8 @@ def build_real_service(reactor: Any, config: Config) -> IService:
         reactor,
         config,
         http_client=HTTPClient(Agent(reactor, pool=pool)),
+        # Without a pool of its own an Agent opens a new connection per request (and closes it after).
+        fresh_http_client=HTTPClient(Agent(reactor)),
         sts_connector=StsConnector(sts_connectors(reactor, config)),
     )
     PoolCloser(pool).setServiceParent(avr.service)

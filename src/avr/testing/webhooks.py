@@ -311,3 +311,7 @@ class FakeWebhooks:
     def of_type(self, type: str) -> list[tuple[str, str, dict[str, Any]]]:
         """The recorded events of ``type``."""
         return [e for e in self.events if e[1] == type]
+
+    def types(self, uuid: str) -> list[str]:
+        """The types of the events recorded for call ``uuid``, in order."""
+        return [t for u, t, _ in self.events if u == uuid]
