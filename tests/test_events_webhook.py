@@ -251,3 +251,34 @@ def test_an_event_that_is_not_json_is_skipped(clock: Clock, stub: StubTreq, rece
     hook.publish(event(2))
     drain(stub)
     assert numbers(receiver) == [2]
+
+
+@pytest.mark.parametrize("status", [301, 303, 307])
+def test_redirects_are_not_followed(clock: Clock, status: int) -> None:
+    """A redirect is a failed attempt (retried as a POST to the same URL), never followed, not even 303 as a GET."""
+
+    class Redirecting(Resource):
+        isLeaf = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.requests: list[tuple[bytes, bytes]] = []
+
+        def render(self, request: Any) -> bytes:
+            self.requests.append((request.method, request.path))
+            if request.path == b"/avr/events":
+                request.setResponseCode(status)
+                request.setHeader(b"location", b"http://hooks.example/elsewhere")
+            return b""
+
+    receiver = Redirecting()
+    stub = StubTreq(receiver)
+    hook = EventsWebhook(stub, clock, URL, retries=1)
+    with capturedLogs() as events:
+        hook.publish(event(1))
+        drain(stub)
+        clock.advance(0.5)
+        drain(stub)
+    assert receiver.requests == [(b"POST", b"/avr/events")] * 2
+    errors = [e for e in events if "not delivered" in e.get("log_format", "")]
+    assert len(errors) == 1 and errors[0]["error"] == f"HTTP {status}"
