@@ -176,7 +176,7 @@ class _Http:
 
 
 @pytest.mark.parametrize("error,text", [(ConnectionRefusedError(), "connection refused"),
-                                        (DNSLookupError("no such host"), "host name not found")])
+                                        (DNSLookupError("no such host"), "cannot resolve host name")])
 def test_connection_errors_are_unavailable(error: Exception, text: str) -> None:
     """Connection failures are AriUnavailable with a readable reason."""
     ari = AriClient(_Http(error), Clock(), "http://avr:" + PASSWORD + "@h:8088", "avr", PASSWORD)

@@ -276,7 +276,7 @@ class Scripted:
     """A treq-like client: its next posts fail with the exceptions in ``failures``, later ones go to ``stub``."""
 
     def __init__(self, stub: StubTreq, *failures: Exception) -> None:
-        self.stub = stub
+        self.stub: Any = stub
         self.failures = list(failures)
         self.posts = 0
 

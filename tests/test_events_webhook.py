@@ -1,4 +1,4 @@
-"""Tests for avr.control.events_webhook: call-control events POSTed in order, with timeout, retries and a bounded queue."""
+"""Tests for avr.control.events_webhook: events POSTed in order, with timeout, retries and a bounded queue."""
 
 from __future__ import annotations
 

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, OrderedDict
-from typing import Any, Hashable, Iterator, Mapping
+from typing import Any, Hashable, Iterator, Mapping, cast
 from urllib.parse import urlsplit
 
 from attrs import define, field, frozen, validators
 from twisted.internet import task
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -232,9 +232,6 @@ class PostQueue:
         :return: a Deferred firing with the reply body of a 2xx answer within ``timeout`` seconds of this call
             (retries included), else with ``None``. It never fails.
         """
-        if self._stopping:
-            self._enqueue(key, kind, what, body, None)
-            return succeed(None)
         reply: Deferred[bytes | None] = Deferred()
         self._enqueue(key, kind, what, body, reply)
         return reply
@@ -263,6 +260,8 @@ class PostQueue:
     def _enqueue(self, key: Hashable, kind: str, what: str, body: bytes, reply: Deferred[bytes | None] | None) -> None:
         if self._stopping:
             self.log.info("{what} not sent: shutting down", what=what)
+            if reply is not None:
+                reply.callback(None)
             return
         delivery = _Delivery(next(self._seq), key, kind, what, body, kind not in self.never_dropped, reply)
         if reply is not None:
@@ -421,8 +420,9 @@ class PostQueue:
             if not closed_before_response(e):
                 raise
             # Twisted's pool resends only idempotent requests when a kept-alive connection turns out to be closed.
-            # Nothing reached the receiver's application (it closed the connection, or got no request), so a webhook
-            # is sent again too, on a connection of its own.
+            # Not one byte of an answer came back: on a reused connection that means the receiver had closed it and
+            # never read the request, so the webhook is sent again, on a connection of its own. (On a new connection
+            # it means a receiver that hangs up without answering: it gets the request twice, never more.)
             self.log.debug(
                 "{what}: connection closed before any response ({error}); sending again on a fresh connection",
                 what=delivery.what, error=describe_failure(e),
@@ -535,8 +535,9 @@ class _BodyReader(Protocol):
             self.done.errback(reason)
 
     def _cancel(self, d: Deferred[bytes | None]) -> None:
+        # twisted.web hands a body protocol a producer as its transport; stopping it drops the connection.
         if self.transport is not None:
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()
 
 
 def _read_body(response: Any, limit: int) -> Deferred[bytes | None]:

@@ -39,7 +39,10 @@ def _tls_reasons(e: BaseException) -> str:
 
 
 def _exception(reason: Failure | BaseException) -> BaseException:
-    return reason.value if isinstance(reason, Failure) else reason
+    if isinstance(reason, Failure):
+        assert reason.value is not None
+        return reason.value
+    return reason
 
 
 def leaves(reason: Failure | BaseException) -> list[BaseException]:
@@ -79,7 +82,7 @@ def _describe_leaf(leaf: BaseException, host: str | None) -> str:
     if isinstance(leaf, error.ConnectingCancelledError):
         return "connection attempt cancelled"
     if isinstance(leaf, CancelledError):
-        return "cancelled"
+        return "attempt cancelled"
     if isinstance(leaf, (error.ConnectionDone, error.ConnectionLost, PotentialDataLoss)):
         return "connection closed by the peer"
     text = str(leaf).strip()

@@ -14,7 +14,6 @@ from typing import Any, Mapping
 from urllib.parse import quote
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -23,6 +22,7 @@ from zope.interface import implementer
 
 from avr.ari.errors import AriError, AriUnavailable
 from avr.config import redact_url
+from avr.failures import describe_failure
 from avr.interfaces import IAriClient
 from avr.json_input import decode_json
 
@@ -54,22 +54,6 @@ def encode_query(params: Mapping[str, Any]) -> str:
             text = str(value)
         pairs.append(f"{quote(name, safe='')}={quote(text, safe=_QUERY_SAFE)}")
     return "&".join(pairs)
-
-
-def describe_connection_failure(failure: BaseException) -> str:
-    """A short readable reason for a failed connection or request (no addresses, no credentials)."""
-    if isinstance(failure, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(failure, DNSLookupError):
-        return "host name not found"
-    if isinstance(failure, TimeoutError):
-        return "connection timed out"
-    if isinstance(failure, ResponseFailed):
-        reasons = ", ".join(type(r.value).__name__ for r in failure.reasons) or "unknown"
-        return f"connection lost before the response ({reasons})"
-    if isinstance(failure, ConnectError):
-        return f"cannot connect ({type(failure).__name__})"
-    return f"{type(failure).__name__}"
 
 
 def error_message(body: bytes) -> str:
@@ -171,9 +155,9 @@ class AriClient:
         except ResponseFailed as e:
             if any(r.check(CancelledError) for r in e.reasons):
                 raise CancelledError() from None
-            raise AriUnavailable(f"ARI request {method} {path} failed: {describe_connection_failure(e)}") from None
+            raise AriUnavailable(f"ARI request {method} {path} failed: {describe_failure(e)}") from None
         except Exception as e:
-            raise AriUnavailable(f"ARI request {method} {path} failed: {describe_connection_failure(e)}") from None
+            raise AriUnavailable(f"ARI request {method} {path} failed: {describe_failure(e)}") from None
 
     async def _read(self, response: Any, method: str, path: str) -> bytes:
         try:
@@ -181,7 +165,7 @@ class AriClient:
         except CancelledError:
             raise
         except Exception as e:
-            raise AriUnavailable(f"ARI request {method} {path} failed: {describe_connection_failure(e)}") from None
+            raise AriUnavailable(f"ARI request {method} {path} failed: {describe_failure(e)}") from None
 
     async def _request(self, method: str, path: str, params: dict | None, body: dict | None) -> Any:
         response = await self._send(method, path, params, body, unbuffered=False)

@@ -27,7 +27,7 @@ from attrs import define, field, frozen
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.internet import ClientService
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
@@ -37,8 +37,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from avr.ari.client import describe_connection_failure
 from avr.config import redact_url
+from avr.failures import describe_failure
 from avr.interfaces import IAriEventListener
 from avr.json_input import decode_json
 from avr.logtext import clip
@@ -518,6 +518,4 @@ def _close_reason(code: int | None, reason: str | None) -> str:
 def _describe(failure: Failure) -> str:
     if failure.check(AttemptFailed):
         return failure.value.reason
-    if failure.check(CancelledError):
-        return "attempt cancelled"
-    return describe_connection_failure(failure.value)
+    return describe_failure(failure)

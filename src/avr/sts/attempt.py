@@ -10,7 +10,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.python.failure import Failure
 
-from avr.sts.errors import StsConnectError, describe_failure
+from avr.failures import describe_failure
+from avr.sts.errors import StsConnectError
 from avr.sts.tls import client_tls_options
 
 

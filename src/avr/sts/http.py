@@ -27,9 +27,10 @@ from zope.interface import implementer
 
 from avr import __version__
 from avr.config import redact_url
+from avr.failures import describe_failure
 from avr.interfaces import IStsConnector, IStsHandler, IStsSession
 from avr.sts.attempt import Dialer
-from avr.sts.errors import StsConnectError, describe_failure
+from avr.sts.errors import StsConnectError
 from avr.sts.once import Once
 from avr.sts.tls import load_trust_root
 

@@ -24,8 +24,9 @@ from zope.interface import implementer
 
 from avr import __version__
 from avr.config import redact_url
-from avr.logtext import clip
+from avr.failures import describe_failure, tls_problem
 from avr.interfaces import IStsConnector, IStsHandler, IStsSession
+from avr.logtext import clip
 from avr.sts.attempt import Dialer
 from avr.sts.codec import (
     AudioMessage,
@@ -40,7 +41,7 @@ from avr.sts.codec import (
     encode_dtmf,
     encode_init,
 )
-from avr.sts.errors import StsConnectError, describe_failure, tls_problem
+from avr.sts.errors import StsConnectError
 from avr.sts.once import Once
 from avr.sts.tls import load_trust_root
 from avr.sts.wsframes import TEXT, MaskingKeys, leading_text_frames, masked_frame
