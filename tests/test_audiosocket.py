@@ -25,7 +25,8 @@ from avr.interfaces import IAudioSocketLeg, ICallRouter, ICallSink
 from avr.observers import WebhookObserver
 from avr.playout import FrameTicker
 from avr.testing.asterisk import Continuous, connect_simulated_asterisk
-from fakes import FakeStsConnector, FakeWebhooks
+from avr.testing.webhooks import FakeWebhooks
+from fakes import FakeStsConnector
 
 UUID = "b5768917-0f8e-47b3-89df-6b961073e64d"
 AUDIO = bytes(range(256)) + bytes(64)
