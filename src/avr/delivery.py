@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, OrderedDict
-from typing import Any, Hashable, Iterator, Mapping, cast
+from collections.abc import Hashable, Iterator, Mapping
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from attrs import define, field, frozen, validators
