@@ -150,7 +150,7 @@ def test_call_control_never_acts_on_an_audiosocket_call() -> None:
     h = make()
     world = World(h.control.registry, h.clock)
     world.connect()
-    with pytest.raises(Conflict, match="audiosocket call"):
+    with pytest.raises(Conflict, match="kind audiosocket"):
         h.run(h.control.hangup(U1))
     with pytest.raises(Conflict, match="not in the Stasis application"):
         h.run(h.control.play(U1, ["sound:beep"]))

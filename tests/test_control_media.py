@@ -432,3 +432,22 @@ def test_stored_recordings() -> None:
     with pytest.raises(Invalid):
         h.run(h.control.delete_recording("../x"))
 
+
+
+def test_a_media_leg_is_in_the_call_registry_while_its_channel_exists() -> None:
+    """An uploaded-audio playback's leg is readable by its channel id (part of its call, not listed) until released."""
+    h = make("none")
+    cid = answered_inbound(h)
+    h.clock.advance(5)
+    d, outcome, uuid, pcm, rate, played = _start_pcm(h, cid)
+    media = f"avr-media-{uuid}"
+    assert h.run(h.control.get_call(media)) == {"id": media, "kind": "media", "channelId": media, "uuid": uuid,
+                                                "callId": cid, "state": "answered",
+                                                "createdAt": "1970-01-01T00:00:05.000Z"}
+    assert [c["id"] for c in h.run(h.control.list_calls())] == [cid]
+    with pytest.raises(Conflict):  # call control never acts on a leg as on a call
+        h.run(h.control.hangup(media))
+    h.feed(stasis_start(media, args=[uuid]))
+    played.callback(None)
+    with pytest.raises(NotFound):
+        h.run(h.control.get_call(media))

@@ -316,9 +316,10 @@ async def test_an_audiosocket_call_is_in_get_calls_and_on_events_without_ari(rig
     """
     A dialplan call (POST /call, then AudioSocket) appears in GET /calls and GET /calls/:id and on /events
     (created, dtmf, transcript, interruption, ended) with ARI not configured, while the AVR webhooks stay
-    byte for byte what avr-core sends.
+    byte for byte what avr-core sends. The events webhook gets the same events.
     """
-    rig.start()
+    events_sink = WebhookSink(rig.reactor, strict=False)
+    rig.start(events_webhook_url=f"http://127.0.0.1:{rig.listen(Site(events_sink, reactor=rig.reactor))}/events")
     http = f"http://127.0.0.1:{rig.port_of('http')}"
     events = await connect_events(rig.reactor, rig.port_of("http"), None)
     try:
@@ -365,6 +366,11 @@ async def test_an_audiosocket_call_is_in_get_calls_and_on_events_without_ari(rig
     finally:
         await close_events(events)
 
+    posted = await events_sink.when_received(5).addTimeout(5, rig.reactor)
+    assert [(p.envelope["type"], p.envelope["callId"]) for p in posted] == [
+        ("call.created", U1), ("call.dtmf", U1), ("call.transcript", U1), ("call.interruption", U1),
+        ("call.ended", U1)]
+    events_sink.close()
     hooks = await rig.sink.when_received(6).addTimeout(5, rig.reactor)
     stamps = [h.envelope["timestamp"] for h in hooks]
     assert [h.body for h in hooks] == [

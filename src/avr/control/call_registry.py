@@ -1,6 +1,7 @@
 """
-`CallRegistry`: every call avr knows, in one place: the ARI calls of the call-control model (`CallRecord`) and
-the dialplan AudioSocket calls (`AudioSocketCallRecord`, kept by `avr.control.call_observer`); the ARI state
+`CallRegistry`: every call avr knows, in one place: the ARI calls of the call-control model (`CallRecord`), the
+dialplan AudioSocket calls (`AudioSocketCallRecord`, kept by `avr.control.call_observer`) and the media legs avr
+creates for calls (`MediaLegRecord`, kept by `avr.control.media_leg`); the ARI state
 machine's single way forward (`CallRegistry.refresh`) and single exit (`CallRegistry.end_call`), and the publishing
 of events.
 
@@ -22,7 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from avr.control.errors import Conflict, NotFound
-from avr.control.records import ANSWERED, BRIDGED, ENDED, OUTBOUND, AnyCallRecord, CallRecord, iso
+from avr.control.records import ANSWERED, BRIDGED, ENDED, OUTBOUND, AnyCallRecord, CallRecord, MediaLegRecord, iso
 from avr.control.tasks import TaskGroup
 from avr.interfaces import IEventSink
 
@@ -62,8 +63,12 @@ class CallRegistry:
     # -- every kind of call -------------------------------------------------------------------------------------
 
     def listing(self) -> list[dict[str, Any]]:
-        """Every call that is up, of every kind, as JSON (``GET /calls``, the ``/events`` snapshot)."""
-        return [c.to_dict() for c in self._calls.values() if not c.ended and not c.pending]
+        """
+        Every call that is up, of every kind, as JSON (``GET /calls``, the ``/events`` snapshot); media legs are
+        parts of their calls, not listed.
+        """
+        return [c.to_dict() for c in self._calls.values()
+                if not c.ended and not c.pending and not isinstance(c, MediaLegRecord)]
 
     def describe(self, call_id: str) -> dict[str, Any]:
         """One call of any kind, live or ended within the retention, as JSON. :raises NotFound:"""
@@ -100,7 +105,7 @@ class CallRegistry:
         if call is None or call.pending:
             raise NotFound(f"Call {call_id} not found")
         if not isinstance(call, CallRecord):
-            raise Conflict(f"Call {call_id} is an {call.kind} call, not in the Stasis application: call control "
+            raise Conflict(f"Call {call_id} is of kind {call.kind}, not in the Stasis application: call control "
                            "over ARI cannot act on it")
         return call
 

@@ -32,8 +32,9 @@ from twisted.python.failure import Failure
 
 from avr.ari.client import path_segment
 from avr.control.ari_link import AriLink
+from avr.control.call_registry import CallRegistry
 from avr.control.errors import Conflict, Timeout
-from avr.control.records import MEDIA_CHANNEL_PREFIX, TEMP_BRIDGE_PREFIX, CallRecord
+from avr.control.records import MEDIA_CHANNEL_PREFIX, TEMP_BRIDGE_PREFIX, CallRecord, MediaLegRecord
 from avr.control.tasks import TaskGroup
 
 
@@ -160,8 +161,10 @@ class MediaLeg:
 class MediaLegs:
     """
     The media legs: their channels (so that their ARI events are told apart from calls'), the waits for those
-    channels to enter Stasis, and the temporary bridges they made.
+    channels to enter Stasis, and the temporary bridges they made. Each leg is in the call registry while its
+    channel exists (`MediaLegRecord`).
 
+    :param registry: the call registry.
     :param ari: the way to Asterisk.
     :param tasks: the Stasis waits and the clean-up requests.
     :param app: the Stasis application the channels are created in.
@@ -169,6 +172,7 @@ class MediaLegs:
     :param setup_timeout: seconds for a channel to enter Stasis.
     """
 
+    registry: CallRegistry
     ari: AriLink
     tasks: TaskGroup
     app: str
@@ -196,6 +200,7 @@ class MediaLegs:
         leg = MediaLeg(self, call, format, what, on_end)
         self._channels[leg.channel_id] = False
         self._legs.add(leg)
+        self.registry.add(MediaLegRecord(leg.channel_id, leg.uuid, call.id, self.registry.clock.seconds()))
         return leg
 
     def is_media_channel(self, channel_id: str) -> bool:
@@ -248,6 +253,10 @@ class MediaLegs:
         """``leg`` is done with its channel: it is hung up."""
         self._channels.pop(leg.channel_id, None)
         self._legs.discard(leg)
+        record = self.registry.lookup(leg.channel_id)
+        if isinstance(record, MediaLegRecord):
+            record.ended = True
+            self.registry.forget(record)
         self.ari.hang_up_quietly(leg.channel_id)
 
     def use_bridge(self, bridge_id: str, leg: MediaLeg, temporary: bool = False) -> None:

@@ -126,7 +126,7 @@ class CallControl:
         self.tasks = tasks = TaskGroup(clock)
         self.link = link = AriLink(self.ari, tasks)
         self.registry = registry = self._given_registry or CallRegistry(clock, self.sink, tasks, self.retention)
-        self.legs = MediaLegs(link, tasks, app, self._audiosocket_address, self.setup_timeout)
+        self.legs = MediaLegs(registry, link, tasks, app, self._audiosocket_address, self.setup_timeout)
         self.channels = Channels(registry, link, tasks, clock, self.legs, app, self.inbound_policy, self.new_id)
         self.bridges = Bridges(registry, link, clock, self.new_id)
         self.playbacks = Playbacks(registry, link, clock, self.legs, self.injector, self.new_id, self.pcm_lead_in)

@@ -225,8 +225,31 @@ class AudioSocketCallRecord:
         }
 
 
+@define(eq=False)
+class MediaLegRecord:
+    """
+    A media leg (`avr.control.media_leg.MediaLeg`): an externalMedia channel avr made for a call, as the registry
+    keeps it while it exists. It is part of its call, not a call: ``GET /calls`` does not list it, ``GET /calls/:id``
+    with its channel id shows it.
+    """
+
+    kind = "media"
+    id: str
+    uuid: str
+    call_id: str
+    created_at: float
+    retention: IDelayedCall | None = None
+    pending: bool = False
+    ended: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The leg as JSON."""
+        return {"id": self.id, "kind": self.kind, "channelId": self.id, "uuid": self.uuid, "callId": self.call_id,
+                "state": ANSWERED, "createdAt": iso(self.created_at)}
+
+
 #: A record of the call registry, of any kind.
-AnyCallRecord = CallRecord | AudioSocketCallRecord
+AnyCallRecord = CallRecord | AudioSocketCallRecord | MediaLegRecord
 
 
 @define(eq=False)
