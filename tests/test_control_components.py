@@ -157,7 +157,8 @@ class Rig:
         self.tasks = TaskGroup(self.clock)
         self.link = AriLink(self.ari, self.tasks)
         self.link.up()
-        self.legs = MediaLegs(self.link, self.tasks, "avr", "127.0.0.1:5001", setup_timeout)
+        self.registry = CallRegistry(self.clock, FakeSink(), self.tasks)
+        self.legs = MediaLegs(self.registry, self.link, self.tasks, "avr", "127.0.0.1:5001", setup_timeout)
         self.work: dict[str, Deferred] = {}
         self.ended: list[tuple[str, str | None, bool]] = []
 
