@@ -116,7 +116,8 @@ def test_a_big_upload_without_the_key_is_refused_before_its_body(spooled: list[A
                          + b"x" * 65536)
     status, headers, body = response(transport)
     assert status == 401 and json.loads(body) == {
-        "error": "API key required: send it as header X-API-Key or query parameter api_key"}
+        "error": "API key required: send it as header X-API-Key, Authorization: Bearer <key> or query parameter "
+                 "api_key"}
     assert headers["connection"] == "close" and headers["content-type"] == "application/json"
     assert int(headers["content-length"]) == len(body)
     assert transport.write_closed and spooled == []

@@ -208,10 +208,12 @@ class ServiceRig:
         return body
 
     async def until_ari(self, predicate: Callable[[str], bool]) -> str:
-        """Poll ``GET /health`` (every 20 ms) until its ``ari`` field satisfies ``predicate``; returns it."""
+        """Poll ``GET /health`` (every 20 ms) until its ``ariState`` satisfies ``predicate``; returns it."""
         waited = 0.0
         while True:
-            ari = (await self.health())["ari"]
+            health = await self.health()
+            ari = health["ariState"]
+            assert health["ari"] is (ari == "connected")
             if predicate(ari):
                 return ari
             if waited >= WAIT:

@@ -95,6 +95,7 @@ def post(target: str, body: bytes, content_type: str = "application/json", heade
 #: Ways of presenting the key that authenticate an /events client (the fragment one is then refused by autobahn).
 ACCEPTED = [
     ("/events", f"X-API-Key: {KEY}\r\n"),
+    ("/events", f"Authorization: Bearer {KEY}\r\n"),
     (f"/events?api_key={KEY}", ""),
     (f"/events?api_k%65y={KEY}", ""),
     (f"/events?x=1&api_key={KEY}&y=2", ""),
@@ -117,7 +118,7 @@ async def test_events_handshakes_log_no_key_even_with_autobahn_debug_on(every_lo
         refused = status_of(await exchange(reactor, server.port, upgrade(f"/events?api_key={WRONG_KEY}")))
     finally:
         await server.stop()
-    assert statuses == [101, 101, 101, 101, 400]  # authenticated; autobahn refuses the '#' itself
+    assert statuses == [101, 101, 101, 101, 101, 400]  # authenticated; autobahn refuses the '#' itself
     assert refused == 401
     assert any("opening handshake" in formatEvent(e) for e in every_log_event), "autobahn's debug lines are on"
     assert leaks(every_log_event) == []

@@ -72,13 +72,15 @@ def test_port_in_use_refuses_to_start() -> None:
 
 
 def test_health_reports_calls_and_ari_state() -> None:
-    """GET /health answers ok with the AudioSocket call count and, without ARI, says ARI is not configured."""
+    """GET /health answers ok with the AudioSocket call count and, without ARI, says ARI is not configured: ``ari``
+    is asterisk-api's boolean (false), ``ariState`` says why."""
     _, avr = make(http_port=6001)
     client = StubTreq(avr.http_app.resource())
     response = client.get("http://avr/health")
     client.flush()
     body = json.loads(client.content(response.result).result)  # type: ignore[attr-defined]
-    assert body["status"] == "ok" and body["audiosocketCalls"] == 0 and body["ari"] == "not configured"
+    assert body["status"] == "ok" and body["audiosocketCalls"] == 0 and body["ari"] is False
+    assert body["ariState"] == "not configured"
     calls = client.get("http://avr/calls")  # the call registry works without ARI ...
     client.flush()
     assert calls.result.code == 200  # type: ignore[attr-defined]
@@ -98,7 +100,7 @@ def test_ari_configured_builds_call_control() -> None:
     response = client.get("http://avr/health")
     client.flush()
     body = json.loads(client.content(response.result).result)  # type: ignore[attr-defined]
-    assert body["ari"] in ("connecting", "disconnected") and body["activeCalls"] == 0
+    assert body["ari"] is False and body["ariState"] in ("connecting", "disconnected") and body["activeCalls"] == 0
     assert reactor.tcpClients and reactor.tcpClients[0][:2] == ("127.0.0.1", 8088)
     avr.service.stopService()
 

@@ -1,6 +1,6 @@
 """
 avr's configuration: one table of settings, read from (highest first) command-line options, environment variables,
-a config file and built-in defaults.
+a ``.env`` file, a config file and built-in defaults.
 
 Every setting has an environment name (avr-core's and asterisk-api's names where they exist), a lower-case key for the
 ``[avr]`` section of the config file, and a ``--long-option``. Bad configuration is refused as a whole: `ConfigError`
@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from attrs import frozen
+from dotenv import dotenv_values
 
 from avr.logtext import redact_url
 
@@ -23,6 +24,16 @@ AUDIO_RATES = (8000, 12000, 16000, 24000, 32000, 44100, 48000, 96000, 192000)
 
 #: What avr does with an inbound call that enters the Stasis app.
 INBOUND_POLICIES = ("answer", "ring", "none")
+
+#: asterisk-api's HTTP port: where the REST API listens when ARI is configured and no port is given.
+DEFAULT_API_PORT = 3456
+
+#: How ``TTS_URL`` is spoken to (``TTS_API``): ``auto`` decides by its path (see `Config.openai_tts_url`).
+TTS_APIS = ("auto", "openai", "avr-core")
+#: The path avr-core's TTS services answer on (``TTS_URL`` of an avr-core pipeline ends with it).
+AVR_CORE_TTS_PATH = "/text-to-speech-stream"
+#: The path of an OpenAI-compatible speech endpoint, appended to an ``openai`` ``TTS_URL`` that lacks it.
+OPENAI_SPEECH_PATH = "/v1/audio/speech"
 
 
 class ConfigError(Exception):
@@ -103,6 +114,10 @@ def _secret(text: str) -> str:
     return text
 
 
+def _scheme(url: str | None) -> str | None:
+    return urlsplit(url).scheme if url is not None else None
+
+
 @frozen
 class Setting:
     """One configurable value: where it is read from and how its text is parsed."""
@@ -167,7 +182,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Asterisk HTTP base, e.g. http://127.0.0.1:8088 (unset = call-control routes answer 503)"),
     Setting("ari_username", "ARI_USERNAME", _text, None, "ARI user (ari.conf)"),
     Setting("ari_password", "ARI_PASSWORD", _secret, None, "ARI password", secret=True),
-    Setting("ari_app", "ARI_APP", _text, "avr", "Stasis application name"),
+    Setting("ari_app", "ARI_APP", _text, "openclaw-voice", "Stasis application name (asterisk-api's default)"),
     Setting("ari_inbound", "ARI_INBOUND", _choice(*INBOUND_POLICIES), "answer",
             "What to do with calls entering the Stasis app: answer, ring (indicate ringing, leave unanswered) "
             "or none"),
@@ -178,9 +193,53 @@ SETTINGS: tuple[Setting, ...] = (
             "When set, required as X-API-Key (or ?api_key=) on every route but GET / and GET /health", secret=True),
     Setting("events_webhook_url", "EVENTS_WEBHOOK_URL", _url("http", "https"), None,
             "Receiver of call-control events (the /events JSON)", aliases=("OPENCLAW_WEBHOOK_URL",)),
+    Setting("api_port", "API_PORT", _integer(0, 65535), None,
+            f"asterisk-api's HTTP port: the same routes as HTTP_PORT, on API_HOST; {DEFAULT_API_PORT} when ARI_URL "
+            "is set and neither HTTP_PORT nor API_PORT is"),
+    Setting("api_host", "API_HOST", _text, "0.0.0.0", "Interface the API_PORT server listens on (as asterisk-api)"),
+    Setting("keyless_events_port", "KEYLESS_EVENTS_PORT", _integer(0, 65535), None,
+            "Extra HTTP port, on 127.0.0.1 only, serving the same routes, where WS /events needs no API key (the "
+            "OpenClaw voice-call plugin opens /events without one); every other route there still needs the key"),
+    Setting("inbound_ring_delay", "INBOUND_RING_DELAY_MS", _integer(0, 600000), 3000,
+            "With ARI_INBOUND=answer: milliseconds an inbound call rings (the caller hears ringback) before avr "
+            "answers it; 0 = at once"),
+    Setting("allowlist_file", "ALLOWLIST_FILE", _text, "allowlist.json",
+            "asterisk-api's allowlist of inbound caller and outbound called numbers (JSON); missing = allow all; "
+            "re-read when it changes"),
+    Setting("asr_url", "ASR_URL", _url("ws", "wss", "http", "https"), None,
+            "ws(s)://: asterisk-api's streaming ASR (audio capture, call.transcription); http(s)://: avr-core's "
+            "pipeline ASR (.../speech-to-text-stream)"),
+    Setting("asr_language", "ASR_LANGUAGE", _text, "English",
+            "Language sent to the streaming ASR ({\"action\": \"config\"}); auto = let it detect"),
+    Setting("tts_url", "TTS_URL", _url("http", "https"), None,
+            "TTS service: an OpenAI-compatible server for POST /calls/:id/speak (base URL, /v1/audio/speech is "
+            f"appended), or avr-core's pipeline TTS when the path ends with {AVR_CORE_TTS_PATH} (see TTS_API)"),
+    Setting("tts_api", "TTS_API", _choice(*TTS_APIS), "auto",
+            f"How TTS_URL is used: openai, avr-core, or auto (avr-core when its path ends with {AVR_CORE_TTS_PATH})"),
+    Setting("tts_default_voice", "TTS_DEFAULT_VOICE", _text, "vivian", "Voice of /speak when the request names none"),
+    Setting("tts_default_language", "TTS_DEFAULT_LANGUAGE", _text, "English",
+            "Language of /speak when the request names none"),
+    Setting("tts_timeout", "TTS_TIMEOUT_MS", _integer(1000, 600000), 30000,
+            "Milliseconds the OpenAI-compatible TTS may take to answer /speak's synthesis"),
 )
 
 _BY_ATTRIBUTE = {s.attribute: s for s in SETTINGS}
+
+
+#: The only interface `Config.keyless_events_port` listens on.
+LOOPBACK = "127.0.0.1"
+
+
+@frozen
+class HttpListener:
+    """One address the HTTP server listens on."""
+
+    #: The listener's service name: ``http`` (HTTP_PORT), ``api`` (API_PORT) or ``keyless-events``.
+    name: str
+    host: str
+    port: int
+    #: ``GET /events`` is served without the API key here (`Config.keyless_events_port`).
+    keyless_events: bool = False
 
 
 @frozen(repr=False)
@@ -208,11 +267,73 @@ class Config:
     ari_url: str | None = None
     ari_username: str | None = None
     ari_password: str | None = None
-    ari_app: str = "avr"
+    ari_app: str = "openclaw-voice"
     ari_inbound: str = "answer"
     ari_audiosocket_address: str | None = None
     api_key: str | None = None
     events_webhook_url: str | None = None
+    api_port: int | None = None
+    api_host: str = "0.0.0.0"
+    keyless_events_port: int | None = None
+    inbound_ring_delay: int = 3000
+    allowlist_file: str = "allowlist.json"
+    asr_url: str | None = None
+    asr_language: str = "English"
+    tts_url: str | None = None
+    tts_api: str = "auto"
+    tts_default_voice: str = "vivian"
+    tts_default_language: str = "English"
+    tts_timeout: int = 30000
+
+    @property
+    def streaming_asr_url(self) -> str | None:
+        """``ASR_URL`` when it is asterisk-api's streaming ASR (``ws://``/``wss://``), else ``None``."""
+        return self.asr_url if _scheme(self.asr_url) in ("ws", "wss") else None
+
+    @property
+    def pipeline_asr_url(self) -> str | None:
+        """``ASR_URL`` when it is avr-core's pipeline ASR (``http://``/``https://``), else ``None``."""
+        return self.asr_url if _scheme(self.asr_url) in ("http", "https") else None
+
+    @property
+    def tts_is_avr_core(self) -> bool:
+        """``TTS_URL`` is avr-core's pipeline TTS (``TTS_API``, or with ``auto`` a path ending in
+        `AVR_CORE_TTS_PATH`)."""
+        if self.tts_url is None or self.tts_api == "openai":
+            return False
+        return self.tts_api == "avr-core" or urlsplit(self.tts_url).path.rstrip("/").endswith(AVR_CORE_TTS_PATH)
+
+    @property
+    def openai_tts_url(self) -> str | None:
+        """The OpenAI-compatible speech endpoint for ``/speak``: ``TTS_URL`` with `OPENAI_SPEECH_PATH` appended
+        (unless it ends with it already), or ``None`` when ``TTS_URL`` is unset or avr-core's."""
+        if self.tts_url is None or self.tts_is_avr_core:
+            return None
+        parts = urlsplit(self.tts_url)
+        path = parts.path.rstrip("/")
+        if not path.endswith(OPENAI_SPEECH_PATH):
+            path += OPENAI_SPEECH_PATH
+        return parts._replace(path=path).geturl()
+
+    @property
+    def pipeline_tts_url(self) -> str | None:
+        """``TTS_URL`` when it is avr-core's pipeline TTS, else ``None``."""
+        return self.tts_url if self.tts_is_avr_core else None
+
+    def http_listeners(self) -> list[HttpListener]:
+        """
+        Where the HTTP server listens: ``HTTP_PORT`` on ``BIND_ADDRESS`` (avr-core's), ``API_PORT`` on ``API_HOST``
+        (asterisk-api's; one listener when both name the same port), ``KEYLESS_EVENTS_PORT`` on 127.0.0.1.
+        Empty: no HTTP server.
+        """
+        listeners = []
+        if self.http_port is not None:
+            listeners.append(HttpListener("http", self.bind_address, self.http_port))
+        if self.api_port is not None and not (self.api_port == self.http_port and self.api_port != 0):
+            listeners.append(HttpListener("api", self.api_host, self.api_port))
+        if self.keyless_events_port is not None:
+            listeners.append(HttpListener("keyless-events", LOOPBACK, self.keyless_events_port, keyless_events=True))
+        return listeners
 
     def __repr__(self) -> str:
         return "Config(" + ", ".join(f"{k}={v!r}" for k, v in self.describe().items()) + ")"
@@ -228,6 +349,25 @@ class Config:
                 value = redact_url(value)
             described[s.attribute] = value
         return described
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """
+    Read a ``.env`` file as avr-core and asterisk-api do (Node's dotenv): ``NAME=value`` lines, ``#`` comments (also
+    after a value, following a space), single, double or back quotes, ``export`` prefixes, no ``${VAR}``
+    expansion. A missing file is no file; names avr does not know are ignored (the file is shared with other
+    programs).
+
+    :raises ConfigError: if the file exists but cannot be read.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = dotenv_values(stream=f, interpolate=False)
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"env file {path}: cannot be read ({getattr(e, 'strerror', None) or e})"]) from None
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def read_config_file(path: str) -> dict[str, str]:
@@ -258,6 +398,7 @@ def load_config(
     environ: Mapping[str, str],
     options: Mapping[str, str | None] | None = None,
     file_values: Mapping[str, str] | None = None,
+    env_file_values: Mapping[str, str] | None = None,
 ) -> Config:
     """
     Combine the sources into a `Config`.
@@ -265,14 +406,17 @@ def load_config(
     :param environ: environment variables (``os.environ`` at the edge).
     :param options: command-line values keyed by attribute name; ``None`` means "not given".
     :param file_values: the ``[avr]`` section of the config file (see `read_config_file`).
+    :param env_file_values: the variables of the ``.env`` file (see `read_env_file`): below the environment, above
+        the config file.
     :raises ConfigError: listing every invalid value and every inconsistent combination.
     """
     options = options or {}
     file_values = file_values or {}
+    env_file_values = env_file_values or {}
     problems: list[str] = []
     values: dict[str, Any] = {}
     for s in SETTINGS:
-        source, text = _pick(s, environ, options, file_values)
+        source, text = _pick(s, environ, options, file_values, env_file_values)
         if text is None:
             continue
         if not text.strip():
@@ -281,8 +425,11 @@ def load_config(
         try:
             values[s.attribute] = s.parse(text)
         except ValueError as e:
-            where = {"command line": f"--{s.option}", "environment": s.env, "config file": f"{s.file_key} (config file)"}
+            where = {"command line": f"--{s.option}", "environment": s.env, "env file": f"{s.env} (.env)",
+                     "config file": f"{s.file_key} (config file)"}
             problems.append(f"{where[source]}: {e}")
+    if values.get("ari_url") is not None and values.get("http_port") is None and values.get("api_port") is None:
+        values["api_port"] = DEFAULT_API_PORT
     config = Config(**values)
     problems.extend(_consistency_problems(config))
     if problems:
@@ -291,13 +438,15 @@ def load_config(
 
 
 def _pick(
-    s: Setting, environ: Mapping[str, str], options: Mapping[str, str | None], file_values: Mapping[str, str]
+    s: Setting, environ: Mapping[str, str], options: Mapping[str, str | None], file_values: Mapping[str, str],
+    env_file_values: Mapping[str, str],
 ) -> tuple[str, str | None]:
     if options.get(s.attribute) is not None:
         return "command line", options[s.attribute]
-    for name in (s.env, *s.aliases):
-        if name in environ:
-            return "environment", environ[name]
+    for source, variables in (("environment", environ), ("env file", env_file_values)):
+        for name in (s.env, *s.aliases):
+            if name in variables:
+                return source, variables[name]
     for key in (s.file_key, *(a.lower() for a in s.aliases)):
         if key in file_values:
             return "config file", file_values[key]
@@ -306,12 +455,23 @@ def _pick(
 
 def _consistency_problems(config: Config) -> list[str]:
     problems = []
-    if config.http_port is not None and config.http_port == config.port and config.port != 0:
-        problems.append(f"HTTP_PORT and PORT are both {config.port}: they must differ")
-    if config.require_call_init and config.http_port is None:
-        problems.append("REQUIRE_CALL_INIT needs HTTP_PORT: calls can only be registered through POST /call")
-    if config.ari_url is not None and config.http_port is None:
-        problems.append("ARI_URL needs HTTP_PORT: the call-control REST API and /events are served there")
+    ports = [("PORT", config.port), ("HTTP_PORT", config.http_port), ("API_PORT", config.api_port),
+             ("KEYLESS_EVENTS_PORT", config.keyless_events_port)]
+    given = [(name, number) for name, number in ports if number]
+    for i, (name, number) in enumerate(given):
+        for other, other_number in given[i + 1:]:
+            if number != other_number:
+                continue
+            if name == "HTTP_PORT" and other == "API_PORT":
+                if config.bind_address != config.api_host:
+                    problems.append(f"HTTP_PORT and API_PORT are both {number} but BIND_ADDRESS and API_HOST "
+                                    f"differ ({config.bind_address}, {config.api_host}): give one port, or make "
+                                    "them differ")
+            else:
+                problems.append(f"{name} and {other} are both {number}: they must differ")
+    if config.require_call_init and config.http_port is None and config.api_port is None:
+        problems.append("REQUIRE_CALL_INIT needs HTTP_PORT or API_PORT: calls can only be registered through "
+                        "POST /call")
     if config.ari_url is not None:
         for attribute in ("ari_username", "ari_password"):
             if getattr(config, attribute) is None:

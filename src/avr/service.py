@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from attrs import define
+from attrs import define, evolve
 from klein import Klein
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
@@ -187,6 +187,7 @@ def build_control(
         injector=injector,
         audiosocket_address=audiosocket_address(config),
         registry=registry,
+        ring_delay=config.inbound_ring_delay / 1000,
     )
     stream = AriEventStream(
         reactor, endpoint_connector(reactor), config.ari_url, config.ari_app,
@@ -278,7 +279,8 @@ def build(
         "AVR AudioSocket Server listening on port {port}",
     )
     app = None
-    if config.http_port is not None:
+    listeners = config.http_listeners()
+    if listeners:
         app = Klein()
         install_error_handlers(app)
         core = CoreRoutes.from_config(config, registrations, webhooks, lambda: _health(calls, control))
@@ -290,13 +292,17 @@ def build(
         control_routes.install(app)
         gate = RequestGate(app.url_map, config.api_key, config.http_max_body,
                            {**core.policies(), **control_routes.policies()})
-        http = ListeningService(
-            server_endpoint(reactor, config.bind_address, config.http_port, config.listen_backlog),
-            AvrSite(app.resource(), gate, reactor=reactor),
-            "AVR HTTP Server listening on port {port}",
-        )
-        http.setName("http")
-        http.setServiceParent(top)
+        resource = app.resource()
+        for listener in listeners:
+            site_gate = evolve(gate, keyless=frozenset({"control.events"})) if listener.keyless_events else gate
+            http = ListeningService(
+                server_endpoint(reactor, listener.host, listener.port, config.listen_backlog),
+                AvrSite(resource, site_gate, reactor=reactor),
+                "AVR HTTP Server listening on port {port}" + (
+                    " (127.0.0.1 only; /events without the API key)" if listener.keyless_events else ""),
+            )
+            http.setName(listener.name)
+            http.setServiceParent(top)
     # The HTTP server first, as avr-core logs it: registrations can arrive before the first AudioSocket call.
     audiosocket.setName("audiosocket")
     audiosocket.setServiceParent(top)
@@ -309,9 +315,12 @@ def build(
 
 
 def _health(calls: CallManager, control: ControlService) -> dict[str, Any]:
+    # ``ari`` is asterisk-api's boolean (clients test ``if (health.ari)``); the state in words is ``ariState``.
     fields: dict[str, Any] = {"audiosocketCalls": len(calls)}
     if control.control is None:
-        fields["ari"] = "not configured"
+        fields["ariState"] = "not configured"
     else:
         fields.update(control.control.status())
+        fields["ariState"] = fields["ari"]
+    fields["ari"] = fields["ariState"] == "connected"
     return fields

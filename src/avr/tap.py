@@ -11,7 +11,10 @@ from typing import Any
 from twisted.application.service import IService, Service
 from twisted.python import usage
 
-from avr.config import SETTINGS, Config, ConfigError, load_config, read_config_file
+from avr.config import SETTINGS, Config, ConfigError, load_config, read_config_file, read_env_file
+
+#: The environment file read from the working directory, as avr-core and asterisk-api read theirs.
+ENV_FILE = ".env"
 
 
 class Options(usage.Options):
@@ -20,9 +23,9 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Bridges Asterisk AudioSocket calls to speech-to-speech agents and offers call control over ARI. "
-        "Every option can also be given as an environment variable (the upper-case name, e.g. STS_URL) or as a "
-        "key of the [avr] section of the --config file; options win over the environment, which wins over the "
-        "file."
+        "Every option can also be given as an environment variable (the upper-case name, e.g. STS_URL), in a "
+        ".env file in the working directory, or as a key of the [avr] section of the --config file; options win "
+        "over the environment, which wins over .env, which wins over the config file."
     )
     optParameters = [["config", "c", None, "INI config file with an [avr] section (see etc/avr.conf.example)"]] + [
         [s.option, None, None, f"{s.help} [env {s.env}]" + (f" (default: {s.default})" if s.default is not None else "")]
@@ -30,11 +33,12 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        """Combine options, environment and config file into ``self["avr-config"]``, or refuse them all."""
+        """Combine options, environment, ``./.env`` and config file into ``self["avr-config"]``, or refuse them
+        all."""
         try:
             file_values = read_config_file(self["config"]) if self["config"] else {}
             self["avr-config"] = load_config(
-                os.environ, {s.attribute: self[s.option] for s in SETTINGS}, file_values
+                os.environ, {s.attribute: self[s.option] for s in SETTINGS}, file_values, read_env_file(ENV_FILE)
             )
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None

@@ -74,6 +74,8 @@ class Channels:
     :param app: the Stasis application name.
     :param inbound_policy: ``answer``, ``ring`` or ``none`` (see `avr.config.INBOUND_POLICIES`).
     :param new_id: makes the ids of originated channels.
+    :param ring_delay: with the ``answer`` policy, seconds an inbound call rings before it is answered
+        (``INBOUND_RING_DELAY_MS``; 0: at once).
     """
 
     registry: CallRegistry
@@ -84,6 +86,9 @@ class Channels:
     app: str
     inbound_policy: str
     new_id: Callable[[], str]
+    ring_delay: float = 0.0
+    #: The timers answering inbound calls once they have rung ``ring_delay``, by call id.
+    _ringing: dict[str, IDelayedCall] = field(factory=dict, init=False)
     #: Channels whose originate failed ambiguously (timeout): hung up if they show up.
     _abandoned: dict[str, IDelayedCall] = field(factory=dict, init=False)
     log = Logger()
@@ -107,8 +112,14 @@ class Channels:
         return channel_id in self._abandoned
 
     def stop(self) -> None:
-        """Shutting down: forget the abandoned channels (their timers are gone with the task group's)."""
+        """Shutting down: forget the abandoned channels and ringing calls (their timers are gone with the task
+        group's)."""
         self._abandoned.clear()
+        self._ringing.clear()
+
+    def call_ended(self, call: CallRecord) -> None:
+        """``call`` ended: it is not answered any more."""
+        self.tasks.cancel(self._ringing.pop(call.id, None))
 
     async def list_calls(self) -> list[dict]:
         """The active (not ended) calls, of every kind (see `CallRegistry.listing`)."""
@@ -277,11 +288,19 @@ class Channels:
                       callee=call.callee_number)
         self.registry.publish("call.created", created, call)
         if call.answered_at is None:
-            if self.inbound_policy == "answer":
-                self.tasks.spawn(self._auto_answer(call), f"answering call {call.id}")
-            elif self.inbound_policy == "ring":
+            if self.inbound_policy == "ring" or (self.inbound_policy == "answer" and self.ring_delay > 0):
                 self.ari.in_background("POST", f"/channels/{path_segment(call.id)}/ring", f"ringing call {call.id}")
+            if self.inbound_policy == "answer":
+                if self.ring_delay > 0:
+                    self._ringing[call.id] = self.tasks.later(self.ring_delay, self._answer_after_ringing, call)
+                else:
+                    self.tasks.spawn(self._auto_answer(call), f"answering call {call.id}")
         return call
+
+    def _answer_after_ringing(self, call: CallRecord) -> None:
+        self._ringing.pop(call.id, None)
+        if not call.ended and call.answered_at is None:
+            self.tasks.spawn(self._auto_answer(call), f"answering call {call.id}")
 
     async def _auto_answer(self, call: CallRecord) -> None:
         try:

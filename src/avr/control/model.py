@@ -94,6 +94,7 @@ class CallControl:
     :param pcm_lead_in: seconds of silence played before uploaded audio (see `Playbacks`).
     :param registry: the call registry shared with the AudioSocket side (its own ``sink`` and ``retention``
         apply); when not given, one is built on ``sink``.
+    :param ring_delay: with the ``answer`` policy, seconds inbound calls ring before they are answered.
     """
 
     ari: IAriClient | None
@@ -108,6 +109,7 @@ class CallControl:
     new_id: Callable[[], str] = field(default=None, converter=_or_uuid)
     pcm_lead_in: float = 0.3
     _given_registry: CallRegistry | None = field(default=None, alias="registry", repr=False)
+    ring_delay: float = 0.0
     tasks: TaskGroup = field(init=False)
     link: AriLink = field(init=False)
     registry: CallRegistry = field(init=False)
@@ -127,7 +129,8 @@ class CallControl:
         self.link = link = AriLink(self.ari, tasks)
         self.registry = registry = self._given_registry or CallRegistry(clock, self.sink, tasks, self.retention)
         self.legs = MediaLegs(registry, link, tasks, app, self._audiosocket_address, self.setup_timeout)
-        self.channels = Channels(registry, link, tasks, clock, self.legs, app, self.inbound_policy, self.new_id)
+        self.channels = Channels(registry, link, tasks, clock, self.legs, app, self.inbound_policy, self.new_id,
+                                 self.ring_delay)
         self.bridges = Bridges(registry, link, clock, self.new_id)
         self.playbacks = Playbacks(registry, link, clock, self.legs, self.injector, self.new_id, self.pcm_lead_in)
         self.recordings = Recordings(registry, link, clock)
@@ -135,7 +138,7 @@ class CallControl:
         self.resync = Resync(registry, link, tasks, clock, app, self.channels, self.bridges, self.legs,
                              self.playbacks, self.recordings)
         # What an ended call held is released in this order (its events are published in it).
-        for released in (self.recordings, self.legs, self.playbacks, self.bridges):
+        for released in (self.channels, self.recordings, self.legs, self.playbacks, self.bridges):
             registry.on_call_ended(released.call_ended)
         # Media legs see StasisStart first: their channels are not calls.
         for component in (self.legs, self.channels, self.bridges, self.playbacks, self.recordings):

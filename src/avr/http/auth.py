@@ -14,17 +14,25 @@ from avr.logtext import clip, query_parameters, redact_target, redact_url
 API_KEY_HEADER = b"x-api-key"
 #: Query parameter carrying the key (for clients that cannot set headers easily, e.g. a dialplan ``CURL()``).
 API_KEY_PARAM = b"api_key"
+#: ``Authorization: Bearer <key>`` carries the key too (the OpenClaw voice-call plugin sends it so).
+AUTHORIZATION_HEADER = b"authorization"
+_BEARER = b"bearer"
 #: Headers that carry credentials: removed before a request is handed to code that logs requests (autobahn).
-CREDENTIAL_HEADERS = (API_KEY_HEADER, b"authorization", b"proxy-authorization", b"cookie")
+CREDENTIAL_HEADERS = (API_KEY_HEADER, AUTHORIZATION_HEADER, b"proxy-authorization", b"cookie")
 
 
 def presented_api_keys(request: IRequest) -> list[bytes]:
     """
-    Every value ``request`` presents as the API key: the ``X-API-Key`` headers, then the ``api_key`` parameters of
-    the query of its request target (parsed by `avr.logtext.query_parameters`, the parser that also masks them in
-    logs). Nothing else counts: not a form-encoded body, not a cookie.
+    Every value ``request`` presents as the API key: the ``X-API-Key`` headers, the tokens of ``Authorization:
+    Bearer`` headers, then the ``api_key`` parameters of the query of its request target (parsed by
+    `avr.logtext.query_parameters`, the parser that also masks them in logs). Nothing else counts: not a
+    form-encoded body, not a cookie, not another ``Authorization`` scheme.
     """
     presented = list(request.requestHeaders.getRawHeaders(API_KEY_HEADER) or [])
+    for value in request.requestHeaders.getRawHeaders(AUTHORIZATION_HEADER) or []:
+        scheme, _, token = value.strip().partition(b" ")
+        if scheme.lower() == _BEARER and token.strip():
+            presented.append(token.strip())
     _, sep, query = request.uri.partition(b"?")
     if sep:
         presented += [value for _, name, value in query_parameters(query) if name == API_KEY_PARAM]
@@ -33,7 +41,8 @@ def presented_api_keys(request: IRequest) -> list[bytes]:
 
 def check_api_key(request: IRequest, api_key: str | None) -> None:
     """
-    Require ``api_key`` in the ``X-API-Key`` header or the ``api_key`` query parameter of ``request``.
+    Require ``api_key`` in the ``X-API-Key`` header, an ``Authorization: Bearer`` header or the ``api_key`` query
+    parameter of ``request``.
 
     Does nothing when ``api_key`` is ``None`` (no key configured). The comparison takes the same time whatever the
     presented value, and the error never repeats either key.
@@ -45,7 +54,8 @@ def check_api_key(request: IRequest, api_key: str | None) -> None:
     expected = api_key.encode("utf-8")
     presented = presented_api_keys(request)
     if not presented:
-        raise ApiError(401, "API key required: send it as header X-API-Key or query parameter api_key")
+        raise ApiError(401, "API key required: send it as header X-API-Key, Authorization: Bearer <key> or "
+                            "query parameter api_key")
     # Compare every presented value (no short-circuit on the first), so timing does not reveal which one matched.
     matched = False
     for value in presented:

@@ -52,12 +52,15 @@ class RequestGate:
     :param max_body: largest body of a route without a policy of its own, in bytes (``HTTP_MAX_BODY``).
     :param policies: `RoutePolicy` by endpoint name (see the route modules' ``policies()``); a request that matches
         no route needs the key and gets ``max_body``.
+    :param keyless: endpoints the site of this gate serves without the key although they are not public (the
+        ``KEYLESS_EVENTS_PORT`` listener's ``/events``; see `key_waived`).
     """
 
     url_map: Map
     api_key: str | None = field(repr=False)
     max_body: int
     policies: Mapping[str, RoutePolicy] = field(factory=dict)
+    keyless: frozenset[str] = frozenset()
 
     def admit(self, request: Any, length: int | None) -> int:
         """
@@ -67,15 +70,16 @@ class RequestGate:
         :return: the most body bytes the request may send.
         :raises ApiError: 401 without the key; 413 for a declared length over the limit.
         """
-        policy = self._policy(request.method, request.uri)
-        if not policy.public:
+        endpoint = self._endpoint(request.method, request.uri)
+        policy = self.policies.get(endpoint, RoutePolicy()) if endpoint is not None else RoutePolicy()
+        if not policy.public and endpoint not in self.keyless:
             check_api_key(request, self.api_key)
         limit = policy.max_body if policy.max_body is not None else self.max_body
         if length is not None and length > limit:
             raise too_large(limit)
         return limit
 
-    def _policy(self, method: bytes, uri: bytes) -> RoutePolicy:
+    def _endpoint(self, method: bytes, uri: bytes) -> str | None:
         # The path as Klein matches it: the target before "?", each segment percent-decoded.
         segments = uri.partition(b"?")[0].split(b"/")[1:]
         try:
@@ -83,8 +87,17 @@ class RequestGate:
             endpoint, _ = self.url_map.bind("avr").match(path, method=method.decode("ascii"))
         except (HTTPException, UnicodeDecodeError):
             # No route (404/405, a redirect) or an undecodable path: treated like any protected route.
-            return RoutePolicy()
-        return self.policies.get(endpoint, RoutePolicy())
+            return None
+        return str(endpoint)
+
+
+def key_waived(request: Any, endpoint: str) -> bool:
+    """
+    The site ``request`` came in through serves ``endpoint`` without the API key (its gate lists it as
+    ``keyless``): for the route handlers, which check the key themselves.
+    """
+    site = getattr(getattr(request, "channel", None), "site", None)
+    return isinstance(site, AvrSite) and endpoint in site.gate.keyless
 
 
 def too_large(limit: int) -> ApiError:
