@@ -83,7 +83,7 @@ class Admissions:
         return isinstance(uuid, str) and uuid.lower() in self._entries
 
     def clear(self, reason: str = "server shutting down") -> None:
-        """Expect nothing more (shutdown): every admission expires with `CancelledError` and every timer is cancelled."""
+        """Expect nothing more (shutdown): every admission expires with `CancelledError`; every timer is cancelled."""
         entries, self._entries = self._entries, {}
         for key, (admission, timer) in entries.items():
             timer.cancel()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from attrs import define
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from avr.control.call_registry import CallRegistry
@@ -38,12 +39,15 @@ class RegistryObserver:
 
     registry: CallRegistry
     clock: IReactorTime
+    log = Logger()
 
     def call_started(self, call: Call) -> None:
         previous = self.registry.lookup(call.uuid)
         if previous is not None:
             if not previous.ended:
-                return  # the UUID of a live call: avr refuses such a connection before it gets here
+                self.log.warn("Call {uuid} is not shown in /calls: a live {kind} call has that id", uuid=call.uuid,
+                              kind=previous.kind)
+                return
             self.registry.forget(previous)
         record = AudioSocketCallRecord(
             call, call.started_at,
