@@ -56,6 +56,8 @@ class FakeStsSession:
         self.dtmf: list[str] = []
         #: Everything sent, in order: audio chunks (bytes) and digits (str).
         self.sent: list[bytes | str] = []
+        #: The action results sent, in order.
+        self.results: list[Any] = []
         self.closed = False
 
     def send_audio(self, pcm: bytes) -> None:
@@ -67,6 +69,10 @@ class FakeStsSession:
         assert not self.closed
         self.dtmf.append(digit)
         self.sent.append(digit)
+
+    def send_action_result(self, result: Any) -> None:
+        assert not self.closed
+        self.results.append(result)
 
     def close(self) -> None:
         if not self.closed:
@@ -124,6 +130,9 @@ class RecordingObserver:
 
     def interruption(self, call: Any) -> None:
         self.events.append(("interruption", call.uuid))
+
+    def agent_action(self, call: Any, request: Any, result: Any) -> None:
+        self.events.append(("agent_action", call.uuid, request, result))
 
     def call_ended(self, call: Any, reason: str) -> None:
         self.events.append(("call_ended", call.uuid, reason))

@@ -20,7 +20,19 @@ from zope.interface.verify import verifyObject
 
 from avr.config import ConfigError
 from avr.interfaces import IStsConnector, IStsHandler, IStsSession
-from avr.sts.codec import AudioMessage, DtmfDigit, Init, UnknownMessage, encode_audio, encode_transcript
+from avr.sts.codec import (
+    ActionResult,
+    AudioMessage,
+    DtmfDigit,
+    DtmfRequest,
+    HangupRequest,
+    Init,
+    InvalidAction,
+    TransferRequest,
+    UnknownMessage,
+    encode_audio,
+    encode_transcript,
+)
 from avr.sts.errors import StsConnectError
 from avr.sts.websocket import StsClientProtocol, WebSocketStsConnector
 from avr.wsclock import disable_autobahn_timers
@@ -113,6 +125,29 @@ def test_each_sts_message_type_reaches_the_handler():
         ("interruption",), ("transcript", "user", "hi"), ("transcript", "agent", "hello"),
         ("error", "quota exceeded"), ("error", ""),
     ]
+
+
+def test_control_messages_reach_the_handler_and_results_go_back():
+    """hangup, transfer and dtmf reach the handler as requests; action_result goes back to the STS as JSON."""
+    client, server, handler, pump, _ = pair()
+    server.send_hangup("bye")
+    server.send_transfer(endpoint="PJSIP/1002", id="t")
+    server.send_dtmf_request("12")
+    server.send_raw('{"type":"transfer"}')
+    pump.flush()
+    assert handler.events == [
+        ("action", HangupRequest("bye")), ("action", TransferRequest(endpoint="PJSIP/1002", id="t")),
+        ("action", DtmfRequest("12")),
+        ("action", InvalidAction("transfer", "endpoint, or both context and extension, are required")),
+    ]
+    client.send_action_result(ActionResult("transfer", False, "busy", "t"))
+    pump.flush()
+    assert server.action_results == [ActionResult("transfer", False, "busy", "t")]
+    client.close()
+    pump.flush()
+    client.send_action_result(ActionResult("dtmf", True))  # closed: dropped
+    pump.flush()
+    assert len(server.action_results) == 1
 
 
 def test_unknown_binary_and_malformed_messages_are_ignored():

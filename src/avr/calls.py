@@ -26,6 +26,7 @@ from avr.config import redact_url
 from avr.frames import AUDIO_KIND_RATES, Kind
 from avr.interfaces import (
     IAudioSocketLeg,
+    ICallActions,
     ICallObserver,
     ICallRouter,
     ICallSink,
@@ -35,9 +36,24 @@ from avr.interfaces import (
 )
 from avr.logtext import clip, url_repr
 from avr.playout import FRAME_SECONDS, FrameTicker, PlaybackQueue, frame_bytes_for_rate
+from avr.sts.codec import ActionRequest, ActionResult, InvalidAction
 
 #: Caller audio kept while the STS connection opens (seconds); older audio is dropped first.
 PENDING_AUDIO_SECONDS = 2.0
+
+#: Seconds an ended call keeps its STS session open at most, so that the actions the agent asked for (a transfer
+#: rings up to 120 s) can still report their outcome to it.
+ACTION_LINGER = 130.0
+
+
+@implementer(ICallActions)
+class NoActions:
+    """Refuses every action: for calls on which nothing can be carried out."""
+
+    def perform(self, call: Call, request: ActionRequest) -> Deferred[ActionResult]:
+        """See `ICallActions.perform`."""
+        return succeed(ActionResult(request.action, False, f"{request.action} is not available on this call",
+                                    request.id))
 
 
 @implementer(ICallSink, IStsHandler)
@@ -53,7 +69,13 @@ class Call:
 
     The STS session states its own rates (`IStsSession.input_rate`, ``output_rate``): caller audio is converted from
     the call's rate to the first, agent audio from the second to the call's. Until the session opens, caller audio
-    waits at the call's rate.
+    waits at the call's rate. A leg whose format avr chose (``kind``: an ARI externalMedia leg) plays at that rate
+    from the start.
+
+    What the agent asks for (hang up, transfer, DTMF: `IStsHandler.sts_action`) is carried out by ``actions``; each
+    request gets one ``action_result`` and two `ICallObserver.agent_action` events (requested, then the outcome).
+    When the call ends while requests are still being carried out, its STS session stays open (at most
+    `ACTION_LINGER` seconds) until their outcomes are known, so the agent hears them; ``call_ended`` follows.
     """
 
     uuid: str
@@ -63,10 +85,14 @@ class Call:
     observer: ICallObserver
     ticker: FrameTicker
     on_end: Callable[[Call], None]
+    clock: IReactorTime
+    actions: ICallActions = field(factory=NoActions)
     #: The ``POST /call`` payload of a registered call (the dialplan's ``uniqueid``, ``channel``, ...), else empty.
     payload: Mapping[str, Any] = field(factory=dict)
     #: ``clock.seconds()`` when the connection was admitted.
     started_at: float = 0.0
+    #: The AudioSocket audio kind of the leg, when avr chose its format; else learnt from the first frame.
+    kind: int | None = None
     ended: bool = False
     end_reason: str | None = None
     _inbound: InboundAudio = field(init=False)
@@ -79,10 +105,17 @@ class Call:
     _out_kind: int | None = None
     _outbound: Resampler | None = None
     _queue: PlaybackQueue | None = None
+    #: The actions being carried out, by request number.
+    _requests: dict[int, ActionRequest | InvalidAction] = field(factory=dict, init=False)
+    _request_count: int = field(default=0, init=False)
+    _linger: Any = field(default=None, init=False)
+    _finished: bool = field(default=False, init=False)
     log = Logger()
 
     def __attrs_post_init__(self) -> None:
         self._inbound = InboundAudio(uuid=self.uuid)
+        if self.kind is not None:
+            self._start_playout(self.kind)
 
     @property
     def rate(self) -> int | None:
@@ -104,10 +137,11 @@ class Call:
         d = self._connecting = self.connector.connect(self.sts_url, self.uuid, self)
         d.addCallbacks(self._sts_opened, self._sts_failed)
 
-    def end(self, reason: str) -> None:
+    def end(self, reason: str, linger: bool = True) -> None:
         """
-        End the call once: close the STS session, hang up Asterisk's leg if it is still there, stop playback, send
-        ``call_ended``. Idempotent.
+        End the call once: stop playback, hang up Asterisk's leg if it is still there, close the STS session and send
+        ``call_ended``. Idempotent. With actions still being carried out (and ``linger``), the session is closed and
+        ``call_ended`` sent once their outcomes are known (at most `ACTION_LINGER` seconds later).
         """
         if self.ended:
             return
@@ -119,13 +153,35 @@ class Call:
         self._pending.clear()
         if self._connecting is not None:
             self._connecting.cancel()
-        if self._session is not None:
-            session, self._session = self._session, None
-            session.close()
         if self.leg.connected:
             self.leg.hang_up()
         self.log.info("Call ended: {uuid} ({reason})", uuid=self.uuid, reason=reason)
-        self.observer.call_ended(self, reason)
+        if self._requests and linger:
+            self._linger = self.clock.callLater(ACTION_LINGER, self._linger_over)
+            return
+        self._finish()
+
+    def _linger_over(self) -> None:
+        self._linger = None
+        for number, request in list(self._requests.items()):
+            self._settle(number, request, ActionResult(request.action, False, "the call ended before it completed",
+                                                       request.id))
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self._linger is not None:
+            if self._linger.active():
+                self._linger.cancel()
+            self._linger = None
+        for number, request in list(self._requests.items()):
+            self._settle(number, request, ActionResult(request.action, False, "the call ended before it completed",
+                                                       request.id))
+        if self._session is not None:
+            session, self._session = self._session, None
+            session.close()
+        self.observer.call_ended(self, self.end_reason or "")
         self.on_end(self)
 
     def _sts_opened(self, session: IStsSession) -> None:
@@ -235,6 +291,48 @@ class Call:
             self.log.warn("STS closed call {uuid}: {reason}", uuid=self.uuid, reason=reason)
             self.end(f"STS closed: {reason}")
 
+    def sts_action(self, request: ActionRequest | InvalidAction) -> None:
+        if self.ended:
+            if self._session is not None:
+                self._session.send_action_result(ActionResult(request.action, False, "the call has ended",
+                                                              request.id))
+            return
+        self._request_count += 1
+        number = self._request_count
+        self._requests[number] = request
+        self.log.info("Agent on call {uuid} asks to {action}: {request!r}", uuid=self.uuid, action=request.action,
+                      request=request)
+        self.observer.agent_action(self, request, None)
+        if isinstance(request, InvalidAction):
+            self._settle(number, request, ActionResult(request.action, False, request.error, request.id))
+            return
+        try:
+            d = self.actions.perform(self, request)
+        except Exception as e:
+            self.log.failure("Call {uuid}: carrying out {action} failed", uuid=self.uuid, action=request.action)
+            d = succeed(ActionResult(request.action, False, f"internal error ({type(e).__name__})", request.id))
+        d.addErrback(self._action_failed, request)
+        d.addCallback(lambda result: self._settle(number, request, result))
+
+    def _action_failed(self, failure: Failure, request: ActionRequest) -> ActionResult:
+        self.log.failure("Call {uuid}: carrying out {action} failed", failure, uuid=self.uuid, action=request.action)
+        return ActionResult(request.action, False, f"internal error ({failure.type.__name__})", request.id)
+
+    def _settle(self, number: int, request: ActionRequest | InvalidAction, result: ActionResult) -> None:
+        """The outcome of one request: to the agent (while its session is open) and the observers, once."""
+        if self._requests.pop(number, None) is None:
+            return
+        if result.ok:
+            self.log.info("Call {uuid}: {action} done", uuid=self.uuid, action=result.action)
+        else:
+            self.log.info("Call {uuid}: {action} not done: {error}", uuid=self.uuid, action=result.action,
+                          error=clip(result.error or ""))
+        if self._session is not None:
+            self._session.send_action_result(result)
+        self.observer.agent_action(self, request, result)
+        if self.ended and not self._requests:
+            self._finish()
+
     # -- playback -----------------------------------------------------------------------------------------------
 
     def _start_playout(self, kind: int) -> None:
@@ -273,6 +371,7 @@ class CallManager:
     :param admissions: the connections someone expects.
     :param sts_url: ``STS_URL``, for connections nobody expects (``None`` = the built-in echo agent).
     :param require_registration: ``REQUIRE_CALL_INIT``: refuse connections nobody expects.
+    :param actions: carries out what the agents of dialplan calls ask for (`avr.actions.DialplanActions`).
     """
 
     clock: IReactorTime
@@ -282,6 +381,7 @@ class CallManager:
     admissions: Admissions
     sts_url: str | None = field(repr=url_repr)
     require_registration: bool = False
+    actions: ICallActions = field(factory=NoActions)
     _calls: dict[str, Call] = field(factory=dict)
     log = Logger()
 
@@ -298,12 +398,16 @@ class CallManager:
         return self.start_call(leg, self.sts_url)
 
     def start_call(
-        self, leg: IAudioSocketLeg, sts_url: str | None, payload: Mapping[str, Any] | None = None,
+        self, leg: IAudioSocketLeg, sts_url: str | None, payload: Mapping[str, Any] | None = None, *,
+        observer: ICallObserver | None = None, actions: ICallActions | None = None, kind: int | None = None,
     ) -> Call:
         """
         Bridge ``leg`` to an STS session at ``sts_url`` (``None`` = the built-in echo agent) and start the call.
 
         :param payload: the call's metadata (the ``POST /call`` payload), kept on the call for its observers.
+        :param observer: who hears the call's events (default: this manager's, for dialplan calls).
+        :param actions: what carries out the agent's requests (default: this manager's, for dialplan calls).
+        :param kind: the leg's audio kind, when avr chose its format (an ARI media leg).
         :raises CallRefused: a call with the leg's UUID is live.
         """
         if leg.uuid in self._calls:
@@ -313,11 +417,14 @@ class CallManager:
             leg=leg,
             sts_url=sts_url,
             connector=self.connector,
-            observer=self.observer,
+            observer=observer or self.observer,
             ticker=self.ticker,
             on_end=self._ended,
+            clock=self.clock,
+            actions=actions or self.actions,
             payload=dict(payload or {}),
             started_at=self.clock.seconds(),
+            kind=kind,
         )
         self._calls[call.uuid] = call
         call.start()
@@ -338,5 +445,5 @@ class CallManager:
     def stop(self) -> Deferred[None]:
         """End every call (server shutdown): each gets its hang-up frame and ``call_ended``."""
         for call in list(self._calls.values()):
-            call.end("server shutting down")
+            call.end("server shutting down", linger=False)
         return succeed(None)

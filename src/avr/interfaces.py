@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
     from avr.calls import Call
+    from avr.sts.codec import ActionRequest, ActionResult
 
 
 class IAudioSocketLeg(Interface):
@@ -43,6 +44,13 @@ class IStsHandler(Interface):
     def sts_error(message: str) -> None:
         """The STS reported an error (the session may go on or close next)."""
 
+    def sts_action(request: ActionRequest) -> None:
+        """
+        The agent asks for an action on the call (`avr.sts.codec.HangupRequest`, ``TransferRequest``,
+        ``DtmfRequest``, or ``InvalidAction`` for a malformed one); its outcome goes back through
+        `IStsSession.send_action_result`, once.
+        """
+
     def sts_closed(reason: str) -> None:
         """The session ended, whoever ended it. Called exactly once per opened session."""
 
@@ -61,6 +69,12 @@ class IStsSession(Interface):
 
     def send_dtmf(digit: str) -> None:
         """A DTMF digit the caller pressed."""
+
+    def send_action_result(result: ActionResult) -> None:
+        """
+        The outcome of an action the agent asked for (`IStsHandler.sts_action`); a session whose protocol has no
+        way to carry it (legacy HTTP, the echo agent, which never ask) drops it.
+        """
 
     def close() -> None:
         """End the session (idempotent); `IStsHandler.sts_closed` follows."""
@@ -132,8 +146,27 @@ class ICallObserver(Interface):
     def interruption(call: Call) -> None:
         """The agent reported that the caller barged in; queued agent audio was dropped."""
 
+    def agent_action(call: Call, request: ActionRequest, result: ActionResult | None) -> None:
+        """
+        The agent asked for an action (``result`` ``None``), or the action it asked for succeeded or failed
+        (``result``). Every request gets exactly one outcome, before `call_ended`.
+        """
+
     def call_ended(call: Call, reason: str) -> None:
         """The call is over (``reason`` as logged, e.g. ``Asterisk: hang-up frame``). Last event, exactly once."""
+
+
+class ICallActions(Interface):
+    """Carries out what an agent asks for on its call (`IStsHandler.sts_action`): hang up, transfer, send DTMF."""
+
+    def perform(call: Call, request: ActionRequest):  # type: ignore[no-untyped-def]
+        """
+        Carry out ``request`` (an `avr.sts.codec.HangupRequest`, ``TransferRequest`` or ``DtmfRequest``) on
+        ``call``.
+
+        :return: a Deferred firing with the `avr.sts.codec.ActionResult` (a refusal or failure is a result with
+            ``ok`` false and a readable ``error``, never a failed Deferred).
+        """
 
 
 class IAdmission(Interface):

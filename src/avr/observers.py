@@ -14,6 +14,7 @@ from avr.interfaces import ICallObserver, IWebhooks
 
 if TYPE_CHECKING:
     from avr.calls import Call
+    from avr.sts.codec import ActionRequest, ActionResult
 
 
 @implementer(ICallObserver)
@@ -48,6 +49,9 @@ class CallObservers:
     def interruption(self, call: Call) -> None:
         self._each("interruption", call, lambda o: o.interruption(call))
 
+    def agent_action(self, call: Call, request: ActionRequest, result: ActionResult | None) -> None:
+        self._each("agent_action", call, lambda o: o.agent_action(call, request, result))
+
     def call_ended(self, call: Call, reason: str) -> None:
         self._each("call_ended", call, lambda o: o.call_ended(call, reason))
 
@@ -57,6 +61,7 @@ class WebhookObserver:
     """
     avr-core's call webhooks for the typed events: ``call_started`` ``{}``, ``dtmf_digit`` ``{"digit"}``,
     ``transcription`` ``{"role", "text"}``, ``interruption`` ``{}``, ``call_ended`` ``{}``, under the call's UUID.
+    avr-core has no webhook for the agent's actions (they are on ``/events`` and the events webhook).
     """
 
     def __init__(self, webhooks: IWebhooks) -> None:
@@ -73,6 +78,9 @@ class WebhookObserver:
 
     def interruption(self, call: Call) -> None:
         self.webhooks.emit(call.uuid, "interruption", {})
+
+    def agent_action(self, call: Call, request: ActionRequest, result: ActionResult | None) -> None:
+        """Not an avr-core webhook."""
 
     def call_ended(self, call: Call, reason: str) -> None:
         self.webhooks.emit(call.uuid, "call_ended", {})

@@ -17,6 +17,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 
+from avr.actions import DialplanActions
 from avr.admissions import Admissions
 from avr.ari.client import AriClient
 from avr.ari.events import AriEventStream, endpoint_connector
@@ -268,6 +269,7 @@ def build(
         admissions=admissions,
         sts_url=config.sts_url,
         require_registration=config.require_call_init,
+        actions=DialplanActions(control.control, control.registry),
     )
     registrations = Registrations(admissions, config.call_init_ttl, calls.start_call, config.call_init_max)
     factory = AudioSocketFactory(calls, reactor, uuid_timeout=config.uuid_timeout, idle_timeout=config.idle_timeout)

@@ -4,8 +4,8 @@
 configured or not.
 
 Events (``callId`` = the AudioSocket UUID): ``call.created`` (data: the call), ``call.dtmf`` (``digit``),
-``call.transcript`` (``role``, ``text``), ``call.interruption`` (``{}``), ``call.ended`` (``previousState``,
-``cause`` and ``causeText`` ``null``, ``endedAt``, ``reason``).
+``call.transcript`` (``role``, ``text``), ``call.interruption`` (``{}``), ``agent.action`` (see `agent_action_data`),
+``call.ended`` (``previousState``, ``cause`` and ``causeText`` ``null``, ``endedAt``, ``reason``).
 """
 
 from __future__ import annotations
@@ -20,9 +20,28 @@ from zope.interface import implementer
 from avr.control.call_registry import CallRegistry
 from avr.control.records import ENDED, AudioSocketCallRecord, iso
 from avr.interfaces import ICallObserver
+from avr.sts.codec import action_fields
 
 if TYPE_CHECKING:
     from avr.calls import Call
+    from avr.sts.codec import ActionRequest, ActionResult
+
+
+def agent_action_data(request: ActionRequest, result: ActionResult | None) -> dict[str, Any]:
+    """
+    The data of an ``agent.action`` event: ``action`` (``hangup``, ``transfer``, ``dtmf``), ``status``
+    (``requested``, then ``succeeded`` or ``failed``), ``request`` (the fields the agent gave) and, when failed,
+    ``error``.
+    """
+    data: dict[str, Any] = {"action": request.action, "request": action_fields(request)}
+    if result is None:
+        data["status"] = "requested"
+    elif result.ok:
+        data["status"] = "succeeded"
+    else:
+        data["status"] = "failed"
+        data["error"] = result.error
+    return data
 
 
 def _text(value: Any) -> str | None:
@@ -68,6 +87,9 @@ class RegistryObserver:
 
     def interruption(self, call: Call) -> None:
         self._publish(call, "call.interruption", {})
+
+    def agent_action(self, call: Call, request: ActionRequest, result: ActionResult | None) -> None:
+        self._publish(call, "agent.action", agent_action_data(request, result))
 
     def call_ended(self, call: Call, reason: str) -> None:
         record = self._record(call)

@@ -1,9 +1,12 @@
 """
 Sans-IO codec of the AVR STS WebSocket protocol: JSON text frames, audio as base64 of PCM16LE.
 
-Client (avr) to STS: ``init`` ``{uuid}``, ``audio`` ``{audio}``, ``dtmf_digit`` ``{digit}``.
-STS to client: ``audio`` ``{audio}``, ``interruption``, ``transcript`` ``{role, text}``, ``error`` ``{message}``; any other
-type must be ignored by the client.
+Client (avr) to STS: ``init`` ``{uuid}``, ``audio`` ``{audio}``, ``dtmf_digit`` ``{digit}``, and ``action_result``
+``{action, ok, error[, id]}`` answering each control message.
+STS to client: ``audio`` ``{audio}``, ``interruption``, ``transcript`` ``{role, text}``, ``error`` ``{message}``, and the
+control messages ``hangup`` ``{reason?}``, ``transfer`` ``{endpoint | context, extension, priority?; callerId?,
+timeout?}`` and ``dtmf`` ``{digits}`` (each may carry an ``id``, echoed in its result); any other type must be ignored
+by the client.
 
 Encoders return UTF-8 bytes ready for ``sendMessage(payload, isBinary=False)``. Decoders return frozen values and raise
 `StsProtocolError` for messages that cannot be understood.
@@ -87,11 +90,76 @@ class DtmfDigit:
     digit: str
 
 
+@frozen
+class HangupRequest:
+    """The agent asks avr to end the call (``reason``: free text for logs and events, or ``None``)."""
+
+    reason: str | None = None
+    id: str | int | None = None
+    action = "hangup"
+
+
+@frozen
+class TransferRequest:
+    """
+    The agent asks avr to transfer the caller: to ``endpoint`` (a dial string like ``PJSIP/1002``), or to
+    ``extension`` in ``context`` (``priority``, when given). ``caller_id`` and ``timeout`` (seconds) as for the REST
+    transfer. The values' limits are the REST API's, checked where the transfer is carried out.
+    """
+
+    endpoint: str | None = None
+    context: str | None = None
+    extension: str | None = None
+    priority: int | None = None
+    caller_id: str | None = None
+    timeout: int | None = None
+    id: str | int | None = None
+    action = "transfer"
+
+
+@frozen
+class DtmfRequest:
+    """The agent asks avr to send DTMF ``digits`` to the caller."""
+
+    digits: str
+    id: str | int | None = None
+    action = "dtmf"
+
+
+@frozen
+class InvalidAction:
+    """A control message of a known type whose fields are wrong: answered with a failed ``action_result``."""
+
+    action: str
+    error: str
+    id: str | int | None = None
+
+
+#: The control messages an agent may send: what avr carries out on the call.
+ActionRequest = Union[HangupRequest, TransferRequest, DtmfRequest]
+
+#: The control message types.
+ACTIONS = ("hangup", "transfer", "dtmf")
+
+
+@frozen
+class ActionResult:
+    """The outcome of one control message (``error`` is ``None`` when ``ok``), sent back as ``action_result``."""
+
+    action: str
+    ok: bool
+    error: str | None = None
+    id: str | int | None = None
+
+
 #: What an STS sends to the client.
-StsMessage = Union[AudioMessage, Interruption, Transcript, StsErrorMessage, UnknownMessage]
+StsMessage = Union[
+    AudioMessage, Interruption, Transcript, StsErrorMessage, HangupRequest, TransferRequest, DtmfRequest,
+    InvalidAction, UnknownMessage,
+]
 
 #: What a client sends to an STS.
-ClientMessage = Union[Init, AudioMessage, DtmfDigit, UnknownMessage]
+ClientMessage = Union[Init, AudioMessage, DtmfDigit, ActionResult, UnknownMessage]
 
 _AUDIO_PREFIX = b'{"type":"audio","audio":"'
 _AUDIO_SUFFIX = b'"}'
@@ -140,6 +208,93 @@ def encode_error(message: str | None) -> bytes:
     if message is not None:
         body["message"] = message
     return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def encode_action_result(result: ActionResult) -> bytes:
+    """An ``action_result`` message: ``{"type", "action", "ok", "error"}`` plus the request's ``id`` if it had one."""
+    body: dict[str, object] = {"type": "action_result", "action": result.action, "ok": result.ok,
+                               "error": result.error}
+    if result.id is not None:
+        body["id"] = result.id
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def encode_hangup(reason: str | None = None) -> bytes:
+    """A ``hangup`` control message (STS side)."""
+    body: dict[str, str] = {"type": "hangup"}
+    if reason is not None:
+        body["reason"] = reason
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def encode_transfer(**fields: object) -> bytes:
+    """A ``transfer`` control message (STS side) with the given wire fields (``endpoint``, ``context``, ...)."""
+    return json.dumps({"type": "transfer", **fields}, separators=(",", ":")).encode("utf-8")
+
+
+def encode_dtmf_request(digits: str) -> bytes:
+    """A ``dtmf`` control message (STS side)."""
+    return json.dumps({"type": "dtmf", "digits": digits}, separators=(",", ":")).encode("utf-8")
+
+
+def action_fields(request: HangupRequest | TransferRequest | DtmfRequest | InvalidAction) -> dict[str, object]:
+    """The wire fields a control message gave (those not given left out), for logs and events."""
+    fields: dict[str, object]
+    if isinstance(request, HangupRequest):
+        fields = {"reason": request.reason}
+    elif isinstance(request, TransferRequest):
+        fields = {"endpoint": request.endpoint, "context": request.context, "extension": request.extension,
+                  "priority": request.priority, "callerId": request.caller_id, "timeout": request.timeout}
+    elif isinstance(request, DtmfRequest):
+        fields = {"digits": request.digits}
+    else:
+        fields = {}
+    fields["id"] = request.id
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+class _BadField(Exception):
+    pass
+
+
+def _optional(obj: dict, name: str, kind: type | tuple[type, ...], what: str) -> object:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise _BadField(f"{name} must be {what}")
+    return value
+
+
+def _action(kind: str, obj: dict) -> HangupRequest | TransferRequest | DtmfRequest | InvalidAction:
+    """A control message's request, or `InvalidAction` naming what is wrong (never an exception: it is answered)."""
+    request_id = obj.get("id")
+    if isinstance(request_id, bool) or not isinstance(request_id, (str, int)):
+        request_id = None
+    try:
+        if kind == "hangup":
+            return HangupRequest(_optional(obj, "reason", str, "a string"), request_id)  # type: ignore[arg-type]
+        if kind == "dtmf":
+            digits = _optional(obj, "digits", str, "a string")
+            if not digits:
+                raise _BadField("digits (a string of DTMF digits) is required")
+            return DtmfRequest(digits, request_id)  # type: ignore[arg-type]
+        endpoint = _optional(obj, "endpoint", str, "a string")
+        context = _optional(obj, "context", str, "a string")
+        extension = _optional(obj, "extension", str, "a string")
+        priority = _optional(obj, "priority", int, "a whole number")
+        if endpoint is not None and (context is not None or extension is not None or priority is not None):
+            raise _BadField("give either endpoint or context/extension, not both")
+        if endpoint is None and (context is None or extension is None):
+            raise _BadField("endpoint, or both context and extension, are required")
+        return TransferRequest(
+            endpoint, context, extension, priority,  # type: ignore[arg-type]
+            _optional(obj, "callerId", str, "a string"),  # type: ignore[arg-type]
+            _optional(obj, "timeout", int, "a whole number of seconds"),  # type: ignore[arg-type]
+            request_id,
+        )
+    except _BadField as e:
+        return InvalidAction(kind, str(e), request_id)
 
 
 def _parse(payload: bytes | str) -> tuple[str, dict]:
@@ -218,6 +373,8 @@ def decode_message(payload: bytes | str) -> StsMessage:
         elif not isinstance(message, str):
             message = json.dumps(message, separators=(",", ":"))
         return StsErrorMessage(message)
+    if kind in ACTIONS:
+        return _action(kind, obj)
     return UnknownMessage(kind)
 
 
@@ -240,4 +397,9 @@ def decode_client_message(payload: bytes | str) -> ClientMessage:
         if not isinstance(digit, str) or digit not in DTMF_DIGITS:
             raise StsProtocolError(f"dtmf_digit with an invalid digit {digit!r:.20}")
         return DtmfDigit(digit)
+    if kind == "action_result":
+        action, ok, error, result_id = obj.get("action"), obj.get("ok"), obj.get("error"), obj.get("id")
+        if not isinstance(action, str) or not isinstance(ok, bool) or not (error is None or isinstance(error, str)):
+            raise StsProtocolError("action_result needs a string action, a boolean ok and a string or null error")
+        return ActionResult(action, ok, error, result_id)
     return UnknownMessage(kind)

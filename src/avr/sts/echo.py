@@ -61,6 +61,9 @@ class EchoStsSession:
         """Ignored: the echo agent has nothing to say about keys."""
         log.debug("Echo agent for call {uuid}: ignoring DTMF {digit!r}", uuid=self.uuid, digit=digit)
 
+    def send_action_result(self, result: Any) -> None:
+        """Dropped: the echo agent never asks for actions."""
+
     def close(self) -> None:
         """Drop audio not yet echoed and report ``sts_closed("closed")`` before returning. Idempotent."""
         if self._closed:

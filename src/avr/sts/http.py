@@ -306,6 +306,9 @@ class HttpStsProtocol(Protocol):
         log.debug("Legacy HTTP STS for call {uuid}: DTMF {digit!r} not sent (no DTMF channel)", uuid=self.uuid,
                   digit=digit)
 
+    def send_action_result(self, result: Any) -> None:
+        """The legacy protocol has no messages (and its peers never ask for actions): dropped."""
+
     def close(self) -> None:
         """Finish the request body and stop reading the response; `IStsHandler.sts_closed` is called at once."""
         self._end("closed")

@@ -2,7 +2,8 @@
 The AVR STS WebSocket client (``ws://`` and ``wss://``), on autobahn.
 
 One connection per call: ``init {uuid}`` first, then caller audio and DTMF as JSON text frames; agent audio,
-interruptions, transcripts and errors go to the call's `IStsHandler`.
+interruptions, transcripts, errors and control messages (hang up, transfer, DTMF) go to the call's `IStsHandler`,
+and each control message is answered with an ``action_result``.
 
 Every timer runs on the injected clock (`avr.wsclock`): the overall connect timeout (`WebSocketStsConnector`) and
 the closing handshake timeout (`StsClientProtocol`); the STS gets no keep-alive pings.
@@ -29,14 +30,20 @@ from avr.interfaces import IStsConnector, IStsHandler, IStsSession
 from avr.logtext import clip
 from avr.sts.attempt import Dialer
 from avr.sts.codec import (
+    ActionResult,
     AudioMessage,
+    DtmfRequest,
+    HangupRequest,
     Interruption,
+    InvalidAction,
     StsErrorMessage,
     StsProtocolError,
     Transcript,
+    TransferRequest,
     UnknownMessage,
     compact_audio,
     decode_message,
+    encode_action_result,
     encode_audio,
     encode_dtmf,
     encode_init,
@@ -122,6 +129,11 @@ class StsClientProtocol(WebSocketClientProtocol):
             log.warn("STS for call {uuid}: not sending invalid DTMF digit {digit!r}", uuid=self.uuid, digit=digit)
             return
         self.sendMessage(payload, isBinary=False)
+
+    def send_action_result(self, result: ActionResult) -> None:
+        """Send an ``action_result`` message (dropped unless the session is open and not closing)."""
+        if self._can_send("action result"):
+            self.sendMessage(encode_action_result(result), isBinary=False)
 
     def _can_send(self, what: str) -> bool:
         if not self._was_open:
@@ -226,6 +238,8 @@ class StsClientProtocol(WebSocketClientProtocol):
             case StsErrorMessage(message=text):
                 log.warn("STS for call {uuid} reported an error: {message}", uuid=self.uuid, message=clip(text))
                 self._handler.sts_error(text)
+            case HangupRequest() | TransferRequest() | DtmfRequest() | InvalidAction():
+                self._handler.sts_action(message)
             case UnknownMessage(type=kind):
                 log.debug("STS for call {uuid}: ignoring message of unknown type {type!r}", uuid=self.uuid,
                           type=clip(kind))

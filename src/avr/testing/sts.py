@@ -44,15 +44,19 @@ from zope.interface import implementer
 
 from avr.interfaces import IStsHandler
 from avr.sts.codec import (
+    ActionResult,
     AudioMessage,
     DtmfDigit,
     Init,
     StsProtocolError,
     decode_client_message,
     encode_audio,
+    encode_dtmf_request,
     encode_error,
+    encode_hangup,
     encode_interruption,
     encode_transcript,
+    encode_transfer,
 )
 from avr.sts.once import Once
 from avr.wsclock import disable_autobahn_timers
@@ -144,6 +148,10 @@ class RecordingStsHandler:
         """Record an error."""
         self._add("error", message)
 
+    def sts_action(self, request: Any) -> None:
+        """Record an action request."""
+        self._add("action", request)
+
     def sts_closed(self, reason: str) -> None:
         """Record the end of the session."""
         self._add("closed", reason)
@@ -175,6 +183,7 @@ class FakeStsServerProtocol(WebSocketServerProtocol):
         self.violations: list[str] = []
         self.close_info: tuple[bool, int | None, str | None] | None = None
         self._closed = Once()
+        self._result_waiters: list[tuple[int, Deferred]] = []
 
     # -- what was received
 
@@ -187,6 +196,24 @@ class FakeStsServerProtocol(WebSocketServerProtocol):
     def dtmf(self) -> list[str]:
         """The DTMF digits received, in order."""
         return [m.digit for m in self.messages if isinstance(m, DtmfDigit)]
+
+    @property
+    def action_results(self) -> list[ActionResult]:
+        """The ``action_result`` messages received, in order."""
+        return [m for m in self.messages if isinstance(m, ActionResult)]
+
+    def when_result(self, count: int = 1) -> Deferred:
+        """A Deferred firing with `action_results` once ``count`` of them arrived."""
+        d: Deferred = Deferred()
+        self._result_waiters.append((count, d))
+        self._check_results()
+        return d
+
+    def _check_results(self) -> None:
+        have = len(self.action_results)
+        for entry in [w for w in self._result_waiters if w[0] <= have]:
+            self._result_waiters.remove(entry)
+            entry[1].callback(self.action_results)
 
     @property
     def is_connected(self) -> bool:
@@ -215,6 +242,18 @@ class FakeStsServerProtocol(WebSocketServerProtocol):
     def send_error(self, message: str | None = "error") -> None:
         """Send ``error`` (``None``: without a ``message`` field)."""
         self.sendMessage(encode_error(message), isBinary=False)
+
+    def send_hangup(self, reason: str | None = None) -> None:
+        """Ask avr to hang up the call (control message ``hangup``)."""
+        self.sendMessage(encode_hangup(reason), isBinary=False)
+
+    def send_transfer(self, **fields: Any) -> None:
+        """Ask avr to transfer the caller (control message ``transfer``: ``endpoint=...`` or ``context=...``)."""
+        self.sendMessage(encode_transfer(**fields), isBinary=False)
+
+    def send_dtmf_request(self, digits: str) -> None:
+        """Ask avr to send DTMF to the caller (control message ``dtmf``)."""
+        self.sendMessage(encode_dtmf_request(digits), isBinary=False)
 
     def send_raw(self, payload: bytes | str, binary: bool = False) -> None:
         """Send any frame (unknown types, malformed JSON, binary frames)."""
@@ -286,6 +325,8 @@ class FakeStsServerProtocol(WebSocketServerProtocol):
             kind = type(message).__name__
             self.violations.append(f"{kind} before init")
         self.messages.append(message)
+        if isinstance(message, ActionResult):
+            self._check_results()
         return message
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
