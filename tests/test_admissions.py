@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -88,6 +89,7 @@ def test_count_by_kind_and_clear() -> None:
     assert all(len(x.reasons) == 1 for x in (a, b, c))
 
 
+@pytest.mark.logs_errors(r"admission of .* failed to expire")
 def test_an_admission_that_raises_on_expiry_is_logged(log_events: list[Any]) -> None:
     """A broken admission does not stop the others from being told at shutdown."""
 

@@ -148,6 +148,7 @@ def test_connects_at_start_and_delivers_events() -> None:
     assert listener.calls[-1] == ("disconnected", "stopped")
 
 
+@pytest.mark.logs_errors(r"The ARI listener failed on a Boom event")
 def test_bad_messages_are_skipped() -> None:
     """Non-JSON, binary, typeless messages and a failing listener do not break the stream."""
     stream, net, listener, clock = connected()

@@ -514,6 +514,7 @@ def test_refused_call_is_logged_and_closed(log_events: list[LogEvent]) -> None:
     lose(protocol)
 
 
+@pytest.mark.logs_errors(r"the router failed; closing")
 def test_router_failure_closes_only_that_connection(log_events: list[LogEvent]) -> None:
     """An unexpected router exception is logged as a failure and closes the connection."""
     protocol, transport, _, _ = connect(FakeRouter(fail=True))
@@ -522,6 +523,7 @@ def test_router_failure_closes_only_that_connection(log_events: list[LogEvent]) 
     assert any(e.get("log_failure") is not None for e in log_events)
 
 
+@pytest.mark.logs_errors(r"the call failed on an inbound frame; hanging up")
 def test_sink_failure_ends_only_its_call(log_events: list[LogEvent]) -> None:
     """A sink raising on audio: logged, that call is hung up and told it is over; another connection carries on."""
     clock = Clock()

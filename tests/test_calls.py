@@ -326,6 +326,7 @@ def test_typed_events_of_a_call_and_their_webhooks() -> None:
     assert session.closed and session.dtmf == ["#"]
 
 
+@pytest.mark.logs_errors(r"Call observer .*Broken.* failed on dtmf of call")
 def test_a_failing_observer_does_not_break_the_call(log_events: list) -> None:
     """An observer that raises is logged; the other observers and the call's audio go on."""
 
@@ -345,6 +346,7 @@ def test_a_failing_observer_does_not_break_the_call(log_events: list) -> None:
     assert len(failures) == 1 and failures[0]["log_failure"].check(RuntimeError)
 
 
+@pytest.mark.logs_errors(r"STS connection failed for call .*: Connection refused")
 def test_sts_refused_ends_only_that_call() -> None:
     """An unreachable STS ends its call (hang-up frame, call_ended once); another call is untouched."""
     world = World()

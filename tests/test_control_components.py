@@ -61,6 +61,7 @@ def test_task_group_wait_times_out_on_the_clock() -> None:
     assert outcome[0].check(TimeoutError)
 
 
+@pytest.mark.logs_errors(r"Call control: the broken job failed")
 def test_task_group_logs_a_failed_task_but_not_a_cancelled_one(log_events: list[LogEvent]) -> None:
     tasks = TaskGroup(Clock())
 
@@ -105,6 +106,7 @@ def test_registry_holds_back_the_events_of_a_pending_call() -> None:
     assert sink.types() == ["call.created", "call.dtmf"] and "c2" not in registry
 
 
+@pytest.mark.logs_errors(r"Call control: releasing what call c1 held failed")
 def test_registry_ends_a_call_once_and_releases_in_subscription_order(log_events: list[LogEvent]) -> None:
     """``call.ended`` once; then every on_call_ended callback in order (a failing one does not stop the others),
     then the call's own end hooks; the record stays readable for the retention, then is forgotten."""

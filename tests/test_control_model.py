@@ -431,6 +431,7 @@ def test_list_endpoints() -> None:
         {"technology": "PJSIP", "resource": "1001", "state": "online", "channelIds": ["1.2"]}]
 
 
+@pytest.mark.logs_errors(r"Call control cannot apply an ARI StasisStart event")
 def test_handler_errors_do_not_escape() -> None:
     """A malformed event is logged and skipped; the model keeps working."""
     h = make("none")

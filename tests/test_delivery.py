@@ -144,6 +144,10 @@ def test_dropping_is_reported_when_it_starts_while_it_lasts_and_when_it_ends(log
     assert rig.queue.dropped == 9
 
 
+@pytest.mark.logs_errors(
+    r"\[CALL_STARTED\].* not delivered after 1 attempt\(s\): timed out",
+    r"\[TRANSCRIPTION\].* not delivered after 1 attempt\(s\): timed out",
+)
 def test_a_chatty_call_with_a_stalling_receiver_stays_bounded_and_its_call_ended_arrives() -> None:
     """
     The probe of the hardening issue: one call emits 20,000 transcriptions while the receiver stalls for a minute.
@@ -227,7 +231,10 @@ def test_stop_delivers_pending_call_ended_first() -> None:
     assert sink.pending == 0 and reactor.getDelayedCalls() == []
 
 
-@pytest.mark.parametrize("timeout_ms,bound", [(3000, 3.0), (30000, SHUTDOWN_GRACE)])
+@pytest.mark.parametrize("timeout_ms,bound", [
+    pytest.param(3000, 3.0, marks=pytest.mark.logs_errors(r"\[CALL_ENDED\].* not delivered after 1 attempt")),
+    (30000, SHUTDOWN_GRACE),
+])
 def test_stop_with_a_stalled_receiver_ends_within_the_bound(timeout_ms: int, bound: float, log_events) -> None:
     """
     SIGTERM with 50 live calls and a receiver that answers nothing: every call_ended is sent once, and shutdown
@@ -311,6 +318,9 @@ def test_a_request_lost_with_its_connection_is_sent_again_on_a_fresh_one(error: 
     (ResponseFailed([Failure(ConnectionLost("reset"))]), "response cut short (connection closed by the peer)"),
     (ResponseNeverReceived(CLOSED), "no response (connection closed by the peer)"),
 ])
+@pytest.mark.logs_errors(
+    r"text 0 to .* not delivered after 1 attempt\(s\): (response cut short|no response) \(connection closed by the peer\)",
+)
 def test_only_one_resend_and_only_before_a_response(error: Exception, text: str, log_events) -> None:
     """
     A response cut short is an ordinary failed attempt (no resend: the receiver may have acted on it); a resend that
@@ -327,6 +337,7 @@ def test_only_one_resend_and_only_before_a_response(error: Exception, text: str,
     assert fresh.posts == (1 if isinstance(error, ResponseNeverReceived) else 0)
 
 
+@pytest.mark.logs_errors(r"not delivered after 1 attempt\(s\): timed out: no response within 1000 ms")
 def test_a_cancelled_request_is_not_sent_again() -> None:
     """Our own timeout cancels the request: that is a timed-out attempt, never a resend."""
     clock = Clock()

@@ -339,6 +339,7 @@ def test_stop_without_clients_fires_at_once(clock: Clock) -> None:
     assert quiet_hub(clock).stop().called
 
 
+@pytest.mark.logs_errors(r"Cannot build the /events snapshot")
 def test_failing_snapshot_closes_the_client(clock: Clock) -> None:
     """If the snapshot cannot be built the client is closed (1011) rather than fed an incomplete state."""
     def broken() -> dict:
@@ -352,6 +353,7 @@ def test_failing_snapshot_closes_the_client(clock: Clock) -> None:
     assert hub.subscriber_count == 0
 
 
+@pytest.mark.logs_errors(r"Dropping an event that is not JSON: type=call.bad")
 def test_an_event_that_is_not_json_is_dropped_alone(clock: Clock) -> None:
     """publish() never raises: a non-JSON event is logged and skipped; the next one is delivered."""
     hub = quiet_hub(clock)
@@ -436,6 +438,7 @@ class RecordingSink:
         self.events.append(event)
 
 
+@pytest.mark.logs_errors(r"Event sink .* failed on a call.dtmf event")
 def test_fan_out_reaches_every_sink_even_past_a_broken_one() -> None:
     """FanOut delivers to each sink in order; one raising does not stop the others, and nothing propagates."""
     first, broken, last = RecordingSink(), RecordingSink(fail=True), RecordingSink()

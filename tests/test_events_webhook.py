@@ -97,6 +97,7 @@ def test_events_are_posted_as_json_in_order(clock: Clock, stub: StubTreq, receiv
     assert hook.pending == 0
 
 
+@pytest.mark.logs_errors(r"not delivered after 1 attempt\(s\): timed out: no response within")
 def test_publish_never_waits_for_the_receiver(clock: Clock, stub: StubTreq, receiver: Receiver) -> None:
     """While the receiver hangs, publish returns at once; later events wait their turn behind the first."""
     receiver.modes = ["hang"]
@@ -135,6 +136,7 @@ def test_failures_are_retried_with_exponential_backoff(clock: Clock, stub: StubT
     assert clock.getDelayedCalls() == []
 
 
+@pytest.mark.logs_errors(r"not delivered after 2 attempt\(s\): HTTP 500")
 def test_gives_up_after_the_last_retry_and_goes_on(clock: Clock, stub: StubTreq, receiver: Receiver) -> None:
     """After retries+1 failed attempts the event is logged as lost and the next one is delivered."""
     receiver.modes = ["fail", "fail"]
@@ -165,6 +167,7 @@ def test_a_hanging_receiver_times_out_and_is_retried(clock: Clock, stub: StubTre
     assert clock.getDelayedCalls() == []
 
 
+@pytest.mark.logs_errors(r"not delivered after 1 attempt\(s\): timed out: no response within")
 def test_queue_is_bounded_and_drops_the_oldest(clock: Clock, stub: StubTreq, receiver: Receiver) -> None:
     """
     While the receiver is down, at most max_queue events wait; the oldest go first, with one warning, and the
@@ -186,6 +189,7 @@ def test_queue_is_bounded_and_drops_the_oldest(clock: Clock, stub: StubTreq, rec
     assert len(resumed) == 1 and resumed[0]["count"] == 4
 
 
+@pytest.mark.logs_errors(r"not delivered after 3 attempt\(s\): connection refused")
 def test_connection_errors_are_retried_and_logged_without_credentials(clock: Clock) -> None:
     """A refused connection is retried; the final log line shows the URL without its password."""
 
@@ -244,6 +248,7 @@ def test_stop_when_idle_fires_at_once(clock: Clock, stub: StubTreq) -> None:
     assert EventsWebhook(stub, clock, URL).stop().called
 
 
+@pytest.mark.logs_errors(r"dropping a call.bad event that is not JSON")
 def test_an_event_that_is_not_json_is_skipped(clock: Clock, stub: StubTreq, receiver: Receiver) -> None:
     """publish() never raises: a non-JSON event is logged and dropped; the next one goes."""
     hook = EventsWebhook(stub, clock, URL)
@@ -253,6 +258,7 @@ def test_an_event_that_is_not_json_is_skipped(clock: Clock, stub: StubTreq, rece
     assert numbers(receiver) == [2]
 
 
+@pytest.mark.logs_errors(r"event to .* not delivered after 2 attempt\(s\): HTTP 30[137]")
 @pytest.mark.parametrize("status", [301, 303, 307])
 def test_redirects_are_not_followed(clock: Clock, status: int) -> None:
     """A redirect is a failed attempt (retried as a POST to the same URL), never followed, not even 303 as a GET."""

@@ -222,6 +222,7 @@ def test_external_media_connects_and_sends_the_uuid_frame() -> None:
     assert server.lost
 
 
+@pytest.mark.logs_errors(r"Received AudioSocket message other than hangup or audio \(kind 0x01\)")
 def test_external_media_server_hangup_and_invalid_kind() -> None:
     """A 0x00 frame from the server closes the connection and hangs the channel up; an invalid kind resets it."""
     h = Harness()

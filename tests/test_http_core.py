@@ -133,6 +133,7 @@ def test_webhook_without_override_keeps_sts_url():
     api.assert_clean()
 
 
+@pytest.mark.logs_errors(r"call_initiated for call .* not delivered after 1 attempt\(s\): HTTP 500")
 def test_webhook_down_falls_back():
     """A failing webhook (500) falls back to STS_URL + params, override false."""
     api = Api(webhook_url=HOOK)
@@ -292,6 +293,7 @@ def test_client_disconnect_still_registers():
     api.assert_clean()
 
 
+@pytest.mark.logs_errors(r"Unhandled error serving POST /call")
 def test_internal_error_is_logged_and_hidden(log_events):
     """An unexpected exception becomes 500 {"error": "internal error"}, logged with its traceback, details hidden."""
 

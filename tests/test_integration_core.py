@@ -194,6 +194,11 @@ async def test_webhook_override_routes_the_call(rig: Rig) -> None:
     session.drop()
 
 
+@pytest.mark.logs_errors(
+    r"\[CALL_INITIATED\].* not delivered after 2 attempt\(s\): HTTP 500",
+    r"\[CALL_STARTED\].* not delivered after",
+    r"\[CALL_ENDED\].* not delivered after",
+)
 @pytest_twisted.ensureDeferred
 async def test_webhook_down_falls_back_and_the_call_works(rig: Rig) -> None:
     """A failing webhook receiver changes nothing for the call: /call falls back, audio flows."""
@@ -207,6 +212,7 @@ async def test_webhook_down_falls_back_and_the_call_works(rig: Rig) -> None:
     asterisk.hang_up()
 
 
+@pytest.mark.logs_errors(r"STS connection failed for call .*: connection refused")
 @pytest_twisted.ensureDeferred
 async def test_unreachable_sts_hangs_up_cleanly(rig: Rig) -> None:
     """With the STS refusing connections, the call gets a 0x00 frame and FIN, and call_ended is sent once."""

@@ -124,6 +124,7 @@ async def test_events_handshakes_log_no_key_even_with_autobahn_debug_on(every_lo
     assert leaks(every_log_event) == []
 
 
+@pytest.mark.logs_errors(r"call_initiated for call .* not delivered after 1 attempt\(s\): connection refused")
 @pytest_twisted.ensureDeferred
 async def test_whole_service_logs_no_secret(log_events: list[LogEvent]) -> None:
     """

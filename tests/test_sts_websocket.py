@@ -170,6 +170,7 @@ def test_unknown_binary_and_malformed_messages_are_ignored():
     assert len(warnings) == 2
 
 
+@pytest.mark.logs_errors(r"the call failed to handle Interruption")
 def test_a_failing_handler_does_not_break_the_session():
     """An exception in the call's handler is logged; later messages are still delivered."""
 
@@ -498,6 +499,7 @@ async def test_loopback_wss_with_trusted_ca(tmp_path):
     )
 
 
+@pytest.mark.logs_errors(r"SSL error: certificate verify failed", r"SSL error: tlsv1 alert unknown ca")
 @pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_loopback_wss_untrusted_certificate_is_refused():

@@ -105,6 +105,11 @@ def test_every_type_passes_the_strict_receiver():
     rig.assert_clean()
 
 
+@pytest.mark.logs_errors(
+    r"not sent: unknown event type",
+    r"not sent: payload is not JSON",
+    r"not sent: payload must be an object",
+)
 def test_unknown_type_or_bad_payload_is_not_sent(log_events):
     """An unknown type or a payload JSON cannot encode is logged as an error and not sent; emit never raises."""
     rig = Rig()
@@ -144,6 +149,7 @@ def test_timestamp_format():
     assert envelope_violations(rig.sink.received[0].envelope) == []
 
 
+@pytest.mark.logs_errors(r"not delivered after 4 attempt\(s\): HTTP 500")
 def test_retries_with_exponential_backoff(log_events):
     """A 500 receiver with retries=3 gets 4 attempts at 0, 0.5, 1.5 and 3.5 s; the final failure is logged."""
     rig = Rig(retries=3)
@@ -180,6 +186,7 @@ def test_retry_then_success_logs_no_error(log_events):
     rig.assert_clean()
 
 
+@pytest.mark.logs_errors(r"dtmf_digit for call .* not delivered after 2 attempt\(s\): HTTP [345]\d\d")
 @pytest.mark.parametrize("status", [301, 302, 400, 401, 404, 500])
 def test_non_2xx_is_a_failure(status, log_events):
     """Any non-2xx answer (a redirect included: never followed) is a failed attempt and is retried."""
@@ -193,6 +200,7 @@ def test_non_2xx_is_a_failure(status, log_events):
     rig.assert_clean()
 
 
+@pytest.mark.logs_errors(r"not delivered after 2 attempt\(s\): timed out")
 def test_each_attempt_is_bounded_by_the_timeout(log_events):
     """A receiver that never answers: each attempt is cancelled after timeout_ms, then retried after backoff."""
     rig = Rig(timeout_ms=2000, retries=1)
@@ -226,6 +234,7 @@ def test_events_of_one_call_are_delivered_in_order():
     rig.assert_clean()
 
 
+@pytest.mark.logs_errors(r"call_started for call .* not delivered after 1 attempt\(s\): timed out")
 def test_order_holds_across_a_final_failure():
     """After an event fails for good, the next event of the call is sent."""
     rig = Rig(timeout_ms=1000, retries=0)
@@ -238,6 +247,7 @@ def test_order_holds_across_a_final_failure():
     rig.assert_clean()
 
 
+@pytest.mark.logs_errors(r"call_started for call .* not delivered after 1 attempt\(s\): timed out")
 def test_a_stuck_call_does_not_delay_another():
     """One call's unanswered webhook does not hold back a different call's events."""
     rig = Rig(timeout_ms=5000)
@@ -289,7 +299,8 @@ def test_call_initiated_logs_like_avr_core(log_events):
         WebhookReply(body=b"<html>ok</html>"),
         WebhookReply(body=b""),
         WebhookReply(body=b'{"sts_url": "ws://x/"', status=200),
-        WebhookReply.json({"sts_url": "ws://x/"}, status=500),
+        pytest.param(WebhookReply.json({"sts_url": "ws://x/"}, status=500),
+                     marks=pytest.mark.logs_errors(r"call_initiated .* not delivered after 1 attempt\(s\): HTTP 500")),
     ],
 )
 def test_call_initiated_ignores_unusable_replies(reply):
@@ -358,6 +369,7 @@ def test_no_url_means_no_op():
     assert fired(client.stop()) is None
 
 
+@pytest.mark.logs_errors(r"call_ended for call .* not delivered after 2 attempt\(s\): connection refused")
 def test_connection_failure_is_a_failed_attempt(log_events):
     """An exception from the HTTP client is a failed attempt, retried, then logged with its reason."""
 
@@ -377,6 +389,11 @@ def test_connection_failure_is_a_failed_attempt(log_events):
     assert clock.getDelayedCalls() == []
 
 
+@pytest.mark.logs_errors(
+    r"Webhook nonsense for call .* not sent: unknown event type",
+    r"call_started .*key=\*\*\* not delivered after 3 attempt\(s\): HTTP 500",
+    r"call_ended .*key=\*\*\* not delivered after 3 attempt\(s\): timed out",
+)
 def test_secret_never_logged(log_events):
     """Whatever happens (success, failures, timeouts, retries, shutdown), the secret is in no log line."""
     secret = "hunter2-very-secret"
@@ -400,6 +417,10 @@ def test_secret_never_logged(log_events):
     assert rig.sink.received[0].header("x-avr-webhook-secret") == secret
 
 
+@pytest.mark.logs_errors(
+    r"call_started .* not delivered after 4 attempt\(s\): HTTP 500; not retried: shutting down",
+    r"call_ended .* not delivered after 4 attempt\(s\): timed out.*not retried: shutting down",
+)
 def test_stop_cancels_retries_and_waits_for_in_flight(log_events):
     """stop() cancels backoff timers, gives in-flight attempts until the timeout, then abandons the rest."""
     rig = Rig(timeout_ms=2000, retries=3)
