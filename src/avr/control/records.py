@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from attrs import define, field
 from twisted.internet.interfaces import IDelayedCall
 
-from avr.config import redact_url
+from avr.logtext import redact_url
 
 if TYPE_CHECKING:
     from avr.calls import Call
@@ -183,6 +183,8 @@ class AudioSocketCallRecord:
     kind = "audiosocket"
     call: Call
     created_at: float
+    #: The call's STS URL with its secrets masked (``None``: the built-in echo agent).
+    sts_url: str | None = field(init=False)
     channel_id: str | None = None
     channel_name: str | None = None
     #: The ARI call of the same channel, if the call-control model knows it.
@@ -193,6 +195,9 @@ class AudioSocketCallRecord:
     retention: IDelayedCall | None = None
     #: Never waiting for Asterisk (only originated ARI calls are).
     pending: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self.sts_url = redact_url(self.call.sts_url) if self.call.sts_url is not None else None
 
     @property
     def id(self) -> str:
@@ -206,14 +211,13 @@ class AudioSocketCallRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The call as JSON; the STS URL with its secrets masked."""
-        sts_url = self.call.sts_url
         codec = self.call.codec
         return {
             "id": self.id,
             "kind": self.kind,
             "uuid": self.id,
             "state": self.state,
-            "stsUrl": redact_url(sts_url) if sts_url is not None else None,
+            "stsUrl": self.sts_url,
             "sampleRate": self.call.rate,
             "codec": codec.lower() if codec is not None else None,
             "channelId": self.channel_id,
