@@ -121,7 +121,8 @@ def parse_allowlist(data: bytes) -> AllowlistRules:
                 raise AllowlistError(f"{direction}[{i}] ({entry[:40]!r}) holds no digits")
             numbers.append(number)
         lists.append(tuple(dict.fromkeys(numbers)))
-    return AllowlistRules(*lists)
+    inbound, outbound = lists
+    return AllowlistRules(inbound, outbound)
 
 
 @define(eq=False)
