@@ -1,0 +1,1 @@
+"""Speech services of asterisk-api's conversation loop: OpenAI-compatible TTS and streaming WebSocket ASR."""
