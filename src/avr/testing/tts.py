@@ -85,7 +85,7 @@ class FakeTtsServer(Resource):
         """How long the speech for ``text`` is."""
         return len(text.strip()) * self.seconds_per_char
 
-    def render_POST(self, request: IRequest) -> Any:
+    def render_POST(self, request: Any) -> Any:
         if request.path != b"/v1/audio/speech":
             return self._error(request, 404, "NOT_FOUND", "Not Found")
         assert request.content is not None
