@@ -117,6 +117,7 @@ def test_hot_reload_on_the_clock(tmp_path: Path) -> None:
     assert allowlist.rules.inbound == ("222",) and not clock.getDelayedCalls()
 
 
+@pytest.mark.logs_errors("Allowlist .* not JSON")
 def test_a_bad_file_keeps_the_lists_and_logs_one_error(tmp_path: Path, log_events: list[LogEvent]) -> None:
     """Broken JSON after a good file: the good lists stay, one error line (not one per look); fixed: read again."""
     path, clock = tmp_path / "allowlist.json", Clock()
@@ -135,6 +136,7 @@ def test_a_bad_file_keeps_the_lists_and_logs_one_error(tmp_path: Path, log_event
     assert allowlist.rules.inbound == ("222",) and allowlist.error is None
 
 
+@pytest.mark.logs_errors("Allowlist .* has disappeared")
 def test_a_file_that_disappears_keeps_the_lists(tmp_path: Path, log_events: list[LogEvent]) -> None:
     """asterisk-api reloaded a deleted file as empty lists (everything allowed); here the lists stay."""
     path, clock = tmp_path / "allowlist.json", Clock()
@@ -160,6 +162,7 @@ def test_missing_at_start_is_open_and_a_file_written_later_is_read(tmp_path: Pat
     assert allowlist.rules.inbound == ("111",)
 
 
+@pytest.mark.logs_errors("Allowlist .* not JSON")
 def test_a_bad_file_at_start_refuses_every_number(tmp_path: Path) -> None:
     """No previous lists to keep: closed (nothing passes) until a good file is written."""
     path, clock = tmp_path / "allowlist.json", Clock()
@@ -207,6 +210,7 @@ def test_get_allowlist_and_reload(tmp_path: Path) -> None:
     assert (status, body) == (200, {"status": "reloaded", "inbound": ["222"], "outbound": []})
 
 
+@pytest.mark.logs_errors("Allowlist .* not JSON")
 def test_reload_of_a_bad_file_is_422_with_the_kept_lists(tmp_path: Path) -> None:
     """asterisk-api answered 200 with empty lists (and allowed everything); here 422, the lists in force shown."""
     path = tmp_path / "allowlist.json"

@@ -129,6 +129,7 @@ def test_reconnects_after_a_drop_and_resends_config() -> None:
     assert bytes(server.received_audio) == SPEECH and results[-1].is_partial
 
 
+@pytest.mark.logs_errors("giving up after 10 reconnect attempts")
 def test_gives_up_after_ten_failed_reconnects() -> None:
     """The server stays away: ten attempts 2 s apart, then on_lost once and nothing more."""
     asr, net, _, lost = session()
