@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 import pytest
 from twisted.logger import LogEvent, formatEvent
 
@@ -15,13 +16,14 @@ from avr.audio import (
     Resampler,
     alaw_to_slin,
     audioop,
+    resample,
     slin_to_alaw,
     slin_to_ulaw,
     ulaw_to_slin,
 )
 from avr.frames import Kind
 from avr.testing.asterisk import Capture, chunk_payloads, load_capture
-from tests.helpers import pcm16
+from tests.helpers import pcm16, tone
 
 
 def texts(events: list[LogEvent]) -> list[str]:
@@ -231,7 +233,8 @@ def test_resampler_identity_returns_the_input_object() -> None:
 @pytest.mark.parametrize("from_rate,to_rate,chunk", [(8000, 16000, 320), (16000, 8000, 640), (8000, 24000, 320),
                                                      (48000, 8000, 1920), (8000, 44100, 320)])
 def test_resampler_keeps_duration_over_many_chunks(from_rate: int, to_rate: int, chunk: int) -> None:
-    """Output length tracks input duration: after 3000 chunks the shortfall is the same few samples as after 100."""
+    """Output length tracks input duration: after 3000 chunks the shortfall is the same few milliseconds (the
+    filter's look-ahead) as after 100, and `flush` returns exactly what was held back."""
     resampler = Resampler(from_rate, to_rate)
     noise = random.Random(3)
     data = bytes(noise.getrandbits(8) for _ in range(chunk))
@@ -243,17 +246,78 @@ def test_resampler_keeps_duration_over_many_chunks(from_rate: int, to_rate: int,
         if i in (100, 3000):
             expected = total_in // 2 * to_rate / from_rate
             shortfall[i] = expected - total_out // 2
-    assert 0 <= shortfall[100] <= 2 * max(1, to_rate // from_rate)  # filter delay: a sample or two of input
+    assert 0 < shortfall[100] <= 0.040 * to_rate  # at most 40 ms held back
     assert abs(shortfall[3000] - shortfall[100]) <= 1
+    tail = resampler.flush()
+    assert abs(len(tail) // 2 - shortfall[3000]) <= 1
+    assert not resampler.holding and resampler.flush() == b""
 
 
 def test_resampler_is_stateful_across_chunks() -> None:
-    """Converting in pieces gives the same samples as converting at once."""
+    """Converting in odd-sized pieces gives the samples of converting at once (within float rounding: 2 LSB)."""
     tone = pcm16([round(10000 * math.sin(n / 7)) for n in range(1600)])
-    whole = Resampler(8000, 16000).convert(tone)
+    one = Resampler(8000, 16000)
+    whole = one.convert(tone) + one.flush()
     pieces = Resampler(8000, 16000)
-    split = b"".join(pieces.convert(tone[i:i + 321]) for i in range(0, len(tone), 321))
-    assert split == whole
+    split = b"".join(pieces.convert(tone[i:i + 321]) for i in range(0, len(tone), 321)) + pieces.flush()
+    assert len(split) == len(whole) == 2 * len(tone)
+    assert audioop.maxpp(audioop.add(split, audioop.mul(whole, 2, -1.0), 2), 2) <= 4
+
+
+def level_db(pcm: bytes, reference: bytes) -> float:
+    """Level of ``pcm`` relative to ``reference``, in dB (RMS)."""
+    return 20 * math.log10(max(audioop.rms(pcm, 2), 0.1) / audioop.rms(reference, 2))
+
+
+def stream(resampler: Resampler, pcm: bytes, frame: int) -> bytes:
+    """``pcm`` through ``resampler`` in 20 ms frames of ``frame`` bytes, as a call feeds it."""
+    return b"".join(resampler.convert(pcm[i:i + frame]) for i in range(0, len(pcm), frame))
+
+
+@pytest.mark.parametrize("from_rate,to_rate,freq", [(16000, 8000, 6000), (16000, 8000, 4400), (24000, 8000, 9000),
+                                                   (48000, 16000, 12000), (44100, 8000, 5000)])
+def test_resampler_removes_what_would_alias(from_rate: int, to_rate: int, freq: int) -> None:
+    """A tone above the target's Nyquist frequency (a 6 kHz tone on a 16 kHz call sent to an 8 kHz STS) does not
+    fold back into the audio: at least 40 dB down (audioop.ratecv passed it at full level as a 2 kHz tone)."""
+    loud = tone(from_rate, 1000, freq, amplitude=16000)
+    out = stream(Resampler(from_rate, to_rate), loud, from_rate // 50 * 2)
+    steady = out[len(out) // 4 & ~1:]
+    assert level_db(steady, loud) <= -40
+
+
+@pytest.mark.parametrize("from_rate,to_rate", [(16000, 8000), (8000, 16000), (24000, 8000), (8000, 48000),
+                                               (44100, 8000), (12000, 16000)])
+@pytest.mark.parametrize("freq", [300, 1000, 3000])
+def test_resampler_passes_the_voice_band(from_rate: int, to_rate: int, freq: int) -> None:
+    """An in-band tone keeps its level within 1 dB, and its frequency."""
+    loud = tone(from_rate, 1000, freq, amplitude=16000)
+    out = stream(Resampler(from_rate, to_rate), loud, from_rate // 50 * 2)
+    steady = out[len(out) // 4 & ~1:len(out) // 4 * 3 & ~1]
+    assert abs(level_db(steady, loud)) <= 1
+    samples = struct.unpack(f"<{len(steady) // 2}h", steady)
+    crossings = sum(1 for x, y in zip(samples, samples[1:]) if (x < 0) != (y < 0))
+    assert abs(crossings / 2 / (len(samples) / to_rate) - freq) <= 0.02 * freq  # still the same tone
+
+
+def test_resampler_clear_drops_what_it_holds() -> None:
+    """After `clear` (barge-in) nothing of the old stream comes out."""
+    resampler = Resampler(8000, 16000)
+    resampler.convert(tone(8000, 100))
+    assert resampler.holding
+    resampler.clear()
+    assert not resampler.holding and resampler.flush() == b""
+    out = resampler.convert(bytes(3200)) + resampler.flush()
+    assert out == bytes(len(out)) and len(out) == 6400
+
+
+def test_resample_converts_a_whole_buffer_exactly() -> None:
+    """`resample` (files) gives the whole duration at once, band-limited too."""
+    loud = tone(16000, 500, 6000, amplitude=16000)
+    out = resample(loud, 16000, 8000)
+    assert len(out) == len(loud) // 2
+    assert level_db(out, loud) <= -40
+    assert resample(loud, 16000, 16000) is loud
+    assert resample(b"\x01", 16000, 8000) == b""
 
 
 def test_resampler_rejects_bad_rates() -> None:

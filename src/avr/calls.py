@@ -193,7 +193,9 @@ class Call:
         while self._pending:
             item = self._pending.popleft()
             if isinstance(item, bytes):
-                session.send_audio(self._sts_input(item))
+                pcm = self._sts_input(item)
+                if pcm:
+                    session.send_audio(pcm)
             else:
                 session.send_dtmf(item)
         self._pending_bytes = 0
@@ -216,10 +218,12 @@ class Call:
         pcm = self._inbound.feed(kind, payload)
         if not pcm:
             return
-        if self._session is not None:
-            self._session.send_audio(self._sts_input(pcm))
-        else:
+        if self._session is None:
             self._buffer(pcm)
+            return
+        pcm = self._sts_input(pcm)
+        if pcm:  # a resampler holds back its first few milliseconds
+            self._session.send_audio(pcm)
 
     def _sts_input(self, pcm: bytes) -> bytes:
         """Caller audio at the call's rate, converted to the session's input rate (one stream: no drift)."""
@@ -275,6 +279,8 @@ class Call:
         if self.ended:
             return
         dropped = self._queue.clear() if self._queue is not None else 0
+        if self._outbound is not None:
+            self._outbound.clear()
         self.log.info("Interruption on call {uuid}: {frames} queued frames dropped", uuid=self.uuid, frames=dropped)
         self.observer.interruption(self)
 
@@ -342,7 +348,13 @@ class Call:
 
     def play_frame(self) -> None:
         """Called by the ticker every 20 ms: send the next queued frame to Asterisk, if any."""
-        frame = self._queue.next_frame()  # type: ignore[union-attr]
+        queue = self._queue
+        assert queue is not None
+        frame = queue.next_frame()
+        if frame is None and self._outbound is not None and self._outbound.holding:
+            # The agent paused: play the end of what it said, which the resampler's filter still holds.
+            queue.feed(self._outbound.flush())
+            frame = queue.next_frame()
         if frame is not None:
             self.leg.send_audio(self._out_kind, frame)  # type: ignore[arg-type]
 

@@ -14,7 +14,7 @@ import sys
 
 from attrs import field, frozen
 
-from avr.audio import Resampler, audioop
+from avr.audio import audioop, resample
 from avr.config import AUDIO_RATES
 
 #: WAVE_FORMAT_PCM and WAVE_FORMAT_EXTENSIBLE format tags.
@@ -179,5 +179,5 @@ def decode_wav(data: bytes) -> WavAudio:
     pcm = to_mono16(fmt, samples)
     rate = nearest_rate(fmt.rate)
     if rate != fmt.rate:
-        pcm = Resampler(fmt.rate, rate).convert(pcm)
+        pcm = resample(pcm, fmt.rate, rate)
     return WavAudio(pcm=pcm, rate=rate, source=fmt)
