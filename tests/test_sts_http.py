@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from hypothesis import given
-from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
@@ -17,15 +15,7 @@ from zope.interface.verify import verifyObject
 
 from avr.interfaces import IStsConnector, IStsSession
 from avr.sts.errors import StsConnectError
-from avr.sts.http import (
-    RESPONSE_END,
-    HttpResponseError,
-    HttpStsConnector,
-    HttpStsProtocol,
-    ResponseHead,
-    ResponseParser,
-    request_head,
-)
+from avr.sts.http import HttpStsConnector, HttpStsSession, request_head
 from avr.testing.sts import FakeHttpStsResource, RecordingStsHandler, fake_http_sts_site, make_certificates
 
 UUID = "935652e3-1a2b-4c3d-8e9f-0123456789ab"
@@ -72,7 +62,7 @@ def test_the_session_states_the_configured_rate():
 def test_request_carries_x_uuid_path_and_query():
     """One POST per call with X-UUID, the URL's path and query, and a chunked body."""
     session, resource, _, _, _ = open_session()
-    assert isinstance(session, HttpStsProtocol)
+    assert isinstance(session, HttpStsSession)
     (call,) = resource.sessions
     assert call.uuid == UUID
     assert call.path == "/speech-to-speech-stream"
@@ -267,89 +257,10 @@ def test_invalid_url_fails_without_connecting(url):
     assert reactor.tcpClients == []
 
 
-# -- the response parser
-
-
-def parse_all(data: bytes, step: int | None = None):
-    """Feed ``data`` whole or ``step`` bytes at a time; return head, body, ended."""
-    parser = ResponseParser()
-    events = []
-    pieces = [data] if step is None else [data[i:i + step] for i in range(0, len(data), step)]
-    for piece in pieces:
-        events += parser.feed(piece)
-    head = [e for e in events if isinstance(e, ResponseHead)]
-    body = b"".join(e for e in events if isinstance(e, bytes))
-    return head, body, RESPONSE_END in events, parser
-
-
-CHUNKED = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\nx-a: 2\r\n\r\n"
-           b"3\r\nabc\r\n10;ext=1\r\n" + b"z" * 16 + b"\r\n0\r\nTrailer: t\r\n\r\n")
-
-
-@given(st.integers(min_value=1, max_value=len(CHUNKED)))
-def test_parser_chunked_any_split(step):
-    """A chunked response parses the same however it is split."""
-    head, body, ended, _ = parse_all(CHUNKED, step)
-    assert head == [ResponseHead(200, "OK", {"transfer-encoding": "chunked", "x-a": "1, 2"})]
-    assert body == b"abc" + b"z" * 16
-    assert ended
-
-
-def test_parser_streams_partial_chunks():
-    """Body bytes come out before their chunk is complete (latency)."""
-    parser = ResponseParser()
-    events = parser.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n140\r\n" + b"a" * 100)
-    assert events[1:] == [b"a" * 100]
-
-
-def test_parser_content_length_and_until_close():
-    """Content-Length bodies end at their length; bodies without a length end with the connection."""
-    head, body, ended, _ = parse_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcEXTRA")
-    assert (body, ended) == (b"abc", True)
-    head, body, ended, parser = parse_all(b"HTTP/1.0 200 OK\r\n\r\nabc")
-    assert (body, ended) == (b"abc", False)
-    assert parser.connection_lost() == [RESPONSE_END]
-
-
-def test_parser_skips_interim_responses_and_handles_empty_bodies():
-    """100 Continue is skipped; 204 and Content-Length 0 end at once."""
-    head, body, ended, _ = parse_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
-    assert [h.status for h in head] == [204] and ended
-    head, body, ended, _ = parse_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
-    assert head[0].phrase == "Internal Server Error" and ended
-
-
-@pytest.mark.parametrize(
-    "data, reason",
-    [
-        (b"SPDY/3 200 OK\r\n\r\n", "bad HTTP status line"),
-        (b"HTTP/1.1 2000 OK\r\n\r\n", "bad HTTP status line"),
-        (b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", "bad header line"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "unsupported transfer encoding"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "bad content-length"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\naXX", "missing CRLF"),
-        (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000, "too large"),
-    ],
-)
-def test_parser_rejects_malformed_responses(data, reason):
-    """Malformed responses raise HttpResponseError naming the problem."""
-    with pytest.raises(HttpResponseError, match=reason):
-        ResponseParser().feed(data)
-
-
-def test_parser_incomplete_response_at_close():
-    """A connection closing mid-body is an error, not a normal end."""
-    parser = ResponseParser()
-    parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-    with pytest.raises(HttpResponseError, match="before the response was complete"):
-        parser.connection_lost()
-
-
 def test_bad_response_ends_the_session():
     """A response the parser refuses ends the session with the reason."""
     session, _, handler, pump, _ = open_session()
-    session.dataReceived(b"garbage\r\n\r\n")
+    session.exchange.dataReceived(b"garbage\r\n\r\n")
     assert handler.closed == ["bad response from the STS (bad HTTP status line)"]
 
 
