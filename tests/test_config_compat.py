@@ -200,7 +200,8 @@ def test_tts_url_rule(url: str, api: str, openai: str | None, pipeline: str | No
 def test_asr_url_rule() -> None:
     """ws(s):// is asterisk-api's streaming ASR, http(s):// avr-core's pipeline ASR; other schemes are refused."""
     assert load_config({"ASR_URL": "wss://asr/ws"}).streaming_asr_url == "wss://asr/ws"
-    assert load_config({"ASR_URL": "https://asr/stt"}).pipeline_asr_url == "https://asr/stt"
+    pipeline = {"LLM_URL": "http://llm/prompt-stream", "TTS_URL": "http://tts/text-to-speech-stream"}
+    assert load_config({"ASR_URL": "https://asr/stt", **pipeline}).pipeline_asr_url == "https://asr/stt"
     with pytest.raises(ConfigError, match="ASR_URL: must be a ws://"):
         load_config({"ASR_URL": "ftp://asr/"})
     assert load_config({"ASR_URL": "", "TTS_URL": ""}).asr_url is None  # D17: empty is unset, not a crash

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from avr.admissions import Admissions
+from avr.ambient import AmbientMixer, AmbientNoise
 from avr.audio import InboundAudio, Resampler
 from avr.audiosocket import CallRefused
 from avr.config import redact_url
@@ -93,6 +94,8 @@ class Call:
     started_at: float = 0.0
     #: The AudioSocket audio kind of the leg, when avr chose its format; else learnt from the first frame.
     kind: int | None = None
+    #: ``AMBIENT_NOISE_FILE``, mixed under the outbound audio (and played alone while the agent is silent).
+    ambient: AmbientNoise | None = None
     ended: bool = False
     end_reason: str | None = None
     _inbound: InboundAudio = field(init=False)
@@ -110,6 +113,7 @@ class Call:
     _request_count: int = field(default=0, init=False)
     _linger: Any = field(default=None, init=False)
     _finished: bool = field(default=False, init=False)
+    _mixer: AmbientMixer | None = field(default=None, init=False)
     log = Logger()
 
     def __attrs_post_init__(self) -> None:
@@ -343,7 +347,10 @@ class Call:
 
     def _start_playout(self, kind: int) -> None:
         self._out_kind = kind
-        self._queue = PlaybackQueue(frame_bytes_for_rate(AUDIO_KIND_RATES[kind]))
+        rate = AUDIO_KIND_RATES[kind]
+        self._queue = PlaybackQueue(frame_bytes_for_rate(rate))
+        if self.ambient is not None:
+            self._mixer = self.ambient.mixer(rate, frame_bytes_for_rate(rate))
         self.ticker.add(self)
 
     def play_frame(self) -> None:
@@ -355,6 +362,8 @@ class Call:
             # The agent paused: play the end of what it said, which the resampler's filter still holds.
             queue.feed(self._outbound.flush())
             frame = queue.next_frame()
+        if self._mixer is not None:
+            frame = self._mixer.mix(frame)
         if frame is not None:
             self.leg.send_audio(self._out_kind, frame)  # type: ignore[arg-type]
 
@@ -384,6 +393,7 @@ class CallManager:
     :param sts_url: ``STS_URL``, for connections nobody expects (``None`` = the built-in echo agent).
     :param require_registration: ``REQUIRE_CALL_INIT``: refuse connections nobody expects.
     :param actions: carries out what the agents of dialplan calls ask for (`avr.actions.DialplanActions`).
+    :param ambient: ``AMBIENT_NOISE_FILE``, under every call's outbound audio.
     """
 
     clock: IReactorTime
@@ -394,6 +404,7 @@ class CallManager:
     sts_url: str | None = field(repr=url_repr)
     require_registration: bool = False
     actions: ICallActions = field(factory=NoActions)
+    ambient: AmbientNoise | None = None
     _calls: dict[str, Call] = field(factory=dict)
     log = Logger()
 
@@ -437,6 +448,7 @@ class CallManager:
             payload=dict(payload or {}),
             started_at=self.clock.seconds(),
             kind=kind,
+            ambient=self.ambient,
         )
         self._calls[call.uuid] = call
         call.start()

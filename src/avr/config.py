@@ -102,6 +102,23 @@ def _sample_rate(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"must be a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"must be from 0 to 1, got {value:g}")
+    return value
+
+
+def _vad_frame_samples(text: str) -> int:
+    value = _integer(256, 8192)(text)
+    if value % 256:
+        raise ValueError(f"must be a multiple of 256 (the Silero model's 32 ms window at 8 kHz), got {value}")
+    return value
+
+
 def _text(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -159,6 +176,36 @@ SETTINGS: tuple[Setting, ...] = (
             "Milliseconds to open the STS connection before the call is ended"),
     Setting("sts_ca_file", "STS_CA_FILE", _text, None,
             "PEM file of CA certificates trusted for wss:// and https:// STS peers (default: the system's)"),
+    Setting("llm_url", "LLM_URL", _url("http", "https"), None,
+            "Pipeline mode (AVR Core, with an http(s) ASR_URL and avr-core's TTS_URL, no STS_URL): the LLM adapter, "
+            "http(s)://…/prompt-stream"),
+    Setting("tts_sample_rate", "TTS_SAMPLE_RATE", _sample_rate, 8000,
+            "Pipeline mode: sample rate (Hz) of the raw PCM the TTS answers (a WAV answer states its own)"),
+    Setting("system_message", "SYSTEM_MESSAGE", _text, None,
+            "Pipeline mode: greeting spoken through the TTS when a call starts"),
+    Setting("interrupt_listening", "INTERRUPT_LISTENING", _boolean, False,
+            "Pipeline mode: true = caller audio is not sent to the ASR while the agent speaks (no barge-in); "
+            "false = the voice activity detector interrupts the agent when the caller speaks"),
+    Setting("vad_positive_speech_threshold", "VAD_POSITIVE_SPEECH_THRESHOLD", _fraction, 0.08,
+            "Barge-in: speech probability at which a frame counts as speech"),
+    Setting("vad_negative_speech_threshold", "VAD_NEGATIVE_SPEECH_THRESHOLD", _fraction, 0.03,
+            "Barge-in: speech probability below which a frame counts as silence"),
+    Setting("vad_min_speech_frames", "VAD_MIN_SPEECH_FRAMES", _integer(1, 1000), 3,
+            "Barge-in: speech frames that confirm speech (and interrupt the agent)"),
+    Setting("vad_pre_speech_pad_frames", "VAD_PRE_SPEECH_PAD_FRAMES", _integer(0, 1000), 3,
+            "Barge-in: frames kept before speech onset (avr-vad's setting; avr keeps no speech audio)"),
+    Setting("vad_redemption_frames", "VAD_REDEMPTION_FRAMES", _integer(1, 1000), 8,
+            "Barge-in: silent frames after speech before it counts as ended"),
+    Setting("vad_frame_samples", "VAD_FRAME_SAMPLES", _vad_frame_samples, 512,
+            "Barge-in: samples per VAD frame at 8 kHz (512 = 64 ms; a multiple of 256)"),
+    Setting("vad_model", "VAD_MODEL", _choice("v5", "legacy"), "v5",
+            "Barge-in: Silero model; the bundled model is v5 (legacy is reported and v5 used)"),
+    Setting("pipeline_timeout", "PIPELINE_TIMEOUT", _integer(100, 600000), 10000,
+            "Pipeline mode: milliseconds the LLM or a TTS answer may stay silent before that turn is given up"),
+    Setting("ambient_noise_file", "AMBIENT_NOISE_FILE", _text, None,
+            "Raw PCM16LE 8 kHz mono file looped under every call's outbound audio (STS and pipeline modes)"),
+    Setting("ambient_noise_level", "AMBIENT_NOISE_LEVEL", _fraction, 0.9,
+            "Ambient noise gain, 0.0 (mute) to 1.0 (as recorded)"),
     Setting("webhook_url", "WEBHOOK_URL", _url("http", "https"), None, "Receiver of call webhooks (POST JSON)"),
     Setting("webhook_secret", "WEBHOOK_SECRET", _secret, None, "Sent as header X-AVR-WEBHOOK-SECRET", secret=True),
     Setting("webhook_timeout", "WEBHOOK_TIMEOUT", _integer(1, 600000), 3000, "Milliseconds per webhook attempt"),
@@ -254,6 +301,20 @@ class Config:
     sts_sample_rate: int = 8000
     sts_connect_timeout: int = 5000
     sts_ca_file: str | None = None
+    llm_url: str | None = None
+    tts_sample_rate: int = 8000
+    system_message: str | None = None
+    interrupt_listening: bool = False
+    vad_positive_speech_threshold: float = 0.08
+    vad_negative_speech_threshold: float = 0.03
+    vad_min_speech_frames: int = 3
+    vad_pre_speech_pad_frames: int = 3
+    vad_redemption_frames: int = 8
+    vad_frame_samples: int = 512
+    vad_model: str = "v5"
+    pipeline_timeout: int = 10000
+    ambient_noise_file: str | None = None
+    ambient_noise_level: float = 0.9
     webhook_url: str | None = None
     webhook_secret: str | None = None
     webhook_timeout: int = 3000
@@ -478,9 +539,75 @@ def _consistency_problems(config: Config) -> list[str]:
                 problems.append(f"{_BY_ATTRIBUTE[attribute].env} is required when ARI_URL is set")
     if config.sts_ca_file is not None and not os.access(config.sts_ca_file, os.R_OK):
         problems.append(f"STS_CA_FILE: cannot read {config.sts_ca_file!r}")
+    problems.extend(_pipeline_problems(config))
+    if config.ambient_noise_file is not None:
+        from avr.ambient import check_ambient_file  # avr.ambient needs this module
+
+        problem = check_ambient_file(config.ambient_noise_file)
+        if problem is not None:
+            problems.append(f"AMBIENT_NOISE_FILE: {problem}")
     if config.ari_audiosocket_address is not None:
         host, sep, port = config.ari_audiosocket_address.rpartition(":")
         if not sep or not host or not port.isdigit():
             problems.append(
                 f"ARI_AUDIOSOCKET_ADDRESS must be host:port, got {config.ari_audiosocket_address!r}")
     return problems
+
+
+# -- what answers the calls --------------------------------------------------------------------------------------------
+
+STS_MODE = "sts"
+PIPELINE_MODE = "pipeline"
+ECHO_MODE = "echo"
+
+#: The settings only pipeline mode reads, and those only its barge-in reads.
+PIPELINE_SETTINGS = ("llm_url", "tts_sample_rate", "system_message", "interrupt_listening", "pipeline_timeout")
+VAD_SETTINGS = ("vad_positive_speech_threshold", "vad_negative_speech_threshold", "vad_min_speech_frames",
+                "vad_pre_speech_pad_frames", "vad_redemption_frames", "vad_frame_samples", "vad_model")
+
+
+def agent_mode(config: Config) -> str:
+    """
+    What answers calls without a per-call STS URL: `STS_MODE` (``STS_URL`` set), `PIPELINE_MODE` (AVR Core's ASR →
+    LLM → TTS: avr-core's ``ASR_URL`` and ``TTS_URL``, see `Config.pipeline_asr_url` and `Config.pipeline_tts_url`,
+    and ``LLM_URL``) or `ECHO_MODE` (the built-in echo agent). asterisk-api's ``ASR_URL`` (``ws://``) and
+    ``TTS_URL`` (OpenAI-compatible) never make a pipeline.
+    """
+    if config.sts_url is not None:
+        return STS_MODE
+    if config.pipeline_asr_url and config.llm_url and config.pipeline_tts_url:
+        return PIPELINE_MODE
+    return ECHO_MODE
+
+
+def _pipeline_problems(config: Config) -> list[str]:
+    problems = []
+    if config.sts_url is None and (config.pipeline_asr_url or config.llm_url):
+        missing = [env for env, value in (("ASR_URL", config.asr_url), ("LLM_URL", config.llm_url),
+                                          ("TTS_URL", config.tts_url)) if value is None]
+        if missing:
+            problems.append(f"pipeline mode (ASR_URL + LLM_URL + TTS_URL, no STS_URL) is incomplete: "
+                            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing")
+        elif not config.pipeline_asr_url:
+            problems.append("ASR_URL must be an http:// or https:// URL in pipeline mode (a ws:// ASR_URL is "
+                            "asterisk-api's streaming ASR)")
+        elif not config.pipeline_tts_url:
+            problems.append(f"TTS_URL is not avr-core's TTS, which pipeline mode needs: its path does not end with "
+                            f"{AVR_CORE_TTS_PATH} (set TTS_API=avr-core if it is one)")
+    if config.vad_negative_speech_threshold > config.vad_positive_speech_threshold:
+        problems.append("VAD_NEGATIVE_SPEECH_THRESHOLD must not be above VAD_POSITIVE_SPEECH_THRESHOLD")
+    return problems
+
+
+def unused_settings(config: Config) -> list[str]:
+    """
+    The settings given a value (other than the default) that have no effect in ``config``'s `agent_mode`: avr-core
+    users copy whole env files, so start-up reports them once.
+    """
+    mode = agent_mode(config)
+    unused: list[str] = []
+    if mode != PIPELINE_MODE:
+        unused += PIPELINE_SETTINGS
+    if mode != PIPELINE_MODE or config.interrupt_listening:
+        unused += VAD_SETTINGS
+    return [_BY_ATTRIBUTE[a].env for a in unused if getattr(config, a) != _BY_ATTRIBUTE[a].default]

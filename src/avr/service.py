@@ -23,7 +23,8 @@ from avr.ari.client import AriClient
 from avr.ari.events import AriEventStream, endpoint_connector
 from avr.audiosocket import AudioSocketFactory
 from avr.calls import CallManager
-from avr.config import Config, redact_url
+from avr.ambient import AmbientNoise
+from avr.config import PIPELINE_MODE, STS_MODE, Config, agent_mode, redact_url, unused_settings
 from avr.control.call_observer import RegistryObserver
 from avr.control.call_registry import CallRegistry
 from avr.control.hub import EventsHub, FanOut
@@ -35,8 +36,11 @@ from avr.control.tasks import TaskGroup
 from avr.http.core import CoreRoutes
 from avr.http.json import install_error_handlers
 from avr.http.site import AvrSite, RequestGate
+from avr.httpstream import StreamingHttpClient
 from avr.interfaces import IAudioInjector, IStsConnector, IWebhooks
 from avr.observers import CallObservers, WebhookObserver
+from avr.pipeline.connector import PipelineConnector, pipeline_settings, vad_settings
+from avr.pipeline.vad import ThreadedVadRunner
 from avr.playout import PLAYOUT_PHASES, FrameTicker
 from avr.registrations import Registrations
 from avr.sts.echo import EchoStsConnector
@@ -236,8 +240,14 @@ def sts_connectors(reactor: Any, config: Config) -> dict[str | None, IStsConnect
     rate = config.sts_sample_rate
     websocket = WebSocketStsConnector(reactor, timeout, config.sts_ca_file, sample_rate=rate)
     http = HttpStsConnector(reactor, timeout, config.sts_ca_file, sample_rate=rate)
-    echo = EchoStsConnector(reactor, sample_rate=rate)
-    return {"ws": websocket, "wss": websocket, "http": http, "https": http, None: echo}
+    default: IStsConnector = EchoStsConnector(reactor, sample_rate=rate)
+    if agent_mode(config) == PIPELINE_MODE:
+        settings = pipeline_settings(config)
+        default = PipelineConnector(
+            StreamingHttpClient(reactor, timeout, config.sts_ca_file), reactor, settings, vad_settings(config),
+            ThreadedVadRunner.create(reactor) if settings.barge_in else None,
+        )
+    return {"ws": websocket, "wss": websocket, "http": http, "https": http, None: default}
 
 
 def build(
@@ -270,6 +280,8 @@ def build(
         sts_url=config.sts_url,
         require_registration=config.require_call_init,
         actions=DialplanActions(control.control, control.registry),
+        ambient=(AmbientNoise.load(config.ambient_noise_file, config.ambient_noise_level)
+                 if config.ambient_noise_file is not None else None),
     )
     registrations = Registrations(admissions, config.call_init_ttl, calls.start_call, config.call_init_max)
     factory = AudioSocketFactory(calls, reactor, uuid_timeout=config.uuid_timeout, idle_timeout=config.idle_timeout)
@@ -308,12 +320,29 @@ def build(
     # The HTTP server first, as avr-core logs it: registrations can arrive before the first AudioSocket call.
     audiosocket.setName("audiosocket")
     audiosocket.setServiceParent(top)
-    if config.sts_url is None:
-        log.info("No STS_URL configured: calls are answered by the built-in echo agent (callers hear themselves)")
-    else:
-        log.info("STS: {url} at {rate} Hz", url=redact_url(config.sts_url), rate=config.sts_sample_rate)
+    _log_mode(log, config)
     return Avr(service=top, calls=calls, admissions=admissions, registrations=registrations, webhooks=webhooks,
                registry=control.registry, control=control.control, http_app=app)
+
+
+def _log_mode(log: Logger, config: Config) -> None:
+    """Say in one line what answers the calls, and once which settings have no effect in that mode."""
+    mode = agent_mode(config)
+    if mode == STS_MODE:
+        log.info("STS: {url} at {rate} Hz", url=redact_url(config.sts_url), rate=config.sts_sample_rate)
+    elif mode == PIPELINE_MODE:
+        log.info("Pipeline mode: ASR {asr}, LLM {llm}, TTS {tts} ({rate} Hz); barge-in: {barge_in}",
+                 asr=redact_url(config.asr_url), llm=redact_url(config.llm_url), tts=redact_url(config.tts_url),
+                 rate=config.tts_sample_rate,
+                 barge_in="off (INTERRUPT_LISTENING=true)" if config.interrupt_listening else "Silero VAD")
+        if config.vad_model != "v5" and not config.interrupt_listening:
+            log.warn("VAD_MODEL={model}: the bundled Silero model is v5, which is used", model=config.vad_model)
+    else:
+        log.info("No STS_URL and no pipeline (ASR_URL + LLM_URL + TTS_URL) configured: calls are answered by the "
+                 "built-in echo agent (callers hear themselves)")
+    unused = unused_settings(config)
+    if unused:
+        log.warn("Settings with no effect in {mode} mode: {names}", mode=mode, names=", ".join(unused))
 
 
 def _health(calls: CallManager, control: ControlService) -> dict[str, Any]:
