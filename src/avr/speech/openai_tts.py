@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from avr.audio import Resampler
+from avr.audio import resample
 from avr.config import redact_url
 from avr.control.wav import WavError, decode_wav, nearest_rate
 from avr.failures import describe_failure
@@ -189,5 +189,5 @@ def decode_speech(data: bytes, content_type: str) -> tuple[bytes, int]:
     pcm = data[:len(data) - len(data) % 2]
     target = nearest_rate(rate)
     if target != rate:
-        pcm = Resampler(rate, target).convert(pcm)
+        pcm = resample(pcm, rate, target)
     return pcm, target
