@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from avr.fastpaths import FastPaths
 from avr.frames import (
     AUDIO_KIND_RATES,
     DEFAULT_MAX_AUDIO_PAYLOAD,
@@ -31,7 +32,6 @@ from avr.frames import (
     decode_uuid,
 )
 from avr.interfaces import IAudioSocketLeg, ICallRouter, ICallSink
-from avr.writethrough import write_through
 
 #: TCP keep-alive on accepted connections (where the platform lets them be tuned): the first probe after this many
 #: idle seconds, then one every `KEEPALIVE_INTERVAL` s; after `KEEPALIVE_PROBES` unanswered ones the kernel resets the
@@ -123,7 +123,7 @@ class AudioSocketProtocol(Protocol):
     def connectionMade(self) -> None:
         """Set TCP_NODELAY and keep-alive, start parsing and arm the UUID timeout."""
         self.connected = True
-        self._write = write_through(self.transport)
+        self._write = self.factory.fast_paths.writer(self.transport)
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         host = str(getattr(peer, "host", peer))
         self.peer = f"[{host}]:{getattr(peer, 'port', '?')}" if ":" in host else f"{host}:{getattr(peer, 'port', '?')}"
@@ -385,6 +385,7 @@ class AudioSocketFactory(Factory):
     :param uuid_timeout: seconds a connection may take to send its UUID.
     :param max_payload: largest inbound audio payload accepted (bytes).
     :param idle_timeout: seconds without a frame either way after which a call is ended (0: never); see `IdleWatch`.
+    :param fast_paths: whether frames are written through (`avr.fastpaths`).
     """
 
     protocol = AudioSocketProtocol
@@ -397,8 +398,10 @@ class AudioSocketFactory(Factory):
         uuid_timeout: float = 5.0,
         max_payload: int = DEFAULT_MAX_AUDIO_PAYLOAD,
         idle_timeout: float = 30,
+        fast_paths: FastPaths = FastPaths(),
     ) -> None:
         self.router = router
+        self.fast_paths = fast_paths
         self.clock = clock
         self.uuid_timeout = uuid_timeout
         self.max_payload = max_payload

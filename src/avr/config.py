@@ -168,6 +168,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("listen_backlog", "LISTEN_BACKLOG", _integer(1, 65535), 4096,
             "Connections the kernel queues for both servers while avr is busy, so a burst of calls is not dropped; "
             "Linux caps it at net.core.somaxconn"),
+    Setting("fast_paths", "FAST_PATHS", _boolean, True,
+            "Use the fast paths (write-through sends, direct WebSocket data frames), which rely on Twisted and "
+            "autobahn internals checked at start-up (one that fails its check is turned off, with a warning); "
+            "off = their public APIs only"),
     Setting("sts_url", "STS_URL", _url("ws", "wss", "http", "https"), None,
             "Speech-to-speech service: ws(s):// (AVR STS protocol) or http(s):// (legacy streaming); "
             "unset = built-in echo agent"),
@@ -297,6 +301,7 @@ class Config:
     http_port: int | None = None
     bind_address: str = "127.0.0.1"
     listen_backlog: int = 4096
+    fast_paths: bool = True
     sts_url: str | None = None
     sts_sample_rate: int = 8000
     sts_connect_timeout: int = 5000

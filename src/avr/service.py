@@ -33,6 +33,7 @@ from avr.control.model import CallControl
 from avr.control.routes import ControlRoutes
 from avr.control.events_webhook import EventsWebhook
 from avr.control.tasks import TaskGroup
+from avr.fastpaths import FastPaths
 from avr.http.core import CoreRoutes
 from avr.http.json import install_error_handlers
 from avr.http.site import AvrSite, RequestGate
@@ -228,17 +229,20 @@ class Avr:
     http_app: Klein | None = None
 
 
-def sts_connectors(reactor: Any, config: Config) -> dict[str | None, IStsConnector]:
+def sts_connectors(
+    reactor: Any, config: Config, fast_paths: FastPaths = FastPaths()
+) -> dict[str | None, IStsConnector]:
     """
     The STS connector of each URL scheme, for `avr.sts.connector.StsConnector`; the key ``None`` serves calls
     without an STS URL. Another kind of agent is one more entry.
 
     :param reactor: for the connections and their timers (IReactorTCP + IReactorTime).
+    :param fast_paths: the fast paths the WebSocket sessions take (`FastPaths.detect`).
     :raises avr.config.ConfigError: ``STS_CA_FILE`` cannot be used.
     """
     timeout = config.sts_connect_timeout / 1000
     rate = config.sts_sample_rate
-    websocket = WebSocketStsConnector(reactor, timeout, config.sts_ca_file, sample_rate=rate)
+    websocket = WebSocketStsConnector(reactor, timeout, config.sts_ca_file, sample_rate=rate, fast_paths=fast_paths)
     http = HttpStsConnector(reactor, timeout, config.sts_ca_file, sample_rate=rate)
     default: IStsConnector = EchoStsConnector(reactor, sample_rate=rate)
     if agent_mode(config) == PIPELINE_MODE:
@@ -251,7 +255,8 @@ def sts_connectors(reactor: Any, config: Config) -> dict[str | None, IStsConnect
 
 
 def build(
-    reactor: Any, config: Config, *, http_client: Any, sts_connector: IStsConnector, fresh_http_client: Any = None
+    reactor: Any, config: Config, *, http_client: Any, sts_connector: IStsConnector, fresh_http_client: Any = None,
+    fast_paths: FastPaths = FastPaths(),
 ) -> Avr:
     """
     Build avr for ``config``.
@@ -261,6 +266,7 @@ def build(
     :param sts_connector: opens STS sessions (``StsConnector(sts_connectors(reactor, config))``, or a fake).
     :param fresh_http_client: a treq `HTTPClient` that never reuses a connection; the webhooks send a request again
         with it when its kept-alive connection closed before any response (default: ``http_client``).
+    :param fast_paths: the fast paths the AudioSocket connections take (`FastPaths.detect`).
     """
     log = Logger(namespace="avr.service")
     top = MultiService()
@@ -284,7 +290,8 @@ def build(
                  if config.ambient_noise_file is not None else None),
     )
     registrations = Registrations(admissions, config.call_init_ttl, calls.start_call, config.call_init_max)
-    factory = AudioSocketFactory(calls, reactor, uuid_timeout=config.uuid_timeout, idle_timeout=config.idle_timeout)
+    factory = AudioSocketFactory(calls, reactor, uuid_timeout=config.uuid_timeout, idle_timeout=config.idle_timeout,
+                                 fast_paths=fast_paths)
     CallsService(calls, factory, admissions, webhooks).setServiceParent(top)
 
     audiosocket = ListeningService(

@@ -59,9 +59,11 @@ def build_real_service(reactor: Any, config: Config) -> IService:
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
 
+    from avr.fastpaths import FastPaths
     from avr.service import build, sts_connectors
     from avr.sts.connector import StsConnector
 
+    fast_paths = FastPaths.detect(reactor, config.fast_paths)
     pool = HTTPConnectionPool(reactor, persistent=True)
     avr = build(
         reactor,
@@ -69,7 +71,8 @@ def build_real_service(reactor: Any, config: Config) -> IService:
         http_client=HTTPClient(Agent(reactor, pool=pool)),
         # Without a pool of its own an Agent opens a new connection per request (and closes it after).
         fresh_http_client=HTTPClient(Agent(reactor)),
-        sts_connector=StsConnector(sts_connectors(reactor, config)),
+        sts_connector=StsConnector(sts_connectors(reactor, config, fast_paths)),
+        fast_paths=fast_paths,
     )
     PoolCloser(pool).setServiceParent(avr.service)
     return avr.service

@@ -15,22 +15,18 @@ from typing import Any, Callable
 from twisted.internet import error, tcp
 from twisted.python.failure import Failure
 
-#: The `twisted.internet.abstract.FileDescriptor` and `twisted.internet.tcp.Connection` attributes the fast path
-#: reads (some private); checked once per transport, so a Twisted without them gets plain ``transport.write``.
-_NEEDED = ("socket", "dataBuffer", "_tempDataLen", "disconnecting", "disconnected", "connected", "producer",
-           "_writeDisconnecting", "_writeDisconnected", "_aborting", "TLS", "reactor")
-
 
 def write_through(transport: Any) -> Callable[[bytes], None]:
     """
-    A ``write`` for ``transport`` that sends at once when it can.
+    A ``write`` for ``transport`` that sends at once when it can. It relies on Twisted internals:
+    `avr.fastpaths.check_write_through` checks them at start-up.
 
     For a plain TCP connection (`twisted.internet.tcp.Connection`), the returned function calls ``socket.send``
     directly while the transport has nothing buffered, no producer, no TLS, and is neither closing nor aborted; any
     rest goes to ``transport.write``. For anything else (TLS wrappers, test transports) it is ``transport.write``
     itself.
     """
-    if not isinstance(transport, tcp.Connection) or not all(hasattr(transport, name) for name in _NEEDED):
+    if not isinstance(transport, tcp.Connection):
         return transport.write
     sock = transport.socket
     buffered_write = transport.write

@@ -26,6 +26,7 @@ from zope.interface import implementer
 from avr import __version__
 from avr.config import redact_url
 from avr.failures import describe_failure, tls_problem
+from avr.fastpaths import FastPaths
 from avr.interfaces import IStsConnector, IStsHandler, IStsSession
 from avr.logtext import clip
 from avr.sts.attempt import Dialer
@@ -52,7 +53,6 @@ from avr.sts.errors import StsConnectError
 from avr.sts.once import Once
 from avr.sts.tls import load_trust_root
 from avr.sts.wsframes import TEXT, MaskingKeys, leading_text_frames, masked_frame
-from avr.writethrough import write_through
 from avr.wsclock import ConnectionTimers, WebSocketTimeouts, disable_autobahn_timers
 
 log = Logger()
@@ -85,6 +85,7 @@ class StsClientProtocol(WebSocketClientProtocol):
     :param handler: receives what the STS sends, and `IStsHandler.sts_closed` once if the session opened.
     :param clock: schedules the closing handshake timeout.
     :param sample_rate: the rate of the audio both ways (``STS_SAMPLE_RATE``): `input_rate` and `output_rate`.
+    :param fast_paths: whether audio takes the direct frames and is written through (`avr.fastpaths`).
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class StsClientProtocol(WebSocketClientProtocol):
         clock: Any,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         sample_rate: int = 8000,
+        fast_paths: FastPaths = FastPaths(),
     ) -> None:
         super().__init__()
         self.uuid = uuid
@@ -106,6 +108,8 @@ class StsClientProtocol(WebSocketClientProtocol):
         self._lost_reason: Failure | None = None
         self._opening = Once()
         self._noted: set[str] = set()
+        self._fast_paths = fast_paths
+        self._direct = fast_paths.direct_frames
         self._write: Any = None
         self._masks = MaskingKeys()
 
@@ -113,8 +117,8 @@ class StsClientProtocol(WebSocketClientProtocol):
 
     def send_audio(self, pcm: bytes) -> None:
         """Send caller audio (dropped unless the session is open and not closing)."""
-        if (self._was_open and self.state == _OPEN and not self._close_requested and self.send_state == _SEND_GROUND
-                and not self.send_queue and self._perMessageCompress is None):
+        if (self._direct and self._was_open and self.state == _OPEN and not self._close_requested
+                and self.send_state == _SEND_GROUND and not self.send_queue and self._perMessageCompress is None):
             self._write(masked_frame(TEXT, encode_audio(pcm), self._masks.next()))
         elif self._can_send("audio"):
             self.sendMessage(encode_audio(pcm), isBinary=False)
@@ -174,11 +178,12 @@ class StsClientProtocol(WebSocketClientProtocol):
         """Start the WebSocket opening handshake; prepare the direct write path."""
         super().connectionMade()
         self._timers.connected()
-        self._write = write_through(self.transport)
+        self._write = self._fast_paths.writer(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         """Hand complete text frames at a frame boundary straight to `onMessage`; the rest to autobahn."""
-        if self.state == _OPEN and self.current_frame is None and not self.inside_message and not self.data:
+        if (self._direct and self.state == _OPEN and self.current_frame is None and not self.inside_message
+                and not self.data):
             frames, used = leading_text_frames(data)
             for payload in frames:
                 self.onMessage(payload, False)
@@ -316,6 +321,7 @@ class WebSocketStsConnector:
         (read now; `avr.config.ConfigError` if unusable). Certificate chain and host name are always verified.
     :param close_timeout: seconds the STS gets to finish the closing handshake.
     :param sample_rate: the rate of the PCM16 exchanged with the STS, both ways (``STS_SAMPLE_RATE``).
+    :param fast_paths: the fast paths the sessions take (`avr.fastpaths`).
     """
 
     def __init__(
@@ -325,8 +331,10 @@ class WebSocketStsConnector:
         trust_root: str | None = None,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         sample_rate: int = 8000,
+        fast_paths: FastPaths = FastPaths(),
     ) -> None:
         self._reactor = reactor
+        self._fast_paths = fast_paths
         self._sample_rate = sample_rate
         self._dialer = Dialer(reactor, connect_timeout, load_trust_root(trust_root))
         self._close_timeout = close_timeout
@@ -348,5 +356,5 @@ class WebSocketStsConnector:
         disable_autobahn_timers(factory)
         factory.setProtocolOptions(maxMessagePayloadSize=MAX_MESSAGE_BYTES)
         factory.protocol = partial(StsClientProtocol, uuid, handler, self._reactor, self._close_timeout,
-                                   self._sample_rate)
+                                   self._sample_rate, self._fast_paths)
         return self._dialer.dial(factory.host, factory.port, factory.isSecure, factory)
