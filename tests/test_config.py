@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,21 @@ def test_readme_configuration_table_lists_every_setting() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for s in SETTINGS:
         assert f"`{s.env}`" in readme, s.env
+
+
+def test_agent_settings() -> None:
+    """STS_ROUTES are name=URL pairs; ARI_AGENT names 'default', a URL or one of them; the URLs' secrets are masked."""
+    config = load_config({"STS_ROUTES": "sales=ws://a:1/s?token=abc  support=wss://b/x", "ARI_AGENT": "sales",
+                          "ARI_AGENT_ON_FAILURE": "continue"})
+    assert config.sts_routes == (("sales", "ws://a:1/s?token=abc"), ("support", "wss://b/x"))
+    assert config.ari_agent == "sales" and config.ari_agent_on_failure == "continue"
+    assert "abc" not in repr(config)
+    for environ, problem in (
+        ({"STS_ROUTES": "sales"}, "name=URL pairs"),
+        ({"STS_ROUTES": "sales=ftp://x"}, "route 'sales': must be a ws://"),
+        ({"STS_ROUTES": "a=ws://x a=ws://y"}, "given twice"),
+        ({"ARI_AGENT": "nosuch"}, "ARI_AGENT must be 'default', an STS URL or a route"),
+        ({"ARI_AGENT_ON_FAILURE": "retry"}, "must be one of hangup, continue"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(problem)):
+            load_config(environ)

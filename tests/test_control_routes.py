@@ -30,6 +30,7 @@ from avr.control.records import OUTBOUND, CallRecord
 from avr.control.routes import NOT_CONFIGURED, ControlRoutes
 from avr.control.tasks import TaskGroup
 from avr.http.json import add_route, install_error_handlers
+from avr.control.agents import AgentSpec
 from avr.interfaces import ICallControl
 from tests.helpers import fired, wav_file
 
@@ -38,6 +39,7 @@ BASE = "http://avr.test"
 
 CALL = {"id": "1700000000.1", "state": "answered", "direction": "outbound"}
 BRIDGE = {"id": "b-1", "name": "conf", "type": "mixing", "calls": []}
+AGENT = {"uuid": "0f6b2d9e-1111-4c1c-9d3e-5a2f7b9c0d11", "state": "active", "stsUrl": None, "createdAt": None}
 RECORDING = {"name": "rec-1", "format": "wav"}
 PLAYBACK = {"playbackId": "pb-1", "callId": CALL["id"], "kind": "media", "state": "queued"}
 
@@ -103,10 +105,19 @@ class FakeControl:
 
     async def originate(self, endpoint: str, caller_id: str | None = None, timeout: int = 30,
                         variables: dict | None = None, context: str | None = None, extension: str | None = None,
-                        priority: int | None = None) -> dict:
+                        priority: int | None = None, agent: Any = None) -> dict:
         self._called("originate", endpoint, caller_id=caller_id, timeout=timeout, variables=variables,
-                     context=context, extension=extension, priority=priority)
+                     context=context, extension=extension, priority=priority, agent=agent)
         return {**CALL, "state": "dialing", "endpoint": endpoint}
+
+    async def attach_agent(self, call_id: str, sts_url: str | None = None, route: str | None = None,
+                           payload: dict | None = None) -> dict:
+        self._called("attach_agent", call_id, sts_url=sts_url, route=route, payload=payload)
+        return {"callId": call_id, "agent": AGENT}
+
+    async def detach_agent(self, call_id: str) -> dict:
+        self._called("detach_agent", call_id)
+        return {"callId": call_id, "agent": AGENT}
 
     async def answer(self, call_id: str) -> dict:
         self._called("answer", call_id)
@@ -421,11 +432,43 @@ def test_originate_passes_every_option() -> None:
     assert status == 201 and payload["call"]["endpoint"] == "PJSIP/1001"
     assert api.control.calls[-1] == ("originate", ("PJSIP/1001",), {  # type: ignore[union-attr]
         "caller_id": "5551234", "timeout": 45, "variables": {"FOO": "bar"}, "context": None, "extension": None,
-        "priority": None})
+        "priority": None, "agent": None})
     api.request("POST", "/calls", {"endpoint": "PJSIP/5551234@trunk", "context": "from-avr", "extension": "100",
                                    "priority": 1})
     assert api.control.calls[-1][2]["timeout"] == 30  # type: ignore[union-attr]
     assert api.control.calls[-1][2]["context"] == "from-avr"  # type: ignore[union-attr]
+
+
+def test_agent_routes() -> None:
+    """POST /calls with agent, POST and DELETE /calls/:id/agent pass the agent's fields to the model."""
+    api = Api(FakeControl())
+    status, _, _ = api.request("POST", "/calls", {"endpoint": "PJSIP/1001", "agent": {
+        "sts_url": "ws://sts:6030/x", "payload": {"lang": "en"}}})
+    assert status == 201
+    assert api.control.calls[-1][2]["agent"] == AgentSpec("ws://sts:6030/x", None, {"lang": "en"})  # type: ignore
+    status, body, _ = api.request("POST", "/calls/c1/agent", {"route": "sales"})
+    assert (status, body) == (201, {"status": "ok", "callId": "c1", "agent": AGENT})
+    assert api.control.calls[-1] == ("attach_agent", ("c1",), {  # type: ignore[union-attr]
+        "sts_url": None, "route": "sales", "payload": {}})
+    assert api.request("POST", "/calls/c1/agent")[0] == 201  # no body: STS_URL
+    status, body, _ = api.request("DELETE", "/calls/c1/agent")
+    assert (status, body) == (200, {"status": "detached", "callId": "c1", "agent": AGENT})
+
+
+@pytest.mark.parametrize("path, body, problem", [
+    ("/calls", {"endpoint": "PJSIP/1", "agent": {"sts_url": "ftp://x"}}, "sts_url: must be a ws://"),
+    ("/calls", {"endpoint": "PJSIP/1", "agent": "yes"}, "agent: must be an object"),
+    ("/calls", {"endpoint": "PJSIP/1", "agent": {"sts_url": "ws://a", "route": "b"}}, "not both"),
+    ("/calls", {"endpoint": "PJSIP/1", "agent": {"voice": "x"}}, "voice: unknown field"),
+    ("/calls/c1/agent", {"payload": [1]}, "payload: must be an object"),
+    ("/calls/c1/agent", {"sts_url": "ws://a", "route": "b"}, "not both"),
+])
+def test_agent_fields_are_validated(path: str, body: dict, problem: str) -> None:
+    """A bad agent is a 400 naming the problem, and the model is not called."""
+    api = Api(FakeControl())
+    status, payload, _ = api.request("POST", path, body)
+    assert status == 400 and problem in payload["error"], payload
+    assert not api.control.calls  # type: ignore[union-attr]
 
 
 def test_hangup_with_default_body_and_query_reasons() -> None:

@@ -18,6 +18,7 @@ from attrs import frozen
 from dotenv import dotenv_values
 
 from avr.logtext import redact_url
+from avr.urls import is_sts_url
 
 #: Sample rates (Hz) that AudioSocket audio kinds 0x10-0x18 can carry, and so the rates an STS may use.
 AUDIO_RATES = (8000, 12000, 16000, 24000, 32000, 44100, 48000, 96000, 192000)
@@ -117,6 +118,21 @@ def _vad_frame_samples(text: str) -> int:
     if value % 256:
         raise ValueError(f"must be a multiple of 256 (the Silero model's 32 ms window at 8 kHz), got {value}")
     return value
+
+
+def _routes(text: str) -> tuple[tuple[str, str], ...]:
+    routes = []
+    for item in text.split():
+        name, sep, url = item.partition("=")
+        if not sep or not name or not url:
+            raise ValueError(f"must be name=URL pairs separated by spaces, got {redact_url(item)!r}")
+        if not is_sts_url(url):
+            raise ValueError(f"route {name!r}: must be a ws://, wss://, http:// or https:// URL, got "
+                             f"{redact_url(url)!r}")
+        if any(name == known for known, _ in routes):
+            raise ValueError(f"route {name!r} is given twice")
+        routes.append((name, url))
+    return tuple(routes)
 
 
 def _text(text: str) -> str:
@@ -238,8 +254,17 @@ SETTINGS: tuple[Setting, ...] = (
             "What to do with calls entering the Stasis app: answer, ring (indicate ringing, leave unanswered) "
             "or none"),
     Setting("ari_audiosocket_address", "ARI_AUDIOSOCKET_ADDRESS", _text, None,
-            "host:port at which Asterisk reaches avr's AudioSocket server for uploaded-audio playback "
-            "(default: BIND_ADDRESS:PORT, or 127.0.0.1:PORT when binding all interfaces)"),
+            "host:port at which Asterisk reaches avr's AudioSocket server for AI agents on ARI calls and uploaded-audio "
+            "playback (default: BIND_ADDRESS:PORT, or 127.0.0.1:PORT when binding all interfaces)"),
+    Setting("sts_routes", "STS_ROUTES", _routes, None,
+            "Named STS URLs, 'name=URL' pairs separated by spaces: agents can be asked for by name "
+            "(Stasis(app,agent,<name>), \"route\" in the REST API)"),
+    Setting("ari_agent", "ARI_AGENT", _text, None,
+            "The AI agent of inbound calls entering the Stasis app that do not ask for one: 'default' (STS_URL), "
+            "an STS URL or a route name; unset = only calls asking with Stasis(app,agent[,URL or route]) get one"),
+    Setting("ari_agent_on_failure", "ARI_AGENT_ON_FAILURE", _choice("hangup", "continue"), "hangup",
+            "What happens to an ARI call whose agent fails (its STS closed or cannot be reached): hangup, or "
+            "continue without agent"),
     Setting("api_key", "API_KEY", _secret, None,
             "When set, required as X-API-Key (or ?api_key=) on every route but GET / and GET /health", secret=True),
     Setting("events_webhook_url", "EVENTS_WEBHOOK_URL", _url("http", "https"), None,
@@ -336,6 +361,9 @@ class Config:
     ari_app: str = "openclaw-voice"
     ari_inbound: str = "answer"
     ari_audiosocket_address: str | None = None
+    sts_routes: tuple[tuple[str, str], ...] = ()
+    ari_agent: str | None = None
+    ari_agent_on_failure: str = "hangup"
     api_key: str | None = None
     events_webhook_url: str | None = None
     api_port: int | None = None
@@ -413,6 +441,8 @@ class Config:
                 value = "<set>"
             elif isinstance(value, str) and "://" in value:
                 value = redact_url(value)
+            elif s.attribute == "sts_routes":
+                value = {name: redact_url(url) for name, url in value}
             described[s.attribute] = value
         return described
 
@@ -551,6 +581,10 @@ def _consistency_problems(config: Config) -> list[str]:
         problem = check_ambient_file(config.ambient_noise_file)
         if problem is not None:
             problems.append(f"AMBIENT_NOISE_FILE: {problem}")
+    if config.ari_agent is not None and config.ari_agent != "default" and not is_sts_url(config.ari_agent):
+        if config.ari_agent not in dict(config.sts_routes):
+            problems.append(f"ARI_AGENT must be 'default', an STS URL or a route of STS_ROUTES, got "
+                            f"{redact_url(config.ari_agent)!r}")
     if config.ari_audiosocket_address is not None:
         host, sep, port = config.ari_audiosocket_address.rpartition(":")
         if not sep or not host or not port.isdigit():

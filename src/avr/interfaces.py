@@ -169,6 +169,31 @@ class ICallActions(Interface):
         """
 
 
+class IAgentRunner(Interface):
+    """
+    Runs the agent of an ARI call on the AudioSocket side: decides its STS URL as ``POST /call`` does and runs the
+    agent session on the AudioSocket connection Asterisk opens for the call's media leg (`avr.agent_runner`).
+    """
+
+    def route(uuid: str, base: str | None, payload: dict):  # type: ignore[no-untyped-def]
+        """
+        Send ``call_initiated`` for ``uuid`` with ``payload`` and decide the STS URL: the webhook's override, else
+        ``base``, else ``STS_URL``, with the payload as query parameters.
+
+        :return: a Deferred firing with the URL (``None``: the built-in echo agent); it never fails.
+        """
+
+    def expect(uuid: str, sts_url: str | None, payload: dict, observer: ICallObserver,
+               actions: ICallActions, kind: int):  # type: ignore[no-untyped-def]
+        """
+        Expect the AudioSocket connection with ``uuid`` and run an agent session at ``sts_url`` on it (audio of
+        ``kind``), its events to ``observer`` (and the AVR webhooks), its requests to ``actions``.
+
+        :return: a Deferred that fails with the reason once the session is over (it has no other end), or when no
+            connection arrives in time. Cancelling it ends the session.
+        """
+
+
 class IAdmission(Interface):
     """
     What avr does with one AudioSocket connection it expects (a ``POST /call`` registration, uploaded audio to play,
@@ -287,13 +312,29 @@ class ICallControl(Interface):
 
     def originate(endpoint: str, caller_id: str | None = None, timeout: int = 30,
                   variables: dict | None = None, context: str | None = None, extension: str | None = None,
-                  priority: int | None = None) -> Awaitable[dict]:
+                  priority: int | None = None, agent: Any = None) -> Awaitable[dict]:
         """
         Dial ``endpoint`` (``TECH/resource``) into the app, ringing ``timeout`` seconds; with ``context`` and
-        ``extension`` (``priority`` 1 by default) the answered call continues in the dialplan.
+        ``extension`` (``priority`` 1 by default) the answered call continues in the dialplan. With ``agent`` (an
+        `avr.control.agents.AgentSpec`) an AI agent joins the call once it is answered.
 
         :return: the call. :raises Unavailable: ARI not configured or not connected.
         """
+
+    def attach_agent(call_id: str, sts_url: str | None = None, route: str | None = None,
+                     payload: dict | None = None) -> Awaitable[dict]:
+        """
+        Put an AI agent on an answered call: an externalMedia leg bridged with it and an STS session at
+        ``sts_url`` (or the named ``route``, else ``STS_URL``; the ``call_initiated`` webhook may override it),
+        ``payload`` as its query parameters.
+
+        :return: ``{"callId", "agent"}`` once the agent's leg is bridged. :raises Conflict: not answered, not in
+            Stasis, or an agent is already on it. :raises Timeout: the media channel never came up.
+        """
+
+    def detach_agent(call_id: str) -> Awaitable[dict]:
+        """Take the agent off the call (the call stays up). :return: ``{"callId", "agent"}``. :raises Conflict:
+        no agent on it."""
 
     def answer(call_id: str) -> Awaitable[dict]:
         """Answer a ringing inbound call. :return: the call."""

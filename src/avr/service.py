@@ -19,12 +19,14 @@ from twisted.logger import Logger
 
 from avr.actions import DialplanActions
 from avr.admissions import Admissions
+from avr.agent_runner import AgentRunner
 from avr.ari.client import AriClient
 from avr.ari.events import AriEventStream, endpoint_connector
 from avr.audiosocket import AudioSocketFactory
 from avr.calls import CallManager
 from avr.ambient import AmbientNoise
 from avr.config import PIPELINE_MODE, STS_MODE, Config, agent_mode, redact_url, unused_settings
+from avr.control.agents import AgentSpec
 from avr.control.call_observer import RegistryObserver
 from avr.control.call_registry import CallRegistry
 from avr.control.hub import EventsHub, FanOut
@@ -194,6 +196,9 @@ def build_control(
         audiosocket_address=audiosocket_address(config),
         registry=registry,
         ring_delay=config.inbound_ring_delay / 1000,
+        default_agent=AgentSpec.from_setting(config.ari_agent) if config.ari_agent is not None else None,
+        sts_routes=dict(config.sts_routes),
+        agent_on_failure=config.ari_agent_on_failure,
     )
     stream = AriEventStream(
         reactor, endpoint_connector(reactor), config.ari_url, config.ari_app,
@@ -289,6 +294,9 @@ def build(
         ambient=(AmbientNoise.load(config.ambient_noise_file, config.ambient_noise_level)
                  if config.ambient_noise_file is not None else None),
     )
+    if control.control is not None:
+        # The agents of ARI calls run on the AudioSocket side, which needs call control first (for their actions).
+        control.control.agent_runner = AgentRunner(calls, webhooks, config.sts_url)
     registrations = Registrations(admissions, config.call_init_ttl, calls.start_call, config.call_init_max)
     factory = AudioSocketFactory(calls, reactor, uuid_timeout=config.uuid_timeout, idle_timeout=config.idle_timeout,
                                  fast_paths=fast_paths)

@@ -38,6 +38,15 @@ def sts_url_with_params(base: str, payload: Mapping[str, Any]) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, query, parts.fragment))
 
 
+def routed_sts_url(override: str | None, base: str | None, payload: Mapping[str, Any]) -> str | None:
+    """
+    A call's STS URL as ``POST /call`` decides it: the ``call_initiated`` webhook's ``override`` if it gave one, else
+    ``base``, with the payload appended (`sts_url_with_params`); ``None`` (the built-in echo agent) when neither.
+    """
+    chosen = override if override is not None else base
+    return sts_url_with_params(chosen, payload) if chosen is not None else None
+
+
 def query_value(value: Any) -> str:
     """
     The query-parameter text of one payload value (see `sts_url_with_params`).

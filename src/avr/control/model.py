@@ -33,6 +33,7 @@ events to them (each component has a table of the event types it applies):
 * `avr.control.playbacks.Playbacks`: ARI media and uploaded PCM;
 * `avr.control.recordings.Recordings`: live and stored recordings;
 * `avr.control.transfers.Transfers`: transfer through a new leg and a bridge;
+* `avr.control.agents.Agents`: AI agents on calls, each on a media leg;
 * `avr.control.resync.Resync`: reconciling with Asterisk after each connect;
 * shared by all: `avr.control.tasks.TaskGroup` (timers, tasks, waits) and `avr.control.ari_link.AriLink`.
 """
@@ -49,17 +50,19 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from avr.config import INBOUND_POLICIES
+from avr.control.agents import AgentSpec, Agents
 from avr.control.ari_link import AriLink
 from avr.control.bridges import Bridges
 from avr.control.call_registry import DEFAULT_RETENTION, CallRegistry
 from avr.control.channels import Channels
+from avr.control.errors import Conflict
 from avr.control.media_leg import MediaLegs
 from avr.control.playbacks import Playbacks
 from avr.control.recordings import Recordings
 from avr.control.resync import Resync
 from avr.control.tasks import TaskGroup
 from avr.control.transfers import Transfers
-from avr.interfaces import IAriClient, IAriEventListener, IAudioInjector, ICallControl, IEventSink
+from avr.interfaces import IAgentRunner, IAriClient, IAriEventListener, IAudioInjector, ICallControl, IEventSink
 
 
 def _new_uuid() -> str:
@@ -95,6 +98,11 @@ class CallControl:
     :param registry: the call registry shared with the AudioSocket side (its own ``sink`` and ``retention``
         apply); when not given, one is built on ``sink``.
     :param ring_delay: with the ``answer`` policy, seconds inbound calls ring before they are answered.
+    :param agent_runner: runs the sessions of AI agents on calls (``None``: agents are unavailable; settable once
+        the AudioSocket side exists).
+    :param default_agent: the agent of inbound calls that do not ask for one (``ARI_AGENT``).
+    :param sts_routes: named STS URLs (``STS_ROUTES``).
+    :param agent_on_failure: ``hangup`` or ``continue`` (``ARI_AGENT_ON_FAILURE``).
     """
 
     ari: IAriClient | None
@@ -110,6 +118,10 @@ class CallControl:
     pcm_lead_in: float = 0.3
     _given_registry: CallRegistry | None = field(default=None, alias="registry", repr=False)
     ring_delay: float = 0.0
+    _agent_runner: IAgentRunner | None = None
+    default_agent: AgentSpec | None = None
+    sts_routes: dict[str, str] = field(factory=dict)
+    agent_on_failure: str = "hangup"
     tasks: TaskGroup = field(init=False)
     link: AriLink = field(init=False)
     registry: CallRegistry = field(init=False)
@@ -120,6 +132,7 @@ class CallControl:
     recordings: Recordings = field(init=False)
     transfers: Transfers = field(init=False)
     resync: Resync = field(init=False)
+    agents: Agents = field(init=False)
     _handlers: dict[str, list[Callable[[dict], None]]] = field(factory=dict, init=False)
     log = Logger()
 
@@ -137,11 +150,13 @@ class CallControl:
         self.transfers = Transfers(registry, link, tasks, self.channels, self.bridges)
         self.resync = Resync(registry, link, tasks, clock, app, self.channels, self.bridges, self.legs,
                              self.playbacks, self.recordings)
+        self.agents = Agents(registry, link, tasks, clock, self.legs, self, self._agent_runner, self.default_agent,
+                             self.sts_routes, self.agent_on_failure)
         # What an ended call held is released in this order (its events are published in it).
-        for released in (self.channels, self.recordings, self.legs, self.playbacks, self.bridges):
+        for released in (self.channels, self.recordings, self.legs, self.playbacks, self.bridges, self.agents):
             registry.on_call_ended(released.call_ended)
-        # Media legs see StasisStart first: their channels are not calls.
-        for component in (self.legs, self.channels, self.bridges, self.playbacks, self.recordings):
+        # Media legs see StasisStart first: their channels are not calls. Agents start once the calls are known.
+        for component in (self.legs, self.channels, self.bridges, self.playbacks, self.recordings, self.agents):
             for type_, handler in component.handlers.items():
                 self._handlers.setdefault(type_, []).append(handler)
 
@@ -153,6 +168,15 @@ class CallControl:
     @audiosocket_address.setter
     def audiosocket_address(self, address: str | None) -> None:
         self.legs.address = address
+
+    @property
+    def agent_runner(self) -> IAgentRunner | None:
+        """Runs the agents' sessions (settable once the AudioSocket side is built)."""
+        return self.agents.runner
+
+    @agent_runner.setter
+    def agent_runner(self, runner: IAgentRunner | None) -> None:
+        self.agents.runner = runner
 
     # -- IAriEventListener ----------------------------------------------------------------------------------------
 
@@ -226,9 +250,25 @@ class CallControl:
 
     async def originate(self, endpoint: str, caller_id: str | None = None, timeout: int = 30,
                         variables: dict | None = None, context: str | None = None, extension: str | None = None,
-                        priority: int | None = None) -> dict:
-        """See `Channels.originate`."""
-        return await self.channels.originate(endpoint, caller_id, timeout, variables, context, extension, priority)
+                        priority: int | None = None, agent: AgentSpec | None = None) -> dict:
+        """See `Channels.originate`; with ``agent``, see `Agents.want`."""
+        if agent is not None:
+            if context is not None or extension is not None:
+                raise Conflict("a call sent to the dialplan cannot get an agent")
+            self.agents.check(agent)  # before anything is dialled
+        call = await self.channels.originate(endpoint, caller_id, timeout, variables, context, extension, priority)
+        if agent is not None:
+            self.agents.want(call["id"], agent)
+        return call
+
+    async def attach_agent(self, call_id: str, sts_url: str | None = None, route: str | None = None,
+                           payload: dict | None = None) -> dict:
+        """See `Agents.attach`."""
+        return await self.agents.attach(call_id, sts_url, route, payload)
+
+    async def detach_agent(self, call_id: str) -> dict:
+        """See `Agents.detach`."""
+        return await self.agents.detach(call_id)
 
     async def answer(self, call_id: str) -> dict:
         """See `Channels.answer`."""

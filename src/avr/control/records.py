@@ -83,6 +83,27 @@ def cause_text(code: int | None) -> str:
 
 
 @define(eq=False)
+class AgentRecord:
+    """
+    The AI agent on an ARI call: an externalMedia AudioSocket leg (whose ``data`` is ``uuid``) bridged with the call
+    and one STS session (`avr.control.agents`).
+
+    :ivar state: ``starting`` (the leg is being set up), ``active`` (bridged; the agent hears and speaks).
+    """
+
+    uuid: str
+    sts_url: str | None
+    created_at: float
+    state: str = "starting"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The agent as JSON; the STS URL with its secrets masked."""
+        return {"uuid": self.uuid, "state": self.state,
+                "stsUrl": redact_url(self.sts_url) if self.sts_url is not None else None,
+                "createdAt": iso(self.created_at)}
+
+
+@define(eq=False)
 class CallRecord:
     """One call: an ARI channel in (or originated into) the Stasis app. Its API id is its ARI channel id."""
 
@@ -128,6 +149,8 @@ class CallRecord:
     on_end: list[Callable[[], None]] = field(factory=list)
     #: The AudioSocket call last started on this channel (named by its ``POST /call`` payload), if any.
     linked_call_id: str | None = None
+    #: The AI agent on the call, if any.
+    agent: AgentRecord | None = None
 
     @property
     def ended(self) -> bool:
@@ -169,6 +192,7 @@ class CallRecord:
             "transferredFrom": self.transferred_from,
             "recordings": list(self.recordings),
             "linkedCallId": self.linked_call_id,
+            "agent": self.agent.to_dict() if self.agent is not None else None,
         }
 
 

@@ -18,6 +18,7 @@ from attrs import frozen
 from avr.control.records import HANGUP_REASONS as _REASON_CAUSES
 from avr.control.records import IF_EXISTS, MEDIA_SCHEMES, RECORDING_NAME
 from avr.http.json import ApiError, json_type
+from avr.urls import is_sts_url
 
 #: Recording formats offered (Asterisk's format names; one whose module is not loaded is refused by Asterisk: 422).
 RECORD_FORMATS = ("wav", "wav16", "gsm", "ulaw", "alaw", "sln", "sln16", "g722")
@@ -168,6 +169,39 @@ def _dtmf(value: Any) -> str:
     return digits.translate(str.maketrans("abcd", "ABCD"))
 
 
+def _sts_url(value: Any) -> str:
+    url = _text(2000)(value)
+    if not is_sts_url(url):
+        raise _Invalid("must be a ws://, wss://, http:// or https:// URL")
+    return url
+
+
+def _payload(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be an object, not {json_type(value)}")
+    return dict(value)
+
+
+#: The fields of an agent (``POST /calls/:id/agent``, and ``agent`` in ``POST /calls``): what ``POST /call`` takes.
+AGENT = (
+    Field("sts_url", _sts_url),
+    Field("route", _text(80)),
+    Field("payload", _payload),
+)
+
+
+def _agent(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be an object (sts_url, route, payload), not {json_type(value)}")
+    try:
+        agent = validate(value, AGENT)
+    except ApiError as e:
+        raise _Invalid("; ".join(e.extra.get("details") or [e.message])) from None
+    if "sts_url" in agent and "route" in agent:
+        raise _Invalid("give sts_url or route, not both")
+    return agent
+
+
 _ENDPOINT_HINT = "must be a dial string like 'PJSIP/1001' or 'PJSIP/5551234@trunk'"
 _CALL_ID_HINT = "must be a call id"
 _RECORDING_HINT = "must be 1-200 letters, digits, '.', '_' or '-', not starting with '.' or '-', without '..'"
@@ -180,6 +214,7 @@ ORIGINATE = (
     Field("context", _text(80)),
     Field("extension", _text(80)),
     Field("priority", _integer(1, 100000)),
+    Field("agent", _agent),
 )
 HANGUP = (Field("reason", _choice(HANGUP_REASONS)),)
 PLAY = (Field("media", _media, required=True),)

@@ -27,7 +27,9 @@ from avr.control.call_registry import CallRegistry
 from avr.control.download import relay
 from avr.control.errors import ControlError
 from avr.control.hub import EventsHub
+from avr.control.agents import AgentSpec
 from avr.control.request_fields import (
+    AGENT,
     BRIDGE_MEMBER,
     COPY_RECORDING,
     CREATE_BRIDGE,
@@ -113,6 +115,10 @@ def _error_response(request: IRequest, error: BaseException) -> bytes:
     return json_response(request, 500, {"error": "internal error"})
 
 
+def _agent_spec(fields: dict[str, Any]) -> AgentSpec:
+    return AgentSpec(fields.get("sts_url"), fields.get("route"), fields.get("payload") or {})
+
+
 # --- the routes ------------------------------------------------------------------------------------------------------
 
 
@@ -142,6 +148,8 @@ _ROUTES = (
     _Route("POST", "/calls/<id>/record", "record"),
     _Route("POST", "/calls/<id>/dtmf", "send_dtmf"),
     _Route("POST", "/calls/<id>/transfer", "transfer"),
+    _Route("POST", "/calls/<id>/agent", "attach_agent"),
+    _Route("DELETE", "/calls/<id>/agent", "detach_agent"),
     _Route("POST", "/bridges", "create_bridge"),
     _Route("GET", "/bridges", "list_bridges"),
     _Route("GET", "/bridges/<id>", "get_bridge"),
@@ -299,6 +307,7 @@ class ControlRoutes:
             context=body.get("context"),
             extension=body.get("extension"),
             priority=body.get("priority"),
+            agent=_agent_spec(body["agent"]) if "agent" in body else None,
         )
         return json_response(request, 201, {"call": call})
 
@@ -385,6 +394,21 @@ class ControlRoutes:
         result = await self._model.transfer(call_id, body["endpoint"], caller_id=body.get("callerId"),
                                             timeout=body.get("timeout", 30))
         return json_response(request, 201, result)
+
+    async def _attach_agent(self, request: IRequest, id: str) -> bytes:
+        """Put an AI agent on an answered call (body: sts_url or route, payload; all optional)."""
+        call_id = checked_id(id, "call")
+        body = await self._read_fields(request, AGENT, optional=True)
+        if "sts_url" in body and "route" in body:
+            raise ApiError(400, "Validation failed: give sts_url or route, not both")
+        spec = _agent_spec(body)
+        result = await self._model.attach_agent(call_id, spec.sts_url, spec.route, dict(spec.payload))
+        return json_response(request, 201, {"status": "ok", **result})
+
+    async def _detach_agent(self, request: IRequest, id: str) -> bytes:
+        """Take the AI agent off a call (the call stays up)."""
+        result = await self._model.detach_agent(checked_id(id, "call"))
+        return json_response(request, 200, {"status": "detached", **result})
 
     async def _create_bridge(self, request: IRequest) -> bytes:
         """Create a mixing bridge."""

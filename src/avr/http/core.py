@@ -21,7 +21,7 @@ from avr.http.site import RoutePolicy
 from avr.interfaces import IWebhooks
 from avr.logtext import url_repr
 from avr.registrations import Registration, Registrations, RegistrationsFull, canonical_uuid
-from avr.urls import sts_url_with_params
+from avr.urls import routed_sts_url
 
 
 @define(eq=False)
@@ -97,8 +97,7 @@ class CoreRoutes:
         return d.addCallback(self._register, uuid, payload)
 
     def _register(self, override_url: str | None, uuid: str, payload: dict[str, Any]) -> Registration:
-        base = override_url if override_url is not None else self.sts_url
-        url = sts_url_with_params(base, payload) if base is not None else None
+        url = routed_sts_url(override_url, self.sts_url, payload)
         registration = self.registrations.register(uuid, payload, url, override_url is not None)
         self.log.info(
             "Call {uuid} initialised: STS URL {url} (override: {override})",

@@ -107,10 +107,18 @@ class Dtmf:
             self.received(sender, digit, duration)
 
     def received(self, ch: Channel, digit: str, duration_ms: int = 100) -> None:
-        """``ch`` received one digit (at its end): ChannelDtmfReceived, and recordings with ``terminateOn`` stop."""
+        """
+        ``ch`` received one digit (at its end): ChannelDtmfReceived, recordings with ``terminateOn`` stop, and the
+        digit passes through ``ch``'s bridge to its AudioSocket members (a 0x03 frame each, as the externalMedia
+        capture shows for a bridged caller's DTMF).
+        """
         self._apps.emit("ChannelDtmfReceived", [("digit", digit), ("duration_ms", duration_ms), ("channel", ch)],
                         channels=[ch])  # fmt: skip
         self._recordings.dtmf(ch, digit)
+        if ch.bridge is not None:
+            for member in ch.bridge.channels:
+                if member is not ch and member.audiosocket is not None:
+                    member.audiosocket.send_dtmf(digit)
 
     def remote(self, ch: Channel, digits: str, duration_ms: int, between_ms: int) -> None:
         """The far end of ``ch`` presses ``digits`` (each reported when it ends)."""
