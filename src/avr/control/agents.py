@@ -281,7 +281,7 @@ class Agents:
         call = agent.call
         self.log.info("Agent {uuid} left call {id}: {reason}", uuid=agent.record.uuid, id=call.id, reason=reason)
         self.registry.publish("agent.ended", {"uuid": agent.record.uuid, "reason": reason}, call)
-        if failed and not call.ended and self.on_failure == "hangup":
+        if failed and not call.ended and self.on_failure == "hangup" and not self.tasks.stopped:
             self.log.info("Hanging up call {id}: its agent failed (ARI_AGENT_ON_FAILURE=hangup)", id=call.id)
             call.requested_reason = call.requested_reason or "normal"
             self.ari.hang_up_quietly(call.id)
