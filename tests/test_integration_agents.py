@@ -19,7 +19,7 @@ from avr.sts.codec import ActionResult
 from avr.testing.sts import FakeStsServerFactory, FakeStsServerProtocol
 from tests.control_harness import EventsClient, of_call
 from tests.helpers import until
-from tests.test_integration_control import ServiceRig, rig  # noqa: F401 - the fixture
+from tests.test_integration_control import ServiceRig, rig  # noqa: F401, F811 - the fixture
 
 pytestmark = pytest.mark.integration
 

@@ -37,7 +37,7 @@ from avr.interfaces import (
 )
 from avr.logtext import clip, url_repr
 from avr.playout import FRAME_SECONDS, FrameTicker, PlaybackQueue, frame_bytes_for_rate
-from avr.sts.codec import ActionRequest, ActionResult, InvalidAction
+from avr.sts.codec import ActionMessage, ActionRequest, ActionResult, InvalidAction
 
 #: Caller audio kept while the STS connection opens (seconds); older audio is dropped first.
 PENDING_AUDIO_SECONDS = 2.0
@@ -109,7 +109,7 @@ class Call:
     _outbound: Resampler | None = None
     _queue: PlaybackQueue | None = None
     #: The actions being carried out, by request number.
-    _requests: dict[int, ActionRequest | InvalidAction] = field(factory=dict, init=False)
+    _requests: dict[int, ActionMessage] = field(factory=dict, init=False)
     _request_count: int = field(default=0, init=False)
     _linger: Any = field(default=None, init=False)
     _finished: bool = field(default=False, init=False)
@@ -301,7 +301,7 @@ class Call:
             self.log.warn("STS closed call {uuid}: {reason}", uuid=self.uuid, reason=reason)
             self.end(f"STS closed: {reason}")
 
-    def sts_action(self, request: ActionRequest | InvalidAction) -> None:
+    def sts_action(self, request: ActionMessage) -> None:
         if self.ended:
             if self._session is not None:
                 self._session.send_action_result(ActionResult(request.action, False, "the call has ended",
@@ -328,7 +328,7 @@ class Call:
         self.log.failure("Call {uuid}: carrying out {action} failed", failure, uuid=self.uuid, action=request.action)
         return ActionResult(request.action, False, f"internal error ({failure.type.__name__})", request.id)
 
-    def _settle(self, number: int, request: ActionRequest | InvalidAction, result: ActionResult) -> None:
+    def _settle(self, number: int, request: ActionMessage, result: ActionResult) -> None:
         """The outcome of one request: to the agent (while its session is open) and the observers, once."""
         if self._requests.pop(number, None) is None:
             return

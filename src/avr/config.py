@@ -121,7 +121,7 @@ def _vad_frame_samples(text: str) -> int:
 
 
 def _routes(text: str) -> tuple[tuple[str, str], ...]:
-    routes = []
+    routes: list[tuple[str, str]] = []
     for item in text.split():
         name, sep, url = item.partition("=")
         if not sep or not name or not url:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
     from avr.calls import Call
-    from avr.sts.codec import ActionRequest, ActionResult
+    from avr.sts.codec import ActionMessage, ActionRequest, ActionResult
 
 
 class IAudioSocketLeg(Interface):
@@ -44,7 +44,7 @@ class IStsHandler(Interface):
     def sts_error(message: str) -> None:
         """The STS reported an error (the session may go on or close next)."""
 
-    def sts_action(request: ActionRequest) -> None:
+    def sts_action(request: ActionMessage) -> None:
         """
         The agent asks for an action on the call (`avr.sts.codec.HangupRequest`, ``TransferRequest``,
         ``DtmfRequest``, or ``InvalidAction`` for a malformed one); its outcome goes back through
@@ -146,7 +146,7 @@ class ICallObserver(Interface):
     def interruption(call: Call) -> None:
         """The agent reported that the caller barged in; queued agent audio was dropped."""
 
-    def agent_action(call: Call, request: ActionRequest, result: ActionResult | None) -> None:
+    def agent_action(call: Call, request: ActionMessage, result: ActionResult | None) -> None:
         """
         The agent asked for an action (``result`` ``None``), or the action it asked for succeeded or failed
         (``result``). Every request gets exactly one outcome, before `call_ended`.

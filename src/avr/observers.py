@@ -14,7 +14,7 @@ from avr.interfaces import ICallObserver, IWebhooks
 
 if TYPE_CHECKING:
     from avr.calls import Call
-    from avr.sts.codec import ActionRequest, ActionResult
+    from avr.sts.codec import ActionMessage, ActionResult
 
 
 @implementer(ICallObserver)
@@ -49,7 +49,7 @@ class CallObservers:
     def interruption(self, call: Call) -> None:
         self._each("interruption", call, lambda o: o.interruption(call))
 
-    def agent_action(self, call: Call, request: ActionRequest, result: ActionResult | None) -> None:
+    def agent_action(self, call: Call, request: ActionMessage, result: ActionResult | None) -> None:
         self._each("agent_action", call, lambda o: o.agent_action(call, request, result))
 
     def call_ended(self, call: Call, reason: str) -> None:
@@ -79,7 +79,7 @@ class WebhookObserver:
     def interruption(self, call: Call) -> None:
         self.webhooks.emit(call.uuid, "interruption", {})
 
-    def agent_action(self, call: Call, request: ActionRequest, result: ActionResult | None) -> None:
+    def agent_action(self, call: Call, request: ActionMessage, result: ActionResult | None) -> None:
         """Not an avr-core webhook."""
 
     def call_ended(self, call: Call, reason: str) -> None:

@@ -41,7 +41,7 @@ from avr.urls import is_sts_url
 
 if TYPE_CHECKING:
     from avr.calls import Call
-    from avr.sts.codec import ActionRequest, ActionResult
+    from avr.sts.codec import ActionMessage, ActionResult
 
 #: The externalMedia format of agent legs, and the AudioSocket kind it arrives as.
 AGENT_FORMAT = "slin16"
@@ -93,7 +93,7 @@ class AgentEvents:
     def interruption(self, call: Call) -> None:
         self.registry.publish("call.interruption", {}, self.call)
 
-    def agent_action(self, call: Call, request: ActionRequest, result: ActionResult | None) -> None:
+    def agent_action(self, call: Call, request: ActionMessage, result: ActionResult | None) -> None:
         self.registry.publish("agent.action", agent_action_data(request, result), self.call)
 
     def call_ended(self, call: Call, reason: str) -> None:

@@ -24,10 +24,10 @@ from avr.sts.codec import action_fields
 
 if TYPE_CHECKING:
     from avr.calls import Call
-    from avr.sts.codec import ActionRequest, ActionResult
+    from avr.sts.codec import ActionMessage, ActionResult
 
 
-def agent_action_data(request: ActionRequest, result: ActionResult | None) -> dict[str, Any]:
+def agent_action_data(request: ActionMessage, result: ActionResult | None) -> dict[str, Any]:
     """
     The data of an ``agent.action`` event: ``action`` (``hangup``, ``transfer``, ``dtmf``), ``status``
     (``requested``, then ``succeeded`` or ``failed``), ``request`` (the fields the agent gave) and, when failed,
@@ -88,7 +88,7 @@ class RegistryObserver:
     def interruption(self, call: Call) -> None:
         self._publish(call, "call.interruption", {})
 
-    def agent_action(self, call: Call, request: ActionRequest, result: ActionResult | None) -> None:
+    def agent_action(self, call: Call, request: ActionMessage, result: ActionResult | None) -> None:
         self._publish(call, "agent.action", agent_action_data(request, result))
 
     def call_ended(self, call: Call, reason: str) -> None:

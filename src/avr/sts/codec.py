@@ -3,10 +3,10 @@ Sans-IO codec of the AVR STS WebSocket protocol: JSON text frames, audio as base
 
 Client (avr) to STS: ``init`` ``{uuid}``, ``audio`` ``{audio}``, ``dtmf_digit`` ``{digit}``, and ``action_result``
 ``{action, ok, error[, id]}`` answering each control message.
-STS to client: ``audio`` ``{audio}``, ``interruption``, ``transcript`` ``{role, text}``, ``error`` ``{message}``, and the
-control messages ``hangup`` ``{reason?}``, ``transfer`` ``{endpoint | context, extension, priority?; callerId?,
-timeout?}`` and ``dtmf`` ``{digits}`` (each may carry an ``id``, echoed in its result); any other type must be ignored
-by the client.
+STS to client: ``audio`` ``{audio}``, ``interruption``, ``transcript`` ``{role, text}``, ``error`` ``{message}``, and
+the control messages ``hangup`` ``{reason?}``, ``transfer`` ``{endpoint | context, extension, priority?; callerId?,
+timeout?}`` and ``dtmf`` ``{digits}`` (each may carry an ``id``, echoed in its result); any other type must be
+ignored by the client.
 
 Encoders return UTF-8 bytes ready for ``sendMessage(payload, isBinary=False)``. Decoders return frozen values and raise
 `StsProtocolError` for messages that cannot be understood.
@@ -138,6 +138,9 @@ class InvalidAction:
 #: The control messages an agent may send: what avr carries out on the call.
 ActionRequest = Union[HangupRequest, TransferRequest, DtmfRequest]
 
+#: A control message as received: a request, or one that cannot be carried out as it is.
+ActionMessage = Union[HangupRequest, TransferRequest, DtmfRequest, InvalidAction]
+
 #: The control message types.
 ACTIONS = ("hangup", "transfer", "dtmf")
 
@@ -237,7 +240,7 @@ def encode_dtmf_request(digits: str) -> bytes:
     return json.dumps({"type": "dtmf", "digits": digits}, separators=(",", ":")).encode("utf-8")
 
 
-def action_fields(request: HangupRequest | TransferRequest | DtmfRequest | InvalidAction) -> dict[str, object]:
+def action_fields(request: ActionMessage) -> dict[str, object]:
     """The wire fields a control message gave (those not given left out), for logs and events."""
     fields: dict[str, object]
     if isinstance(request, HangupRequest):
