@@ -3,9 +3,9 @@ The benchmark's load generator: N simulated Asterisk callers against a relay's A
 
 Every caller is a `avr.testing.asterisk.SimulatedAsterisk` connection sending a 20 ms frame of a tone in real time;
 one timer sends the frames of all callers, their 20 ms phases spread over a few groups as real calls' are (see
-`Sender`), and the frames are built once up front. Each frame carries its caller and sequence slot in the least significant bit
-of its first 32 samples, inaudible and exact through an echo that does not resample, so each frame heard back is
-matched to the frame sent.
+`Sender`), and the frames are built once up front. Each frame carries its caller and sequence slot in the least
+significant bit of its first 32 samples, inaudible and exact through an echo that does not resample, so each frame
+heard back is matched to the frame sent.
 
 Measured over a steady window that starts after a warm-up:
 

@@ -15,6 +15,7 @@ runs on a CPU of its own (see `cpu_split`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -25,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,8 @@ def run_one(relay: str, calls: int, rate: int, phases: int, args: argparse.Names
             wait_for_port(port, server, relay)
             load = subprocess.run(
                 [sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--calls", str(calls),
-                 "--rate", str(rate), "--phases", str(phases), "--warmup", str(args.warmup), "--duration", str(args.duration),
+                 "--rate", str(rate), "--phases", str(phases), "--warmup", str(args.warmup),
+                 "--duration", str(args.duration),
                  "--watch", f"relay={server.pid}", "--watch", f"echo={echo.pid}"],
                 cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=args.warmup + args.duration + 120,
                 preexec_fn=harness_setup)
@@ -164,11 +166,9 @@ def run_one(relay: str, calls: int, rate: int, phases: int, args: argparse.Names
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     model = ""
-    try:
+    with contextlib.suppress(OSError):
         model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                       if line.startswith("model name")), "")
-    except OSError:
-        pass
     versions = {}
     for name in ("twisted", "autobahn"):
         try:
@@ -254,11 +254,12 @@ def publish(report: dict[str, Any]) -> None:
     RESULTS_JSON.write_text(json.dumps(summary(report), indent=1) + "\n")
     text = BENCHMARKS_MD.read_text()
     start, end = RESULTS_MARKERS
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
     if not pattern.search(text):
         raise SystemExit(f"{BENCHMARKS_MD.name} has no {start} … {end} section")
-    body = f"{start}\n\n_Run of {report['started']} on {report['machine']['cpu']} ({report['machine']['cores']} cores)._\n\n" \
-           f"{tables(report)}\n{end}"
+    machine = report["machine"]
+    body = (f"{start}\n\n_Run of {report['started']} on {machine['cpu']} ({machine['cores']} cores)._\n\n"
+            f"{tables(report)}\n{end}")
     BENCHMARKS_MD.write_text(pattern.sub(lambda _: body, text))
 
 
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"unknown relay(s): {', '.join(sorted(unknown))}")
     if "node" in relays and (why := node_ready()):
         parser.error(f"the Node relay cannot run: {why}")
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     logs = args.output / started.strftime("%Y%m%dT%H%M%SZ")
     logs.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"started": started.isoformat(timespec="seconds"), "machine": machine(),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable
+from typing import Any
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, fail, succeed
@@ -266,7 +266,10 @@ def make(policy: str = "answer", ids: list[str] | None = None, connected: bool =
     clock, ari, sink, injector = Clock(), FakeAri(), FakeSink(), FakeInjector()
     pending = list(ids or [])
     counter = iter(range(1, 10_000))
-    new_id: Callable[[], str] = lambda: pending.pop(0) if pending else f"id-{next(counter)}"
+
+    def new_id() -> str:
+        return pending.pop(0) if pending else f"id-{next(counter)}"
+
     kwargs.setdefault("audiosocket_address", "127.0.0.1:5001")
     control = CallControl(ari, clock, sink, "avr", policy, injector, new_id=new_id, **kwargs)
     harness = Harness(clock, ari, sink, injector, control)

@@ -116,9 +116,9 @@ class Replay:
             raw_body = body.encode()
         response, raw = self.h.raw_request(entry["method"], self.map_text(entry["url"]), headers, raw_body)
         self.rest.append((entry, response.code, response.headers, raw))
-        if raw and (response.headers.getRawHeaders(b"content-type") or [b""])[0] == b"application/json":
-            if isinstance(entry.get("response_body"), dict):  # lists may come in another order
-                self._learn(entry["response_body"], json.loads(raw))
+        is_json = raw and (response.headers.getRawHeaders(b"content-type") or [b""])[0] == b"application/json"
+        if is_json and isinstance(entry.get("response_body"), dict):  # lists may come in another order
+            self._learn(entry["response_body"], json.loads(raw))
 
     def _learn(self, theirs: Any, ours: Any) -> None:
         """Learn id/name mappings from two structurally equal JSON values."""
@@ -135,7 +135,7 @@ class Replay:
             for key in theirs.keys() & ours.keys():
                 self._learn(theirs[key], ours[key])
         elif isinstance(theirs, list) and isinstance(ours, list) and len(theirs) == len(ours):
-            for a, b in zip(theirs, ours):
+            for a, b in zip(theirs, ours, strict=True):
                 self._learn(a, b)
 
     def _learn_from_events(self) -> None:

@@ -276,7 +276,7 @@ class Record:
 def test_dialplan_transfer_needs_a_channel_in_stasis() -> None:
     """With ARI, the payload must name the channel, and ARI acts on it only if it is in the Stasis app."""
     control = FakeControl()
-    world = World(actions=DialplanActions(control, Registry(Record("17.1", "PJSIP/2000-1"))))  # type: ignore
+    world = World(actions=DialplanActions(control, Registry(Record("17.1", "PJSIP/2000-1"))))  # type: ignore[arg-type]
     world.registrations.register(U1, {"channel": "PJSIP/9-1"}, None, False)
     _, call = world.connect()
     session = world.sts.open(U1)
@@ -348,7 +348,7 @@ def test_ari_actions_check_the_rest_limits(request_: Any, error: str) -> None:
 ])
 def test_ari_action_failures_are_results(failure: BaseException, error: str) -> None:
     """Call control's failures become the result's error, for the agent to talk about."""
-    result = run(carry_out(FakeControl(failure), "c1", TransferRequest(endpoint="PJSIP/1002")))  # type: ignore
+    result = run(carry_out(FakeControl(failure), "c1", TransferRequest(endpoint="PJSIP/1002")))  # type: ignore[arg-type]
     assert result == ActionResult("transfer", False, error) or (not result.ok and error in result.error)
 
 

@@ -135,8 +135,9 @@ rng = random.Random(20261121)
 SILENCES = {
     "slin zeros": [bytes(320)] * 300,
     "slin dither": [pcm16([rng.choice((0, 0, 0, 1, -1)) for _ in range(160)]) for _ in range(300)],
-    "slin 50 Hz hum at 2 LSB": [pcm16([round(2 * math.sin(2 * math.pi * 50 * (i * 160 + n) / 8000)) for n in range(160)])
-                                for i in range(300)],
+    "slin 50 Hz hum at 2 LSB": [
+        pcm16([round(2 * math.sin(2 * math.pi * 50 * (i * 160 + n) / 8000)) for n in range(160)]) for i in range(300)
+    ],
     "slin slow 0/-1 square": [pcm16([-1 if (i * 160 + n) // 37 % 2 else 0 for n in range(160)]) for i in range(300)],
     "ulaw 0xff": [b"\xff" * 160] * 300,
     "ulaw idle noise": [bytes(rng.choice((0xFF, 0x7F, 0xFE, 0x7E)) for _ in range(160)) for _ in range(300)],
@@ -195,7 +196,7 @@ def test_tone_locks_by_signal() -> None:
         assert inbound.codec == codec
 
 
-# --- conversion --------------------------------------------------------------------------------------------------------
+# --- conversion -------------------------------------------------------------------------------------------------------
 
 def test_g711_helpers_round_trip() -> None:
     """µ-law/A-law encode then decode stays close to the original."""
@@ -295,7 +296,7 @@ def test_resampler_passes_the_voice_band(from_rate: int, to_rate: int, freq: int
     steady = out[len(out) // 4 & ~1:len(out) // 4 * 3 & ~1]
     assert abs(level_db(steady, loud)) <= 1
     samples = struct.unpack(f"<{len(steady) // 2}h", steady)
-    crossings = sum(1 for x, y in zip(samples, samples[1:]) if (x < 0) != (y < 0))
+    crossings = sum(1 for x, y in zip(samples, samples[1:], strict=False) if (x < 0) != (y < 0))
     assert abs(crossings / 2 / (len(samples) / to_rate) - freq) <= 0.02 * freq  # still the same tone
 
 

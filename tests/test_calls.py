@@ -167,7 +167,7 @@ def test_one_second_of_agent_audio_is_paced_over_one_second() -> None:
     assert [k for k, _ in leg.sent] == [0x10] * 50
     assert all(len(p) == 320 for _, p in leg.sent)
     assert b"".join(p for _, p in leg.sent) == audio
-    gaps = [b - a for a, b in zip(leg.times, leg.times[1:])]
+    gaps = [b - a for a, b in zip(leg.times, leg.times[1:], strict=False)]
     # Released on the 20 ms grid (observed to the 1 ms resolution of this test's clock steps).
     assert min(gaps) == pytest.approx(0.020, abs=0.0011) and max(gaps) == pytest.approx(0.020, abs=0.0011)
 

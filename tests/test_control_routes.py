@@ -445,7 +445,7 @@ def test_agent_routes() -> None:
     status, _, _ = api.request("POST", "/calls", {"endpoint": "PJSIP/1001", "agent": {
         "sts_url": "ws://sts:6030/x", "payload": {"lang": "en"}}})
     assert status == 201
-    assert api.control.calls[-1][2]["agent"] == AgentSpec("ws://sts:6030/x", None, {"lang": "en"})  # type: ignore
+    assert api.control.calls[-1][2]["agent"] == AgentSpec("ws://sts:6030/x", None, {"lang": "en"})  # type: ignore[union-attr]
     status, body, _ = api.request("POST", "/calls/c1/agent", {"route": "sales"})
     assert (status, body) == (201, {"status": "ok", "callId": "c1", "agent": AGENT})
     assert api.control.calls[-1] == ("attach_agent", ("c1",), {  # type: ignore[union-attr]
@@ -535,7 +535,7 @@ def test_record_with_options_and_defaults() -> None:
     api = Api(FakeControl())
     status, payload, _ = api.request("POST", "/calls/c1/record", {"format": "wav", "maxDurationSeconds": 300})
     assert status == 201 and payload["recordingName"] == "call-1"
-    assert api.control.calls[-1] == ("record", ("c1",), {"format": "wav", "max_duration": 300})  # type: ignore
+    assert api.control.calls[-1] == ("record", ("c1",), {"format": "wav", "max_duration": 300})  # type: ignore[union-attr]
     api.request("POST", "/calls/c1/record", {"name": "greeting.v2", "beep": True, "ifExists": "overwrite",
                                              "format": "sln16"})
     assert api.control.calls[-1][2] == {  # type: ignore[union-attr]

@@ -319,7 +319,8 @@ def test_a_request_lost_with_its_connection_is_sent_again_on_a_fresh_one(error: 
     (ResponseNeverReceived(CLOSED), "no response (connection closed by the peer)"),
 ])
 @pytest.mark.logs_errors(
-    r"text 0 to .* not delivered after 1 attempt\(s\): (response cut short|no response) \(connection closed by the peer\)",
+    r"text 0 to .* not delivered after 1 attempt\(s\): (response cut short|no response) \(connection closed by the "
+    r"peer\)",
 )
 def test_only_one_resend_and_only_before_a_response(error: Exception, text: str, log_events) -> None:
     """

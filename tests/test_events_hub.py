@@ -121,8 +121,8 @@ def serve_hub(hub: EventsHub, snapshot: Callable[[], dict] | None) -> Klein:
 
 def event(n: int) -> dict[str, Any]:
     """A call event with sequence number ``n``."""
-    return {"type": "call.dtmf", "callId": "c1", "timestamp": f"2025-01-01T00:00:{n % 60:02d}.000Z", "data": {"digit": str(n % 10),
-                                                                                          "n": n}}
+    return {"type": "call.dtmf", "callId": "c1", "timestamp": f"2025-01-01T00:00:{n % 60:02d}.000Z",
+            "data": {"digit": str(n % 10), "n": n}}
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ def test_replayed_statuses_match_the_capture(replay: Replay) -> None:
 
 def test_replayed_bodies_match_the_capture(replay: Replay) -> None:
     """JSON bodies equal the capture's (ids mapped, timestamps dropped, list order ignored, races tolerated)."""
-    for entry, _code, headers, raw in replay.rest:
+    for entry, _code, _headers, raw in replay.rest:
         theirs = entry.get("response_body")
         if entry.get("response_body_binary") or theirs is None:
             continue
@@ -119,7 +119,7 @@ def test_replayed_events_have_the_wire_shape(replay: Replay) -> None:
             if entry.get("kind") == "event":
                 orders.setdefault(entry["event"]["type"], set()).add(tuple(entry["event"]))
     for sock in replay.sockets.values():
-        for text, event in zip(sock.client.raw, sock.events):
+        for text, event in zip(sock.client.raw, sock.events, strict=True):
             assert text == json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
             assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+0000", event["timestamp"])
             assert event["asterisk_id"] == "02:fc:00:00:00:01" and event["application"]
@@ -187,7 +187,7 @@ def test_keepalive_exchanges_match_the_raw_capture() -> None:
         want_status, want_headers, want_body, _ = _split_response(exchange["response"].encode())
         assert status == want_status
         assert [name for name, _ in headers] == [name for name, _ in want_headers]
-        for (name, value), (_, want) in zip(headers, want_headers):
+        for (name, value), (_, want) in zip(headers, want_headers, strict=True):
             if name != "Date":
                 assert value == want or name == "Content-Length" and "timestamp" in want_body.decode(), name
         norm = lambda b: re.sub(rb'"timestamp":"[^"]+"', b"", b)  # noqa: E731

@@ -44,7 +44,7 @@ VALID = [
 def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
     """Cut ``data`` at the given offsets."""
     points = sorted({c for c in cuts if 0 < c < len(data)})
-    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)])]
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
 
 
 @pytest.mark.parametrize("kind,payload", VALID, ids=lambda v: repr(v)[:20])
@@ -141,13 +141,13 @@ def test_garbage_never_crashes_otherwise(data: bytes, cuts: list[int]) -> None:
     try:
         for chunk in split_at(data, cuts):
             for frame in parser.feed(chunk):
-                assert frame.kind in set(int(k) for k in Kind)
+                assert frame.kind in {int(k) for k in Kind}
     except FrameError as e:
         assert e.reason
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(min_value=0, max_value=255).filter(lambda k: k not in set(int(x) for x in Kind)))
+@given(st.integers(min_value=0, max_value=255).filter(lambda k: k not in {int(x) for x in Kind}))
 def test_unknown_kind_fails_at_the_header(kind: int) -> None:
     """An unknown kind (e.g. the Go library's 0x02 silence) is refused as soon as the header is complete."""
     parser = FrameParser()

@@ -19,7 +19,7 @@ from avr.sts.codec import ActionResult
 from avr.testing.sts import FakeStsServerFactory, FakeStsServerProtocol
 from tests.control_harness import EventsClient, of_call
 from tests.helpers import until
-from tests.test_integration_control import ServiceRig, rig  # noqa: F401, F811 - the fixture
+from tests.test_integration_control import ServiceRig, rig  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ FRAME = 640  # 20 ms at 16 kHz
 class Agents:
     """A rig with a fake STS on loopback, and the steps the tests share."""
 
-    def __init__(self, rig: ServiceRig, echo: bool = True) -> None:
+    def __init__(self, rig: ServiceRig, echo: bool = True) -> None:  # noqa: F811 - the fixture's value
         from twisted.internet import reactor
 
         self.rig = rig
@@ -135,10 +135,11 @@ async def test_outbound_ai_call_round_trip_at_16_khz(agents: Agents) -> None:
     assert connection.frames[:count] == [(KIND_SLIN16, numbered_frame(n)) for n in range(count)]
     arrivals = agents.rig.arrivals[connection]
     delays = [next(t for have, t in arrivals if have >= n + 1) - sent_at[n] for n in range(count)]
-    print(f"\nexternalMedia round trip (fake Asterisk -> avr -> echo STS -> avr -> fake Asterisk, {count} frames of "
-          f"20 ms at 16 kHz): mean {statistics.mean(delays) * 1000:.1f} ms, median "
-          f"{statistics.median(delays) * 1000:.1f} ms, min {min(delays) * 1000:.1f} ms, max "
-          f"{max(delays) * 1000:.1f} ms")
+    report = (f"\nexternalMedia round trip (fake Asterisk -> avr -> echo STS -> avr -> fake Asterisk, {count} "
+              f"frames of 20 ms at 16 kHz): mean {statistics.mean(delays) * 1000:.1f} ms, median "
+              f"{statistics.median(delays) * 1000:.1f} ms, min {min(delays) * 1000:.1f} ms, max "
+              f"{max(delays) * 1000:.1f} ms")
+    print(report)  # noqa: T201 - the measured round trip, shown with pytest -s
     assert len(session.received_audio) == count * FRAME
 
     await agents.hang_up(call_id)

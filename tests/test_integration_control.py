@@ -412,7 +412,6 @@ async def test_uploaded_wav_streams_paced_through_external_media(rig: ServiceRig
 
     # Paced: one frame per 20 ms on average, never a burst.
     arrivals = rig.arrivals[connection]
-    print("ARRIVALS", len(audio), start, len(tail), arrivals[:3], arrivals[-3:])
     first_count, first_time = next((n, t) for n, t in arrivals if n >= 1)
     last_time = next(t for n, t in arrivals if n >= len(audio))
     intervals = len(audio) - first_count

@@ -66,7 +66,8 @@ def test_server_error_is_502_with_its_text() -> None:
     tts, http = _tts(server)
     failure = _run(http, tts.synthesize("Hello"))[0]
     assert failure.check(TtsError) and failure.value.status == 502
-    assert failure.value.message.startswith("TTS server returned 500: ") and "CUDA out of memory" in failure.value.message
+    message = failure.value.message
+    assert message.startswith("TTS server returned 500: ") and "CUDA out of memory" in message
 
 
 def test_empty_input_is_refused_by_the_server_as_qwen_does() -> None:

@@ -77,7 +77,8 @@ async def test_events_without_a_key_only_on_the_keyless_port() -> None:
         refused = status_of(await exchange(reactor, ordinary, upgrade("/events")))
         opened = status_of(await exchange(reactor, keyless, upgrade("/events")))
         rest_without_key = status_of(await exchange(reactor, keyless, _get("/calls")))
-        rest_with_bearer = status_of(await exchange(reactor, keyless, _get("/calls", f"Authorization: Bearer {KEY}\r\n")))
+        bearer = f"Authorization: Bearer {KEY}\r\n"
+        rest_with_bearer = status_of(await exchange(reactor, keyless, _get("/calls", bearer)))
         bearer_events = status_of(await exchange(reactor, ordinary, upgrade("/events",
                                                                             f"Authorization: Bearer {KEY}\r\n")))
     finally:

@@ -10,7 +10,7 @@ from zope.interface.verify import verifyObject
 from avr.interfaces import IStsConnector, IStsSession
 from avr.pipeline.session import PipelineSession
 from avr.sts.errors import StsConnectError
-from avr.testing.pipeline import FakeAsrResource, FakeLlmResource, FakeTtsResource, pcm_for, value_of, wav_header
+from avr.testing.pipeline import FakeLlmResource, FakeTtsResource, pcm_for, value_of
 from pipeline_harness import U1, PipelineWorld
 
 

@@ -70,7 +70,7 @@ def test_silero_finds_real_speech_and_ignores_tones_and_noise():
     """The espeak utterances are confirmed speech within ~0.25 s of their onset (0.5 s) and end after it; a loud
     440 Hz tone and room-level noise never start a segment."""
     for name in ("book_a_table", "stop"):
-        events = dict((e, t) for t, e in silero_events(speech(name)))
+        events = {e: t for t, e in silero_events(speech(name))}
         assert 0.5 <= events[SPEECH_REAL_START] <= 0.75
         assert SPEECH_END in events
     tone = b"".join(struct.pack("<h", int(12000 * math.sin(2 * math.pi * 440 * i / 8000))) for i in range(16000))

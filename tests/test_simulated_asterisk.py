@@ -175,7 +175,7 @@ def test_replay_of_a_server_ended_capture_stays_connected() -> None:
     assert transport.disconnecting and not transport.disconnected
 
 
-# --- continuous ----------------------------------------------------------------------------------------------------------
+# --- continuous -------------------------------------------------------------------------------------------------------
 
 def test_continuous_keeps_absolute_20ms_spacing_over_3000_frames() -> None:
     """A clock ticking in odd 7 ms steps: frame n leaves within one step of n*20 ms, with no drift, then FIN."""
@@ -194,7 +194,8 @@ def test_continuous_keeps_absolute_20ms_spacing_over_3000_frames() -> None:
 
 
 def test_continuous_exact_schedule_and_catch_up() -> None:
-    """On an exact clock each frame leaves at n*20 ms; after a stall the overdue frames go out, then the grid resumes."""
+    """On an exact clock each frame leaves at n*20 ms; after a stall the overdue frames go out, then the grid
+    resumes."""
     plan = Continuous.from_pcm(bytes(640), kind=Kind.SLIN16)
     asterisk, transport, clock = start(plan)
     pump(clock, 100.1)

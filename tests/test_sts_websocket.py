@@ -218,7 +218,8 @@ def test_sts_close_reports_code_and_reason():
     server.send_error("provider failed")
     server.close(1011, "provider failed")
     pump.flush()
-    assert handler.events == [("error", "provider failed"), ("closed", "closed by the STS (code 1011: provider failed)")]
+    assert handler.events == [
+        ("error", "provider failed"), ("closed", "closed by the STS (code 1011: provider failed)")]
 
 
 def test_dropped_connection_is_reported_once():
@@ -614,8 +615,8 @@ def _audio_frames(*pcms: bytes) -> bytes:
 
 def test_send_audio_frames_are_proper_masked_frames(monkeypatch):
     """
-    send_audio writes one final masked text frame per call, each keyed by the next 4 bytes of os.urandom; the autobahn server
-    decodes every one (short, 16-bit and 64-bit lengths, empty and odd sizes) to the same PCM, in order.
+    send_audio writes one final masked text frame per call, each keyed by the next 4 bytes of os.urandom; the autobahn
+    server decodes every one (short, 16-bit and 64-bit lengths, empty and odd sizes) to the same PCM, in order.
     """
     client, server, _, pump, _ = pair()
     pump.flush()

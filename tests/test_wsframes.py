@@ -256,7 +256,7 @@ def test_any_text_frames_and_any_cut(payloads, cut_seed):
     cut = cut_seed % (len(data) + 1)
     got, used = leading_text_frames(data[:cut])
     expected, end = [], 0
-    for p, f in zip(payloads, frames):
+    for p, f in zip(payloads, frames, strict=True):
         if end + len(f) > cut:
             break
         expected.append(p)

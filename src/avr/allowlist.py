@@ -20,6 +20,7 @@ missing at start means no allowlist (everything allowed), as in asterisk-api; on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Any
@@ -175,10 +176,8 @@ class Allowlist:
             self._refuse(str(e), None)
             return
         if content != self._seen:
-            try:
+            with contextlib.suppress(AllowlistError):  # logged
                 self._apply(content)
-            except AllowlistError:
-                pass  # logged
 
     def reload(self) -> AllowlistRules:
         """

@@ -191,7 +191,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sts_url", "STS_URL", _url("ws", "wss", "http", "https"), None,
             "Speech-to-speech service: ws(s):// (AVR STS protocol) or http(s):// (legacy streaming); "
             "unset = built-in echo agent"),
-    Setting("sts_sample_rate", "STS_SAMPLE_RATE", _sample_rate, 8000, "Sample rate (Hz) of the PCM16 exchanged with the STS"),
+    Setting("sts_sample_rate", "STS_SAMPLE_RATE", _sample_rate, 8000,
+            "Sample rate (Hz) of the PCM16 exchanged with the STS"),
     Setting("sts_connect_timeout", "STS_CONNECT_TIMEOUT", _integer(100, 120000), 5000,
             "Milliseconds to open the STS connection before the call is ended"),
     Setting("sts_ca_file", "STS_CA_FILE", _text, None,
@@ -254,8 +255,8 @@ SETTINGS: tuple[Setting, ...] = (
             "What to do with calls entering the Stasis app: answer, ring (indicate ringing, leave unanswered) "
             "or none"),
     Setting("ari_audiosocket_address", "ARI_AUDIOSOCKET_ADDRESS", _text, None,
-            "host:port at which Asterisk reaches avr's AudioSocket server for AI agents on ARI calls and uploaded-audio "
-            "playback (default: BIND_ADDRESS:PORT, or 127.0.0.1:PORT when binding all interfaces)"),
+            "host:port at which Asterisk reaches avr's AudioSocket server for AI agents on ARI calls and "
+            "uploaded-audio playback (default: BIND_ADDRESS:PORT, or 127.0.0.1:PORT when binding all interfaces)"),
     Setting("sts_routes", "STS_ROUTES", _routes, None,
             "Named STS URLs, 'name=URL' pairs separated by spaces: agents can be asked for by name "
             "(Stasis(app,agent,<name>), \"route\" in the REST API)"),
@@ -581,10 +582,10 @@ def _consistency_problems(config: Config) -> list[str]:
         problem = check_ambient_file(config.ambient_noise_file)
         if problem is not None:
             problems.append(f"AMBIENT_NOISE_FILE: {problem}")
-    if config.ari_agent is not None and config.ari_agent != "default" and not is_sts_url(config.ari_agent):
-        if config.ari_agent not in dict(config.sts_routes):
-            problems.append(f"ARI_AGENT must be 'default', an STS URL or a route of STS_ROUTES, got "
-                            f"{redact_url(config.ari_agent)!r}")
+    if (config.ari_agent is not None and config.ari_agent != "default" and not is_sts_url(config.ari_agent)
+            and config.ari_agent not in dict(config.sts_routes)):
+        problems.append(f"ARI_AGENT must be 'default', an STS URL or a route of STS_ROUTES, got "
+                        f"{redact_url(config.ari_agent)!r}")
     if config.ari_audiosocket_address is not None:
         host, sep, port = config.ari_audiosocket_address.rpartition(":")
         if not sep or not host or not port.isdigit():

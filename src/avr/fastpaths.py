@@ -129,8 +129,8 @@ def check_direct_frames(reactor: Any) -> str | None:
     try:
         factory = WebSocketClientFactory("ws://127.0.0.1/", reactor=reactor)
         disable_autobahn_timers(factory)
-        factory.protocol = WebSocketClientProtocol
-        probe = factory.buildProtocol(None)
+        probe = WebSocketClientProtocol()
+        probe.factory = factory
         transport = StringTransport()
         probe.makeConnection(transport)
         key = re.search(rb"Sec-WebSocket-Key: *(\S+)", transport.value(), re.IGNORECASE)

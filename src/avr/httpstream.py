@@ -20,9 +20,8 @@ from urllib.parse import urlsplit
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
@@ -123,7 +122,7 @@ class ResponseParser:
                     raise HttpResponseError("bad chunk size in the response body")
                 self._remaining = size
                 self._state = _CHUNK_DATA if size else _TRAILERS
-            elif state == _CHUNK_DATA or state == _LENGTH:
+            elif state in (_CHUNK_DATA, _LENGTH):
                 piece = bytes(buffer[:self._remaining])
                 del buffer[:len(piece)]
                 self._remaining -= len(piece)
@@ -403,7 +402,7 @@ class HttpExchange(Protocol):
             except Exception:
                 log.failure("{label}: the receiver failed to handle the response", label=self.label)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """End the exchange (or fail the opening) with the reason."""
         self._gone = True
         if not self._open:

@@ -28,7 +28,8 @@ class Options(usage.Options):
         "over the environment, which wins over .env, which wins over the config file."
     )
     optParameters = [["config", "c", None, "INI config file with an [avr] section (see etc/avr.conf.example)"]] + [
-        [s.option, None, None, f"{s.help} [env {s.env}]" + (f" (default: {s.default})" if s.default is not None else "")]
+        [s.option, None, None,
+         f"{s.help} [env {s.env}]" + (f" (default: {s.default})" if s.default is not None else "")]
         for s in SETTINGS
     ]
 

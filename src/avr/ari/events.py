@@ -29,9 +29,8 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -237,16 +236,13 @@ class AriEventsProtocol(WebSocketClientProtocol):
         return result
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        if self._replaced:
-            why = REPLACED
-        else:
-            why = self._timers.reason or _close_reason(code, reason)
+        why = REPLACED if self._replaced else self._timers.reason or _close_reason(code, reason)
         if self.opened:
             self.factory.stream.lost(self, why)
         else:
             self._opening.fire(Failure(AttemptFailed(why)))
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._timers.lost()
         super().connectionLost(reason)
         self._gone.fire(None)
@@ -294,7 +290,7 @@ class _Gate:
     def dataReceived(self, data: bytes) -> None:
         self.wrapper.dataReceived(data)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.wrapper.opened:
             self.wrapper.connectionLost(reason)
         else:

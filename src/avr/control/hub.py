@@ -260,7 +260,7 @@ class EventsServerProtocol(WebSocketServerProtocol):
         """The send buffer drained: send what waited, until it fills again."""
         self._paused = False
         while self._queue and not self._paused and not self._closing:
-            self._send(self._queue.popleft())
+            self._send_event(self._queue.popleft())
 
     def stopProducing(self) -> None:
         """The connection is going away (``connectionLost`` follows)."""
@@ -281,7 +281,7 @@ class EventsServerProtocol(WebSocketServerProtocol):
                 return
             self._queue.append(payload)
             return
-        self._send(payload)
+        self._send_event(payload)
 
     def close(self, code: int, reason: str) -> None:
         """
@@ -309,7 +309,7 @@ class EventsServerProtocol(WebSocketServerProtocol):
         self._lost_waiters.append(waiter)
         return waiter
 
-    def _send(self, payload: bytes) -> None:
+    def _send_event(self, payload: bytes) -> None:
         if self.state == self.STATE_OPEN:
             self.sendMessage(payload, isBinary=False)
 

@@ -7,7 +7,7 @@ AudioSocket formats).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import TYPE_CHECKING, Any, Callable
 
 from attrs import define, field
@@ -71,7 +71,7 @@ def iso(seconds: float | None) -> str | None:
     """``seconds`` since the epoch as ISO 8601 UTC with milliseconds (``2025-01-01T00:00:00.000Z``)."""
     if seconds is None:
         return None
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    moment = datetime.fromtimestamp(seconds, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 

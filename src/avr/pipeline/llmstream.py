@@ -26,7 +26,7 @@ MAX_OBJECT_CHARS = 256 * 1024
 
 #: What matters to the scan outside strings, and inside them (an escape pair, or the closing quote).
 _STRUCTURE = re.compile(r'["{}\[\]]')
-_IN_STRING = re.compile(r'\\.|"', re.S)
+_IN_STRING = re.compile(r'\\.|"', re.DOTALL)
 
 
 @frozen

@@ -129,8 +129,8 @@ class OpenAiTts:
         return result
 
     async def _synthesize(self, body: dict[str, Any]) -> Speech:
-        self.log.info("TTS: synthesising {chars} characters with voice {voice!r} ({language})", chars=len(body["input"]),
-                      voice=clip(body["voice"]), language=clip(body["language"]))
+        self.log.info("TTS: synthesising {chars} characters with voice {voice!r} ({language})",
+                      chars=len(body["input"]), voice=clip(body["voice"]), language=clip(body["language"]))
         response = await self.http.post(self.url, data=json.dumps(body).encode("utf-8"),
                                         headers={b"content-type": [b"application/json"], b"accept": [b"audio/*"]})
         data = await _read(response)

@@ -18,7 +18,6 @@ import binascii
 import json
 from base64 import b64decode
 from binascii import a2b_base64, b2a_base64
-from typing import Union
 
 from attrs import frozen
 
@@ -136,10 +135,10 @@ class InvalidAction:
 
 
 #: The control messages an agent may send: what avr carries out on the call.
-ActionRequest = Union[HangupRequest, TransferRequest, DtmfRequest]
+ActionRequest = HangupRequest | TransferRequest | DtmfRequest
 
 #: A control message as received: a request, or one that cannot be carried out as it is.
-ActionMessage = Union[HangupRequest, TransferRequest, DtmfRequest, InvalidAction]
+ActionMessage = HangupRequest | TransferRequest | DtmfRequest | InvalidAction
 
 #: The control message types.
 ACTIONS = ("hangup", "transfer", "dtmf")
@@ -156,13 +155,13 @@ class ActionResult:
 
 
 #: What an STS sends to the client.
-StsMessage = Union[
-    AudioMessage, Interruption, Transcript, StsErrorMessage, HangupRequest, TransferRequest, DtmfRequest,
-    InvalidAction, UnknownMessage,
-]
+StsMessage = (
+    AudioMessage | Interruption | Transcript | StsErrorMessage | HangupRequest | TransferRequest | DtmfRequest
+    | InvalidAction | UnknownMessage
+)
 
 #: What a client sends to an STS.
-ClientMessage = Union[Init, AudioMessage, DtmfDigit, ActionResult, UnknownMessage]
+ClientMessage = Init | AudioMessage | DtmfDigit | ActionResult | UnknownMessage
 
 _AUDIO_PREFIX = b'{"type":"audio","audio":"'
 _AUDIO_SUFFIX = b'"}'

@@ -18,7 +18,7 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -264,7 +264,7 @@ class StsClientProtocol(WebSocketClientProtocol):
             self._timers.closing()
         return result
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Remember why the transport went away (TLS verification, reset...) before autobahn reports the close."""
         self._lost_reason = reason
         self._timers.lost()

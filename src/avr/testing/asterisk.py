@@ -129,7 +129,7 @@ def load_capture(name: str, fixtures: str | os.PathLike[str] | None = None) -> C
         raise ValueError(f"{name}: .bin has {len(parsed)} frames, .json lists {len(listed)}")
     frames = []
     encoded = []
-    for frame, entry in zip(parsed, listed):
+    for frame, entry in zip(parsed, listed, strict=True):
         offset = entry["offset_bytes"]
         if (frame.kind, len(frame.payload)) != (int(entry["kind"], 16), entry["length"]):
             raise ValueError(f"{name}: frame {entry['index']} differs between .bin and .json")
@@ -219,8 +219,8 @@ class SimulatedAsterisk(Protocol):
     """
     The client end of one AudioSocket connection, behaving like Asterisk.
 
-    On connect it sets TCP_NODELAY, writes the 19-byte UUID frame and starts ``plan``. Everything the server sends is parsed and
-    kept in ``received`` as ``(clock time, Frame)``.
+    On connect it sets TCP_NODELAY, writes the 19-byte UUID frame and starts ``plan``. Everything the server sends is
+    parsed and kept in ``received`` as ``(clock time, Frame)``.
 
     :param clock: time source and scheduler (the reactor, or a ``Clock`` in tests).
     :param plan: a `Replay`, a `Continuous`, or ``None`` (send nothing; drive it with `send_frame` etc.).
@@ -291,7 +291,8 @@ class SimulatedAsterisk(Protocol):
         self._dtmf: list[tuple[float, str]] = []
         self._dtmf_index = 0
         if isinstance(plan, Replay):
-            self._replay = [(t / 1000.0, data) for (t, _), data in zip(plan.capture.media, plan.capture.encoded[1:])]
+            media, encoded = plan.capture.media, plan.capture.encoded[1:]
+            self._replay = [(t / 1000.0, data) for (t, _), data in zip(media, encoded, strict=True)]
         elif isinstance(plan, Continuous):
             if plan.kind not in AUDIO_KIND_RATES:
                 raise ValueError(f"not an audio kind: 0x{plan.kind:02x}")

@@ -2,8 +2,9 @@
 Fake AVR Core pipeline services, behaving like the adapters (agentvoiceresponse/avr-asr-*, avr-llm-*, avr-tts-*):
 
 - `FakeAsrResource` (``POST /speech-to-text-stream``): one long request per call, raw PCM16LE 8 kHz in as the body
-  streams (serve it with `fake_asr_site`, which hands the body over as it arrives, like Express), plain-text transcripts out, one chunked write per transcript (`FakeAsrCall.say`), ``text/event-stream``;
-  a request without ``X-UUID`` is recorded as a violation.
+  streams (serve it with `fake_asr_site`, which hands the body over as it arrives, like Express), plain-text
+  transcripts out, one chunked write per transcript (`FakeAsrCall.say`), ``text/event-stream``; a request without
+  ``X-UUID`` is recorded as a violation.
 - `FakeLlmResource` (``POST /prompt-stream``): JSON ``{uuid, message, messages}`` in; the answer streamed as
   concatenated JSON objects without separators (``json``) or raw text (``text``), one write per piece; a 400 JSON
   ``{"message"}`` for a body without ``messages`` or ``uuid`` (as avr-llm-openai). Answers at once through

@@ -603,9 +603,11 @@ class FakeCertificates:
         )
 
 
-def make_certificates(dns_names: Sequence[str] = ("localhost",), ips: Sequence[str] = ("127.0.0.1",)) -> FakeCertificates:
+def make_certificates(
+    dns_names: Sequence[str] = ("localhost",), ips: Sequence[str] = ("127.0.0.1",)
+) -> FakeCertificates:
     """A fresh CA and a server certificate valid for ``dns_names`` and ``ips`` (valid from a day ago for two days)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "avr fake STS CA")])
     ca = (

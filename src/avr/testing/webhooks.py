@@ -191,7 +191,7 @@ class WebhookSink(Resource):
         """How many requests are still waiting for their (delayed or never-coming) answer."""
         return len(self._open)
 
-    def answer_pending(self, reply: WebhookReply = WebhookReply()) -> int:  # noqa: B008 - frozen value
+    def answer_pending(self, reply: WebhookReply = WebhookReply()) -> int:
         """Answer every open request now with ``reply`` (its delay ignored); return how many were answered."""
         opened = list(self._open)
         for request in opened:
