@@ -32,7 +32,14 @@ from avr.frames import Kind
 from avr.service import build, sts_connectors
 from avr.sts.connector import StsConnector
 from avr.testing.asterisk import Continuous, connect_simulated_asterisk
-from avr.testing.pipeline import FakeAsrResource, FakeLlmResource, FakeTtsResource, fake_asr_site, pcm_for, value_of
+from avr.testing.pipeline import (
+    FakeAsrResource,
+    FakeLlmResource,
+    FakeTtsResource,
+    fake_asr_site,
+    pcm_for,
+    value_of,
+)
 
 SPEECH = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "speech" / "stop.raw"
 

@@ -12,7 +12,12 @@ from avr.httpstream import StreamingHttpClient
 from avr.pipeline.connector import PipelineConnector
 from avr.pipeline.turns import PipelineSettings
 from avr.pipeline.vad import InlineVadRunner, VadSettings
-from avr.testing.pipeline import FakeAsrResource, FakeLlmResource, FakeTtsResource, fake_asr_site
+from avr.testing.pipeline import (
+    FakeAsrResource,
+    FakeLlmResource,
+    FakeTtsResource,
+    fake_asr_site,
+)
 from avr.testing.sts import RecordingStsHandler
 
 U1 = "935652e3-7c59-4edc-b17f-9646a9c2a265"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import struct
 
 import pytest
+from test_calls import U1, World
 
 from avr.ambient import AmbientMixer, AmbientNoise
 from avr.audio import audioop
 from avr.config import ConfigError, load_config
-from test_calls import U1, World
 from tests.helpers import tone
 
 

@@ -23,7 +23,6 @@ from avr.httpstream import (
 )
 from avr.testing.sts import FakeHttpStsResource, fake_http_sts_site
 
-
 # -- the response parser
 
 

@@ -19,8 +19,20 @@ from avr.config import Config
 from avr.frames import Kind, encode_frame
 from avr.service import Avr, build, sts_connectors
 from avr.sts.connector import StsConnector
-from avr.testing.asterisk import Continuous, SimulatedAsterisk, chunk_payloads, connect_simulated_asterisk
-from avr.testing.pipeline import FakeAsrResource, FakeLlmResource, FakeTtsResource, fake_asr_site, pcm_for, value_of
+from avr.testing.asterisk import (
+    Continuous,
+    SimulatedAsterisk,
+    chunk_payloads,
+    connect_simulated_asterisk,
+)
+from avr.testing.pipeline import (
+    FakeAsrResource,
+    FakeLlmResource,
+    FakeTtsResource,
+    fake_asr_site,
+    pcm_for,
+    value_of,
+)
 from avr.testing.webhooks import WebhookSink
 from tests.helpers import until
 

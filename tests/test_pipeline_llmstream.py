@@ -7,7 +7,13 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from avr.pipeline.llmstream import MAX_OBJECT_CHARS, LlmError, LlmStatus, LlmStreamParser, LlmText
+from avr.pipeline.llmstream import (
+    MAX_OBJECT_CHARS,
+    LlmError,
+    LlmStatus,
+    LlmStreamParser,
+    LlmText,
+)
 
 
 def parse(data: bytes, cuts: list[int] | None = None) -> list:

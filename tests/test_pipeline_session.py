@@ -5,6 +5,7 @@ iosim): turns, sentence order, greeting, DTMF, barge-in, INTERRUPT_LISTENING, fa
 
 from __future__ import annotations
 
+from pipeline_harness import U1, PipelineWorld
 from zope.interface.verify import verifyObject
 
 from avr.interfaces import IStsConnector, IStsSession

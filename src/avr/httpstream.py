@@ -27,8 +27,8 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from avr import __version__
-from avr.sts.attempt import Dialer
 from avr.failures import describe_failure
+from avr.sts.attempt import Dialer
 from avr.sts.errors import StsConnectError
 from avr.sts.once import Once
 from avr.sts.tls import load_trust_root
@@ -278,6 +278,8 @@ class HttpExchange(Protocol):
     :param label: names the exchange in logs (e.g. ``ASR for call <uuid>``).
     :param peer: names the server in end reasons (``connection closed by the ASR``).
     """
+
+    transport: Any  # a TCP or TLS transport: a producer consumer that can abort
 
     def __init__(self, head: bytes, body: bytes | None, receiver: IHttpReceiver, secure: bool,
                  label: str = "HTTP exchange", peer: str = "the server") -> None:

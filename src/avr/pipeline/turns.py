@@ -7,6 +7,7 @@ back in. Plus the call's `Conversation` (the history the LLM adapters read).
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any, Callable
 
 from attrs import define, field, frozen
@@ -173,7 +174,7 @@ class Reply:
             sentence = self._sentences[index]
             sentence.answer = TtsAnswer.create(
                 self.clock, self.settings.timeout, self.settings.tts_rate, self.settings.tts_rate,
-                lambda pcm, i=index: self._audio(i, pcm), lambda reason, i=index: self._tts_ended(i, reason))
+                partial(self._audio, index), partial(self._tts_ended, index))
             body = json.dumps({"text": sentence.text}, ensure_ascii=False).encode("utf-8")
             self._post(self.settings.tts_url, body, sentence.answer, "TTS")
 

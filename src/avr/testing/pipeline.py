@@ -53,6 +53,11 @@ def wav_header(rate: int, channels: int = 1, data_bytes: int = 0xFFFFFFFF - 36) 
             b"data" + struct.pack("<I", data_bytes))
 
 
+def _body(request: Request) -> bytes:
+    """The body of a request that twisted.web buffered."""
+    return request.content.read() if request.content is not None else b""
+
+
 class _Tracked:
     """A request whose client may go away: ``cancelled`` becomes true, `when_gone` fires."""
 
@@ -89,7 +94,8 @@ class _Tracked:
     def drop(self) -> None:
         """Drop the connection (a crash)."""
         self.finished = True
-        self.request.channel.transport.abortConnection()
+        transport: Any = self.request.channel.transport
+        transport.abortConnection()
 
 
 class _Waiters:
@@ -179,7 +185,7 @@ class FakeAsrResource(Resource):
         if hasattr(request, "body_sink"):
             request.body_sink = call  # type: ignore[attr-defined]
         else:
-            call.body_chunk(request.content.read())
+            call.body_chunk(_body(request))
             call.body_end()
         self._calls.add(call)
         return NOT_DONE_YET
@@ -256,7 +262,7 @@ class FakeLlmResource(Resource):
         return self._requests.wait(lambda r: self.requests.index(r) == index)
 
     def render_POST(self, request: Request) -> Any:
-        raw = request.content.read()
+        raw = _body(request)
         try:
             body = json.loads(raw)
         except ValueError:
@@ -336,7 +342,7 @@ class FakeTtsResource(Resource):
 
     def render_POST(self, request: Request) -> Any:
         try:
-            body = json.loads(request.content.read())
+            body = json.loads(_body(request))
         except ValueError:
             body = None
         request.setHeader(b"connection", b"close")
