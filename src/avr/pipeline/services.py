@@ -37,12 +37,13 @@ class _Exchange:
     clock: Any
     timeout: float | None
     on_end: Callable[[str | None], None]
+    #: The service, in reasons (``the LLM answered HTTP 500``).
+    what: str = "service"
     exchange: HttpExchange | None = None
     status: int | None = None
     _error_body: bytearray = field(factory=bytearray)
     _timer: IDelayedCall | None = None
     _ended: bool = False
-    _what: str = "service"
 
     def attach(self, exchange: HttpExchange) -> None:
         """The request is on the wire."""
@@ -62,7 +63,7 @@ class _Exchange:
 
     def _timed_out(self) -> None:
         self._timer = None
-        self.close(f"no answer from the {self._what} for {self.timeout:g} s")
+        self.close(f"no answer from the {self.what} for {self.timeout:g} s")
 
     def heard(self) -> None:
         """Something arrived: the silence timer starts again."""
@@ -99,7 +100,7 @@ class _Exchange:
         self._timer = None
         if reason is None and self.status is not None:
             text = bytes(self._error_body).decode("utf-8", "replace").strip()
-            reason = f"the {self._what} answered HTTP {self.status}" + (f": {clip(text)}" if text else "")
+            reason = f"the {self.what} answered HTTP {self.status}" + (f": {clip(text)}" if text else "")
         self.on_end(reason)
 
 
@@ -122,9 +123,7 @@ class AsrStream:
     @classmethod
     def create(cls, clock: Any, on_transcript: Callable[[str], None],
                on_end: Callable[[str | None], None]) -> AsrStream:
-        io = _Exchange(clock, None, on_end)
-        io._what = "ASR"
-        return cls(io, on_transcript)
+        return cls(_Exchange(clock, None, on_end, "ASR"), on_transcript)
 
     def send(self, pcm: bytes) -> None:
         """Caller audio (PCM16LE 8 kHz)."""
@@ -177,9 +176,7 @@ class LlmAnswer:
     @classmethod
     def create(cls, clock: Any, timeout: float, on_event: Callable[[LlmEvent], None],
                on_end: Callable[[str | None], None]) -> LlmAnswer:
-        io = _Exchange(clock, timeout, on_end)
-        io._what = "LLM"
-        return cls(io, on_event)
+        return cls(_Exchange(clock, timeout, on_end, "LLM"), on_event)
 
     def response_head(self, head: ResponseHead) -> None:
         self._ok = self.io.head(head)
@@ -224,9 +221,7 @@ class TtsAnswer:
     @classmethod
     def create(cls, clock: Any, timeout: float, rate: int, output_rate: int, on_audio: Callable[[bytes], None],
                on_end: Callable[[str | None], None]) -> TtsAnswer:
-        io = _Exchange(clock, timeout, on_end)
-        io._what = "TTS"
-        return cls(io, on_audio, rate, output_rate)
+        return cls(_Exchange(clock, timeout, on_end, "TTS"), on_audio, rate, output_rate)
 
     def response_head(self, head: ResponseHead) -> None:
         self._ok = self.io.head(head)
