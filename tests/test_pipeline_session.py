@@ -12,7 +12,6 @@ from avr.interfaces import IStsConnector, IStsSession
 from avr.pipeline.session import PipelineSession
 from avr.sts.errors import StsConnectError
 from avr.testing.pipeline import FakeLlmResource, FakeTtsResource, pcm_for, value_of
-from pipeline_harness import U1, PipelineWorld
 
 
 def events(world: PipelineWorld, *kinds: str) -> list[tuple]:
