@@ -129,10 +129,10 @@ class SileroModel:
 class IVadRunner(Interface):
     """Where detector models live and run."""
 
-    def open() -> Deferred:  # type: ignore[misc]
+    def open() -> Deferred:
         """:return: a Deferred firing with a model for one call's stream (fresh or reset)."""
 
-    def score(model: Any, pcm: bytes) -> Deferred:  # type: ignore[misc]
+    def score(model: Any, pcm: bytes) -> Deferred:
         """:return: a Deferred firing with ``model``'s speech probability for one frame (scored in stream order)."""
 
     def close(model: Any) -> None:

@@ -183,7 +183,7 @@ class FakeAsrResource(Resource):
             request.setHeader(b"content-type", b"text/event-stream")
             request.write(b"")  # the head goes out now, as Express's setHeader + first write would
         if hasattr(request, "body_sink"):
-            request.body_sink = call  # type: ignore[attr-defined]
+            request.body_sink = call
         else:
             call.body_chunk(_body(request))
             call.body_end()
