@@ -165,7 +165,7 @@ class AudioSocketProtocol(Protocol):
         if error is not None:
             self._malformed(error.reason)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure | None = None) -> None:
         """Tell the sink the leg is over (once), release the timer."""
         self.connected = False
         self._closing = True
@@ -275,7 +275,7 @@ class AudioSocketProtocol(Protocol):
             return
         try:
             set_keep_alive(True)
-            handle = getattr(self.transport, "getHandle", lambda: None)()
+            handle: Any = getattr(self.transport, "getHandle", lambda: None)()
             if not hasattr(handle, "setsockopt"):
                 return
             for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
@@ -388,7 +388,9 @@ class AudioSocketFactory(Factory):
     :param fast_paths: whether frames are written through (`avr.fastpaths`).
     """
 
-    protocol = AudioSocketProtocol
+    # Twisted 26 types Factory as Factory[P]; subclassing Factory[AudioSocketProtocol] fails at run time on the older
+    # Twisted that setup.cfg allows, and Factory's default P does not match a protocol with a typed ``factory``.
+    protocol = AudioSocketProtocol  # type: ignore[assignment]
     noisy = False
 
     def __init__(

@@ -209,7 +209,7 @@ class Call:
         if failure.check(CancelledError) and self.ended:
             return
         self.log.error("STS connection failed for call {uuid}: {reason}", uuid=self.uuid,
-                       reason=clip(failure.getErrorMessage() or failure.type.__name__))
+                       reason=clip(failure.getErrorMessage() or type(failure.value).__name__))
         self.end("STS unreachable")
 
     # -- ICallSink: from Asterisk ------------------------------------------------------------------------------
@@ -326,7 +326,7 @@ class Call:
 
     def _action_failed(self, failure: Failure, request: ActionRequest) -> ActionResult:
         self.log.failure("Call {uuid}: carrying out {action} failed", failure, uuid=self.uuid, action=request.action)
-        return ActionResult(request.action, False, f"internal error ({failure.type.__name__})", request.id)
+        return ActionResult(request.action, False, f"internal error ({type(failure.value).__name__})", request.id)
 
     def _settle(self, number: int, request: ActionMessage, result: ActionResult) -> None:
         """The outcome of one request: to the agent (while its session is open) and the observers, once."""

@@ -437,7 +437,7 @@ class PostQueue:
     def _send(self, http: Any, delivery: _Delivery) -> Deferred[Any]:
         # No redirects (a 3xx is a failed attempt, never a re-sent GET); unbuffered so that `_read_body` can bound
         # and abort the body; ``reactor`` is only used by treq for its own timeout, which we do not use.
-        return http.post(  # type: ignore[no-any-return]
+        return http.post(
             self.url, data=delivery.body, headers={"Content-Type": "application/json", **self.secret_headers},
             allow_redirects=False, unbuffered=True, reactor=self.clock,
         )

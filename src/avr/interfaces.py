@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any, Awaitable
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
     from twisted.python.failure import Failure
+    from twisted.web.iweb import IResponse
 
     from avr.calls import Call
     from avr.sts.codec import ActionMessage, ActionRequest, ActionResult
@@ -83,7 +85,7 @@ class IStsSession(Interface):
 class IStsConnector(Interface):
     """Opens STS sessions."""
 
-    def connect(url: str | None, uuid: str, handler: IStsHandler):  # type: ignore[no-untyped-def]
+    def connect(url: str | None, uuid: str, handler: IStsHandler) -> Deferred[IStsSession]:
         """
         Open a session for call ``uuid`` at ``url`` (``None``: no STS URL, the configured default agent) and perform
         the protocol's opening (``init`` for WebSocket STS).
@@ -102,7 +104,7 @@ class IWebhooks(Interface):
         and never blocks the caller.
         """
 
-    def call_initiated(uuid: str, payload: dict):  # type: ignore[no-untyped-def]
+    def call_initiated(uuid: str, payload: dict) -> Deferred[str | None]:
         """
         Send ``call_initiated`` and wait (at most the webhook timeout) for the reply.
 
@@ -159,7 +161,7 @@ class ICallObserver(Interface):
 class ICallActions(Interface):
     """Carries out what an agent asks for on its call (`IStsHandler.sts_action`): hang up, transfer, send DTMF."""
 
-    def perform(call: Call, request: ActionRequest):  # type: ignore[no-untyped-def]
+    def perform(call: Call, request: ActionRequest) -> Deferred[ActionResult]:
         """
         Carry out ``request`` (an `avr.sts.codec.HangupRequest`, ``TransferRequest`` or ``DtmfRequest``) on
         ``call``.
@@ -233,13 +235,13 @@ class ICallRouter(Interface):
 class IAriClient(Interface):
     """ARI REST, relative to the ``/ari`` base (e.g. ``request("POST", "/channels/1.2/answer")``)."""
 
-    def request(method: str, path: str, params: dict | None = None, body: dict | None = None):  # type: ignore[no-untyped-def]
+    def request(method: str, path: str, params: dict | None = None, body: dict | None = None) -> Deferred[Any]:
         """
         :return: a Deferred firing with the parsed JSON body (``None`` for 204), or failing with
             `avr.ari.errors.AriError` (Asterisk answered non-2xx) or `avr.ari.errors.AriUnavailable`.
         """
 
-    def stream(path: str):  # type: ignore[no-untyped-def]
+    def stream(path: str) -> Deferred[IResponse]:
         """
         GET a binary resource (a stored recording's ``/file``).
 
@@ -273,7 +275,7 @@ class IEventSink(Interface):
 class IAudioInjector(Interface):
     """Plays PCM into Asterisk through an AudioSocket connection that Asterisk opens to avr (ARI externalMedia)."""
 
-    def expect(uuid: str, pcm: bytes, rate: int):  # type: ignore[no-untyped-def]
+    def expect(uuid: str, pcm: bytes, rate: int) -> Deferred[None]:
         """
         Arrange that the AudioSocket connection which arrives with ``uuid`` is fed ``pcm`` (PCM16LE mono at ``rate``,
         one of the AudioSocket rates), paced at 20 ms per frame, and then hung up.

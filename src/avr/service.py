@@ -80,7 +80,8 @@ class ListeningService(Service):
         if not IListeningPort.providedBy(outcome[0]):
             outcome[0].raiseException()
         self.port = outcome[0]
-        self.log.info(self.banner, port=self.port.getHost().port)
+        address: Any = outcome[0].getHost()  # a TCP endpoint's: IPv4Address or IPv6Address
+        self.log.info(self.banner, port=address.port)
 
     def startService(self) -> None:
         if self.port is None:

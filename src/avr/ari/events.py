@@ -257,7 +257,7 @@ class AriEventsFactory(WebSocketClientFactory):
     :param timeouts: the connections' timers.
     """
 
-    protocol = AriEventsProtocol
+    protocol = AriEventsProtocol  # type: ignore[assignment]  # Factory[P]: see avr.audiosocket.AudioSocketFactory
 
     def __init__(self, url: str, stream: AriEventStream, clock: IReactorTime, timeouts: WebSocketTimeouts) -> None:
         WebSocketClientFactory.__init__(self, url, reactor=clock)
@@ -307,7 +307,8 @@ class _GateFactory(Factory):
         self.port = websocket.port
         self.isSecure = websocket.isSecure
 
-    def buildProtocol(self, addr: Any) -> _Gate | None:
+    # Twisted 26's Factory.buildProtocol returns its P, a Protocol with a ``factory``: the gate is an IProtocol only.
+    def buildProtocol(self, addr: Any) -> _Gate | None:  # type: ignore[override]
         wrapper = self._wrapped.buildProtocol(addr)
         return None if wrapper is None else _Gate(wrapper)
 
@@ -512,6 +513,6 @@ def _close_reason(code: int | None, reason: str | None) -> str:
 
 
 def _describe(failure: Failure) -> str:
-    if failure.check(AttemptFailed):
+    if isinstance(failure.value, AttemptFailed):
         return failure.value.reason
     return describe_failure(failure)

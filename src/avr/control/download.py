@@ -6,15 +6,17 @@ transport is the request's producer, so a slow client pauses the download instea
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IRequest
+from twisted.web.server import Request
 
 log = Logger()
 
@@ -25,7 +27,7 @@ class _Relay(Protocol):
     the request's producer, so a slow client pauses the download instead of buffering the file.
     """
 
-    def __init__(self, request: IRequest) -> None:
+    def __init__(self, request: Request) -> None:
         self.request = request
         self.done: Deferred[None] = Deferred(self._cancel)
         self.sent = 0
@@ -48,7 +50,7 @@ class _Relay(Protocol):
 
     def _cancel(self, d: Deferred[None]) -> None:
         if self.transport is not None:
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()  # the response body's producer
 
 
 async def relay(response: Any, request: IRequest) -> None:
@@ -58,7 +60,8 @@ async def relay(response: Any, request: IRequest) -> None:
     request.setHeader(b"content-type", content_type)
     if response.length is not UNKNOWN_LENGTH:
         request.setHeader(b"content-length", str(response.length).encode("ascii"))
-    relay = _Relay(request)
+    served = cast(Request, request)  # what Klein serves: twisted.web.server's Request, a consumer
+    relay = _Relay(served)
     response.deliverBody(relay)
     try:
         await relay.done
@@ -67,7 +70,7 @@ async def relay(response: Any, request: IRequest) -> None:
     except Exception:
         # The status line is gone already: all that is left is to cut the download so the client sees it short.
         log.failure("Recording download broke off after {sent} bytes", sent=relay.sent)
-        transport = getattr(request, "channel", None) and request.channel.transport
+        transport = getattr(request, "channel", None) and served.channel.transport
         if transport is not None:
-            transport.abortConnection()
+            cast(ITCPTransport, transport).abortConnection()
         await Deferred()  # Klein cancels this when the connection is gone; it must not finish the response.

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from attrs import define, field
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -218,8 +219,9 @@ class EventsServerProtocol(WebSocketServerProtocol):
         self._timers.opened()
         try:
             # The HTTP channel registered itself as the producer before the upgrade; it no longer uses the connection.
-            self.transport.unregisterProducer()
-            self.transport.registerProducer(self, True)
+            transport = cast(IConsumer, self.transport)  # a TCP or TLS transport
+            transport.unregisterProducer()
+            transport.registerProducer(self, True)
         except Exception:
             self._log.failure("Cannot watch the send buffer of /events client {peer}", peer=self.peer)
         self.hub.opened(self, self.factory.snapshot)
@@ -240,7 +242,7 @@ class EventsServerProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.hub.unsubscribe(self)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._timers.lost()
         WebSocketServerProtocol.connectionLost(self, reason)
         self._lost = True

@@ -113,16 +113,18 @@ def install_error_handlers(app: Klein) -> None:
     Install once per app, before serving.
     """
 
-    def api_error(*args: Any) -> bytes:
+    # A handler of a bound app gets its instance first: (instance,) request, failure. Klein passes no keywords
+    # (``**kwargs`` makes each match the signature Klein declares).
+    def api_error(*args: Any, **kwargs: Any) -> bytes:
         request, failure = args[-2:]
         error = failure.value
         return json_response(request, error.status, error.body())
 
-    def http_error(*args: Any) -> bytes:
+    def http_error(*args: Any, **kwargs: Any) -> bytes:
         request, failure = args[-2:]
         return _http_exception_response(request, failure.value)
 
-    def internal_error(*args: Any) -> bytes:
+    def internal_error(*args: Any, **kwargs: Any) -> bytes:
         request, failure = args[-2:]
         log.failure(
             "Unhandled error serving {method} {path}",

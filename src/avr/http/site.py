@@ -160,7 +160,7 @@ class GatedRequest(Request):
         self._refused = True
         if self.content is not None:
             self.content.close()
-        self.content = BytesIO()  # type: ignore[assignment]  # nothing more is written to it
+        self.content = BytesIO()  # nothing more is written to it
         # The answer takes the place of "100 Continue": the channel must not send one after it.
         self.requestHeaders.removeHeader(b"expect")
         channel = self.channel

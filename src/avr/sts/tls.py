@@ -7,6 +7,8 @@ service_identity); there is deliberately no way to turn verification off.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -14,8 +16,12 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFrom
 
 from avr.config import ConfigError
 
+if TYPE_CHECKING:
+    # Twisted's type of a trust root (what `optionsForClientTLS` takes); not exported by twisted.internet.ssl.
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
 
-def load_trust_root(path: str | None):  # type: ignore[no-untyped-def]
+
+def load_trust_root(path: str | None) -> IOpenSSLTrustRoot | None:
     """
     The CA certificates of the PEM file ``path``, as a Twisted trust root (``None`` for ``None``: the platform's CAs).
 
@@ -37,7 +43,7 @@ def load_trust_root(path: str | None):  # type: ignore[no-untyped-def]
     )
 
 
-def client_tls_options(hostname: str, trust_root=None) -> IOpenSSLClientConnectionCreator:  # type: ignore[no-untyped-def]
+def client_tls_options(hostname: str, trust_root: IOpenSSLTrustRoot | None = None) -> IOpenSSLClientConnectionCreator:
     """
     TLS client options that verify the peer's chain against ``trust_root`` (``None``: the platform's CAs) and its
     identity against ``hostname`` (a DNS name or an IP address).

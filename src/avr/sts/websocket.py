@@ -355,6 +355,7 @@ class WebSocketStsConnector:
             return fail(StsConnectError("not a valid ws:// or wss:// URL"))
         disable_autobahn_timers(factory)
         factory.setProtocolOptions(maxMessagePayloadSize=MAX_MESSAGE_BYTES)
-        factory.protocol = partial(StsClientProtocol, uuid, handler, self._reactor, self._close_timeout,
-                                   self._sample_rate, self._fast_paths)
+        # autobahn types ``protocol`` as a class; buildProtocol only calls it.
+        factory.protocol = partial(StsClientProtocol, uuid, handler, self._reactor,  # type: ignore[assignment]
+                                   self._close_timeout, self._sample_rate, self._fast_paths)
         return self._dialer.dial(factory.host, factory.port, factory.isSecure, factory)

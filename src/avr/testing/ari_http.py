@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -78,7 +78,7 @@ class AriResponse:
 class _AsteriskHeaders(Headers):
     """Response headers written with Asterisk's spelling (``Content-type``), which Twisted would canonicalise."""
 
-    def getAllRawHeaders(self):  # type: ignore[no-untyped-def]
+    def getAllRawHeaders(self) -> Iterator[tuple[bytes, Sequence[bytes]]]:
         """Yield the headers, renaming ``Content-Type`` to ``Content-type`` for JSON responses."""
         json_body = (self.getRawHeaders(b"content-type") or [b""])[0] == b"application/json"
         for name, values in super().getAllRawHeaders():

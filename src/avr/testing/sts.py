@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 from urllib.parse import parse_qs
 
 from attrs import frozen
@@ -35,8 +35,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.http import HTTPChannel
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -120,7 +123,8 @@ class RecordingStsHandler:
         return d
 
     def _check(self) -> None:
-        ready, still = [], []
+        ready: list[Deferred] = []
+        still: list[Deferred] = []
         for kind, count, d in self._waiting:
             have = len(self.audio) if kind == "audio" else self.count(kind)
             (ready if have >= count else still).append(d)
@@ -269,7 +273,7 @@ class FakeStsServerProtocol(WebSocketServerProtocol):
 
     def drop(self) -> None:
         """Drop the TCP connection without a closing handshake (a crash)."""
-        self.transport.abortConnection()
+        cast(ITCPTransport, self.transport).abortConnection()
 
     # -- autobahn callbacks
 
@@ -441,7 +445,7 @@ class FakeHttpStsSession:
         """Drop the connection (a crash)."""
         self._finished = True
         self._ended.fire(self)
-        self.request.channel.transport.abortConnection()
+        cast(ITCPTransport, self.request.channel.transport).abortConnection()
 
     def when_ended(self) -> Deferred:
         """A Deferred firing with this session once the request body ended or the connection went away."""
@@ -507,6 +511,7 @@ class FakeHttpStsResource(Resource):
         if isinstance(request, _StreamingRequest):
             request.body_sink = session
         else:
+            assert request.content is not None  # the whole body, read before rendering
             session.body_chunk(request.content.read())
             session.body_end()
         self._sessions.arrived(session.uuid, session)
@@ -552,20 +557,22 @@ class _StreamingRequest(Request):
     def finish(self) -> None:
         if self._streaming and not self._body_done and self.channel is not None:
             # The response ends before the request body: ignore the rest of the body (the connection closes).
-            self.channel.dataReceived = lambda data: None
+            self.channel.dataReceived = lambda data: None  # type: ignore[method-assign]  # as avr.http.site does
         super().finish()
 
 
 class _TrackedChannel(HTTPChannel):
     """An HTTP/1.1 channel that tells its fake resource when the connection is gone."""
 
+    site: Site  # set by the site that built it, a `fake_http_sts_site`
+
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.site.resource._channels.add(self)
+        cast(FakeHttpStsResource, self.site.resource)._channels.add(self)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
-        self.site.resource._channel_lost(self)
+        cast(FakeHttpStsResource, self.site.resource)._channel_lost(self)
 
 
 def fake_http_sts_site(resource: FakeHttpStsResource, reactor: Any) -> Site:
@@ -575,7 +582,8 @@ def fake_http_sts_site(resource: FakeHttpStsResource, reactor: Any) -> Site:
     """
     site = Site(resource, reactor=reactor)
     site.requestFactory = _StreamingRequest
-    site.protocol = _TrackedChannel
+    # HTTP/1.1 only: the channel itself rather than Twisted's wrapper that picks HTTP/1.1 or HTTP/2.
+    site.protocol = _TrackedChannel  # type: ignore[method-assign,assignment]
     return site
 
 
@@ -597,9 +605,10 @@ class FakeCertificates:
     def server_options(self) -> Any:
         """`CertificateOptions` for ``listenSSL`` / `twisted.internet.endpoints.SSL4ServerEndpoint`."""
         # cryptography objects, not pyOpenSSL's (deprecated there): pyOpenSSL's Context takes both.
+        # Twisted annotates pyOpenSSL's PKey and X509 only.
         return CertificateOptions(
-            privateKey=load_pem_private_key(self.server_pem, password=None),
-            certificate=x509.load_pem_x509_certificate(self.server_pem),
+            privateKey=load_pem_private_key(self.server_pem, password=None),  # type: ignore[arg-type]
+            certificate=x509.load_pem_x509_certificate(self.server_pem),  # type: ignore[arg-type]
         )
 
 

@@ -17,9 +17,8 @@ from typing import Any, Mapping
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from avr.interfaces import IWebhooks
@@ -158,7 +157,7 @@ class WebhookSink(Resource):
         self.received: list[ReceivedWebhook] = []
         self._scripts: dict[str | None, deque[WebhookReply]] = {}
         self._waiters: list[tuple[int, Deferred[list[ReceivedWebhook]]]] = []
-        self._open: dict[IRequest, IDelayedCall | None] = {}
+        self._open: dict[Request, IDelayedCall | None] = {}
 
     def script(self, type: str | None, *replies: WebhookReply) -> None:
         """
@@ -206,7 +205,7 @@ class WebhookSink(Resource):
                 timer.cancel()
             request.loseConnection()
 
-    def render_POST(self, request: IRequest) -> bytes | int:
+    def render_POST(self, request: Request) -> bytes | int:
         """Record the webhook and answer it, now, later or never."""
         record = self._record(request)
         self.received.append(record)
@@ -225,7 +224,7 @@ class WebhookSink(Resource):
             return NOT_DONE_YET
         return self._reply_now(request, reply)
 
-    def _record(self, request: IRequest) -> ReceivedWebhook:
+    def _record(self, request: Request) -> ReceivedWebhook:
         headers: dict[str, tuple[str, ...]] = {}
         for name, values in request.requestHeaders.getAllRawHeaders():
             headers[name.decode("latin-1").lower()] = tuple(v.decode("latin-1") for v in values)
@@ -264,22 +263,22 @@ class WebhookSink(Resource):
         for n, d in ready:
             d.callback(self.received[:n])
 
-    def _watch(self, request: IRequest, timer: IDelayedCall | None) -> None:
+    def _watch(self, request: Request, timer: IDelayedCall | None) -> None:
         self._open[request] = timer
         request.notifyFinish().addErrback(lambda _: self._forget(request))
 
-    def _forget(self, request: IRequest) -> None:
+    def _forget(self, request: Request) -> None:
         timer = self._open.pop(request, None)
         if timer is not None and timer.active():
             timer.cancel()
 
-    def _answer(self, request: IRequest, reply: WebhookReply) -> None:
+    def _answer(self, request: Request, reply: WebhookReply) -> None:
         self._forget(request)
         request.write(self._reply_now(request, reply))
         request.finish()
 
     @staticmethod
-    def _reply_now(request: IRequest, reply: WebhookReply) -> bytes:
+    def _reply_now(request: Request, reply: WebhookReply) -> bytes:
         request.setResponseCode(reply.status)
         request.setHeader(b"content-type", b"application/json")
         return reply.body
