@@ -14,7 +14,7 @@ from klein import Klein
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorTCP, IStreamServerEndpoint
 from twisted.logger import Logger
 
 from avr.actions import DialplanActions
@@ -208,7 +208,7 @@ def build_control(
     return ControlService(hub, registry, control, stream, events_webhook)
 
 
-def server_endpoint(reactor: Any, address: str, port: int, backlog: int) -> IStreamServerEndpoint:
+def server_endpoint(reactor: IReactorTCP, address: str, port: int, backlog: int) -> IStreamServerEndpoint:
     """
     A TCP listening endpoint on ``address`` (IPv4 or IPv6 literal, or ``0.0.0.0``/``::``).
 

@@ -29,8 +29,6 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -70,10 +68,12 @@ def events_url(ari_url: str, app: str, username: str, password: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path + "/ari/events", query, ""))
 
 
-def endpoint_connector(reactor: Any) -> Callable[[Any], Deferred]:
+def endpoint_connector(reactor: IReactorTCP) -> Callable[[Any], Deferred]:
     """
     The production ``ws_connect`` for `AriEventStream`: a TCP (or TLS, for ``wss://``) connection to the factory's
     ``host`` and ``port``. The returned Deferred fires with the protocol once TCP is connected.
+
+    :param reactor: IReactorTCP + IReactorTime + IReactorPluggableNameResolver, as `HostnameEndpoint` needs.
     """
 
     def connect(factory: Any) -> Deferred:

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from avr.failures import describe_failure
@@ -31,11 +32,11 @@ class Dialer:
     Connects to STS peers: TCP to ``host:port``, then TLS when ``secure`` (chain and host name verified against
     ``trust_root``), the whole opening within ``timeout`` seconds of ``reactor``.
 
-    :param reactor: IReactorTCP + IReactorTime.
+    :param reactor: IReactorTCP + IReactorTime (typed by the part mypy can check: `HostnameEndpoint` takes ``Any``).
     :param trust_root: from `avr.sts.tls.load_trust_root`; ``None``: the platform's CAs.
     """
 
-    reactor: Any
+    reactor: IReactorTime
     timeout: float
     trust_root: Any = None
 
@@ -61,13 +62,13 @@ class ConnectAttempt:
     socket is dropped, the timer cancelled) and fails it with ``CancelledError``.
     """
 
-    clock: Any
+    clock: IReactorTime
     timeout: float
     host: str
     result: Deferred = field(init=False)
     _connecting: Deferred | None = field(default=None, init=False)
     _protocol: Opening | None = field(default=None, init=False)
-    _timer: Any = field(default=None, init=False)
+    _timer: IDelayedCall | None = field(default=None, init=False)
     _done: bool = field(default=False, init=False)
 
     def start(self, endpoint: Any, factory: Any) -> Deferred:

@@ -7,6 +7,7 @@ from typing import Any
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -26,7 +27,7 @@ class EchoStsSession:
 
     uuid: str
     handler: IStsHandler
-    clock: Any
+    clock: IReactorTime
     delay: float = 0.0
     rate: int = 8000
     _pending: deque = field(factory=deque, init=False)
@@ -86,7 +87,7 @@ class EchoStsConnector:
     :param sample_rate: the rate of the echoed audio (``STS_SAMPLE_RATE``).
     """
 
-    def __init__(self, clock: Any, delay: float = 0.0, sample_rate: int = 8000) -> None:
+    def __init__(self, clock: IReactorTime, delay: float = 0.0, sample_rate: int = 8000) -> None:
         self._clock = clock
         self._delay = delay
         self._sample_rate = sample_rate

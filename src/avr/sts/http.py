@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -123,7 +124,7 @@ class HttpStsConnector:
     :param sample_rate: the rate of the raw PCM exchanged with the STS, both ways (``STS_SAMPLE_RATE``).
     """
 
-    def __init__(self, reactor: Any, connect_timeout: float = 5.0, trust_root: str | None = None,
+    def __init__(self, reactor: IReactorTime, connect_timeout: float = 5.0, trust_root: str | None = None,
                  sample_rate: int = 8000) -> None:
         self._client = StreamingHttpClient(reactor, connect_timeout, trust_root)
         self._sample_rate = sample_rate

@@ -18,7 +18,7 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.protocol import connectionDone
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -92,7 +92,7 @@ class StsClientProtocol(WebSocketClientProtocol):
         self,
         uuid: str,
         handler: IStsHandler,
-        clock: Any,
+        clock: IReactorTime,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         sample_rate: int = 8000,
         fast_paths: FastPaths = FastPaths(),
@@ -326,7 +326,7 @@ class WebSocketStsConnector:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         connect_timeout: float = 5.0,
         trust_root: str | None = None,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
