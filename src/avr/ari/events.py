@@ -29,6 +29,8 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IProtocol, IReactorTCP, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
