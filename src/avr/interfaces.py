@@ -177,7 +177,7 @@ class IAgentRunner(Interface):
     agent session on the AudioSocket connection Asterisk opens for the call's media leg (`avr.agent_runner`).
     """
 
-    def route(uuid: str, base: str | None, payload: dict):  # type: ignore[no-untyped-def]
+    def route(uuid: str, base: str | None, payload: dict) -> Deferred[str | None]:
         """
         Send ``call_initiated`` for ``uuid`` with ``payload`` and decide the STS URL: the webhook's override, else
         ``base``, else ``STS_URL``, with the payload as query parameters.
@@ -186,7 +186,7 @@ class IAgentRunner(Interface):
         """
 
     def expect(uuid: str, sts_url: str | None, payload: dict, observer: ICallObserver,
-               actions: ICallActions, kind: int):  # type: ignore[no-untyped-def]
+               actions: ICallActions, kind: int) -> Deferred:
         """
         Expect the AudioSocket connection with ``uuid`` and run an agent session at ``sts_url`` on it (audio of
         ``kind``), its events to ``observer`` (and the AVR webhooks), its requests to ``actions``.

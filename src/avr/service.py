@@ -345,8 +345,10 @@ def _log_mode(log: Logger, config: Config) -> None:
     """Say in one line what answers the calls, and once which settings have no effect in that mode."""
     mode = agent_mode(config)
     if mode == STS_MODE:
+        assert config.sts_url is not None  # what STS mode means
         log.info("STS: {url} at {rate} Hz", url=redact_url(config.sts_url), rate=config.sts_sample_rate)
     elif mode == PIPELINE_MODE:
+        assert config.asr_url and config.llm_url and config.tts_url  # what pipeline mode means
         log.info("Pipeline mode: ASR {asr}, LLM {llm}, TTS {tts} ({rate} Hz); barge-in: {barge_in}",
                  asr=redact_url(config.asr_url), llm=redact_url(config.llm_url), tts=redact_url(config.tts_url),
                  rate=config.tts_sample_rate,
