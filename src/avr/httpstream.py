@@ -15,12 +15,12 @@ injected clock, cancellation.
 
 from __future__ import annotations
 
-from typing import Any, Sequence, cast
+from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IConsumer, IHandshakeListener, IPushProducer, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -311,8 +311,7 @@ class HttpExchange(Protocol):
 
     def connectionMade(self) -> None:
         """Send the request head (and a fixed body); plain http is open now."""
-        assert self.transport is not None  # connected
-        cast(IConsumer, self.transport).registerProducer(self, True)  # a TCP or TLS transport: a consumer too
+        self.transport.registerProducer(self, True)
         if self._body is None:
             self.transport.write(self._head)
         else:
@@ -333,7 +332,7 @@ class HttpExchange(Protocol):
     def abort(self) -> None:
         """Drop the connection at once."""
         if self.transport is not None:
-            cast(ITCPTransport, self.transport).abortConnection()
+            self.transport.abortConnection()
 
     # -- the request body
 
@@ -344,7 +343,6 @@ class HttpExchange(Protocol):
         if self._paused:
             self._dropped_bytes += len(data)
             return
-        assert self.transport is not None  # open
         self.transport.writeSequence([b"%x\r\n" % len(data), data, b"\r\n"])
 
     def end_body(self) -> None:
@@ -352,7 +350,6 @@ class HttpExchange(Protocol):
         if self._body_finished or self._ended or not self._open:
             return
         self._body_finished = True
-        assert self.transport is not None  # open
         self.transport.write(b"0\r\n\r\n")
 
     def close(self, reason: str = "closed") -> None:
@@ -433,7 +430,7 @@ class HttpExchange(Protocol):
             if not self._body_finished and self._open:
                 self._body_finished = True
                 self.transport.write(b"0\r\n\r\n")
-            cast(IConsumer, self.transport).unregisterProducer()
+            self.transport.unregisterProducer()
             self.transport.loseConnection()
         if self._dropped_bytes:
             log.warn("{label}: {dropped} bytes of the request body dropped (connection too slow)",
