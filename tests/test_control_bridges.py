@@ -204,13 +204,13 @@ def test_transfer_busy_from_capture() -> None:
 
 
 def test_transfer_no_answer_from_capture() -> None:
-    """A target that rings out (cause 19): 504, the caller's call stays answered."""
+    """A target that rings out (cause 19): 408 (asterisk-api's), the caller's call stays answered."""
     events = fixture_events("originate_no_answer_busy_bad_target", "avr-fixture-noanswer")
     h = make("none", ids=["avr-fixture-noanswer"])
     cid = answered_inbound(h)
     d, outcome = h.start(h.control.transfer(cid, "Local/6105@cap-ari", timeout=3))
     h.feed(*events)
-    assert isinstance(outcome[0].value, Timeout) and outcome[0].value.status == 504
+    assert isinstance(outcome[0].value, Timeout) and outcome[0].value.status == 408
     assert h.run(h.control.get_call(cid))["state"] == "answered"
     assert h.ari.find("DELETE", f"/channels/{cid}/ring")
 

@@ -636,7 +636,6 @@ def test_recording_download_cut_by_asterisk_is_cut_for_the_client() -> None:
     ("POST", "/calls", {"endpoint": "PJSIP/1001", "variables": {"A": 1}}, "variables: A: value must be a string"),
     ("POST", "/calls", {"endpoint": "PJSIP/1001", "variables": ["A"]}, "variables: must be an object"),
     ("POST", "/calls", {"endpoint": "PJSIP/1001", "variables": {"bad name": "x"}}, "not a channel variable"),
-    ("POST", "/calls", {"endpoint": "PJSIP/1001", "app": "other"}, "app: unknown field"),
     ("POST", "/calls", {"endpoint": "PJSIP/1001", "priority": 0}, "priority: must be between"),
     ("POST", "/calls/c1/play", {}, "media: required"),
     ("POST", "/calls/c1/play", {"media": ""}, "media: must not be empty"),
@@ -666,14 +665,11 @@ def test_recording_download_cut_by_asterisk_is_cut_for_the_client() -> None:
     ("POST", "/calls/c1/transfer", {"endpoint": "nope"}, "endpoint: must be a dial string"),
     ("POST", "/bridges", {"name": 5}, "name: must be a string"),
     ("POST", "/bridges", {"name": "x" * 81}, "name: must be at most 80 characters"),
-    ("POST", "/bridges", {"type": "holding"}, "type: unknown field"),
     ("POST", "/bridges/b1/addChannel", {}, "callId: required"),
     ("POST", "/bridges/b1/addChannel", {"callId": "bad id!"}, "callId: must be a call id"),
-    ("POST", "/bridges/b1/removeChannel", {"channel": "c1"}, "channel: unknown field"),
     ("POST", "/recordings/r1/copy", {}, "destinationName: required"),
     ("POST", "/recordings/r1/copy", {"destinationName": "a/b"}, "destinationName: must be 1-200"),
     ("DELETE", "/calls/c1", {"reason": "bogus"}, "reason: must be one of normal, busy"),
-    ("POST", "/calls/c1/answer", {"force": True}, "force: unknown field"),
 ])
 def test_bad_bodies_are_400_with_details(method: str, path: str, body: Any, detail: str) -> None:
     """Every invalid body is a 400 naming the field and the problem; the model is not called."""
@@ -689,7 +685,7 @@ def test_every_problem_is_listed() -> None:
     """Several problems in one body are all reported."""
     status, payload, _ = Api(FakeControl()).request("POST", "/calls", {"timeout": 0, "extra": 1, "callerId": 5})
     assert status == 400
-    assert len(payload["details"]) == 4  # extra unknown, endpoint required, callerId type, timeout range
+    assert len(payload["details"]) == 3  # endpoint required, callerId type, timeout range ("extra" is ignored)
 
 
 def test_null_counts_as_not_given() -> None:

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from avr.actions import DialplanActions
 from avr.admissions import Admissions
 from avr.agent_runner import AgentRunner
+from avr.allowlist import Allowlist
 from avr.ari.client import AriClient
 from avr.ari.events import AriEventStream, endpoint_connector
 from avr.audiosocket import AudioSocketFactory
@@ -36,6 +37,7 @@ from avr.control.routes import ControlRoutes
 from avr.control.events_webhook import EventsWebhook
 from avr.control.tasks import TaskGroup
 from avr.fastpaths import FastPaths
+from avr.http.allowlist import AllowlistRoutes
 from avr.http.core import CoreRoutes
 from avr.http.json import install_error_handlers
 from avr.http.site import AvrSite, RequestGate
@@ -133,16 +135,21 @@ class ControlService(Service):
     control: CallControl | None = None
     stream: AriEventStream | None = None
     events_webhook: EventsWebhook | None = None
+    allowlist: Allowlist | None = None
 
     def __attrs_post_init__(self) -> None:
         Service.__init__(self)
 
     def startService(self) -> None:
         Service.startService(self)
+        if self.allowlist is not None:
+            self.allowlist.start()
         if self.stream is not None:
             self.stream.start()
 
     async def _stop(self) -> None:
+        if self.allowlist is not None:
+            self.allowlist.stop()
         if self.stream is not None:
             await self.stream.stop()
         stops = [self.hub.stop()]
@@ -187,6 +194,7 @@ def build_control(
     if config.ari_url is None:
         return ControlService(hub, registry, events_webhook=events_webhook)
     assert config.ari_username is not None and config.ari_password is not None
+    allowlist = Allowlist(config.allowlist_file, reactor)
     control = CallControl(
         AriClient(http_client, reactor, config.ari_url, config.ari_username, config.ari_password),
         reactor,
@@ -200,12 +208,13 @@ def build_control(
         default_agent=AgentSpec.from_setting(config.ari_agent) if config.ari_agent is not None else None,
         sts_routes=dict(config.sts_routes),
         agent_on_failure=config.ari_agent_on_failure,
+        allowlist=allowlist,
     )
     stream = AriEventStream(
         reactor, endpoint_connector(reactor), config.ari_url, config.ari_app,
         config.ari_username, config.ari_password, control,
     )
-    return ControlService(hub, registry, control, stream, events_webhook)
+    return ControlService(hub, registry, control, stream, events_webhook, allowlist)
 
 
 def server_endpoint(reactor: IReactorTCP, address: str, port: int, backlog: int) -> IStreamServerEndpoint:
@@ -320,8 +329,10 @@ def build(
             clock=reactor,
         )
         control_routes.install(app)
+        allowlist_routes = AllowlistRoutes(control.allowlist, config.api_key)
+        allowlist_routes.install(app)
         gate = RequestGate(app.url_map, config.api_key, config.http_max_body,
-                           {**core.policies(), **control_routes.policies()})
+                           {**core.policies(), **control_routes.policies(), **allowlist_routes.policies()})
         resource = app.resource()
         for listener in listeners:
             site_gate = evolve(gate, keyless=frozenset({"control.events"})) if listener.keyless_events else gate

@@ -18,11 +18,12 @@ from attrs import define, field
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from avr.allowlist import NO_NUMBER, Allowlist, number_in_endpoint
 from avr.ari.client import path_segment
 from avr.ari.errors import AriError, AriUnavailable
 from avr.control.ari_link import AriLink
 from avr.control.call_registry import CallRegistry, require_stasis
-from avr.control.errors import Conflict, Invalid
+from avr.control.errors import Conflict, Forbidden, Invalid
 from avr.control.media_leg import MediaLegs
 from avr.control.records import (
     DIAL_STATUS_CAUSES,
@@ -76,6 +77,9 @@ class Channels:
     :param new_id: makes the ids of originated channels.
     :param ring_delay: with the ``answer`` policy, seconds an inbound call rings before it is answered
         (``INBOUND_RING_DELAY_MS``; 0: at once).
+    :param allowlist: asterisk-api's allowlist (``None``: every number allowed). A caller it does not allow is hung
+        up when the channel enters the app, before any record or event; an endpoint it does not allow is refused
+        (403) before it is dialled.
     """
 
     registry: CallRegistry
@@ -87,6 +91,7 @@ class Channels:
     inbound_policy: str
     new_id: Callable[[], str]
     ring_delay: float = 0.0
+    allowlist: Allowlist | None = None
     #: The timers answering inbound calls once they have rung ``ring_delay``, by call id.
     _ringing: dict[str, IDelayedCall] = field(factory=dict, init=False)
     #: Channels whose originate failed ambiguously (timeout): hung up if they show up.
@@ -174,9 +179,20 @@ class Channels:
             if not context or not extension:
                 raise Invalid("context and extension must both be given to send the call to the dialplan")
             dialplan = (context, extension, 1 if priority is None else priority)
+        self.check_outbound(endpoint)
         self.ari.require_connected()
         call = await self.dial(endpoint, caller_id, timeout, variables, dialplan)
         return call.to_dict()
+
+    def check_outbound(self, endpoint: str) -> None:
+        """:raises Forbidden: the allowlist does not allow dialling ``endpoint`` (asterisk-api's 403 body)."""
+        if self.allowlist is None or self.allowlist.rules.outbound_allowed(endpoint):
+            return
+        number = number_in_endpoint(endpoint)
+        self.log.warn("Outbound call to {endpoint} blocked by the allowlist", endpoint=endpoint)
+        raise Forbidden("Outbound call blocked by allowlist", endpoint=endpoint,
+                        extractedNumber=number or NO_NUMBER,
+                        hint="Add the destination number to allowlist.json outbound array")
 
     async def dial(self, endpoint: str, caller_id: str | None, timeout: int, variables: dict | None,
                    dialplan: tuple[str, str, int] | None = None, transferred_from: str | None = None) -> CallRecord:
@@ -297,6 +313,15 @@ class Channels:
                     self.tasks.spawn(self._auto_answer(call), f"answering call {call.id}")
         return call
 
+    def caller_allowed(self, channel: dict) -> bool:
+        """The allowlist lets the caller of ``channel`` (ARI Channel JSON) in; logged when it does not."""
+        number = str((channel.get("caller") or {}).get("number") or "")
+        if self.allowlist is None or self.allowlist.rules.inbound_allowed(number):
+            return True
+        self.log.warn("Inbound call {id} from {number!r} blocked by the allowlist: hanging up", id=channel.get("id"),
+                      number=number)
+        return False
+
     def _answer_after_ringing(self, call: CallRecord) -> None:
         self._ringing.pop(call.id, None)
         if not call.ended and call.answered_at is None:
@@ -323,7 +348,7 @@ class Channels:
             return
         call = self.registry.find(channel_id)
         if call is None:
-            if channel_id in self._abandoned:
+            if channel_id in self._abandoned or not self.caller_allowed(channel):
                 self.ari.hang_up_quietly(channel_id)
                 return
             self.inbound(channel, args)

@@ -25,6 +25,12 @@ class NotFound(ControlError):
     status = 404
 
 
+class Forbidden(ControlError):
+    """The allowlist does not allow it (asterisk-api's 403)."""
+
+    status = 403
+
+
 class Conflict(ControlError):
     """The object exists but its state forbids the operation (ended call, name in use, ...)."""
 
@@ -47,3 +53,9 @@ class Timeout(ControlError):
     """Asterisk did not do what was asked in time (e.g. a transfer target that never answered)."""
 
     status = 504
+
+
+class NotAnswered(Timeout):
+    """A transfer target did not answer in time: asterisk-api's 408."""
+
+    status = 408

@@ -49,6 +49,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from avr.allowlist import Allowlist
 from avr.config import INBOUND_POLICIES
 from avr.control.agents import AgentSpec, Agents
 from avr.control.ari_link import AriLink
@@ -103,6 +104,7 @@ class CallControl:
     :param default_agent: the agent of inbound calls that do not ask for one (``ARI_AGENT``).
     :param sts_routes: named STS URLs (``STS_ROUTES``).
     :param agent_on_failure: ``hangup`` or ``continue`` (``ARI_AGENT_ON_FAILURE``).
+    :param allowlist: asterisk-api's allowlist of inbound and outbound numbers (``None``: all allowed).
     """
 
     ari: IAriClient | None
@@ -122,6 +124,7 @@ class CallControl:
     default_agent: AgentSpec | None = None
     sts_routes: dict[str, str] = field(factory=dict)
     agent_on_failure: str = "hangup"
+    allowlist: Allowlist | None = None
     tasks: TaskGroup = field(init=False)
     link: AriLink = field(init=False)
     registry: CallRegistry = field(init=False)
@@ -143,7 +146,7 @@ class CallControl:
         self.registry = registry = self._given_registry or CallRegistry(clock, self.sink, tasks, self.retention)
         self.legs = MediaLegs(registry, link, tasks, app, self._audiosocket_address, self.setup_timeout)
         self.channels = Channels(registry, link, tasks, clock, self.legs, app, self.inbound_policy, self.new_id,
-                                 self.ring_delay)
+                                 self.ring_delay, self.allowlist)
         self.bridges = Bridges(registry, link, clock, self.new_id)
         self.playbacks = Playbacks(registry, link, clock, self.legs, self.injector, self.new_id, self.pcm_lead_in)
         self.recordings = Recordings(registry, link, clock)

@@ -4,8 +4,10 @@ ids in paths. This is the one place where wire input is validated, with asterisk
 DTMF durations 40-10000 ms, up to 20 media URIs, recordings of 1-7200 s in the formats offered); the model behind
 the routes keeps only its own invariants.
 
-A body is checked by `validate` against a tuple of `Field`: unknown fields, wrong types and out-of-range values are
-a 400 listing every problem; a field given as ``null`` counts as not given.
+A body is checked by `validate` against a tuple of `Field`: wrong types and out-of-range values are a 400 listing
+every problem; a field given as ``null`` counts as not given. Fields the route does not know are accepted and
+ignored, as asterisk-api accepts them (its clients send some: the OpenClaw plugin's ``maxDuration``); `unknown_fields`
+names them, so the route can tell the caller. A field may have aliases (other names clients send for it).
 """
 
 from __future__ import annotations
@@ -46,34 +48,51 @@ class Field:
     name: str
     check: Callable[[Any], Any]
     required: bool = False
+    #: Other names the field is accepted under (when ``name`` is not given).
+    aliases: tuple[str, ...] = ()
 
 
 def validate(body: Any, fields: Iterable[Field]) -> dict[str, Any]:
     """
-    Check ``body`` against ``fields``; a field given as ``null`` counts as not given.
+    Check ``body`` against ``fields``; a field given as ``null`` counts as not given, unknown fields are ignored.
 
-    :return: the checked values of the fields present.
+    :return: the checked values of the fields present, under their names (not their aliases).
     :raises ApiError: 400 ``{"error": "Validation failed: ...", "details": [...]}`` listing every problem.
     """
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
-    fields = tuple(fields)
-    known = {f.name for f in fields}
-    details = [f"{key}: unknown field" for key in body if key not in known]
+    details: list[str] = []
     values: dict[str, Any] = {}
     for f in fields:
-        value = body.get(f.name)
-        if value is None:
+        given = [(name, body[name]) for name in (f.name, *f.aliases) if body.get(name) is not None]
+        if not given:
             if f.required:
                 details.append(f"{f.name}: required")
             continue
+        if len({json_key(value) for _, value in given}) > 1:
+            details.append(f"{f.name}: given as {' and '.join(name for name, _ in given)} with different values")
+            continue
+        name, value = given[0]
         try:
             values[f.name] = f.check(value)
         except _Invalid as e:
-            details.append(f"{f.name}: {e}")
+            details.append(f"{name}: {e}")
     if details:
         raise ApiError(400, "Validation failed: " + "; ".join(details), details=details)
     return values
+
+
+def unknown_fields(body: Any, fields: Iterable[Field]) -> list[str]:
+    """The keys of ``body`` that none of ``fields`` (nor their aliases) reads: accepted, and ignored."""
+    if not isinstance(body, dict):
+        return []
+    known = {name for f in fields for name in (f.name, *f.aliases)}
+    return [str(key) for key in body if key not in known]
+
+
+def json_key(value: Any) -> str:
+    """A value in a form two equal JSON values share (to tell whether a field and its alias agree)."""
+    return repr(value)
 
 
 def _text(max_length: int, pattern: re.Pattern[str] | None = None, hint: str = "") -> Callable[[Any], str]:
@@ -221,7 +240,7 @@ PLAY = (Field("media", _media, required=True),)
 RECORD = (
     Field("name", _text(200, RECORDING_NAME, _RECORDING_HINT)),
     Field("format", _choice(RECORD_FORMATS)),
-    Field("maxDurationSeconds", _integer(1, 7200)),
+    Field("maxDurationSeconds", _integer(1, 7200), aliases=("maxDuration",)),
     Field("beep", _boolean),
     Field("ifExists", _choice(IF_EXISTS)),
 )

@@ -147,6 +147,9 @@ class Resync:
                 if not self.legs.owns_channel(channel_id):
                     self.ari.hang_up_quietly(channel_id)
                 continue
+            if not self.channels.caller_allowed(channel):
+                self.ari.hang_up_quietly(channel_id)
+                continue
             args = str((channel.get("dialplan") or {}).get("app_data") or "").split(",")[1:]
             self.channels.inbound(channel, args, resynced=True)
 

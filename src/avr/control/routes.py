@@ -2,8 +2,9 @@
 The call-control REST API (asterisk-api's routes) and ``/events``, installed on avr's Klein app next to avr-core's
 ``/health`` and ``/call``.
 
-Every route but ``GET /`` needs the API key when one is configured. Request bodies are validated strictly (unknown
-fields, wrong types and out-of-range values are a 400 listing every problem) and ids are checked before use. Every
+Every route but ``GET /`` needs the API key when one is configured. Request bodies are validated (wrong types and
+out-of-range values are a 400 listing every problem; unknown fields are accepted, as asterisk-api accepts them, and
+named in the ``X-AVR-Ignored-Fields`` response header) and ids are checked before use. Every
 error is JSON: the model's `ControlError` carries its status; Asterisk's answers map to 400/404/409/422 or 502 with
 Asterisk's message; an unreachable ARI is 503; so is every call-control route when ARI is not configured, while the
 rest of the server works.
@@ -42,6 +43,7 @@ from avr.control.request_fields import (
     Field,
     checked_id,
     checked_recording_name,
+    unknown_fields,
     validate,
 )
 from avr.control.wav import WavError, decode_wav
@@ -49,6 +51,10 @@ from avr.http.auth import check_api_key, strip_credentials
 from avr.http.json import ApiError, add_route, json_response, read_json_body
 from avr.http.site import RoutePolicy, key_waived
 from avr.interfaces import ICallControl
+from avr.logtext import clip
+
+#: The response header naming the request body's fields that were accepted but ignored (unknown to the route).
+IGNORED_FIELDS_HEADER = b"x-avr-ignored-fields"
 
 #: Answer of every call-control route while ARI is not configured.
 NOT_CONFIGURED = "ARI is not configured (set ARI_URL, ARI_USERNAME, ARI_PASSWORD)"
@@ -59,6 +65,7 @@ MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 WAV_CONTENT_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "application/octet-stream")
 
 _RULE_ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+_HEADER_UNSAFE = re.compile(r"[^\x21-\x7e]")
 
 
 log = Logger()
@@ -251,7 +258,16 @@ class ControlRoutes:
     async def _read_fields(self, request: IRequest, fields: tuple[Field, ...], optional: bool) -> dict[str, Any]:
         if optional and _body_is_empty(request, self.max_body):
             return {}
-        return validate(await read_json_body(request, self.max_body), fields)
+        body = await read_json_body(request, self.max_body)
+        values = validate(body, fields)
+        ignored = unknown_fields(body, fields)
+        if ignored:
+            # Accepted as asterisk-api accepts them, and said: clients can see what had no effect.
+            names = [_HEADER_UNSAFE.sub("?", name)[:60] for name in ignored[:20]]
+            request.setHeader(IGNORED_FIELDS_HEADER, ", ".join(names).encode("ascii"))
+            log.debug("{method} {path}: ignoring unknown fields {fields}", method=request.method,
+                      path=clip(request.path.decode("latin-1")), fields=names)
+        return values
 
     # --- handlers (the first docstring line is the description in GET /) ---------------------------------------------
 
@@ -309,7 +325,8 @@ class ControlRoutes:
             priority=body.get("priority"),
             agent=_agent_spec(body["agent"]) if "agent" in body else None,
         )
-        return json_response(request, 201, {"call": call})
+        # asterisk-api answers {call}; the OpenClaw plugin reads callId: both.
+        return json_response(request, 201, {"call": call, "callId": call["id"]})
 
     async def _get_call(self, request: IRequest, id: str) -> bytes:
         """Get call details."""

@@ -18,7 +18,7 @@ from avr.control.ari_link import AriLink
 from avr.control.bridges import Bridges
 from avr.control.call_registry import CallRegistry, require_stasis
 from avr.control.channels import Channels
-from avr.control.errors import Conflict, ControlError, Timeout
+from avr.control.errors import Conflict, ControlError, NotAnswered
 from avr.control.records import Bridge, CallRecord, cause_text
 from avr.control.tasks import TaskGroup
 
@@ -62,14 +62,16 @@ class Transfers:
         4. Failure (busy, no answer within ``timeout``, rejected, unreachable, or the caller hung up meanwhile):
            the ringing stops, the target leg is hung up if still up, no bridge is left behind, the original call
            is exactly as before (answered, never dropped, never left silent), ``call.transfer_failed`` is published
-           with the reason and the target's cause, and the error is raised: `Timeout` (504) when the target did
-           not answer, `Conflict` (409) when it was busy or failed, or the call ended; `AriError` when Asterisk
+           with the reason and the target's cause, and the error is raised: `NotAnswered` (408, asterisk-api's) when
+           the target did not answer, `Conflict` (409) when it was busy or failed, or the call ended; `AriError` when Asterisk
            refused the originate.
 
         :raises NotFound: unknown call. :raises Conflict: the call is ended, not answered, not in Stasis, in a
-            bridge already, or already being transferred.
+            bridge already, or already being transferred. :raises Forbidden: the outbound allowlist does not list
+            the target (asterisk-api did not check transfers, D15).
         """
         call = self.registry.live(call_id)
+        self.channels.check_outbound(endpoint)
         self.ari.require_connected()
         require_stasis(call)
         if call.answered_at is None:
@@ -135,7 +137,7 @@ class Transfers:
 
         def timed_out() -> None:
             if not outcome.called:
-                outcome.errback(Failure(Timeout(f"Transfer target {endpoint} did not answer within {limit:g} s")))
+                outcome.errback(Failure(NotAnswered(f"Transfer target {endpoint} did not answer within {limit:g} s")))
 
         if target.ended:
             target_ended()
@@ -165,7 +167,7 @@ class Transfers:
         text = target.cause_text or cause_text(cause)
         extra = {"cause": cause, "causeText": text, "newCallId": target.id}
         if cause in (18, 19) or target.dial_status == "NOANSWER":
-            return Timeout(f"Transfer target {endpoint} did not answer", **extra)
+            return NotAnswered(f"Transfer target {endpoint} did not answer", **extra)
         if cause == 17 or target.dial_status == "BUSY":
             return Conflict(f"Transfer target {endpoint} is busy", **extra)
         return Conflict(f"Transfer target {endpoint} could not be reached ({text})", **extra)

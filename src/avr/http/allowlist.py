@@ -19,11 +19,11 @@ class AllowlistRoutes:
     """
     The allowlist routes, installed on an app built elsewhere; both need the API key when one is configured.
 
-    :param allowlist: the allowlist in force.
+    :param allowlist: the allowlist in force (``None`` while ARI is not configured: 503).
     :param api_key: required when not ``None``.
     """
 
-    allowlist: Allowlist
+    allowlist: Allowlist | None
     api_key: str | None = field(default=None, repr=False)
 
     def install(self, app: Klein) -> None:
@@ -39,19 +39,26 @@ class AllowlistRoutes:
         """The allowlist: ``{"inbound", "outbound", "note", "file", "error"}`` (``error``: why the file was last
         refused, the lists shown being the ones kept)."""
         check_api_key(request, self.api_key)
-        return json_response(request, 200, self._listing())
+        return json_response(request, 200, self._listing(self._configured()))
 
     def reload(self, request: IRequest) -> bytes:
         """Read the allowlist file again: 200 ``{"status": "reloaded", "inbound", "outbound"}``; 422 when the file
         cannot be used (the lists in force are kept and returned)."""
         check_api_key(request, self.api_key)
+        allowlist = self._configured()
         try:
-            rules = self.allowlist.reload()
+            rules = allowlist.reload()
         except AllowlistError as e:
-            raise ApiError(422, str(e), **self._listing()) from None
+            raise ApiError(422, str(e), **self._listing(allowlist)) from None
         return json_response(request, 200, {"status": "reloaded", **rules.to_dict()})
 
-    def _listing(self) -> dict[str, Any]:
-        allowlist = self.allowlist
+    def _configured(self) -> Allowlist:
+        if self.allowlist is None:
+            raise ApiError(503, "ARI is not configured (set ARI_URL, ARI_USERNAME, ARI_PASSWORD): the allowlist "
+                                "applies to call control")
+        return self.allowlist
+
+    @staticmethod
+    def _listing(allowlist: Allowlist) -> dict[str, Any]:
         return {**allowlist.rules.to_dict(), "note": OPEN_MODE_NOTE, "file": allowlist.path,
                 "closed": allowlist.rules.closed, "error": allowlist.error}
