@@ -113,3 +113,29 @@ def test_media_channels_bypass_the_allowlist(tmp_path: Path) -> None:
     h.ari.requests.clear()
     h.feed(stasis_start(leg.channel_id, "Up", number=""))
     assert h.ari.requests == [] and h.control.legs.owns_channel(leg.channel_id)
+
+
+@pytest.mark.parametrize(("body", "detail"), [
+    ({}, "text: required"),
+    ({"text": "  "}, "text: text is required"),
+    ({"text": "x" * 5001}, "text must be 5000 characters or fewer"),
+    ({"text": "hi", "speed": 0.2}, "speed: must be between 0.25 and 4"),
+    ({"text": "hi", "speed": 4.1}, "speed: must be between 0.25 and 4"),
+    ({"text": "hi", "speed": "fast"}, "speed: must be a number"),
+])
+def test_speak_validation_as_asterisk_api(body: dict, detail: str) -> None:
+    """asterisk-api's limits on /speak: text 1-5000 characters, speed 0.25-4.0."""
+    api = Api(FakeControl())
+    status, payload, _ = api.request("POST", "/calls/1700000000.1/speak", body)
+    assert status == 400 and any(detail in d for d in payload["details"]), payload
+    assert api.control.calls == []  # type: ignore[union-attr]
+
+
+def test_speak_route_answers_the_models_result() -> None:
+    """200 with status, text, voice, language, durationSeconds; the request's options are passed on."""
+    api = Api(FakeControl())
+    status, payload, _ = api.request("POST", "/calls/1700000000.1/speak", {"text": "Hello", "voice": "ryan",
+                                                                             "speed": 1.25})
+    assert status == 200 and payload["status"] == "ok" and payload["voice"] == "ryan"
+    assert api.control.calls[-1] == ("speak", ("1700000000.1", "Hello"),  # type: ignore[union-attr]
+                                     {"voice": "ryan", "language": None, "speed": 1.25})

@@ -139,6 +139,12 @@ class FakeControl:
         self._called("play_pcm", call_id, pcm, rate)
         return {**PLAYBACK, "kind": "pcm", "rate": rate}
 
+    async def speak(self, call_id: str, text: str, voice: str | None = None, language: str | None = None,
+                    speed: float | None = None) -> dict:
+        self._called("speak", call_id, text, voice=voice, language=language, speed=speed)
+        return {"status": "ok", "text": text, "voice": voice or "vivian", "language": language or "English",
+                "durationSeconds": 1.0, "playbackId": "pb-2"}
+
     async def record(self, call_id: str, name: Any = _UNSET, format: Any = _UNSET, max_duration: Any = _UNSET,
                      beep: Any = _UNSET, if_exists: Any = _UNSET) -> dict:
         # Only the options the route passed are recorded: the others keep the model's defaults.

@@ -375,6 +375,16 @@ class ICallControl(Interface):
         :return: the playback, once the audio is bridged. :raises Timeout: the media channel never came up.
         """
 
+    def speak(call_id: str, text: str, voice: str | None = None, language: str | None = None,
+              speed: float | None = None) -> Awaitable[dict]:
+        """
+        Synthesise ``text`` (OpenAI-compatible TTS) and play it into the call through a media leg; a newer call on
+        the same call interrupts it.
+
+        :return: ``{"status": "ok", "text", "voice", "language", "durationSeconds", "playbackId"}`` once played.
+        :raises avr.control.speak.SpeakFailed: 501 no TTS, 502/504 the TTS failed. :raises Conflict: interrupted.
+        """
+
     # -- recordings -----------------------------------------------------------------------------------------------
 
     def record(call_id: str, name: str | None = None, format: str = "wav",

@@ -48,6 +48,7 @@ from avr.pipeline.connector import PipelineConnector, pipeline_settings, vad_set
 from avr.pipeline.vad import ThreadedVadRunner
 from avr.playout import PLAYOUT_PHASES, FrameTicker
 from avr.registrations import Registrations
+from avr.speech.openai_tts import OpenAiTts
 from avr.sts.echo import EchoStsConnector
 from avr.sts.http import HttpStsConnector
 from avr.sts.websocket import WebSocketStsConnector
@@ -209,12 +210,22 @@ def build_control(
         sts_routes=dict(config.sts_routes),
         agent_on_failure=config.ari_agent_on_failure,
         allowlist=allowlist,
+        tts=openai_tts(reactor, config, http_client),
     )
     stream = AriEventStream(
         reactor, endpoint_connector(reactor), config.ari_url, config.ari_app,
         config.ari_username, config.ari_password, control,
     )
     return ControlService(hub, registry, control, stream, events_webhook, allowlist)
+
+
+def openai_tts(reactor: Any, config: Config, http_client: Any) -> OpenAiTts | None:
+    """asterisk-api's TTS for ``/speak`` (``None`` when ``TTS_URL`` is not an OpenAI-compatible server)."""
+    url = config.openai_tts_url
+    if url is None:
+        return None
+    return OpenAiTts(http_client, reactor, url, config.tts_default_voice, config.tts_default_language,
+                     config.tts_timeout / 1000)
 
 
 def server_endpoint(reactor: IReactorTCP, address: str, port: int, backlog: int) -> IStreamServerEndpoint:

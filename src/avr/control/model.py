@@ -34,6 +34,7 @@ events to them (each component has a table of the event types it applies):
 * `avr.control.recordings.Recordings`: live and stored recordings;
 * `avr.control.transfers.Transfers`: transfer through a new leg and a bridge;
 * `avr.control.agents.Agents`: AI agents on calls, each on a media leg;
+* `avr.control.speak.Speaker`: asterisk-api's ``/speak`` (TTS played on a media leg);
 * `avr.control.resync.Resync`: reconciling with Asterisk after each connect;
 * shared by all: `avr.control.tasks.TaskGroup` (timers, tasks, waits) and `avr.control.ari_link.AriLink`.
 """
@@ -61,9 +62,11 @@ from avr.control.media_leg import MediaLegs
 from avr.control.playbacks import Playbacks
 from avr.control.recordings import Recordings
 from avr.control.resync import Resync
+from avr.control.speak import Speaker
 from avr.control.tasks import TaskGroup
 from avr.control.transfers import Transfers
 from avr.interfaces import IAgentRunner, IAriClient, IAriEventListener, IAudioInjector, ICallControl, IEventSink
+from avr.speech.openai_tts import OpenAiTts
 
 
 def _new_uuid() -> str:
@@ -105,6 +108,7 @@ class CallControl:
     :param sts_routes: named STS URLs (``STS_ROUTES``).
     :param agent_on_failure: ``hangup`` or ``continue`` (``ARI_AGENT_ON_FAILURE``).
     :param allowlist: asterisk-api's allowlist of inbound and outbound numbers (``None``: all allowed).
+    :param tts: the OpenAI-compatible TTS of ``/speak`` (``None``: 501).
     """
 
     ari: IAriClient | None
@@ -125,6 +129,7 @@ class CallControl:
     sts_routes: dict[str, str] = field(factory=dict)
     agent_on_failure: str = "hangup"
     allowlist: Allowlist | None = None
+    tts: OpenAiTts | None = None
     tasks: TaskGroup = field(init=False)
     link: AriLink = field(init=False)
     registry: CallRegistry = field(init=False)
@@ -134,6 +139,7 @@ class CallControl:
     playbacks: Playbacks = field(init=False)
     recordings: Recordings = field(init=False)
     transfers: Transfers = field(init=False)
+    speaker: Speaker = field(init=False)
     resync: Resync = field(init=False)
     agents: Agents = field(init=False)
     _handlers: dict[str, list[Callable[[dict], None]]] = field(factory=dict, init=False)
@@ -155,8 +161,10 @@ class CallControl:
                              self.playbacks, self.recordings)
         self.agents = Agents(registry, link, tasks, clock, self.legs, self, self._agent_runner, self.default_agent,
                              self.sts_routes, self.agent_on_failure)
+        self.speaker = Speaker(registry, self.playbacks, self.tts)
         # What an ended call held is released in this order (its events are published in it).
-        for released in (self.channels, self.recordings, self.legs, self.playbacks, self.bridges, self.agents):
+        for released in (self.channels, self.speaker, self.recordings, self.legs, self.playbacks, self.bridges,
+                         self.agents):
             registry.on_call_ended(released.call_ended)
         # Media legs see StasisStart first: their channels are not calls. Agents start once the calls are known.
         for component in (self.legs, self.channels, self.bridges, self.playbacks, self.recordings, self.agents):
@@ -231,6 +239,7 @@ class CallControl:
 
         :return: a Deferred firing once the ARI requests still in flight (cleanups) are done.
         """
+        self.speaker.stop()
         self.tasks.stop()
         self.channels.stop()
         self.registry.stop()
@@ -364,3 +373,8 @@ class CallControl:
     async def play_pcm(self, call_id: str, pcm: bytes, rate: int) -> dict:
         """See `Playbacks.play_pcm`."""
         return await self.playbacks.play_pcm(call_id, pcm, rate)
+
+    async def speak(self, call_id: str, text: str, voice: str | None = None, language: str | None = None,
+                    speed: float | None = None) -> dict:
+        """See `Speaker.speak`."""
+        return await self.speaker.speak(call_id, text, voice, language, speed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from attrs import define, field
-from twisted.internet.defer import DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from avr.ari.client import path_segment
@@ -65,6 +65,8 @@ class Playbacks:
     _legs: dict[str, MediaLeg] = field(factory=dict, init=False)
     #: One uploaded-audio setup at a time per call.
     _locks: dict[str, DeferredLock] = field(factory=dict, init=False)
+    #: `when_finished` waiters, by playback id.
+    _finish_waiters: dict[str, list[Deferred]] = field(factory=dict, init=False)
 
     @property
     def handlers(self) -> dict[str, Callable[[dict], None]]:
@@ -195,6 +197,19 @@ class Playbacks:
         data["state"] = "playing"
         self.registry.publish("playback.started", data, self.registry.find(playback.call_id))
 
+    def when_finished(self, playback_id: str) -> Deferred[tuple[str, str | None]]:
+        """
+        A Deferred firing with ``(status, error)`` once the playback has finished (``status`` as in its
+        ``playback.finished``: done, failed, stopped, unknown); at once with ``("unknown", None)`` for a playback
+        that is not running.
+        """
+        if playback_id not in self._playbacks:
+            return succeed(("unknown", None))
+        waiters = self._finish_waiters.setdefault(playback_id, [])
+        d: Deferred[tuple[str, str | None]] = Deferred(lambda d: waiters.remove(d) if d in waiters else None)
+        waiters.append(d)
+        return d
+
     def _finished(self, playback: Playback, status: str, error: str | None = None) -> None:
         if playback.finished:
             return
@@ -202,10 +217,13 @@ class Playbacks:
         playback.finished = True
         playback.state = status
         self._playbacks.pop(playback.id, None)
+        waiters = self._finish_waiters.pop(playback.id, [])
         data: dict[str, Any] = {"playbackId": playback.id, "kind": playback.kind, "status": status}
         if error:
             data["error"] = error
         self.registry.publish("playback.finished", data, self.registry.find(playback.call_id))
+        for waiter in waiters:
+            waiter.callback((status, error))
 
     def _ari_playback(self, event: dict) -> Playback | None:
         playback = self._playbacks.get(str((event.get("playback") or {}).get("id")))

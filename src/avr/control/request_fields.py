@@ -254,6 +254,31 @@ TRANSFER = (
     Field("callerId", _text(128)),
     Field("timeout", _integer(1, 120)),
 )
+def _number(low: float, high: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Invalid(f"must be a number, not {json_type(value)}")
+        if not low <= value <= high:
+            raise _Invalid(f"must be between {low:g} and {high:g}, got {value:g}")
+        return float(value)
+
+    return check
+
+
+def _speech_text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid("text is required")
+    if len(value) > 5000:
+        raise _Invalid("text must be 5000 characters or fewer")
+    return value
+
+
+SPEAK = (
+    Field("text", _speech_text, required=True),
+    Field("voice", _text(100)),
+    Field("language", _text(100)),
+    Field("speed", _number(0.25, 4.0)),
+)
 CREATE_BRIDGE = (Field("name", _text(80)),)
 BRIDGE_MEMBER = (Field("callId", _text(128, _ID, _CALL_ID_HINT), required=True),)
 COPY_RECORDING = (Field("destinationName", _text(200, RECORDING_NAME, _RECORDING_HINT), required=True),)

@@ -39,6 +39,7 @@ from avr.control.request_fields import (
     ORIGINATE,
     PLAY,
     RECORD,
+    SPEAK,
     TRANSFER,
     Field,
     checked_id,
@@ -152,6 +153,7 @@ _ROUTES = (
     _Route("POST", "/calls/<id>/play", "play"),
     _Route("DELETE", "/calls/<id>/play/<playbackId>", "stop_playback"),
     _Route("POST", "/calls/<id>/play/file", "play_file"),
+    _Route("POST", "/calls/<id>/speak", "speak"),
     _Route("POST", "/calls/<id>/record", "record"),
     _Route("POST", "/calls/<id>/dtmf", "send_dtmf"),
     _Route("POST", "/calls/<id>/transfer", "transfer"),
@@ -385,6 +387,14 @@ class ControlRoutes:
         playback = await self._model.play_pcm(call_id, audio.pcm, audio.rate)
         return json_response(request, 201, {"status": "ok", "durationSeconds": round(audio.duration, 3),
                                             "sampleRate": audio.rate, "playback": playback})
+
+    async def _speak(self, request: IRequest, id: str) -> bytes:
+        """Speak text into the call (TTS): {text, voice?, language?, speed?}; answers once it has been played."""
+        call_id = checked_id(id, "call")
+        body = await self._json(request, SPEAK)
+        result = await self._model.speak(call_id, body["text"], voice=body.get("voice"),
+                                         language=body.get("language"), speed=body.get("speed"))
+        return json_response(request, 200, result)
 
     async def _record(self, request: IRequest, id: str) -> bytes:
         """Start recording a call."""
