@@ -125,7 +125,7 @@ def test_media_channels_bypass_the_allowlist(tmp_path: Path) -> None:
 ])
 def test_speak_validation_as_asterisk_api(body: dict, detail: str) -> None:
     """asterisk-api's limits on /speak: text 1-5000 characters, speed 0.25-4.0."""
-    api = Api(FakeControl())
+    api = Api(FakeControl(), max_body=64 * 1024)
     status, payload, _ = api.request("POST", "/calls/1700000000.1/speak", body)
     assert status == 400 and any(detail in d for d in payload["details"]), payload
     assert api.control.calls == []  # type: ignore[union-attr]
