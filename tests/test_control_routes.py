@@ -145,6 +145,14 @@ class FakeControl:
         return {"status": "ok", "text": text, "voice": voice or "vivian", "language": language or "English",
                 "durationSeconds": 1.0, "playbackId": "pb-2"}
 
+    async def start_audio_capture(self, call_id: str) -> dict:
+        self._called("start_audio_capture", call_id)
+        return {"status": "started", "audioCapture": {"enabled": True, "format": "slin16", "sampleRate": 16000}}
+
+    async def stop_audio_capture(self, call_id: str) -> dict:
+        self._called("stop_audio_capture", call_id)
+        return {"status": "stopped", "audioCapture": None}
+
     async def record(self, call_id: str, name: Any = _UNSET, format: Any = _UNSET, max_duration: Any = _UNSET,
                      beep: Any = _UNSET, if_exists: Any = _UNSET) -> dict:
         # Only the options the route passed are recorded: the others keep the model's defaults.

@@ -385,6 +385,16 @@ class ICallControl(Interface):
         :raises avr.control.speak.SpeakFailed: 501 no TTS, 502/504 the TTS failed. :raises Conflict: interrupted.
         """
 
+    def start_audio_capture(call_id: str) -> Awaitable[dict]:
+        """
+        Capture the caller's audio (snoop ``spy=in`` + a media leg) into the streaming ASR.
+
+        :return: ``{"status": "started", "audioCapture": {...}}``. :raises Conflict: already captured.
+        """
+
+    def stop_audio_capture(call_id: str) -> Awaitable[dict]:
+        """Stop the capture (the ASR flushed and closed). :return: ``{"status": "stopped", "audioCapture"}``."""
+
     # -- recordings -----------------------------------------------------------------------------------------------
 
     def record(call_id: str, name: str | None = None, format: str = "wav",

@@ -30,6 +30,7 @@ from avr.config import PIPELINE_MODE, STS_MODE, Config, agent_mode, redact_url, 
 from avr.control.agents import AgentSpec
 from avr.control.call_observer import RegistryObserver
 from avr.control.call_registry import CallRegistry
+from avr.control.capture import AsrSessions, AudioListener
 from avr.control.hub import EventsHub, FanOut
 from avr.control.injection import PcmInjector
 from avr.control.model import CallControl
@@ -49,6 +50,7 @@ from avr.pipeline.vad import ThreadedVadRunner
 from avr.playout import PLAYOUT_PHASES, FrameTicker
 from avr.registrations import Registrations
 from avr.speech.openai_tts import OpenAiTts
+from avr.speech.streaming_asr import StreamingAsrSession, asr_dialer
 from avr.sts.echo import EchoStsConnector
 from avr.sts.http import HttpStsConnector
 from avr.sts.websocket import WebSocketStsConnector
@@ -175,7 +177,8 @@ def audiosocket_address(config: Config) -> str:
 
 
 def build_control(
-    reactor: Any, config: Config, http_client: Any, injector: IAudioInjector, fresh_http_client: Any = None
+    reactor: Any, config: Config, http_client: Any, injector: IAudioInjector, fresh_http_client: Any = None,
+    listener: AudioListener | None = None,
 ) -> ControlService:
     """
     The call registry and where its events go (the /events hub, the events webhook), with ARI configured the
@@ -211,12 +214,24 @@ def build_control(
         agent_on_failure=config.ari_agent_on_failure,
         allowlist=allowlist,
         tts=openai_tts(reactor, config, http_client),
+        listener=listener,
+        asr_sessions=asr_sessions(reactor, config),
     )
     stream = AriEventStream(
         reactor, endpoint_connector(reactor), config.ari_url, config.ari_app,
         config.ari_username, config.ari_password, control,
     )
     return ControlService(hub, registry, control, stream, events_webhook, allowlist)
+
+
+def asr_sessions(reactor: Any, config: Config) -> AsrSessions | None:
+    """asterisk-api's streaming ASR for captured calls (``None`` when ``ASR_URL`` is not a ``ws(s)://`` URL)."""
+    url = config.streaming_asr_url
+    if url is None:
+        return None
+    dial = asr_dialer(reactor)
+    return lambda call_id, on_transcription, on_lost: StreamingAsrSession(
+        call_id, url, config.asr_language, reactor, dial, on_transcription, on_lost)
 
 
 def openai_tts(reactor: Any, config: Config, http_client: Any) -> OpenAiTts | None:
@@ -300,7 +315,8 @@ def build(
     webhooks = WebhookClient.from_config(http_client, reactor, config, fresh_http_client)
     ticker = FrameTicker(reactor, phases=PLAYOUT_PHASES)
     # Added before the calls, so stopped after them: the calls ended at shutdown still reach /events.
-    control = build_control(reactor, config, http_client, PcmInjector(admissions, ticker), fresh_http_client)
+    control = build_control(reactor, config, http_client, PcmInjector(admissions, ticker), fresh_http_client,
+                            AudioListener(admissions))
     control.setName("control")
     control.setServiceParent(top)
     calls = CallManager(

@@ -54,6 +54,9 @@ class MediaLeg:
     what: str
     on_end: Callable[[MediaLeg], None]
     uuid: str = field(factory=lambda: str(uuid.uuid4()))
+    #: Another channel of the call to join instead of the call itself (a snoop channel capturing its audio):
+    #: always in a temporary bridge of its own, the call's bridges untouched.
+    join_channel: str | None = None
     bridge_id: str | None = field(default=None, init=False)
     work: Deferred | None = field(default=None, init=False)
     started: bool = field(default=False, init=False)
@@ -67,6 +70,11 @@ class MediaLeg:
     def channel_id(self) -> str:
         """The ARI id of the leg's channel."""
         return MEDIA_CHANNEL_PREFIX + self.uuid
+
+    @property
+    def joined(self) -> str:
+        """The channel the leg is joined with: the call's, or `join_channel`."""
+        return self.join_channel or self.call.id
 
     async def start(self, connect: Callable[[str], Deferred]) -> None:
         """
@@ -98,7 +106,7 @@ class MediaLeg:
         })
         await in_stasis
         self._check()
-        target = call.ari_bridge_id
+        target = call.ari_bridge_id if self.join_channel is None else None
         if target is not None:
             await ari.request("POST", f"/bridges/{path_segment(target)}/addChannel", {"channel": self.channel_id})
             self.bridge_id = target
@@ -110,8 +118,8 @@ class MediaLeg:
             await ari.request("POST", f"/bridges/{path_segment(bridge_id)}", {"type": "mixing", "name": bridge_id})
             self._check()
             await ari.request("POST", f"/bridges/{path_segment(bridge_id)}/addChannel",
-                              {"channel": [call.id, self.channel_id]})
-            if not call.ended:
+                              {"channel": [self.joined, self.channel_id]})
+            if not call.ended and self.join_channel is None:
                 call.ari_bridge_id = bridge_id
         self._check()
 
@@ -195,13 +203,28 @@ class MediaLegs:
             "ChannelLeftBridge": self._on_channel_left_bridge,
         }
 
-    def open(self, call: CallRecord, format: str, what: str, on_end: Callable[[MediaLeg], None]) -> MediaLeg:
-        """A new leg for ``call`` carrying audio in ARI ``format`` (``slin16``, ...); `MediaLeg.start` it."""
-        leg = MediaLeg(self, call, format, what, on_end)
+    def open(self, call: CallRecord, format: str, what: str, on_end: Callable[[MediaLeg], None],
+             join_channel: str | None = None) -> MediaLeg:
+        """
+        A new leg for ``call`` carrying audio in ARI ``format`` (``slin16``, ...); `MediaLeg.start` it.
+
+        :param join_channel: a channel to join instead of the call's (see `MediaLeg.join_channel`).
+        """
+        leg = MediaLeg(self, call, format, what, on_end, join_channel=join_channel)
         self._channels[leg.channel_id] = False
         self._legs.add(leg)
         self.registry.add(MediaLegRecord(leg.channel_id, leg.uuid, call.id, self.registry.clock.seconds()))
         return leg
+
+    def claim(self, channel_id: str) -> None:
+        """``channel_id`` (named with `MEDIA_CHANNEL_PREFIX`) is a channel avr is about to make for a call other
+        than a leg's (a snoop): its StasisStart is awaited with `wait_stasis`, not hung up as a leftover."""
+        self._channels.setdefault(channel_id, False)
+
+    def release(self, channel_id: str) -> None:
+        """A `claim` ed channel is done with: it is hung up."""
+        if self._channels.pop(channel_id, None) is not None:
+            self.ari.hang_up_quietly(channel_id)
 
     def is_media_channel(self, channel_id: str) -> bool:
         """``channel_id`` is a media leg's channel, or one avr made before it restarted."""
@@ -305,5 +328,5 @@ class MediaLegs:
         bridge_id = (event.get("bridge") or {}).get("id")
         call_id = (event.get("channel") or {}).get("id")
         for leg in list(self._temporary.get(bridge_id, ()) if isinstance(bridge_id, str) else ()):
-            if leg.call.id == call_id and leg.started:
+            if leg.joined == call_id and leg.started:
                 leg.stop()

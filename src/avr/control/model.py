@@ -35,6 +35,7 @@ events to them (each component has a table of the event types it applies):
 * `avr.control.transfers.Transfers`: transfer through a new leg and a bridge;
 * `avr.control.agents.Agents`: AI agents on calls, each on a media leg;
 * `avr.control.speak.Speaker`: asterisk-api's ``/speak`` (TTS played on a media leg);
+* `avr.control.capture.AudioCaptures`: asterisk-api's live capture (snoop + media leg) and its streaming ASR;
 * `avr.control.resync.Resync`: reconciling with Asterisk after each connect;
 * shared by all: `avr.control.tasks.TaskGroup` (timers, tasks, waits) and `avr.control.ari_link.AriLink`.
 """
@@ -45,7 +46,7 @@ import uuid
 from typing import Any, Callable
 
 from attrs import define, field
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -56,6 +57,7 @@ from avr.control.agents import AgentSpec, Agents
 from avr.control.ari_link import AriLink
 from avr.control.bridges import Bridges
 from avr.control.call_registry import DEFAULT_RETENTION, CallRegistry
+from avr.control.capture import AsrSessions, AudioCaptures, AudioListener
 from avr.control.channels import Channels
 from avr.control.errors import Conflict
 from avr.control.media_leg import MediaLegs
@@ -109,6 +111,8 @@ class CallControl:
     :param agent_on_failure: ``hangup`` or ``continue`` (``ARI_AGENT_ON_FAILURE``).
     :param allowlist: asterisk-api's allowlist of inbound and outbound numbers (``None``: all allowed).
     :param tts: the OpenAI-compatible TTS of ``/speak`` (``None``: 501).
+    :param listener: takes the AudioSocket connections of audio captures (``None``: capture unavailable).
+    :param asr_sessions: makes the streaming ASR session of a captured call (``None``: no ASR).
     """
 
     ari: IAriClient | None
@@ -130,6 +134,8 @@ class CallControl:
     agent_on_failure: str = "hangup"
     allowlist: Allowlist | None = None
     tts: OpenAiTts | None = None
+    listener: AudioListener | None = None
+    asr_sessions: AsrSessions | None = None
     tasks: TaskGroup = field(init=False)
     link: AriLink = field(init=False)
     registry: CallRegistry = field(init=False)
@@ -140,6 +146,7 @@ class CallControl:
     recordings: Recordings = field(init=False)
     transfers: Transfers = field(init=False)
     speaker: Speaker = field(init=False)
+    captures: AudioCaptures = field(init=False)
     resync: Resync = field(init=False)
     agents: Agents = field(init=False)
     _handlers: dict[str, list[Callable[[dict], None]]] = field(factory=dict, init=False)
@@ -162,12 +169,14 @@ class CallControl:
         self.agents = Agents(registry, link, tasks, clock, self.legs, self, self._agent_runner, self.default_agent,
                              self.sts_routes, self.agent_on_failure)
         self.speaker = Speaker(registry, self.playbacks, self.tts)
+        self.captures = AudioCaptures(registry, link, tasks, clock, self.legs, app, self.listener, self.asr_sessions)
         # What an ended call held is released in this order (its events are published in it).
-        for released in (self.channels, self.speaker, self.recordings, self.legs, self.playbacks, self.bridges,
-                         self.agents):
+        for released in (self.channels, self.speaker, self.captures, self.recordings, self.legs, self.playbacks,
+                         self.bridges, self.agents):
             registry.on_call_ended(released.call_ended)
         # Media legs see StasisStart first: their channels are not calls. Agents start once the calls are known.
-        for component in (self.legs, self.channels, self.bridges, self.playbacks, self.recordings, self.agents):
+        for component in (self.legs, self.channels, self.bridges, self.playbacks, self.recordings, self.captures,
+                          self.agents):
             for type_, handler in component.handlers.items():
                 self._handlers.setdefault(type_, []).append(handler)
 
@@ -237,14 +246,16 @@ class CallControl:
         Shut down: cancel every timer, fail pending waits, stop the media legs (their channels are hung up). Live
         calls are left alone.
 
-        :return: a Deferred firing once the ARI requests still in flight (cleanups) are done.
+        :return: a Deferred firing once the ARI requests still in flight (cleanups) are done and the audio
+            captures' ASR sessions are flushed and closed.
         """
         self.speaker.stop()
+        capturing = self.captures.stop_all()
         self.tasks.stop()
         self.channels.stop()
         self.registry.stop()
         self.legs.stop()
-        return self.tasks.drained()
+        return DeferredList([capturing, self.tasks.drained()], consumeErrors=True).addCallback(lambda _: None)
 
     # -- calls --------------------------------------------------------------------------------------------------
 
@@ -378,3 +389,11 @@ class CallControl:
                     speed: float | None = None) -> dict:
         """See `Speaker.speak`."""
         return await self.speaker.speak(call_id, text, voice, language, speed)
+
+    async def start_audio_capture(self, call_id: str) -> dict:
+        """See `AudioCaptures.start`."""
+        return await self.captures.start(call_id)
+
+    async def stop_audio_capture(self, call_id: str) -> dict:
+        """See `AudioCaptures.stop`."""
+        return await self.captures.stop(call_id)

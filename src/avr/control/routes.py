@@ -154,6 +154,8 @@ _ROUTES = (
     _Route("DELETE", "/calls/<id>/play/<playbackId>", "stop_playback"),
     _Route("POST", "/calls/<id>/play/file", "play_file"),
     _Route("POST", "/calls/<id>/speak", "speak"),
+    _Route("POST", "/calls/<id>/audio/start", "start_audio_capture"),
+    _Route("POST", "/calls/<id>/audio/stop", "stop_audio_capture"),
     _Route("POST", "/calls/<id>/record", "record"),
     _Route("POST", "/calls/<id>/dtmf", "send_dtmf"),
     _Route("POST", "/calls/<id>/transfer", "transfer"),
@@ -395,6 +397,18 @@ class ControlRoutes:
         result = await self._model.speak(call_id, body["text"], voice=body.get("voice"),
                                          language=body.get("language"), speed=body.get("speed"))
         return json_response(request, 200, result)
+
+    async def _start_audio_capture(self, request: IRequest, id: str) -> bytes:
+        """Start live capture of the caller's audio into the streaming ASR (call.transcription events)."""
+        call_id = checked_id(id, "call")
+        await self._read_fields(request, (), optional=True)
+        return json_response(request, 200, await self._model.start_audio_capture(call_id))
+
+    async def _stop_audio_capture(self, request: IRequest, id: str) -> bytes:
+        """Stop the audio capture (always a JSON answer, also when none was running)."""
+        call_id = checked_id(id, "call")
+        await self._read_fields(request, (), optional=True)
+        return json_response(request, 200, await self._model.stop_audio_capture(call_id))
 
     async def _record(self, request: IRequest, id: str) -> bytes:
         """Start recording a call."""
