@@ -62,9 +62,9 @@ class Transfers:
         4. Failure (busy, no answer within ``timeout``, rejected, unreachable, or the caller hung up meanwhile):
            the ringing stops, the target leg is hung up if still up, no bridge is left behind, the original call
            is exactly as before (answered, never dropped, never left silent), ``call.transfer_failed`` is published
-           with the reason and the target's cause, and the error is raised: `NotAnswered` (408, asterisk-api's) when
-           the target did not answer, `Conflict` (409) when it was busy or failed, or the call ended; `AriError` when Asterisk
-           refused the originate.
+           with the reason and the target's cause, and the error is raised: `NotAnswered` (408, asterisk-api's)
+           when the target did not answer, `Conflict` (409) when it was busy or failed, or the call ended;
+           `AriError` when Asterisk refused the originate.
 
         :raises NotFound: unknown call. :raises Conflict: the call is ended, not answered, not in Stasis, in a
             bridge already, or already being transferred. :raises Forbidden: the outbound allowlist does not list
