@@ -2,10 +2,10 @@
 The benchmark's load generator: N simulated Asterisk callers against a relay's AudioSocket port.
 
 Every caller is a `avr.testing.asterisk.SimulatedAsterisk` connection sending a 20 ms frame of a tone in real time;
-one timer sends the frames of all callers, their 20 ms phases spread over a few groups as real calls' are (see
-`Sender`), and the frames are built once up front. Each frame carries its caller and sequence slot in the least
-significant bit of its first 32 samples, inaudible and exact through an echo that does not resample, so each frame
-heard back is matched to the frame sent.
+each caller keeps its own absolute 20 ms schedule, its phase spread evenly over the period as real calls' are (or
+at random, or in a few groups: see `arrival_offsets` and `Sender`), and the frames are built once up front. Each
+frame carries its caller and sequence slot in the least significant bit of its first 32 samples, inaudible and exact
+through an echo that does not resample, so each frame heard back is matched to the frame sent.
 
 Measured over a steady window that starts after a warm-up:
 
@@ -14,7 +14,9 @@ Measured over a steady window that starts after a warm-up:
 - lost frames (sent in the window, never heard back) and late ones (heard back more than `LATE_AFTER` after sending);
 - whether each call stayed up;
 - this process's own send lateness (how far each tick ran behind its slot), so a saturated harness shows;
-- CPU time (utime + stime) and RSS of the watched processes, read from ``/proc`` at the window's edges.
+- CPU time (utime + stime), time spent ready but waiting for a CPU (``/proc/PID/schedstat``: how much the processes
+  on this machine delay each other) and RSS of the watched processes and of this one, read from ``/proc`` at the
+  window's edges.
 
 Prints one JSON object. Normally started by `benchmarks.run`.
 
@@ -27,9 +29,10 @@ import argparse
 import json
 import math
 import os
+import random
 import sys
 from array import array
-from typing import Any
+from typing import Any, Protocol, Sequence
 
 from attrs import define, field, frozen
 from twisted.internet.defer import DeferredList, ensureDeferred
@@ -83,11 +86,15 @@ def _swapped(pcm: array) -> bytes:
 
 @frozen
 class ProcessSample:
-    """CPU seconds used so far (user + system; and the system part alone) and resident memory of one process."""
+    """
+    CPU seconds used so far (user + system; and the system part alone), seconds its main thread spent runnable but
+    waiting for a CPU (``None`` where the kernel keeps no schedstats) and resident memory of one process.
+    """
 
     cpu: float
     system: float
     rss_kb: int
+    run_wait: float | None = None
 
     @classmethod
     def read(cls, pid: int | str) -> ProcessSample:
@@ -102,7 +109,13 @@ class ProcessSample:
                 if line.startswith("VmRSS:"):
                     rss_kb = int(line.split()[1])
                     break
-        return cls(utime + stime, stime, rss_kb)
+        run_wait = None
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                run_wait = int(f.read().split()[1]) / 1e9  # sched-stats.rst: on-CPU ns, waiting ns, timeslices
+        except (OSError, IndexError, ValueError):
+            pass
+        return cls(utime + stime, stime, rss_kb, run_wait)
 
 
 @define(eq=False)
@@ -173,35 +186,67 @@ class Caller:
         return self.asterisk is not None and self.asterisk.connected and self.asterisk.end_reason is None
 
 
+#: How the callers' 20 ms phases are placed (see `arrival_offsets`).
+ARRIVALS = ("even", "random", "groups")
+
+
+def arrival_offsets(count: int, arrivals: str, phases: int = 4, seed: int = 0) -> list[float]:
+    """
+    When in the 20 ms period each of ``count`` callers sends its frames, in seconds from the period's start.
+
+    - ``even``: one caller every ``20 ms / count`` (at N = 200, every 0.1 ms), as real calls are: each Asterisk
+      channel keeps its own 20 ms timing, so their frames arrive spread over the period;
+    - ``random``: each caller at a uniformly random instant of the period (reproducible with ``seed``);
+    - ``groups``: the callers dealt into ``phases`` groups due ``20 ms / phases`` apart (``phases=1``: every caller
+      in the same instant, the worst case for a relay; more groups than calls leave some groups empty).
+    """
+    if arrivals == "even":
+        return [i * PERIOD / count for i in range(count)]
+    if arrivals == "random":
+        rng = random.Random(seed)
+        return [rng.random() * PERIOD for _ in range(count)]
+    if arrivals == "groups":
+        if phases < 1:
+            raise ValueError(f"phases must be at least 1, got {phases}")
+        return [(i % phases) * PERIOD / phases for i in range(count)]
+    raise ValueError(f"unknown arrivals {arrivals!r} (one of {', '.join(ARRIVALS)})")
+
+
+class _Sends(Protocol):
+    def send(self, now: float) -> None: ...
+
+
 @define(eq=False)
 class Sender:
     """
-    The one timer of all callers.
+    The callers' clock: caller ``i``'s ``k``-th frame is due at ``start + offsets[i] + k × 20 ms``.
 
-    Real calls are not in step: each one's frames follow its own RTP stream, so their 20 ms phases are spread out.
-    The callers are dealt into ``phases`` groups whose frames are due ``20 ms / phases`` apart: tick ``k`` is due at
-    ``start + k × 20 ms / phases`` and sends one frame for each caller of group ``k mod phases`` (``phases=1``: every
-    caller in the same instant, the worst case for a relay). A late tick also sends what the ticks it missed should
-    have sent, up to `MAX_CATCH_UP` frames per caller; how late each tick ran is kept in ``lateness``.
+    Each caller keeps its own absolute 20 ms schedule, as an Asterisk channel does, but one timer serves them all:
+    it wakes at the next frame due, sends every frame due by then, in order, and sleeps until the next (the same
+    sends as one timer per call, without a timer heap of N entries). Wake-ups are as fine as the reactor's poll
+    timeout (1 ms with epoll), so with evenly spread callers each wake-up sends the few frames of that millisecond.
+    A frame more than `MAX_CATCH_UP` periods late is skipped (counted in ``missed``), as a stalled RTP source's
+    would be; how late each frame sent was is kept in ``lateness``.
     """
 
     reactor: Any
-    callers: list[Caller]
-    phases: int = 1
-    lateness: list[float] = field(factory=list)
+    callers: Sequence[_Sends]
+    offsets: Sequence[float]
+    lateness: array = field(factory=lambda: array("d"))
     missed: int = 0
-    _groups: list[list[Caller]] = field(init=False)
-    _step: float = field(init=False)
+    _order: list[tuple[float, _Sends]] = field(init=False)
     _start: float = 0.0
-    _tick: int = 0
+    _cycle: int = 0
+    _pos: int = 0
     _call: Any = None
 
     def __attrs_post_init__(self) -> None:
-        self._groups = [self.callers[g::self.phases] for g in range(self.phases)]
-        self._step = PERIOD / self.phases
+        if len(self.offsets) != len(self.callers):
+            raise ValueError("one offset per caller")
+        self._order = sorted(zip(self.offsets, self.callers, strict=True), key=lambda pair: pair[0])
 
     def start(self) -> None:
-        """Send the first frames now."""
+        """Start the schedule now (the callers at offset 0 send at once)."""
         self._start = self.reactor.seconds()
         self._run()
 
@@ -212,18 +257,34 @@ class Sender:
         self._call = None
 
     def _run(self) -> None:
+        self._call = None
+        order = self._order
+        if not order:
+            return
         now = self.reactor.seconds()
-        due = int((now - self._start) / self._step + 1e-6)  # the latest tick due by now
-        self.lateness.append(now - (self._start + self._tick * self._step))
-        self.missed += due - self._tick
-        for tick in range(max(self._tick, due - MAX_CATCH_UP * self.phases + 1), due + 1):
-            for caller in self._groups[tick % self.phases]:
+        lateness, limit = self.lateness, MAX_CATCH_UP * PERIOD
+        pos, cycle = self._pos, self._cycle
+        base = self._start + cycle * PERIOD
+        while True:
+            offset, caller = order[pos]
+            due = base + offset
+            if due > now:
+                break
+            late = now - due
+            if late < limit:
                 caller.send(now)
-        self._tick = due + 1
-        self._call = self.reactor.callLater(max(0.0, self._start + self._tick * self._step - now), self._run)
+                lateness.append(late)
+            else:
+                self.missed += 1
+            pos += 1
+            if pos == len(order):
+                pos, cycle = 0, cycle + 1
+                base = self._start + cycle * PERIOD
+        self._pos, self._cycle = pos, cycle
+        self._call = self.reactor.callLater(due - now, self._run)
 
 
-def percentiles_ms(values: list[float]) -> dict[str, float | None]:
+def percentiles_ms(values: Sequence[float]) -> dict[str, float | None]:
     """p50, p99 and max of ``values`` (seconds), in milliseconds."""
     if not values:
         return {"p50": None, "p99": None, "max": None}
@@ -255,11 +316,11 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     # Let every STS session open before audio starts, so that no caller audio is held back during connection and
     # then echoed in one burst (which would leave a standing queue, and so extra echo delay, for the whole run).
     await deferLater(reactor, args.settle, lambda: None)
-    sender = Sender(reactor, callers, args.phases)
+    sender = Sender(reactor, callers, arrival_offsets(len(callers), args.arrivals, args.phases, args.seed))
     sender.start()
     await deferLater(reactor, args.warmup, lambda: None)
 
-    sender.lateness = []
+    sender.lateness = array("d")
     sender.missed = 0
     start = reactor.seconds()
     before = {name: ProcessSample.read(pid) for name, pid in watch.items()}
@@ -285,6 +346,9 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
             "system_share": round((after[name].system - before[name].system) / cpu, 3) if cpu else None,
             "rss_kb": after[name].rss_kb,
         }
+        waited, waited_before = after[name].run_wait, before[name].run_wait
+        entry["run_queue_wait_ms_per_s"] = (
+            None if waited is None or waited_before is None else round((waited - waited_before) * 1000 / window, 2))
         if name in idle:
             entry["rss_idle_kb"] = idle[name].rss_kb
             entry["rss_kb_per_call"] = round((after[name].rss_kb - idle[name].rss_kb) / args.calls, 1)
@@ -311,7 +375,8 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "calls": args.calls,
         "rate": args.rate,
-        "phases": args.phases,
+        "arrivals": args.arrivals,
+        "phases": args.phases if args.arrivals == "groups" else None,
         "window_s": round(window, 3),
         "processes": processes,
         "frames_sent": sent,
@@ -336,8 +401,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--rate", type=int, default=8000, choices=sorted(set(AUDIO_KIND_RATES.values())))
+    parser.add_argument("--arrivals", choices=ARRIVALS, default="even",
+                        help="the callers' phases over the 20 ms period: evenly spread (default), random, or in "
+                             "--phases groups")
     parser.add_argument("--phases", type=int, default=4,
-                        help="groups of callers whose frames are due 20 ms / PHASES apart (1: all at once)")
+                        help="with --arrivals groups: groups of callers due 20 ms / PHASES apart (1: all at once)")
+    parser.add_argument("--seed", type=int, default=0, help="with --arrivals random: the random phases' seed")
     parser.add_argument("--settle", type=float, default=1.0,
                         help="seconds between connecting the calls (UUID sent) and their first audio frame")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds sent before the window starts")

@@ -4,8 +4,10 @@ Run the benchmark: avr and the Node.js relay side by side, at several numbers of
 For every (rate, N, relay) it starts three processes besides this one: the lean echo STS (`benchmarks.echo_sts`), the
 relay under test (``twistd --nodaemon avr``, or ``node benchmarks/node-relay/relay.js``) and the load generator
 (`benchmarks.loadgen`), which measures the calls and samples the relay's CPU time and RSS from ``/proc`` at the edges
-of the steady window. The relays are interleaved at each N, so both see the same machine conditions, and the relay
-runs on a CPU of its own (see `cpu_split`).
+of the steady window. The relays are interleaved at each N, so both see the same machine conditions. By default the
+callers' frames are spread evenly over the 20 ms period, as real calls' are, and nothing is pinned: the relay shares
+the machine with the harness as a server shares it with its neighbours (see `cpu_split` for the other isolations,
+and ``--arrivals`` for random phases or the older grouped callers).
 
     scripts/bench                       # the full run (about 10 minutes), results in bench-results/
     scripts/bench --publish             # ... and write benchmarks/results.json and the tables of BENCHMARKS.md
@@ -37,6 +39,9 @@ RESULTS_JSON = ROOT / "benchmarks" / "results.json"
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 RESULTS_MARKERS = ("<!-- results -->", "<!-- /results -->")
 RELAYS = ("avr", "node")
+#: Ways of spreading the callers over the 20 ms period (`benchmarks.loadgen.arrival_offsets`); kept here so that
+#: importing this module does not import Twisted.
+ARRIVALS = ("even", "random", "groups")
 
 
 def free_port() -> int:
@@ -129,11 +134,18 @@ def cpu_split(isolation: str) -> tuple[Any, Any]:
     return None, None
 
 
-def run_one(relay: str, calls: int, rate: int, phases: int, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+def arrival_label(arrivals: str, phases: int) -> str:
+    """A short name for a way of spreading callers: ``even``, ``random``, ``groups4``, ``groups1`` (in step)."""
+    return f"groups{phases}" if arrivals == "groups" else arrivals
+
+
+def run_one(relay: str, calls: int, rate: int, arrivals: str, phases: int, args: argparse.Namespace,
+            logs: Path) -> dict[str, Any]:
     """One measurement: fresh echo STS and relay processes, one load generator run."""
     relay_setup, harness_setup = cpu_split(args.isolation)
+    load_average = _load_average()
     sts_port, port = free_port(), free_port()
-    tag = f"{relay}-{rate}-{calls}-p{phases}"
+    tag = f"{relay}-{rate}-{calls}-{arrival_label(arrivals, phases)}"
     with open(logs / f"echo-{tag}.log", "wb") as echo_log, open(logs / f"{tag}.out", "wb") as relay_log:
         echo = subprocess.Popen([sys.executable, "-m", "benchmarks.echo_sts", "--port", str(sts_port)],
                                 cwd=ROOT, env=base_env(), stdout=echo_log, stderr=subprocess.STDOUT,
@@ -147,7 +159,8 @@ def run_one(relay: str, calls: int, rate: int, phases: int, args: argparse.Names
             wait_for_port(port, server, relay)
             load = subprocess.run(
                 [sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--calls", str(calls),
-                 "--rate", str(rate), "--phases", str(phases), "--warmup", str(args.warmup),
+                 "--rate", str(rate), "--arrivals", arrivals, "--phases", str(phases), "--seed", str(args.seed),
+                 "--warmup", str(args.warmup),
                  "--duration", str(args.duration),
                  "--watch", f"relay={server.pid}", "--watch", f"echo={echo.pid}"],
                 cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=args.warmup + args.duration + 120,
@@ -156,6 +169,8 @@ def run_one(relay: str, calls: int, rate: int, phases: int, args: argparse.Names
                 raise RuntimeError(f"load generator failed for {tag}:\n{load.stderr[-3000:]}")
             result = json.loads(load.stdout)
             result["relay"] = relay
+            result["isolation"] = args.isolation
+            result["load_average"] = load_average
             return result
         finally:
             if server is not None:
@@ -183,6 +198,14 @@ def machine() -> dict[str, Any]:
             "autobahn_nvx": USES_NVX, **versions}
 
 
+def _load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages now (how busy the machine was besides this benchmark)."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "–"
@@ -195,18 +218,17 @@ def tables(report: dict[str, Any]) -> str:
     """The Markdown tables of a report: cost per call, then audio quality, one pair per rate."""
     runs = report["runs"]
     out = []
-    for rate, phases in sorted({(r["rate"], r["phases"]) for r in runs}, key=lambda k: (-k[1], k[0])):
-        at_rate = [r for r in runs if r["rate"] == rate and r["phases"] == phases]
+    for rate, label in sorted({(r["rate"], _label(r)) for r in runs}, key=lambda k: (_label_order(k[1]), k[0])):
+        at_rate = [r for r in runs if r["rate"] == rate and _label(r) == label]
         relays = [relay for relay in RELAYS if any(r["relay"] == relay for r in at_rate)]
         ns = sorted({r["calls"] for r in at_rate})
         find = {(r["relay"], r["calls"]): r for r in at_rate}
-        spread = "every caller in step" if phases == 1 else f"callers in {phases} phase groups"
-        out.append(f"#### {rate / 1000:g} kHz ({rate // 50 * 2}-byte frames), {spread}, "
-                   f"{at_rate[0]['window_s']:.0f} s window\n")
+        out.append(f"#### {rate / 1000:g} kHz ({rate // 50 * 2}-byte frames), {_spread(at_rate[0])}, "
+                   f"{at_rate[0]['window_s']:.0f} s window, {_isolation(at_rate[0])}\n")
         head = ["N"]
         for relay in relays:
             head += [f"{relay} CPU ms per call-second", f"{relay} calls/core", f"{relay} RSS KB per call"]
-        head += ["echo STS CPU (cores)", "load client CPU (cores)"]
+        head += ["echo STS CPU (cores)", "load client CPU (cores)", "load average (1 min)"]
         rows = []
         for n in ns:
             row = [str(n)]
@@ -219,10 +241,12 @@ def tables(report: dict[str, Any]) -> str:
             harness = [find[(relay, n)] for relay in relays if (relay, n) in find]
             row.append(" / ".join(_fmt(r["processes"]["echo"]["cpu_share_of_core"]) for r in harness))
             row.append(" / ".join(_fmt(r["processes"]["loadgen"]["cpu_share_of_core"]) for r in harness))
+            row.append(" / ".join(_fmt((r.get("load_average") or [None])[0]) for r in harness))
             rows.append(row)
         out.append(_table(head, rows))
         head = ["N", "relay", "interval deviation p50 / p99 / max (ms)", "echo delay p50 / p99 / max (ms)",
-                "frames sent", "lost", "late", "calls up", "load client send lateness p99 / max (ms)"]
+                "frames sent", "lost", "late", "calls up", "load client send lateness p99 / max (ms)",
+                "waiting for a CPU: relay / echo STS / load client (ms per s)"]
         rows = []
         for n in ns:
             for relay in relays:
@@ -233,9 +257,36 @@ def tables(report: dict[str, Any]) -> str:
                 rows.append([str(n), relay, f"{_fmt(d['p50'])} / {_fmt(d['p99'])} / {_fmt(d['max'])}",
                              f"{_fmt(e['p50'])} / {_fmt(e['p99'])} / {_fmt(e['max'])}", str(r["frames_sent"]),
                              str(r["frames_lost"]), str(r["frames_late"]), f"{r['calls_up']}/{n}",
-                             f"{_fmt(s['p99'])} / {_fmt(s['max'])}"])
+                             f"{_fmt(s['p99'])} / {_fmt(s['max'])}",
+                             " / ".join(_fmt(r["processes"][name].get("run_queue_wait_ms_per_s"), 1)
+                                        for name in ("relay", "echo", "loadgen"))])
         out.append(_table(head, rows))
     return "\n".join(out)
+
+
+def _label(run: dict[str, Any]) -> str:
+    # Reports from before --arrivals had only phase groups.
+    return arrival_label(run.get("arrivals", "groups"), run["phases"])
+
+
+def _label_order(label: str) -> tuple[int, int]:
+    if label.startswith("groups"):
+        return (2, -int(label[len("groups"):]))
+    return (0 if label == "even" else 1, 0)
+
+
+def _spread(run: dict[str, Any]) -> str:
+    arrivals = run.get("arrivals", "groups")
+    if arrivals == "even":
+        return "callers spread evenly over the 20 ms period"
+    if arrivals == "random":
+        return "callers at random phases"
+    return "every caller in step" if run["phases"] == 1 else f"callers in {run['phases']} phase groups"
+
+
+def _isolation(run: dict[str, Any]) -> str:
+    return {"pin": "relay pinned to a CPU of its own", "nice": "harness at nice 10",
+            "none": "unpinned"}.get(run.get("isolation", "pin"), "")
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
@@ -258,7 +309,8 @@ def publish(report: dict[str, Any]) -> None:
     if not pattern.search(text):
         raise SystemExit(f"{BENCHMARKS_MD.name} has no {start} … {end} section")
     machine = report["machine"]
-    body = (f"{start}\n\n_Run of {report['started']} on {machine['cpu']} ({machine['cores']} cores)._\n\n"
+    body = (f"{start}\n\n_Run of {report['started']} on {machine['cpu']} ({machine['cores']} cores), load average "
+            f"{report.get('load_average')} at the start (1, 5, 15 minutes)._\n\n"
             f"{tables(report)}\n{end}")
     BENCHMARKS_MD.write_text(pattern.sub(lambda _: body, text))
 
@@ -268,15 +320,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--relays", default="avr,node", help="comma-separated: avr, node")
     parser.add_argument("--calls", default="50,100,200,300", help="comma-separated numbers of concurrent calls")
     parser.add_argument("--rates", default="8000,16000", help="comma-separated caller sample rates")
+    parser.add_argument("--arrivals", default="even",
+                        help="comma-separated ways of spreading the callers' frames over the 20 ms period: even "
+                             "(default, as real calls), random, groups (PHASES groups, as benchmarks before "
+                             "2026-12 did)")
     parser.add_argument("--phases", type=int, default=4,
-                        help="the callers' frames are due in this many groups, 20 ms / PHASES apart")
+                        help="with --arrivals groups: the callers' frames are due in this many groups, 20 ms / "
+                             "PHASES apart")
+    parser.add_argument("--seed", type=int, default=0, help="with --arrivals random: the phases' seed")
     parser.add_argument("--in-step", default="200",
-                        help="comma-separated N also run with every caller in step (phases 1), at the first rate")
+                        help="comma-separated N also run with every caller in step (groups of 1), at the first rate")
     parser.add_argument("--avr-source", type=Path,
                         help="run the avr of another checkout (its src/ and twisted/plugins/), e.g. to compare commits")
-    parser.add_argument("--isolation", choices=("pin", "nice", "none"), default="pin",
-                        help="keep the harness from delaying the relay: relay pinned to a CPU of its own (default), "
-                             "harness at nice 10, or neither")
+    parser.add_argument("--isolation", choices=("none", "pin", "nice"), default="none",
+                        help="none (default): every process anywhere, as on a real server; pin: the relay on a CPU "
+                             "of its own, the harness on the others; nice: the harness at nice 10")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results", help="directory for JSON and logs")
@@ -294,18 +352,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {"started": started.isoformat(timespec="seconds"), "machine": machine(),
                               "avr_source": str(args.avr_source) if args.avr_source else None,
                               "warmup_s": args.warmup, "window_s": args.duration,
-                              "isolation": args.isolation,
+                              "isolation": args.isolation, "load_average": _load_average(),
                               "runs": []}
-    plan = [(int(rate), int(calls), args.phases) for rate in args.rates.split(",") for calls in args.calls.split(",")]
-    plan += [(int(args.rates.split(",")[0]), int(calls), 1) for calls in args.in_step.split(",") if calls]
-    for rate, calls, phases in plan:
+    arrivals = [a for a in args.arrivals.split(",") if a]
+    unknown = set(arrivals) - set(ARRIVALS)
+    if unknown or not arrivals:
+        parser.error(f"--arrivals: one or more of {', '.join(ARRIVALS)}")
+    plan = [(int(rate), int(calls), how, args.phases) for how in arrivals for rate in args.rates.split(",")
+            for calls in args.calls.split(",")]
+    plan += [(int(args.rates.split(",")[0]), int(calls), "groups", 1) for calls in args.in_step.split(",") if calls]
+    for rate, calls, how, phases in plan:
         for relay in relays:
-            result = run_one(relay, calls, rate, phases, args, logs)
+            result = run_one(relay, calls, rate, how, phases, args, logs)
             report["runs"].append(result)
             relay_cpu = result["processes"]["relay"]["cpu_ms_per_call_second"]
-            sys.stderr.write(f"{relay:>4} {rate} Hz N={calls:<4} phases {phases} {relay_cpu:.3f} ms CPU per "
-                             f"call-second, deviation p99 {result['interval_deviation_ms']['p99']} ms, "
-                             f"lost {result['frames_lost']}, late {result['frames_late']}\n")
+            sys.stderr.write(f"{relay:>4} {rate} Hz N={calls:<4} {arrival_label(how, phases):<7} {relay_cpu:.3f} ms "
+                             f"CPU per call-second, deviation p99 {result['interval_deviation_ms']['p99']} ms, "
+                             f"echo delay p50 {result['echo_delay_ms']['p50']} ms, lost {result['frames_lost']}, "
+                             f"late {result['frames_late']}, load average {result['load_average']}\n")
     (logs / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     sys.stderr.write(tables(report) + f"\nreport: {logs / 'report.json'}\n")
     if args.publish:
