@@ -12,7 +12,6 @@ transcriptions, interruptions and digits are dropped; ``call_initiated``, ``call
 from __future__ import annotations
 
 import json
-import time
 from typing import Any, Mapping
 
 from attrs import define, field
@@ -25,6 +24,7 @@ from avr.config import redact_url
 from avr.delivery import PostQueue
 from avr.interfaces import IWebhooks
 from avr.json_input import decode_json
+from avr.timestamps import iso_millis
 from avr.urls import is_sts_url
 
 #: The event types avr-core sends (and avr-app's receiver accepts), in a call's order.
@@ -38,12 +38,6 @@ NEVER_DROPPED = frozenset({"call_initiated", "call_started", "call_ended"})
 
 #: How much of a reply body is logged.
 _LOGGED_REPLY_CHARS = 1000
-
-
-def webhook_timestamp(seconds: float) -> str:
-    """``seconds`` since the epoch as ISO-8601 UTC with milliseconds and ``Z``: ``2026-01-01T12:00:00.000Z``."""
-    whole, millis = divmod(round(seconds * 1000), 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
 
 
 @implementer(IWebhooks)
@@ -147,7 +141,7 @@ class WebhookClient:
                 type=type, uuid=uuid, kind=payload.__class__.__name__,
             )
             return None
-        envelope = {"uuid": uuid, "type": type, "timestamp": webhook_timestamp(self.clock.seconds()),
+        envelope = {"uuid": uuid, "type": type, "timestamp": iso_millis(self.clock.seconds()),
                     "payload": dict(payload)}
         try:
             return json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode("utf-8")

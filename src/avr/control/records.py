@@ -7,13 +7,13 @@ AudioSocket formats).
 from __future__ import annotations
 
 import re
-from datetime import datetime, UTC
 from typing import TYPE_CHECKING, Any, Callable
 
 from attrs import define, field
 from twisted.internet.interfaces import IDelayedCall
 
 from avr.logtext import redact_url
+from avr.timestamps import iso_millis
 
 if TYPE_CHECKING:
     from avr.calls import Call
@@ -68,11 +68,8 @@ TEMP_BRIDGE_PREFIX = "avr-tmp-"
 
 
 def iso(seconds: float | None) -> str | None:
-    """``seconds`` since the epoch as ISO 8601 UTC with milliseconds (``2025-01-01T00:00:00.000Z``)."""
-    if seconds is None:
-        return None
-    moment = datetime.fromtimestamp(seconds, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """`avr.timestamps.iso_millis` of ``seconds``, ``None`` for ``None`` (a moment that has not come)."""
+    return None if seconds is None else iso_millis(seconds)
 
 
 def cause_text(code: int | None) -> str:

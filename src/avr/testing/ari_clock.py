@@ -12,6 +12,8 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from avr.timestamps import iso_millis
+
 
 class TimerOwner(Protocol):
     """Anything that keeps its pending timers in ``timers``."""
@@ -25,8 +27,7 @@ def format_timestamp(wall: float) -> str:
 
     :param wall: seconds since the epoch.
     """
-    secs, millis = divmod(int(round(wall * 1000)), 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{millis:03d}+0000"
+    return iso_millis(wall).removesuffix("Z") + "+0000"
 
 
 def http_date(wall: float) -> str:
