@@ -28,9 +28,9 @@ from zope.interface import Interface, implementer
 
 from avr import __version__
 from avr.failures import describe_failure
+from avr.once import Once
 from avr.sts.attempt import Dialer
 from avr.sts.errors import StsConnectError
-from avr.sts.once import Once
 from avr.sts.tls import load_trust_root
 
 log = Logger()

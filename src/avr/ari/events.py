@@ -41,7 +41,7 @@ from avr.failures import describe_failure
 from avr.interfaces import IAriEventListener
 from avr.json_input import decode_json
 from avr.logtext import clip
-from avr.sts.once import Once
+from avr.once import Once
 from avr.wsclock import ConnectionTimers, WebSocketTimeouts, disable_autobahn_timers
 
 #: The three values of `AriEventStream.state`.

@@ -30,6 +30,7 @@ from avr.failures import describe_failure, tls_problem
 from avr.fastpaths import FastPaths
 from avr.interfaces import IStsConnector, IStsHandler, IStsSession
 from avr.logtext import clip
+from avr.once import Once
 from avr.sts.attempt import Dialer
 from avr.sts.codec import (
     ActionResult,
@@ -51,7 +52,6 @@ from avr.sts.codec import (
     encode_init,
 )
 from avr.sts.errors import StsConnectError
-from avr.sts.once import Once
 from avr.sts.tls import load_trust_root
 from avr.sts.wsframes import TEXT, MaskingKeys, leading_text_frames, masked_frame
 from avr.wsclock import ConnectionTimers, WebSocketTimeouts, disable_autobahn_timers

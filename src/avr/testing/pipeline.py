@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from avr.sts.once import Once
+from avr.once import Once
 from avr.testing.sts import _StreamingRequest
 
 

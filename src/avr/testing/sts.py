@@ -46,6 +46,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from avr.interfaces import IStsHandler
+from avr.once import Once
 from avr.sts.codec import (
     ActionResult,
     AudioMessage,
@@ -61,7 +62,6 @@ from avr.sts.codec import (
     encode_transcript,
     encode_transfer,
 )
-from avr.sts.once import Once
 from avr.wsclock import disable_autobahn_timers
 
 log = Logger()

@@ -1,10 +1,10 @@
-"""`avr.sts.once.Once`: a result that arrives once, for any number of waiters."""
+"""`avr.once.Once`: a result that arrives once, for any number of waiters."""
 
 from __future__ import annotations
 
 from twisted.python.failure import Failure
 
-from avr.sts.once import Once
+from avr.once import Once
 
 
 def test_waiters_before_and_after_the_result_all_get_it():
