@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from avr.frames import (
     AUDIO_KIND_RATES,
+    AUDIO_RATES,
     DEFAULT_MAX_AUDIO_PAYLOAD,
     HANGUP_FRAME,
     MAX_CONTROL_PAYLOAD,
@@ -65,6 +66,17 @@ def test_kind_table() -> None:
     assert is_audio_kind(0x18) and not is_audio_kind(0x03)
     with pytest.raises(ValueError, match="22050"):
         audio_kind_for_rate(22050)
+
+
+def test_rate_tables_derive_from_the_kind_table() -> None:
+    """The sample rates other modules use (settings, externalMedia formats, WAV resampling) are the kinds' rates."""
+    from avr.config import AUDIO_RATES as SETTING_RATES
+    from avr.control.records import SLIN_FORMATS
+
+    assert AUDIO_RATES == (8000, 12000, 16000, 24000, 32000, 44100, 48000, 96000, 192000)
+    assert SETTING_RATES == AUDIO_RATES
+    assert SLIN_FORMATS == {8000: "slin", 12000: "slin12", 16000: "slin16", 24000: "slin24", 32000: "slin32",
+                            44100: "slin44", 48000: "slin48", 96000: "slin96", 192000: "slin192"}
 
 
 def test_uuid_and_dtmf_helpers() -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from avr.config import AUDIO_RATES
+from avr.frames import AUDIO_RATES
 from avr.control.wav import WavError, decode_wav, nearest_rate, parse_wav
 from tests.helpers import pcm16, wav_file
 

@@ -45,6 +45,9 @@ AUDIO_KIND_RATES: dict[int, int] = {
     Kind.SLIN192: 192000,
 }
 
+#: The sample rates (Hz) AudioSocket carries, ascending.
+AUDIO_RATES: tuple[int, ...] = tuple(AUDIO_KIND_RATES.values())
+
 _KIND_FOR_RATE = {rate: kind for kind, rate in AUDIO_KIND_RATES.items()}
 _KNOWN_KINDS = frozenset(int(k) for k in Kind)
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from attrs import define, field
 from twisted.internet.interfaces import IDelayedCall
 
+from avr.frames import AUDIO_RATES
 from avr.logtext import redact_url
 from avr.timestamps import iso_millis
 
@@ -49,11 +50,8 @@ DIAL_STATUS_CAUSES = {"BUSY": 17, "NOANSWER": 19, "CONGESTION": 34}
 #: Media URI schemes ARI plays. Another scheme is accepted by Asterisk (201) but never finishes, so it is refused.
 MEDIA_SCHEMES = ("sound:", "recording:", "number:", "digits:", "characters:", "tone:")
 
-#: ARI ``externalMedia`` format for each AudioSocket sample rate.
-SLIN_FORMATS = {
-    8000: "slin", 12000: "slin12", 16000: "slin16", 24000: "slin24", 32000: "slin32", 44100: "slin44",
-    48000: "slin48", 96000: "slin96", 192000: "slin192",
-}
+#: ARI ``externalMedia`` format for each AudioSocket sample rate: ``slin`` (8 kHz), ``slin12`` ... ``slin192``.
+SLIN_FORMATS = {rate: "slin" if rate == 8000 else f"slin{rate // 1000}" for rate in AUDIO_RATES}
 
 #: ARI's ``ifExists`` choices for a recording whose name is taken.
 IF_EXISTS = ("fail", "overwrite", "append")

@@ -15,7 +15,7 @@ import sys
 from attrs import field, frozen
 
 from avr.audio import audioop, resample
-from avr.config import AUDIO_RATES
+from avr.frames import AUDIO_RATES
 
 #: WAVE_FORMAT_PCM and WAVE_FORMAT_EXTENSIBLE format tags.
 _FORMAT_PCM = 0x0001
