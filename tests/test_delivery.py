@@ -445,3 +445,16 @@ async def test_a_receiver_that_closes_every_connection_gets_every_webhook(log_ev
         await deferToThread(receiver.shutdown)
         receiver.server_close()
         await pool.closeCachedConnections()
+
+
+def test_reprs_mask_the_receiver_url() -> None:
+    """The delivery engine and both webhooks show their receiver's URL without its password or secret parameters."""
+    from avr.webhooks import WebhookClient
+
+    url = "https://user:pw-2718@hooks.example/in?token=tok-3141&x=1"
+    for thing in (PostQueue(None, Clock(), url), EventsWebhook(None, Clock(), url),
+                  WebhookClient(None, Clock(), url)):
+        text = repr(thing)
+        assert "hooks.example/in?token=***&x=1" in text, text
+        assert "pw-2718" not in text and "tok-3141" not in text, text
+    assert "url=None" in repr(WebhookClient(None, Clock(), None))

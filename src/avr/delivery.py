@@ -40,8 +40,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
-from avr.config import redact_url
 from avr.failures import closed_before_response, describe_failure
+from avr.logtext import redact_url, url_repr
 
 #: Seconds `PostQueue.stop` gives undelivered never-dropped events (a call's ``call_ended``...), then abandons them.
 #: A constant, not a setting: shutdown must stay well inside the grace a supervisor gives before it kills the
@@ -189,7 +189,7 @@ class PostQueue:
 
     http: Any = field(repr=False)
     clock: IReactorTime = field(repr=False)
-    url: str = field(repr=lambda url: repr(redact_url(url)))
+    url: str = field(repr=url_repr)
     label: str = "Webhook"
     secret_headers: Mapping[str, str] = field(factory=dict, repr=False)
     timeout: float = 3.0

@@ -20,10 +20,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from avr.config import redact_url
 from avr.delivery import PostQueue
 from avr.interfaces import IWebhooks
 from avr.json_input import decode_json
+from avr.logtext import redact_url, url_repr
 from avr.timestamps import iso_millis
 from avr.urls import is_sts_url
 
@@ -62,7 +62,7 @@ class WebhookClient:
 
     http: Any = field(repr=False)
     clock: IReactorTime = field(repr=False)
-    url: str | None = field(repr=lambda url: repr(redact_url(url) if url else url))
+    url: str | None = field(repr=url_repr)
     secret: str | None = field(default=None, repr=False)
     timeout: float = 3.0
     retries: int = 0

@@ -21,9 +21,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from avr.config import redact_url
 from avr.delivery import MAX_QUEUED, PostQueue
 from avr.interfaces import IEventSink
+from avr.logtext import url_repr
 
 #: The event types that are never dropped: a receiver that tracks calls needs to see each call begin and end.
 NEVER_DROPPED = frozenset({"call.created", "call.ended"})
@@ -50,7 +50,7 @@ class EventsWebhook:
 
     http: Any = field(repr=False)
     clock: IReactorTime = field(repr=False)
-    url: str = field(repr=lambda url: repr(redact_url(url)))
+    url: str = field(repr=url_repr)
     timeout: float = 3.0
     retries: int = 2
     max_queue: int = MAX_QUEUED
