@@ -14,6 +14,7 @@ from fake_ari_harness import FIXTURES, Harness, basic, load_fixture
 from fake_ari_replay import Replay
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
+from twisted.logger import capturedLogs
 from twisted.test import iosim
 
 #: Captures replayed as a whole (the app the capture used is the fake's default app).
@@ -287,6 +288,17 @@ def test_basic_auth_and_multiple_apps_on_one_socket() -> None:
                     if e.get("kind") == "rest" and e["path"] == "/ari/applications")  # fmt: skip
     assert status == 200 and body == expected["response_body"]
     assert one.client.opened
+
+
+def test_events_handshakes_do_not_log_the_ari_password() -> None:
+    """The events socket leaves autobahn's level-gated logger alone: its debug dump of the handshake (``api_key``,
+    ``Authorization``) is not written to the test log."""
+    harness = Harness()
+    with capturedLogs() as events:
+        harness.connect("avr-ari").close()
+        harness.connect("avr-ari-basic", api_key=None, headers={"Authorization": basic("avr", "avrpass")}).close()
+    secrets = ("avrpass", basic("avr", "avrpass").split()[1])
+    assert [e for e in events if any(secret in repr(e) for secret in secrets)] == []
 
 
 def test_subscribe_all_lists_the_all_topics_and_sees_channel_creation() -> None:

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from avr.testing.ari_http import valid_app_names
 
@@ -22,7 +21,8 @@ if TYPE_CHECKING:
 class AriEventsProtocol(WebSocketServerProtocol):
     """One ``/ari/events`` WebSocket: JSON text frames for the apps named in ``app=``; no pings (fact 27)."""
 
-    log = Logger()
+    # No ``log`` here: that would replace autobahn's level-gated logger, whose debug dump of the handshake (the
+    # ARI password in ``api_key`` or ``Authorization``) would then reach the log.
 
     def __init__(self) -> None:
         super().__init__()
