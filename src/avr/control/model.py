@@ -13,13 +13,8 @@ Call states (`avr.control.records.STATES`): outbound ``dialing`` → ``ringing``
 once per call, with the Q.850 cause. Playback and recording are events, not states. Ended calls stay readable
 through `get_call` for ``retention`` seconds.
 
-Events published (``{"type", "callId" | "bridgeId", "timestamp", "data"}``): ``call.created`` (data: the call),
-``call.state_changed`` (``previousState``, ``state``, plus ``answeredAt`` / ``bridgeId``), ``call.ended``
-(``previousState``, ``cause``, ``causeText``, ``endedAt``, maybe ``dialStatus``, ``hangupReason``, ``note``),
-``call.dtmf`` (``digit``, ``durationMs``), ``call.transferred``, ``call.transfer_failed``, ``playback.started``,
-``playback.finished`` (``playbackId``, ``kind``, ``status``: done/failed/stopped/unknown, maybe ``error``),
-``recording.started``, ``recording.finished`` (``name``, ``format``, ``state``, ``duration``), ``bridge.created``
-(data: the bridge), ``bridge.destroyed``, ``bridge.channel_entered`` and ``bridge.channel_left`` (``callId``).
+Events published (``{"type", "callId" | "bridgeId", "timestamp", "data"}``): every type and its ``data`` are in
+README.md, section "Calls and events".
 
 Every operation is a coroutine (``async def``); wrap it with ``Deferred.fromCoroutine`` at the HTTP boundary.
 
