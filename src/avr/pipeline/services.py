@@ -69,18 +69,30 @@ class _Exchange:
         """Something arrived: the silence timer starts again."""
         self._arm()
 
-    def head(self, head: ResponseHead) -> bool:
-        """:return: True for a 2xx answer (the body is the content), False for an error (the body explains it)."""
-        self.heard()
-        if 200 <= head.status < 300:
-            return True
-        self.status = head.status
-        return False
+    @property
+    def ok(self) -> bool:
+        """No error status (yet): the body, if any, is the content."""
+        return self.status is None
 
-    def error_body(self, data: bytes) -> None:
+    def head(self, head: ResponseHead) -> None:
+        """The answer's status: a non-2xx one is kept (its body then explains it, for the reason)."""
+        self.heard()
+        if not 200 <= head.status < 300:
+            self.status = head.status
+
+    def content(self, data: bytes) -> bool:
+        """
+        A piece of the body arrived: the silence timer starts again.
+
+        :return: True when it is the content (a 2xx answer); an error answer's body is kept for the reason instead.
+        """
+        self.heard()
+        if self.ok:
+            return True
         room = _ERROR_BODY_BYTES - len(self._error_body)
         if room > 0:
             self._error_body += data[:room]
+        return False
 
     def close(self, reason: str) -> None:
         """Give up the request (cancelled, timed out): its connection is closed and `on_end` gets ``reason``."""
@@ -118,7 +130,6 @@ class AsrStream:
     on_transcript: Callable[[str], None]
     _decoder: Any = field(factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
     _text: str = ""
-    _ok: bool = True
 
     @classmethod
     def create(cls, clock: Any, on_transcript: Callable[[str], None],
@@ -131,11 +142,10 @@ class AsrStream:
             self.io.exchange.send_body(pcm)
 
     def response_head(self, head: ResponseHead) -> None:
-        self._ok = self.io.head(head)
+        self.io.head(head)
 
     def response_data(self, data: bytes) -> None:
-        if not self._ok:
-            self.io.error_body(data)
+        if not self.io.content(data):
             return
         self._text += self._decoder.decode(data)
         if "\n" in self._text:
@@ -147,15 +157,15 @@ class AsrStream:
             self._text = ""
 
     def response_chunk_end(self) -> None:
-        if self._ok:
+        if self.io.ok:
             text, self._text = self._text, ""
             self._turn(text)
 
     def response_ended(self, reason: str | None) -> None:
-        if self._ok and reason is None:
+        if self.io.ok and reason is None:
             self._turn(self._text + self._decoder.decode(b"", final=True))
         self._text = ""
-        self.io.ended(reason if reason is not None or not self._ok else "the ASR ended its stream")
+        self.io.ended(reason if reason is not None or not self.io.ok else "the ASR ended its stream")
 
     def _turn(self, text: str) -> None:
         text = text.strip()
@@ -171,7 +181,6 @@ class LlmAnswer:
     io: _Exchange
     on_event: Callable[[LlmEvent], None]
     _parser: LlmStreamParser = field(factory=LlmStreamParser)
-    _ok: bool = True
 
     @classmethod
     def create(cls, clock: Any, timeout: float, on_event: Callable[[LlmEvent], None],
@@ -179,12 +188,10 @@ class LlmAnswer:
         return cls(_Exchange(clock, timeout, on_end, "LLM"), on_event)
 
     def response_head(self, head: ResponseHead) -> None:
-        self._ok = self.io.head(head)
+        self.io.head(head)
 
     def response_data(self, data: bytes) -> None:
-        self.io.heard()
-        if not self._ok:
-            self.io.error_body(data)
+        if not self.io.content(data):
             return
         for event in self._parser.feed(data):
             self.on_event(event)
@@ -193,7 +200,7 @@ class LlmAnswer:
         pass
 
     def response_ended(self, reason: str | None) -> None:
-        if self._ok and reason is None:
+        if self.io.ok and reason is None:
             for event in self._parser.end():
                 self.on_event(event)
         self.io.ended(reason)
@@ -216,7 +223,6 @@ class TtsAnswer:
     _format: tuple[int, int] | None = None  # (rate, channels), once the body's start is known
     _odd: bytes = b""
     _resampler: Resampler | None = None
-    _ok: bool = True
 
     @classmethod
     def create(cls, clock: Any, timeout: float, rate: int, output_rate: int, on_audio: Callable[[bytes], None],
@@ -224,12 +230,10 @@ class TtsAnswer:
         return cls(_Exchange(clock, timeout, on_end, "TTS"), on_audio, rate, output_rate)
 
     def response_head(self, head: ResponseHead) -> None:
-        self._ok = self.io.head(head)
+        self.io.head(head)
 
     def response_data(self, data: bytes) -> None:
-        self.io.heard()
-        if not self._ok:
-            self.io.error_body(data)
+        if not self.io.content(data):
             return
         if self._format is None:
             self._start += data
@@ -299,7 +303,7 @@ class TtsAnswer:
         pass
 
     def response_ended(self, reason: str | None) -> None:
-        if self._ok and reason is None:
+        if self.io.ok and reason is None:
             if self._format is None and self._start:
                 self._format = (self.rate, 1)
                 self._play(self._begin(bytes(self._start)))
