@@ -18,15 +18,7 @@ from zope.interface import implementer
 
 from avr import httpstream
 from avr.config import redact_url
-from avr.httpstream import (  # noqa: F401 - the parser's names, for this module's users
-    RESPONSE_END,
-    HttpExchange,
-    HttpResponseError,
-    IHttpReceiver,
-    ResponseHead,
-    ResponseParser,
-    StreamingHttpClient,
-)
+from avr.httpstream import HttpExchange, IHttpReceiver, ResponseHead, StreamingHttpClient
 from avr.interfaces import IStsConnector, IStsHandler, IStsSession
 from avr.sts.errors import StsConnectError
 
