@@ -12,9 +12,10 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 
+from avr.ari.errors import AriError
 from avr.control.ari_link import AriLink
 from avr.control.call_registry import CallRegistry
-from avr.control.errors import Conflict, Timeout
+from avr.control.errors import Conflict, Timeout, Unavailable
 from avr.control.media_leg import MediaLeg, MediaLegs
 from avr.control.records import INBOUND, MEDIA_CHANNEL_PREFIX, TEMP_BRIDGE_PREFIX, CallRecord
 from avr.control.tasks import TaskGroup
@@ -79,6 +80,23 @@ def test_task_group_logs_a_failed_task_but_not_a_cancelled_one(log_events: list[
     assert [e["what"] for e in failures] == ["the broken job"]
     assert failures[0]["log_failure"].check(RuntimeError)
     assert fired(tasks.drained(), "tasks left") is None
+
+
+# -- AriLink --------------------------------------------------------------------------------------------------------
+
+
+def test_ari_link_gone_only_on_404() -> None:
+    """`AriLink.gone`: Asterisk's 404 proves a thing gone; an answer, or another error, does not."""
+    ari = FakeAri()
+    ari.on("GET", "/playbacks/gone", AriError(404, "Playback not found"))
+    ari.on("GET", "/playbacks/broken", AriError(500, "Internal Server Error"))
+    ari.on("GET", "/playbacks/here", {"id": "here", "state": "playing"})
+    link = AriLink(ari, TaskGroup(Clock()))
+    assert [fired(Deferred.fromCoroutine(link.gone(f"/playbacks/{name}"))) for name in ("gone", "broken", "here")] \
+        == [True, False, False]
+    assert [r.path for r in ari.find("GET")] == ["/playbacks/gone", "/playbacks/broken", "/playbacks/here"]
+    with pytest.raises(Unavailable):
+        fired(Deferred.fromCoroutine(AriLink(None, TaskGroup(Clock())).gone("/playbacks/here")))
 
 
 # -- CallRegistry ---------------------------------------------------------------------------------------------------

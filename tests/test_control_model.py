@@ -529,6 +529,30 @@ def test_resync_destroys_vanished_bridges_and_adopts_ours() -> None:
     assert h.run(h.control.get_call(b))["bridgeId"] == "theirs"
 
 
+def test_resync_finishes_the_playbacks_and_recordings_asterisk_lost() -> None:
+    """After a reconnect, an ARI playback or live recording that Asterisk answers 404 for is finished ``unknown``;
+    one it still has, or that a failing request cannot tell about, goes on."""
+    h = make("none", ids=["pb-lost", "pb-kept", "pb-error"])
+    cid = answered_inbound(h)
+    for _ in range(3):
+        h.run(h.control.play(cid, "sound:beep"))
+    h.run(h.control.record(cid, "rec-lost"))
+    h.run(h.control.record(cid, "rec-kept"))
+    h.ari.on("GET", "/channels", [channel(cid, "Up")])
+    h.ari.on("GET", "/playbacks/pb-lost", ari_404("Playback not found"))
+    h.ari.on("GET", "/playbacks/pb-kept", {"id": "pb-kept", "state": "playing"})
+    h.ari.on("GET", "/playbacks/pb-error", AriError(500, "Internal Server Error"))
+    h.ari.on("GET", "/recordings/live/rec-lost", ari_404("Recording not found"))
+    h.ari.on("GET", "/recordings/live/rec-kept", {"name": "rec-kept", "state": "recording"})
+    h.sink.clear()
+    h.control.ari_disconnected("x")
+    h.control.ari_connected()
+    assert [e["data"] for e in h.sink.of("playback.finished")] == [
+        {"playbackId": "pb-lost", "kind": "media", "status": "unknown"}]
+    assert [e["data"] for e in h.sink.of("recording.finished")] == [
+        {"name": "rec-lost", "format": "wav", "state": "unknown", "duration": None}]
+
+
 def test_resync_failure_is_retried() -> None:
     """If the resync's requests fail, it is retried after 5 s while connected."""
     h = make(connected=False)

@@ -61,6 +61,18 @@ class AriLink:
             raise Unavailable("ARI is not connected: Asterisk may be unreachable")
         return client
 
+    async def gone(self, path: str) -> bool:
+        """
+        Whether Asterisk answers ``GET path`` with 404: the thing is gone. An answer, or another error, is no proof.
+
+        :raises Unavailable: ARI is not configured.
+        """
+        try:
+            await self.require().request("GET", path)
+        except AriError as e:
+            return e.status == 404
+        return False
+
     async def quietly(self, method: str, path: str, params: dict | None = None) -> None:
         """An ARI request whose failure is only logged (404 = already gone, not even that)."""
         if self.client is None:

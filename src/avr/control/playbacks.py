@@ -252,10 +252,6 @@ class Playbacks:
 
     async def resync(self) -> None:
         """After a reconnect: ARI playbacks that Asterisk no longer has are reported finished (``unknown``)."""
-        ari = self.ari.require()
         for playback in [p for p in self._playbacks.values() if p.kind == "media" and p.state == "playing"]:
-            try:
-                await ari.request("GET", f"/playbacks/{path_segment(playback.id)}")
-            except AriError as e:
-                if e.status == 404:
-                    self._finished(playback, "unknown")
+            if await self.ari.gone(f"/playbacks/{path_segment(playback.id)}"):
+                self._finished(playback, "unknown")

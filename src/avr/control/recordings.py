@@ -222,10 +222,6 @@ class Recordings:
 
     async def resync(self) -> None:
         """After a reconnect: live recordings that Asterisk no longer has are reported finished (``unknown``)."""
-        ari = self.ari.require()
         for recording in [r for r in self._live.values() if r.state == "recording"]:
-            try:
-                await ari.request("GET", f"/recordings/live/{path_segment(recording.name)}")
-            except AriError as e:
-                if e.status == 404:
-                    self._finished(recording, "unknown")
+            if await self.ari.gone(f"/recordings/live/{path_segment(recording.name)}"):
+                self._finished(recording, "unknown")
