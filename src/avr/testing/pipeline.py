@@ -82,6 +82,18 @@ class _Tracked:
         """Fires once the response is finished or the client went away."""
         return self._gone.wait()
 
+    def begin(self, content_type: bytes) -> None:
+        """Send the 200 head now, as Express's ``setHeader`` + first ``write`` would."""
+        self.request.setHeader(b"content-type", content_type)
+        self.request.write(b"")
+
+    def refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` with the adapters' ``{"message"}`` JSON body, and finish."""
+        self.request.setResponseCode(status)
+        self.request.setHeader(b"content-type", b"application/json")
+        self.write(json.dumps({"message": message}).encode())
+        self.finish()
+
     def write(self, data: bytes) -> None:
         if not self.finished:
             self.request.write(data)
@@ -175,13 +187,9 @@ class FakeAsrResource(Resource):
         call = FakeAsrCall(request)
         request.setHeader(b"connection", b"close")
         if self.status != 200:
-            request.setResponseCode(self.status)
-            request.setHeader(b"content-type", b"application/json")
-            call.write(json.dumps({"message": "fake ASR refuses the stream"}).encode())
-            call.finish()
+            call.refuse(self.status, "fake ASR refuses the stream")
         else:
-            request.setHeader(b"content-type", b"text/event-stream")
-            request.write(b"")  # the head goes out now, as Express's setHeader + first write would
+            call.begin(b"text/event-stream")
         if hasattr(request, "body_sink"):
             request.body_sink = call
         else:
@@ -275,13 +283,9 @@ class FakeLlmResource(Resource):
         llm = FakeLlmRequest(request, body, self.mode)
         llm.raw = raw
         if self.status != 200:
-            request.setResponseCode(self.status)
-            request.setHeader(b"content-type", b"application/json")
-            llm.write(json.dumps({"message": "Error communicating with OpenAI"}).encode())
-            llm.finish()
+            llm.refuse(self.status, "Error communicating with OpenAI")
         else:
-            request.setHeader(b"content-type", b"text/event-stream")
-            request.write(b"")
+            llm.begin(b"text/event-stream")
         self._requests.add(llm)
         if self.status == 200 and self.answer is not None:
             for piece in self.answer(llm.message):
@@ -354,13 +358,9 @@ class FakeTtsResource(Resource):
         tts = FakeTtsRequest(request, text)
         self._requests.add(tts)
         if self.status != 200:
-            request.setResponseCode(self.status)
-            request.setHeader(b"content-type", b"application/json")
-            tts.write(json.dumps({"message": "Error processing text-to-speech request"}).encode())
-            tts.finish()
+            tts.refuse(self.status, "Error processing text-to-speech request")
             return NOT_DONE_YET
-        request.setHeader(b"content-type", b"audio/wav" if self.wav_rate else b"audio/l16")
-        request.write(b"")
+        tts.begin(b"audio/wav" if self.wav_rate else b"audio/l16")
         if self.speak is not None:
             delay = self.delays.get(text, 0.0)
             if delay and self.clock is not None:
