@@ -105,11 +105,10 @@ def test_config_file_errors(tmp_path: Path) -> None:
         read_config_file(str(path))
 
 
-def test_alias_for_events_webhook() -> None:
-    """asterisk-api's OPENCLAW_WEBHOOK_URL is accepted; EVENTS_WEBHOOK_URL wins when both are set."""
-    assert load_config({"OPENCLAW_WEBHOOK_URL": "http://a/"}).events_webhook_url == "http://a/"
-    both = {"OPENCLAW_WEBHOOK_URL": "http://a/", "EVENTS_WEBHOOK_URL": "http://b/"}
-    assert load_config(both).events_webhook_url == "http://b/"
+def test_openclaw_webhook_is_its_own_receiver() -> None:
+    """asterisk-api's OPENCLAW_WEBHOOK_URL gets asterisk-api's envelope; EVENTS_WEBHOOK_URL avr's events: both."""
+    both = load_config({"OPENCLAW_WEBHOOK_URL": "http://a/", "EVENTS_WEBHOOK_URL": "http://b/"})
+    assert (both.openclaw_webhook_url, both.events_webhook_url) == ("http://a/", "http://b/")
 
 
 def test_example_config_file_is_valid_and_complete() -> None:

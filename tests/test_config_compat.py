@@ -75,7 +75,7 @@ def test_an_unchanged_asterisk_api_env_file_configures_avr(tmp_path: Path, monke
     assert (config.ari_app, config.api_port, config.api_host, config.http_port) == (
         "openclaw-voice", 3456, "0.0.0.0", None)
     assert config.inbound_ring_delay == 3000 and config.asr_language == "English"
-    assert config.events_webhook_url == "http://host.docker.internal:18789/voice/webhook"
+    assert config.openclaw_webhook_url == "http://host.docker.internal:18789/voice/webhook"
     assert config.api_key is None and config.tts_timeout == 30000
     assert config.streaming_asr_url == "ws://192.0.2.10:8100/ws/transcribe" and config.pipeline_asr_url is None
     assert config.openai_tts_url == "http://192.0.2.10:8101/v1/audio/speech" and config.pipeline_tts_url is None

@@ -366,10 +366,11 @@ async def test_usage_examples_end_to_end(rig: ServiceRig) -> None:
     assert (status, body) == (200, {"calls": []})
     # A few more turns: nothing else may arrive for the call.
     await deferLater(rig.reactor, 0.1, lambda: None)
-    assert types_of(client, call_id) == [
-        "call.created", "call.state_changed", "call.state_changed",
-        "playback.started", "playback.finished", "playback.started", "playback.finished",
-        "recording.started", "recording.finished", "call.ended",
+    assert types_of(client, call_id) == [  # each avr event, then the asterisk-api one its clients wait for
+        "call.created", "call.state_changed", "call.state_changed", "call.ready",
+        "playback.started", "playback.finished", "call.playback_finished",
+        "playback.started", "playback.finished", "call.playback_finished",
+        "recording.started", "recording.finished", "call.recording_finished", "call.ended",
     ]
     finished = next(m for m in client.messages if of_call(call_id, "recording.finished")(m))
     assert finished["data"]["state"] == "done"

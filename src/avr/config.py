@@ -269,7 +269,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api_key", "API_KEY", _secret, None,
             "When set, required as X-API-Key (or ?api_key=) on every route but GET / and GET /health", secret=True),
     Setting("events_webhook_url", "EVENTS_WEBHOOK_URL", _url("http", "https"), None,
-            "Receiver of call-control events (the /events JSON)", aliases=("OPENCLAW_WEBHOOK_URL",)),
+            "Receiver of call-control events (the /events JSON)"),
+    Setting("openclaw_webhook_url", "OPENCLAW_WEBHOOK_URL", _url("http", "https"), None,
+            "asterisk-api's webhook receiver (the OpenClaw plugin): {event, data, timestamp} for call.inbound, "
+            "call.answered, call.ready, call.ended, call.dtmf, final call.transcription and call.speak_finished"),
     Setting("api_port", "API_PORT", _integer(0, 65535), None,
             f"asterisk-api's HTTP port: the same routes as HTTP_PORT, on API_HOST; {DEFAULT_API_PORT} when ARI_URL "
             "is set and neither HTTP_PORT nor API_PORT is"),
@@ -367,6 +370,7 @@ class Config:
     ari_agent_on_failure: str = "hangup"
     api_key: str | None = None
     events_webhook_url: str | None = None
+    openclaw_webhook_url: str | None = None
     api_port: int | None = None
     api_host: str = "0.0.0.0"
     keyless_events_port: int | None = None

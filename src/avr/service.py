@@ -31,6 +31,7 @@ from avr.control.agents import AgentSpec
 from avr.control.call_observer import RegistryObserver
 from avr.control.call_registry import CallRegistry
 from avr.control.capture import AsrSessions, AudioListener
+from avr.control.dialect import AsteriskApiEvents, OpenClawWebhook
 from avr.control.hub import EventsHub, FanOut
 from avr.control.injection import PcmInjector
 from avr.control.model import CallControl
@@ -139,6 +140,7 @@ class ControlService(Service):
     stream: AriEventStream | None = None
     events_webhook: EventsWebhook | None = None
     allowlist: Allowlist | None = None
+    openclaw_webhook: OpenClawWebhook | None = None
 
     def __attrs_post_init__(self) -> None:
         Service.__init__(self)
@@ -159,8 +161,9 @@ class ControlService(Service):
         if self.control is not None:
             stops.append(self.control.stop())
         self.registry.stop()
-        if self.events_webhook is not None:
-            stops.append(self.events_webhook.stop())
+        for webhook in (self.events_webhook, self.openclaw_webhook):
+            if webhook is not None:
+                stops.append(webhook.stop())
         await DeferredList(stops, consumeErrors=True)
 
     def stopService(self) -> Deferred:
@@ -193,10 +196,19 @@ def build_control(
             timeout=config.webhook_timeout / 1000, retries=config.webhook_retry, fresh_http=fresh_http_client,
         )
         sinks.append(events_webhook)
-    sink = FanOut(*sinks)
+    openclaw = None
+    if config.openclaw_webhook_url is not None:
+        openclaw = OpenClawWebhook(http_client, reactor, config.openclaw_webhook_url,
+                                   timeout=config.webhook_timeout / 1000, retries=config.webhook_retry,
+                                   fresh_http=fresh_http_client)
+        sinks.append(openclaw)
+    # asterisk-api's events after avr's, for every receiver (the OpenClaw webhook forwards its call.ready).
+    sink = AsteriskApiEvents(FanOut(*sinks))
     registry = CallRegistry(reactor, sink, TaskGroup(reactor))
+    if openclaw is not None:
+        openclaw.registry = registry
     if config.ari_url is None:
-        return ControlService(hub, registry, events_webhook=events_webhook)
+        return ControlService(hub, registry, events_webhook=events_webhook, openclaw_webhook=openclaw)
     assert config.ari_username is not None and config.ari_password is not None
     allowlist = Allowlist(config.allowlist_file, reactor)
     control = CallControl(
@@ -221,7 +233,7 @@ def build_control(
         reactor, endpoint_connector(reactor), config.ari_url, config.ari_app,
         config.ari_username, config.ari_password, control,
     )
-    return ControlService(hub, registry, control, stream, events_webhook, allowlist)
+    return ControlService(hub, registry, control, stream, events_webhook, allowlist, openclaw)
 
 
 def asr_sessions(reactor: Any, config: Config) -> AsrSessions | None:
