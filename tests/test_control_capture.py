@@ -138,7 +138,7 @@ def test_hang_up_stops_the_capture_and_leaves_nothing() -> None:
     h.feed(stasis_end(cid))
     net.flush()
     assert [e["data"]["is_final"] for e in h.sink.of("call.transcription")] == [True]
-    assert "call.audio_capture_stopped" in h.sink.types(cid)
+    assert h.sink.types(cid).count("call.audio_capture_stopped") == 1  # one stop, though the leg's end reports too
     assert h.ari.find("DELETE", f"/channels/{snoop}") and h.ari.find("DELETE", f"/channels/{leg}")
     assert net.connection.closed.called if net.server.connections else net.server.gone[0].closed.called
     assert h.control.captures._captures == {}

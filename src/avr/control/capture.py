@@ -250,9 +250,12 @@ class AudioCaptures:
 
     def _stop(self, capture: Capture) -> Deferred:
         if capture.stopping is None:
-            capture.stopping = Deferred.fromCoroutine(self._stopped(capture))
-            capture.stopping.addErrback(lambda f: self.log.failure(
-                "Stopping the audio capture of call {id} failed", f, id=capture.call.id))
+            # Set before the stop runs: releasing the leg reports its end (`_leg_ended`) at once.
+            stopping = capture.stopping = Deferred()
+            run = Deferred.fromCoroutine(self._stopped(capture))
+            run.addErrback(lambda f: self.log.failure("Stopping the audio capture of call {id} failed", f,
+                                                      id=capture.call.id))
+            run.addBoth(lambda _: stopping.callback(None))
         # Each caller gets its own Deferred: one being cancelled does not cancel the stop.
         d: Deferred = Deferred()
         def settle(result: Any) -> Any:
