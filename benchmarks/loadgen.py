@@ -411,7 +411,9 @@ def main() -> None:
                         help="seconds between connecting the calls (UUID sent) and their first audio frame")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds sent before the window starts")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of the measured window")
-    parser.add_argument("--drain", type=float, default=0.5, help="seconds to wait for the last echoes")
+    parser.add_argument("--drain", type=float, default=SLOTS * PERIOD,
+                        help="seconds to wait for the last echoes (a frame still queued in the relay after this "
+                             "counts as lost; the default, 2 s, is the longest echo delay that is measured exactly)")
     parser.add_argument("--watch", action="append", default=[], type=lambda s: tuple(s.split("=", 1)),
                         metavar="NAME=PID", help="a process whose CPU and RSS to report")
     args = parser.parse_args()

@@ -160,7 +160,7 @@ def run_one(relay: str, calls: int, rate: int, arrivals: str, phases: int, args:
             load = subprocess.run(
                 [sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--calls", str(calls),
                  "--rate", str(rate), "--arrivals", arrivals, "--phases", str(phases), "--seed", str(args.seed),
-                 "--warmup", str(args.warmup),
+                 "--warmup", str(args.warmup), "--drain", str(args.drain),
                  "--duration", str(args.duration),
                  "--watch", f"relay={server.pid}", "--watch", f"echo={echo.pid}"],
                 cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=args.warmup + args.duration + 120,
@@ -337,6 +337,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "of its own, the harness on the others; nice: the harness at nice 10")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--drain", type=float, default=2.0,
+                        help="seconds to wait for the last echoes after the window (a frame queued longer is lost)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results", help="directory for JSON and logs")
     parser.add_argument("--publish", action="store_true", help="also write benchmarks/results.json and BENCHMARKS.md")
     args = parser.parse_args(argv)

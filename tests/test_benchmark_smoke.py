@@ -21,7 +21,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return bench.main([
         "--relays", relays, "--calls", str(CALLS), "--rates", "8000,16000", "--arrivals", "even,random",
         "--in-step", str(CALLS),
-        "--warmup", "0.5", "--duration", "1.5", "--output", str(tmp_path_factory.mktemp("bench")),
+        "--warmup", "0.5", "--duration", "1.5", "--drain", "0.5", "--output", str(tmp_path_factory.mktemp("bench")),
     ])
 
 
