@@ -7,6 +7,7 @@ fake Asterisk, the fake Qwen3-TTS server and the fake Qwen3-ASR server.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -112,6 +113,9 @@ async def test_the_plugins_conversation_loop(rig: ServiceRig) -> None:  # noqa: 
         events = await connect_events(reactor, rig.port_of("keyless-events"), None)  # the plugin sends no key
         rig.clients.append(events)
         await events.wait(lambda m: m["type"] == "snapshot")
+        # Another client that asks for the audio frames (the key, then audioFrames=true, in the query).
+        frames = await connect_events(reactor, rig.port_of("http"), f"{API_KEY}&audioFrames=true")
+        rig.clients.append(frames)
 
         result = await plugin.originate("PJSIP/1001", "5551234", 30)
         call_id = result["callId"]  # the plugin reads callId
@@ -139,6 +143,9 @@ async def test_the_plugins_conversation_loop(rig: ServiceRig) -> None:  # noqa: 
         kind = audio_kind_for_rate(16000)
         for _ in range(BUFFER_SIZE // len(SPEECH) + 1):
             rig.fake.audiosocket(leg).send_audio(kind, SPEECH)
+        frame = await frames.wait(of_call(call_id, "call.audio_frame"))
+        assert frame["data"]["sampleCount"] == len(SPEECH) // 2 and frame["data"]["sampleRate"] == 16000
+        assert base64.b64decode(frame["data"]["data"]) == SPEECH
         partial = await events.wait(of_call(call_id, "call.transcription"))
         assert partial["data"]["is_partial"] is True and partial["data"]["text"]
         await plugin.stop_audio_capture(call_id)  # parsed as JSON, as the plugin does
@@ -151,6 +158,7 @@ async def test_the_plugins_conversation_loop(rig: ServiceRig) -> None:  # noqa: 
         hung_up = await plugin.hangup(call_id)
         assert hung_up["status"] == "hungup"
         await events.wait(of_call(call_id, "call.ended"))
+        assert not [m for m in events.messages if m["type"] == "call.audio_frame"]  # it did not ask (D22)
         with pytest.raises(PluginError, match="401"):
             await PluginClient(rig.http, rig.base, "wrong-key").list_calls()
     finally:

@@ -228,6 +228,7 @@ def build_control(
         tts=openai_tts(reactor, config, http_client),
         listener=listener,
         asr_sessions=asr_sessions(reactor, config),
+        frames=hub,
     )
     stream = AriEventStream(
         reactor, endpoint_connector(reactor), config.ari_url, config.ari_app,

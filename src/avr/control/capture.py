@@ -11,7 +11,9 @@ The caller's audio only (not what is played to the call) reaches avr through its
 
 Events as asterisk-api's: ``call.audio_capture_started`` (the capture info), ``call.audio_capture_stopped`` ``{}``,
 ``call.audio_capture_error`` ``{error}`` (``Failed to start ASR: ...``, the ASR lost for good, the leg failing).
-asterisk-api broadcast every audio frame to every ``/events`` client (D22); avr does not publish frames.
+asterisk-api broadcast every audio frame to every ``/events`` client (D22); avr sends asterisk-api's
+``call.audio_frame`` (base64 PCM) only to the ``/events`` subscribers that ask for it (``?audioFrames=true``), and
+never to a webhook.
 
 Inbound calls are captured once answered, as asterisk-api does, when the ASR is configured. A call that ends
 stops its capture: the ASR is flushed (its final result published once, D9), then the leg, its bridge and the snoop
@@ -20,6 +22,7 @@ channel are gone (nothing lingers to keep an extension busy, asterisk-api's ace6
 
 from __future__ import annotations
 
+import base64
 import uuid
 from typing import Any, Callable
 
@@ -35,6 +38,7 @@ from avr.ari.client import path_segment
 from avr.control.ari_link import AriLink
 from avr.control.call_registry import CallRegistry, require_stasis
 from avr.control.errors import Conflict, Timeout, Unavailable
+from avr.control.hub import AUDIO_FRAME, EventsHub
 from avr.control.media_leg import MediaLeg, MediaLegs
 from avr.control.records import INBOUND, MEDIA_CHANNEL_PREFIX, CallRecord, iso
 from avr.control.tasks import TaskGroup
@@ -142,6 +146,7 @@ class AudioCaptures:
     :param listener: takes the legs' AudioSocket connections (``None``: capture unavailable).
     :param asr_sessions: makes a call's ASR session (``None``: ``ASR_URL`` is not a streaming ASR; the capture
         still runs, with nothing to send the audio to).
+    :param frames: the ``/events`` hub, for the ``call.audio_frame`` events of the subscribers that ask for them.
     """
 
     registry: CallRegistry
@@ -152,6 +157,7 @@ class AudioCaptures:
     app: str
     listener: AudioListener | None = None
     asr_sessions: AsrSessions | None = None
+    frames: EventsHub | None = None
     _captures: dict[str, Capture] = field(factory=dict, init=False)
     #: Inbound calls captured automatically once (not again after an API stop).
     _auto_started: set[str] = field(factory=set, init=False)
@@ -234,6 +240,11 @@ class AudioCaptures:
     def _audio(self, capture: Capture, pcm: bytes) -> None:
         if capture.asr is not None:
             capture.asr.send_audio(pcm)
+        if self.frames is not None and self.frames.wants_audio_frames:
+            now = self.clock.seconds()
+            self.frames.publish({"type": AUDIO_FRAME, "callId": capture.call.id, "timestamp": iso(now), "data": {
+                "timestamp": int(now * 1000), "format": CAPTURE_FORMAT, "sampleRate": CAPTURE_RATE, "channels": 1,
+                "sampleCount": len(pcm) // 2, "data": base64.b64encode(pcm).decode("ascii")}})
 
     async def stop(self, call_id: str) -> dict:
         """

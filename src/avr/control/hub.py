@@ -32,6 +32,9 @@ from avr.control.records import iso
 from avr.interfaces import IEventSink
 from avr.wsclock import ConnectionTimers, WebSocketTimeouts, disable_autobahn_timers
 
+#: The event of each captured audio frame: sent only to subscribers that ask (`EventsServerProtocol.audio_frames`).
+AUDIO_FRAME = "call.audio_frame"
+
 #: Close codes: policy violation (client too slow), going away (server shutting down), internal error.
 CLOSE_TOO_SLOW = 1008
 CLOSE_GOING_AWAY = 1001
@@ -109,14 +112,26 @@ class EventsHub:
         """
         return WebSocketResource(EventsServerFactory(self, snapshot))
 
+    @property
+    def wants_audio_frames(self) -> bool:
+        """Some subscriber asked for ``call.audio_frame`` events (``/events?audioFrames=true``)."""
+        return any(s.audio_frames for s in self._subscribers)
+
     def publish(self, event: dict) -> None:
-        """Send ``event`` to every subscriber (`IEventSink`). Never raises, never blocks."""
+        """
+        Send ``event`` to every subscriber (`IEventSink`); a ``call.audio_frame`` only to those that asked for
+        them (asterisk-api sent every frame to every client, D22). Never raises, never blocks.
+        """
+        frames = event.get("type") == AUDIO_FRAME
+        subscribers = [s for s in self._subscribers if s.audio_frames] if frames else list(self._subscribers)
+        if frames and not subscribers:
+            return
         try:
             payload = encode_event(event)
         except (TypeError, ValueError):
             self.log.failure("Dropping an event that is not JSON: type={type}", type=event.get("type"))
             return
-        for subscriber in list(self._subscribers):
+        for subscriber in subscribers:
             subscriber.deliver(payload)
 
     def stop(self) -> Deferred:
@@ -201,6 +216,8 @@ class EventsServerProtocol(WebSocketServerProtocol):
         self._closing = False
         self._lost = False
         self._lost_waiters: list[Deferred] = []
+        #: The client asked for ``call.audio_frame`` events (``?audioFrames=true`` on the upgrade request).
+        self.audio_frames = False
 
     @property
     def hub(self) -> EventsHub:
@@ -214,6 +231,10 @@ class EventsServerProtocol(WebSocketServerProtocol):
         self._timers.connected()
         WebSocketServerProtocol.connectionMade(self)
         self.hub.connected(self)
+
+    def onConnect(self, request: Any) -> None:
+        values = request.params.get("audioFrames") or request.params.get("audio_frames") or [""]
+        self.audio_frames = values[0].strip().lower() in ("1", "true", "yes")
 
     def onOpen(self) -> None:
         self._timers.opened()

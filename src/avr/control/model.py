@@ -54,6 +54,7 @@ from avr.control.bridges import Bridges
 from avr.control.call_registry import DEFAULT_RETENTION, CallRegistry
 from avr.control.capture import AsrSessions, AudioCaptures, AudioListener
 from avr.control.channels import Channels
+from avr.control.hub import EventsHub
 from avr.control.errors import Conflict
 from avr.control.media_leg import MediaLegs
 from avr.control.playbacks import Playbacks
@@ -108,6 +109,7 @@ class CallControl:
     :param tts: the OpenAI-compatible TTS of ``/speak`` (``None``: 501).
     :param listener: takes the AudioSocket connections of audio captures (``None``: capture unavailable).
     :param asr_sessions: makes the streaming ASR session of a captured call (``None``: no ASR).
+    :param frames: the ``/events`` hub, for the ``call.audio_frame`` events subscribers ask for.
     """
 
     ari: IAriClient | None
@@ -131,6 +133,7 @@ class CallControl:
     tts: OpenAiTts | None = None
     listener: AudioListener | None = None
     asr_sessions: AsrSessions | None = None
+    frames: EventsHub | None = None
     tasks: TaskGroup = field(init=False)
     link: AriLink = field(init=False)
     registry: CallRegistry = field(init=False)
@@ -164,7 +167,8 @@ class CallControl:
         self.agents = Agents(registry, link, tasks, clock, self.legs, self, self._agent_runner, self.default_agent,
                              self.sts_routes, self.agent_on_failure)
         self.speaker = Speaker(registry, self.playbacks, self.tts)
-        self.captures = AudioCaptures(registry, link, tasks, clock, self.legs, app, self.listener, self.asr_sessions)
+        self.captures = AudioCaptures(registry, link, tasks, clock, self.legs, app, self.listener, self.asr_sessions,
+                                      self.frames)
         # What an ended call held is released in this order (its events are published in it).
         for released in (self.channels, self.speaker, self.captures, self.recordings, self.legs, self.playbacks,
                          self.bridges, self.agents):
