@@ -160,3 +160,14 @@ def test_no_tts_is_501_and_unknown_call_404() -> None:
     assert e.value.status == 501 and e.value.message == "TTS not configured — set TTS_URL environment variable"
     with pytest.raises(NotFound):
         h.run(h.control.speak("nope", "Hello"))
+
+
+def test_a_speak_given_up_by_its_client_stops_its_speech() -> None:
+    """The HTTP request is cancelled (client gone) while the speech plays: the playback is stopped too."""
+    h, _, http = _speaking()
+    cid = answered_inbound(h)
+    d, outcome = _speak(h, http, cid, "Hello")
+    uuid, _ = _leg_up(h)
+    d.cancel()
+    assert h.injector.cancelled == [uuid] and h.ari.find("DELETE", f"/channels/avr-media-{uuid}")
+    assert h.sink.of("call.speak_error")[0]["data"]["error"] == "Speak cancelled: the request was given up"

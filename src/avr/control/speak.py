@@ -88,9 +88,12 @@ class Speaker:
             speech = await self._synthesize(speaking, tts, text, voice, language, speed)
             await self._play(speaking, call, speech)
         except CancelledError:
-            if speaking.interrupted is None:  # the client went away: so does its speech
+            given_up = speaking.interrupted is None
+            if given_up:  # the client went away (the request was cancelled): so does its speech
                 self._interrupt(speaking, "cancelled: the request was given up")
             self.registry.publish("call.speak_error", {"text": text, "error": f"Speak {speaking.interrupted}"}, call)
+            if given_up:
+                raise
             raise Conflict(f"Speak {speaking.interrupted}") from None
         except Exception as e:
             error = self._error(speaking, e)

@@ -72,7 +72,6 @@ class FakeAsrProtocol(WebSocketServerProtocol):
             return
         self._reply({"status": "connected", "sample_rate": self.sample_rate, "format": "pcm_s16le",
                     "buffer_size": BUFFER_SIZE, "window_max_s": WINDOW_MAX_S, "use_server_vad": False})
-        self.factory.opened(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
@@ -119,10 +118,6 @@ class FakeAsrProtocol(WebSocketServerProtocol):
         if text:
             self._reply({"text": text, "is_partial": True, "is_final": False})
 
-    def send_text(self, text: str, is_partial: bool = True, is_final: bool = False) -> None:
-        """Send a transcription of the test's choosing."""
-        self._reply({"text": text, "is_partial": is_partial, "is_final": is_final})
-
     def send_raw(self, payload: bytes, binary: bool = False) -> None:
         """Send anything."""
         self.sendMessage(payload, isBinary=binary)
@@ -159,15 +154,3 @@ class FakeAsrServerFactory(WebSocketServerFactory):
         self.transcribe = transcribe
         self.connections: list[FakeAsrProtocol] = []
         self.gone: list[FakeAsrProtocol] = []
-        self._waiting: list[Deferred] = []
-
-    def opened(self, connection: FakeAsrProtocol) -> None:
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.callback(connection)
-
-    def next_connection(self) -> Deferred:
-        """A Deferred firing with the next connection that opens."""
-        d: Deferred = Deferred()
-        self._waiting.append(d)
-        return d
