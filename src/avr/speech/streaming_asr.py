@@ -41,8 +41,8 @@ from avr.config import redact_url
 from avr.failures import describe_failure
 from avr.json_input import decode_json
 from avr.logtext import clip
+from avr.once import Once
 from avr.sts.attempt import Dialer
-from avr.sts.once import Once
 from avr.wsclock import ConnectionTimers, WebSocketTimeouts, disable_autobahn_timers
 
 log = Logger()
