@@ -21,6 +21,7 @@ from avr.frames import audio_kind_for_rate
 from avr.testing.asr import BUFFER_SIZE, FakeAsrServerFactory
 from avr.testing.tts import FakeTtsServer
 from tests.control_harness import WAIT, connect_events, of_call
+from tests.helpers import until
 from tests.test_integration_control import API_KEY, ServiceRig, rig  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.integration
@@ -203,3 +204,38 @@ async def test_hang_up_during_capture_and_speech_leaves_nothing(rig: ServiceRig)
     finally:
         await tts_port.stopListening()
         await asr_port.stopListening()
+
+
+@pytest.mark.logs_errors("Allowlist .* not JSON")
+@pytest_twisted.ensureDeferred
+async def test_allowlist_through_the_fake_asterisk(rig: ServiceRig, tmp_path: Any) -> None:  # noqa: F811
+    """
+    allowlist.json over loopback: a caller not listed is hung up with no trace on /events, a listed one becomes a
+    call; an unlisted number is 403 with asterisk-api's body; an edited file is read by POST /allowlist/reload; a
+    broken one is 422 and the lists stay.
+    """
+    path = tmp_path / "allowlist.json"
+    path.write_text(json.dumps({"inbound": ["6596542555"], "outbound": ["6596542555"]}))
+    rig.start(allowlist_file=str(path), inbound_ring_delay=0)
+    await rig.until_ari(lambda ari: ari == "connected")
+    await rig.until_synced(1)
+    events = await rig.events()
+    blocked = rig.fake.inbound_call("6591110000", "6100")
+    allowed = rig.fake.inbound_call("+65 9654 2555", "6100")
+    await events.wait(of_call(allowed, "call.created"))
+    await until(rig.reactor, lambda: blocked not in rig.fake.channels)  # hung up by avr
+    assert not [m for m in events.messages if m.get("callId") == blocked]
+    status, body = await rig.request("POST", "/calls", {"endpoint": "PJSIP/6591110000@trunk"})
+    assert status == 403 and body == {"error": "Outbound call blocked by allowlist",
+                                      "endpoint": "PJSIP/6591110000@trunk", "extractedNumber": "6591110000",
+                                      "hint": "Add the destination number to allowlist.json outbound array"}
+    path.write_text(json.dumps({"inbound": [], "outbound": ["6591110000"]}))
+    status, body = await rig.request("POST", "/allowlist/reload")
+    assert (status, body) == (200, {"status": "reloaded", "inbound": [], "outbound": ["6591110000"]})
+    path.write_text("{broken")
+    status, body = await rig.request("POST", "/allowlist/reload")
+    assert status == 422 and body["outbound"] == ["6591110000"]
+    status, body = await rig.request("GET", "/allowlist")
+    assert status == 200 and body["error"].startswith("not JSON")
+    rig.fake.remote_hangup(allowed)
+    await events.wait(of_call(allowed, "call.ended"))
