@@ -87,3 +87,13 @@ def test_start_up_says_which_mode_runs_and_what_is_ignored():
     assert any("VAD_MODEL=legacy" in line for line in lines)
     assert any("built-in echo agent" in line for line in lines)
     assert any(line == "Settings with no effect in echo mode: SYSTEM_MESSAGE" for line in lines)
+
+
+def test_vad_defaults_of_the_settings_table_are_the_detectors_defaults() -> None:
+    """The ``VAD_*`` defaults live in the settings table and in `VadSettings`: they must not drift apart."""
+    from avr.config import Config
+    from avr.pipeline.connector import vad_settings
+    from avr.pipeline.vad import VadSettings
+
+    assert vad_settings(Config()) == VadSettings()
+    assert vad_settings(load_config(environ={})) == VadSettings()
