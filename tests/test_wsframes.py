@@ -21,7 +21,8 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 
 from avr.wsclock import disable_autobahn_timers
-from avr.sts.wsframes import TEXT, MaskingKeys, leading_text_frames, masked_frame
+from avr.sts import wsframes
+from avr.sts.wsframes import TEXT, MaskingKeys, leading_text_frames, masked_frame, xor_mask
 
 LENGTHS = [0, 1, 125, 126, 127, 65535, 65536, 70000]
 
@@ -115,6 +116,24 @@ def test_masked_frame_decodes_independently(n):
     assert fields["header_len"] == (2 if n < 126 else 4 if n < 65536 else 10) + 4
     assert fields["payload"] == payload
     assert create_xor_masker(mask, n).process(data[fields["header_len"]:]) == payload
+
+
+@given(st.binary(max_size=2000), st.binary(min_size=4, max_size=4))
+def test_both_maskers_mask_alike(payload, mask):
+    """The pure-Python fallback masks exactly as websockets' C helper and as autobahn's masker do."""
+    assert wsframes.apply_mask is not None, "websockets' C speedups are installed with avr (setup.cfg)"
+    expected = create_xor_masker(mask, len(payload)).process(payload)
+    assert xor_mask(payload, mask) == expected
+    assert wsframes.apply_mask(payload, mask) == expected
+
+
+@pytest.mark.parametrize("n", [0, 1, 320, 70000])
+def test_masked_frame_without_the_c_helper(monkeypatch, n):
+    """Where websockets has no C helper, `masked_frame` falls back to `xor_mask`, frame for frame the same."""
+    payload = payload_of(n)
+    with_helper = masked_frame(TEXT, payload, b"\x01\x02\x03\x04")
+    monkeypatch.setattr(wsframes, "apply_mask", None)
+    assert masked_frame(TEXT, payload, b"\x01\x02\x03\x04") == with_helper
 
 
 def test_masked_frame_keeps_the_opcode():

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 from typing import Any
 
 from twisted.application.service import IService, Service
+from twisted.logger import Logger
 from twisted.python import usage
 
 from avr.config import SETTINGS, Config, ConfigError, load_config, read_config_file, read_env_file
@@ -46,13 +48,30 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> IService:
-    """Build avr on the global reactor (called by twistd once the reactor is chosen)."""
+    """Build avr on the global reactor: avr's own (`avr.reactor`) unless ``twistd --reactor`` chose one."""
+    install_reactor(options["avr-config"].fast_paths)
     from twisted.internet import reactor
+
+    Logger().info("Reactor: {reactor}", reactor=f"{type(reactor).__module__}.{type(reactor).__qualname__}")
 
     # What is loaded by now lives as long as the process: keep it out of the cyclic collector's scans, so that a
     # full collection (which holds up every call's audio while it runs) only walks objects made since.
     reactor.callWhenRunning(gc.freeze)
     return build_real_service(reactor, options["avr-config"])
+
+
+def install_reactor(fast_paths: bool) -> None:
+    """
+    Install `avr.reactor.LeanEPollReactor` as the global reactor, unless one is installed already (chosen with
+    ``twistd --reactor``), ``fast_paths`` is false (``FAST_PATHS=off``) or there is no epoll here.
+    """
+    if not fast_paths or "twisted.internet.reactor" in sys.modules:
+        return
+    try:
+        from avr.reactor import install
+    except ImportError:  # no epoll on this platform: Twisted's default reactor
+        return
+    install()
 
 
 def build_real_service(reactor: Any, config: Config) -> IService:
