@@ -193,6 +193,31 @@ def test_under_overload_the_agents_audio_stays_near_real_time(log_events: list[L
     assert warnings[-1].endswith("on this call so far)") and "dropped the oldest" in warnings[-1]
 
 
+def test_an_agent_streams_hiccup_is_taken_back_and_reported(log_events: list[LogEvent]) -> None:
+    """
+    The agent's real-time stream stalls for 300 ms and then delivers the held audio at once: the caller hears it
+    with at most 100 ms of it standing queued a few seconds later (not 300 ms for the rest of the call), and the
+    call's end says how many frames that cost.
+    """
+    world = World()
+    leg, call = world.connect()
+    call.caller_audio(0x10, bytes(320))
+    world.sts.open(U1)
+    frame = 0
+    for tick in range(300):
+        if not 100 <= tick < 115:
+            while frame <= tick:
+                call.sts_audio(frame.to_bytes(4, "little") * 80)
+                frame += 1
+        world.run(0.020)
+    behind = frame - 1 - int.from_bytes(leg.sent[-1][1][:4], "little")
+    assert behind <= 6  # 5 frames of cushion and the one in flight, instead of 15
+    call.caller_gone("hung up")
+    lines = [formatEvent(e) for e in log_events if e.get("log_level") == LogLevel.info]
+    assert f"Call {U1}: 10 frames of agent audio were dropped to take back the delay that hiccups of its stream added" \
+        in lines
+
+
 def test_odd_chunks_are_reframed() -> None:
     """Agent audio in odd-sized chunks is re-cut into whole 20 ms frames without losing a byte."""
     world = World()

@@ -7,7 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from avr.playout import MAX_LAG_FRAMES, FrameTicker, PlaybackQueue, frame_bytes_for_rate
+from avr.playout import (
+    CATCH_UP_DEPTH,
+    CATCH_UP_SPACING,
+    MAX_LAG_FRAMES,
+    FrameTicker,
+    PlaybackQueue,
+    frame_bytes_for_rate,
+)
 
 
 def drain(queue: PlaybackQueue) -> list[bytes]:
@@ -110,6 +117,91 @@ def test_the_lag_counts_only_frames_that_were_waiting() -> None:
     assert queue.fell_behind(50) == 0
     queue.feed(bytes(320 * 10))
     assert queue.fell_behind(3) == 6 and len(queue) == 7
+
+
+def play(queue: PlaybackQueue, arrivals: dict[int, int], ticks: int) -> list[tuple[int, int, int]]:
+    """
+    Run ``ticks`` ticks: before tick ``t`` the agent's frames numbered ``arrivals[t]``... arrive (each frame's
+    bytes say its number). :return: (tick, frame number, frames queued behind it) for every frame played.
+    """
+    played = []
+    fed = 0
+    for tick in range(ticks):
+        for _ in range(arrivals.get(tick, 0)):
+            queue.feed(fed.to_bytes(4, "little") * 80)
+            fed += 1
+        frame = queue.next_frame()
+        if frame is not None:
+            played.append((tick, int.from_bytes(frame[:4], "little"), len(queue)))
+    return played
+
+
+def real_time(ticks: range, lead: int = 0) -> dict[int, int]:
+    """One frame per tick (plus ``lead`` more at the first tick): an agent streaming in real time."""
+    arrivals = dict.fromkeys(ticks, 1)
+    arrivals[ticks.start] += lead
+    return arrivals
+
+
+def test_a_hiccup_in_a_real_time_stream_is_caught_up() -> None:
+    """
+    A real-time stream stalls for 12 ticks, then the held frames arrive at once: without a remedy they would stand
+    queued (240 ms late) for the rest of the call. The queue drops one frame every CATCH_UP_SPACING ticks until no
+    more than CATCH_UP_DEPTH stand behind the one playing; nothing else is lost, and the order is kept.
+    """
+    arrivals = real_time(range(100))  # then nothing for ticks 100-111
+    arrivals[112] = 13  # the 12 stalled frames and the one due now
+    arrivals.update(real_time(range(113, 400)))
+    queue = PlaybackQueue(320)
+    played = play(queue, arrivals, 400)
+    numbers = [n for _, n, _ in played]
+    assert numbers == sorted(numbers)
+    dropped = sorted(set(range(400)) - set(numbers) - set(range(400 - len(queue), 400)))
+    assert len(dropped) == queue.caught_up == 12 - CATCH_UP_DEPTH
+    cut_ticks = [tick for tick, n, _ in played if n - 1 in dropped]
+    assert all(b - a >= CATCH_UP_SPACING for a, b in zip(cut_ticks, cut_ticks[1:], strict=False))
+    assert max(behind for tick, _, behind in played if tick > 200) <= CATCH_UP_DEPTH
+
+
+def test_without_a_remedy_the_hiccup_would_stand() -> None:
+    """The same stall with CATCH_UP_DEPTH frames or fewer held: nothing is dropped (a small cushion is kept)."""
+    arrivals = real_time(range(100))
+    arrivals[100 + CATCH_UP_DEPTH] = CATCH_UP_DEPTH + 1
+    arrivals.update(real_time(range(101 + CATCH_UP_DEPTH, 400)))
+    queue = PlaybackQueue(320)
+    played = play(queue, arrivals, 400)
+    assert queue.caught_up == 0 and len(played) + len(queue) == 400
+
+
+def test_audio_sent_ahead_of_real_time_is_never_cut() -> None:
+    """An agent that keeps 2 s ahead (a burst, then real time), with a hiccup and after a pause: all of it plays."""
+    arrivals = real_time(range(50), lead=100)  # 2 s ahead from the start
+    arrivals.update(real_time(range(60, 200), lead=100))  # a hiccup of 10 ticks, then 2 s ahead again
+    arrivals.update(real_time(range(600, 700), lead=30))  # after a pause, 600 ms ahead
+    queue = PlaybackQueue(320)
+    played = play(queue, arrivals, 1500)
+    assert queue.caught_up == 0
+    assert [n for _, n, _ in played] == list(range(50 + 100 + 140 + 100 + 100 + 30))
+
+
+def test_a_pause_is_not_a_hiccup() -> None:
+    """Dry for longer than a hiccup (the agent paused): the next stream's lead is its own, and kept in full."""
+    arrivals = real_time(range(50))
+    arrivals.update(real_time(range(80, 300), lead=10))
+    queue = PlaybackQueue(320)
+    play(queue, arrivals, 400)
+    assert queue.caught_up == 0
+
+
+def test_a_barge_in_forgets_the_slip() -> None:
+    """After `clear`, the ticks that ran dry before it do not count against the next answer."""
+    arrivals = real_time(range(50))
+    arrivals[60] = 1  # 10 dry ticks, then one frame: a slip of 10
+    queue = PlaybackQueue(320)
+    play(queue, arrivals, 61)
+    queue.clear()
+    assert play(queue, real_time(range(100), lead=10), 100)[-1][1] == 99
+    assert queue.caught_up == 0
 
 
 class Recorder:
@@ -313,7 +405,7 @@ def test_an_overloaded_server_stays_near_real_time(phases: int) -> None:
     assert call.fed == 6000
     assert call.longest <= MAX_LAG_FRAMES + 10  # 2 s (+ one reactor pass)
     assert call.queue.late_dropped > 0
-    assert call.played + call.queue.late_dropped + len(call.queue) == call.fed
+    assert call.played + call.queue.late_dropped + call.queue.caught_up + len(call.queue) == call.fed
     ticker.discard(call)
 
 

@@ -149,7 +149,10 @@ class AudioSocketProtocol(Protocol):
                 and size <= self._parser.max_payload and not self._parser.buffered):
             # The common case, 50 times a second: one whole audio frame in one read (no parser, no Frame value).
             self.active = True
-            self._to_sink(self._sink.caller_audio, data[0], data[3:])
+            try:
+                self._sink.caller_audio(data[0], data[3:])
+            except Exception:
+                self._sink_failed()
             return
         error = None
         try:
@@ -238,8 +241,12 @@ class AudioSocketProtocol(Protocol):
         try:
             method(*args)
         except Exception:
-            self.log.failure("Call {uuid}: the call failed on an inbound frame; hanging up", uuid=self.uuid)
-            self._end("internal error", send_hangup=True)
+            self._sink_failed()
+
+    def _sink_failed(self) -> None:
+        """(In an ``except`` block.) The call raised on an inbound frame: log it and hang up."""
+        self.log.failure("Call {uuid}: the call failed on an inbound frame; hanging up", uuid=self.uuid)
+        self._end("internal error", send_hangup=True)
 
     def _end(self, reason: str, send_hangup: bool) -> None:
         """End the leg from this side: close (with 0x00 if asked), then tell the sink."""

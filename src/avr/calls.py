@@ -160,6 +160,9 @@ class Call:
         if self.leg.connected:
             self.leg.hang_up()
         self.log.info("Call ended: {uuid} ({reason})", uuid=self.uuid, reason=reason)
+        if self._queue is not None and self._queue.caught_up:
+            self.log.info("Call {uuid}: {frames} frames of agent audio were dropped to take back the delay that "
+                          "hiccups of its stream added", uuid=self.uuid, frames=self._queue.caught_up)
         if self._requests and linger:
             self._linger = self.clock.callLater(ACTION_LINGER, self._linger_over)
             return

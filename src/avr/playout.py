@@ -28,6 +28,16 @@ PLAYOUT_PHASES = 4
 #: slots while the server was overloaded, before its oldest frames are dropped to bring it back (`PlaybackQueue`).
 MAX_LAG_FRAMES = 100
 
+#: Frames (100 ms) that may stand queued behind the one playing because playback ran dry mid-stream, before the
+#: queue catches up (`PlaybackQueue`).
+CATCH_UP_DEPTH = 5
+
+#: Ticks between two frames dropped while catching up: a 20 ms cut at most every 100 ms.
+CATCH_UP_SPACING = 5
+
+#: Ticks (500 ms) a queue may run dry and still be one stream with a hiccup in it, rather than a pause between two.
+HICCUP_TICKS = 25
+
 
 def frame_bytes_for_rate(rate: int) -> int:
     """Bytes of one 20 ms frame of mono PCM16 at ``rate`` Hz (320 at 8 kHz, 640 at 16 kHz, 1764 at 44.1 kHz)."""
@@ -46,6 +56,14 @@ class PlaybackQueue:
     waited (`fell_behind`): a long answer an agent sent in one burst is ahead of real time, not behind, and plays in
     full. Once the skipped ticks add up to more than ``max_lag``, the oldest frames are dropped (counted in
     `late_dropped`) and playback is back on schedule: an overloaded server's calls sound cut, but stay live.
+
+    A frame of a real-time stream that arrives just after its tick leaves that tick empty and plays one tick late,
+    and so does every frame after it, since they keep coming one per tick: without a remedy, each hiccup of the
+    network or of the agent would add 20 ms to the rest of the call. The queue counts those empty ticks of a stream
+    (its *slip*: dry for at most `HICCUP_TICKS`, then fed again; a longer gap is a pause and starts afresh), and
+    while more than `CATCH_UP_DEPTH` frames stand behind the one playing it drops one frame every `CATCH_UP_SPACING`
+    ticks, never more than the slip (counted in `caught_up`). A queue deeper than the slip explains was sent ahead
+    of real time: nothing of it is dropped.
     """
 
     frame_bytes: int
@@ -61,9 +79,18 @@ class PlaybackQueue:
     _partial_waited: bool = False
     # Ticks missed while frames were waiting, since the queue last ran dry.
     _lag: int = 0
+    #: Frames dropped to take back the delay that ticks with nothing to play added to a stream.
+    caught_up: int = 0
+    # Ticks in a row with nothing to play; the stream's slip (see above); ticks since a frame was dropped for it.
+    _dry: int = 0
+    _slip: int = 0
+    _since_cut: int = CATCH_UP_SPACING
 
     def feed(self, pcm: bytes) -> None:
         """Queue ``pcm`` (PCM16LE at the playback rate) behind what is already queued."""
+        if self._dry:
+            self._slip = self._slip + self._dry if self._dry <= HICCUP_TICKS else 0
+            self._dry = 0
         if self._partial:
             pcm = self._partial + pcm
             self._partial = b""
@@ -84,18 +111,37 @@ class PlaybackQueue:
 
     def next_frame(self) -> bytes | None:
         """The frame to play at this tick, or ``None`` when there is nothing to play."""
-        if self._frames:
-            return self._frames.popleft()
+        frames = self._frames
+        if frames:
+            if self._slip:
+                self._catch_up(frames)
+            return frames.popleft()
         self._lag = 0  # ran dry: whatever comes next is on time
+        self._dry += 1
         if not self._partial:
             return None
         if not self._partial_waited:
             self._partial_waited = True
             return None
+        self._dry = 0
         frame = self._partial + bytes(self.frame_bytes - len(self._partial))
         self._partial = b""
         self._partial_waited = False
         return frame
+
+    def _catch_up(self, frames: deque[bytes]) -> None:
+        """Drop the oldest frame if the slip explains the frames standing behind the one about to play (see above)."""
+        self._since_cut += 1
+        behind = len(frames) - 1
+        if behind <= CATCH_UP_DEPTH:
+            return
+        if behind > self._slip + CATCH_UP_DEPTH:  # sent ahead of real time: the slip is absorbed
+            self._slip = 0
+        elif self._since_cut >= CATCH_UP_SPACING:
+            frames.popleft()
+            self._slip -= 1
+            self.caught_up += 1
+            self._since_cut = 0
 
     def clear(self) -> int:
         """Drop everything queued (barge-in). :return: the number of whole frames dropped."""
@@ -104,6 +150,7 @@ class PlaybackQueue:
         self._partial = b""
         self._partial_waited = False
         self._lag = 0
+        self._dry = self._slip = 0
         return dropped
 
     def fell_behind(self, ticks: int) -> int:
