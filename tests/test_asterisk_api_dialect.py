@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 
 from avr.allowlist import Allowlist
 from avr.control import errors
+from avr.control.records import call_id_for
 from tests.ari_fakes import make, stasis_start
 from tests.test_control_routes import Api, FakeControl
 
@@ -101,7 +102,7 @@ def test_inbound_caller_not_allowed_is_hung_up_without_a_trace(tmp_path: Path) -
     assert [(r.method, r.path) for r in h.ari.requests] == [("DELETE", "/channels/in-1"), ("DELETE", "/channels/in-2")]
     assert h.sink.events == [] and h.run(h.control.list_calls()) == []
     h.feed(stasis_start("in-3", "Ring", number="+65 9654 2555"))
-    assert h.sink.types("in-3") == ["call.created", "call.state_changed"]
+    assert h.sink.types(call_id_for("in-3")) == ["call.created", "call.state_changed"]
 
 
 def test_media_channels_bypass_the_allowlist(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from avr.calls import CallManager
 from avr.control.call_observer import RegistryObserver
 from avr.control.call_registry import CallRegistry
 from avr.control.errors import Conflict, NotFound
+from avr.control.records import call_id_for
 from avr.control.tasks import TaskGroup
 from avr.interfaces import ICallObserver
 from avr.playout import FrameTicker
@@ -140,9 +141,10 @@ def test_linked_with_the_ari_call_of_its_channel() -> None:
     channel_id = answered_inbound(h)
     world = World(h.control.registry, h.clock)
     world.connect(payload={**PAYLOAD, "uniqueid": channel_id})
-    assert world.registry.describe(U1)["linkedCallId"] == channel_id
+    assert world.registry.describe(U1)["linkedCallId"] == call_id_for(channel_id)
     assert h.run(h.control.get_call(channel_id))["linkedCallId"] == U1
-    assert {c["id"]: c["kind"] for c in h.run(h.control.list_calls())} == {channel_id: "ari", U1: "audiosocket"}
+    assert {c["id"]: c["kind"] for c in h.run(h.control.list_calls())} == {call_id_for(channel_id): "ari",
+                                                                            U1: "audiosocket"}
 
 
 def test_call_control_never_acts_on_an_audiosocket_call() -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from avr.ari.errors import AriError
 from avr.control.errors import Conflict, NotFound, Timeout
+from avr.control.records import call_id_for
 from tests.ari_fakes import (
     Harness,
     answered_inbound,
@@ -65,7 +66,7 @@ def test_add_and_remove_from_capture_event_order() -> None:
     h.run(h.control.add_to_bridge(bridge_id, b))
     assert h.sink.types() == ["bridge.channel_entered", "call.state_changed"] * 2
     assert h.run(h.control.get_call(a))["state"] == "bridged"
-    assert h.run(h.control.get_bridge(bridge_id))["calls"] == [a, b]
+    assert h.run(h.control.get_bridge(bridge_id))["calls"] == [call_id_for(a), call_id_for(b)]
     h.sink.clear()
     h.run(h.control.remove_from_bridge(bridge_id, a))
     h.feed(left_bridge(bridge_id, a, [b]))
@@ -102,7 +103,7 @@ def test_bridged_call_hangs_up() -> None:
     h, a, b = bridged_pair()
     h.feed(hangup_request(a, 16), left_bridge("br-1", a, [b]), stasis_end(a))
     assert h.sink.types() == ["bridge.channel_left", "call.state_changed", "call.ended"]
-    assert h.run(h.control.get_bridge("br-1"))["calls"] == [b]
+    assert h.run(h.control.get_bridge("br-1"))["calls"] == [call_id_for(b)]
 
 
 def test_bridge_errors() -> None:
@@ -163,15 +164,16 @@ def test_transfer_success() -> None:
     h.feed(dial("t-1", ""), state_change("t-1", "Ringing"), dial("t-1", "RINGING"), state_change("t-1", "Up"))
     assert outcome == [] and not h.ari.find("POST", "/bridges/.*")
     h.feed(dial("t-1", "ANSWER"), stasis_start("t-1"))
-    assert outcome[0] == {"callId": cid, "newCallId": "t-1", "bridgeId": "br-1",
-                          "bridge": {"id": "br-1", "name": f"transfer-{cid}", "type": "mixing", "kind": "transfer",
-                                     "calls": [cid, "t-1"], "createdAt": outcome[0]["bridge"]["createdAt"]}}
+    call_id, target_id = call_id_for(cid), call_id_for("t-1")
+    assert outcome[0] == {"callId": call_id, "newCallId": target_id, "bridgeId": "br-1",
+                          "bridge": {"id": "br-1", "name": f"transfer-{call_id}", "type": "mixing", "kind": "transfer",
+                                     "calls": [call_id, target_id], "createdAt": outcome[0]["bridge"]["createdAt"]}}
     assert h.ari.find("DELETE", f"/channels/{cid}/ring")
     assert h.ari.find("POST", "/bridges/br-1/addChannel")[0].params == {"channel": [cid, "t-1"]}
     assert h.run(h.control.get_call(cid))["state"] == "bridged"
     target = h.run(h.control.get_call("t-1"))
-    assert target["state"] == "bridged" and target["transferredFrom"] == cid
-    assert h.sink.types(cid) == ["call.state_changed", "call.transferred"]
+    assert target["state"] == "bridged" and target["transferredFrom"] == call_id and target["channelId"] == "t-1"
+    assert h.sink.types(call_id) == ["call.state_changed", "call.transferred"]
     assert h.sink.types()[-1] == "call.transferred"
 
 
@@ -184,7 +186,7 @@ def test_transfer_target_in_stasis_before_the_originate_answer() -> None:
     _answer_target(h, "t-1")
     assert not h.ari.find("POST", "/bridges/.*")
     h.ari.release()
-    assert outcome[0]["newCallId"] == "t-1"
+    assert outcome[0]["newCallId"] == call_id_for("t-1")
 
 
 def test_transfer_busy_from_capture() -> None:
@@ -199,7 +201,7 @@ def test_transfer_busy_from_capture() -> None:
     assert h.ari.find("DELETE", f"/channels/{cid}/ring")
     assert not h.ari.find("DELETE", f"/channels/{cid}") and not h.ari.find("POST", "/bridges.*")
     failed = h.sink.of("call.transfer_failed")[0]
-    assert failed["callId"] == cid and failed["data"]["cause"] == 17 and failed["data"]["targetCallId"]
+    assert failed["callId"] == call_id_for(cid) and failed["data"]["cause"] == 17 and failed["data"]["targetCallId"]
     assert h.run(h.control.get_call(cid))["state"] == "answered"
 
 

@@ -12,6 +12,7 @@ from attrs import define, field
 from twisted.internet.defer import Deferred
 
 from avr.control.errors import Conflict
+from avr.control.records import call_id_for
 from avr.speech.streaming_asr import StreamingAsrSession, Transcription
 from avr.testing.asr import BUFFER_SIZE
 from tests.ari_fakes import make, stasis_end, stasis_start, state_change
@@ -103,14 +104,14 @@ def test_caller_audio_goes_to_the_asr_and_comes_back_as_transcriptions() -> None
     net.flush()
     assert bytes(server.received_audio) == SPEECH
     partial = h.sink.of("call.transcription")[0]
-    assert partial["callId"] == cid and partial["data"] == {"text": "w1 w2 w3 w4", "is_partial": True,
+    assert partial["callId"] == call_id_for(cid) and partial["data"] == {"text": "w1 w2 w3 w4", "is_partial": True,
                                                             "is_final": False}
     d, stopped = h.start(h.control.stop_audio_capture(cid))
     net.flush()
     assert stopped[0]["status"] == "stopped" and stopped[0]["audioCapture"]["enabled"] is False
     finals = [e for e in h.sink.of("call.transcription") if e["data"]["is_final"]]
     assert len(finals) == 1  # D9: once
-    types = h.sink.types(cid)
+    types = h.sink.types(call_id_for(cid))
     assert types.index("call.audio_capture_stopped") > types.index("call.transcription", 1)
     assert h.ari.find("DELETE", f"/channels/{snoop}") and h.ari.find("DELETE", f"/channels/{leg}")
     assert h.ari.find("DELETE", f"/bridges/avr-tmp-{leg.removeprefix('avr-media-')}")
@@ -138,7 +139,8 @@ def test_hang_up_stops_the_capture_and_leaves_nothing() -> None:
     h.feed(stasis_end(cid))
     net.flush()
     assert [e["data"]["is_final"] for e in h.sink.of("call.transcription")] == [True]
-    assert h.sink.types(cid).count("call.audio_capture_stopped") == 1  # one stop, though the leg's end reports too
+    # one stop, though the leg's end reports too
+    assert h.sink.types(call_id_for(cid)).count("call.audio_capture_stopped") == 1
     assert h.ari.find("DELETE", f"/channels/{snoop}") and h.ari.find("DELETE", f"/channels/{leg}")
     assert net.connection.closed.called if net.server.connections else net.server.gone[0].closed.called
     assert h.control.captures._captures == {}

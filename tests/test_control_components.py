@@ -5,6 +5,8 @@ The call-control model's building blocks on their own: `TaskGroup`, `CallRegistr
 
 from __future__ import annotations
 
+import re
+import uuid
 from typing import Any
 
 import pytest
@@ -15,9 +17,16 @@ from twisted.logger import LogEvent
 from avr.ari.errors import AriError
 from avr.control.ari_link import AriLink
 from avr.control.call_registry import CallRegistry
-from avr.control.errors import Conflict, Timeout, Unavailable
+from avr.control.errors import Conflict, NotFound, Timeout, Unavailable
 from avr.control.media_leg import MediaLeg, MediaLegs
-from avr.control.records import INBOUND, MEDIA_CHANNEL_PREFIX, TEMP_BRIDGE_PREFIX, CallRecord
+from avr.control.records import (
+    INBOUND,
+    MEDIA_CHANNEL_PREFIX,
+    TEMP_BRIDGE_PREFIX,
+    CallRecord,
+    MediaLegRecord,
+    call_id_for,
+)
 from avr.control.tasks import TaskGroup
 from tests.ari_fakes import FakeAri, FakeSink, destroyed, left_bridge, stasis_start
 from tests.helpers import fired
@@ -110,14 +119,14 @@ def _registry(retention: float = 300.0) -> tuple[Clock, FakeSink, CallRegistry]:
 def test_registry_holds_back_the_events_of_a_pending_call() -> None:
     """Events of a call whose originate Asterisk has not accepted yet are sent, in order, once it is accepted."""
     _, sink, registry = _registry()
-    call = CallRecord("c1", "outbound", 0.0, pending=True)
+    call = CallRecord("c1", "chan-1", "outbound", 0.0, pending=True)
     registry.add(call)
     registry.publish("call.created", {}, call)
     registry.publish("call.dtmf", {"digit": "1"}, call)
     assert sink.events == [] and registry.active() == []
     registry.accepted(call)
     assert sink.types() == ["call.created", "call.dtmf"] and registry.active() == [call]
-    other = CallRecord("c2", "outbound", 0.0, pending=True)
+    other = CallRecord("c2", "chan-2", "outbound", 0.0, pending=True)
     registry.add(other)
     registry.publish("call.created", {}, other)
     registry.discard(other)
@@ -129,7 +138,7 @@ def test_registry_ends_a_call_once_and_releases_in_subscription_order(log_events
     """``call.ended`` once; then every on_call_ended callback in order (a failing one does not stop the others),
     then the call's own end hooks; the record stays readable for the retention, then is forgotten."""
     clock, sink, registry = _registry(retention=60)
-    call = CallRecord("c1", INBOUND, 0.0, in_stasis=True)
+    call = CallRecord("c1", "chan-1", INBOUND, 0.0, in_stasis=True)
     registry.add(call)
     order: list[str] = []
 
@@ -151,9 +160,65 @@ def test_registry_ends_a_call_once_and_releases_in_subscription_order(log_events
     assert "c1" not in registry
 
 
+#: asterisk-api's call ids are ``crypto.randomUUID()``: the strictest check a client may make is a v4 UUID's.
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+@pytest.mark.parametrize("channel_id", ["1712345678.42", "asterisk01-1712345678.42", str(uuid.uuid4()), "c"])
+def test_call_ids_are_v4_uuids_distinct_from_their_channel_ids_and_stable(channel_id: str) -> None:
+    """An ARI call's id is a v4 UUID, never its channel id, the same every time for one channel; a channel back in
+    the app gets another."""
+    call_id = call_id_for(channel_id)
+    assert UUID4.match(call_id) and call_id != channel_id and call_id == call_id_for(channel_id)
+    again = call_id_for(channel_id, call_id)
+    assert UUID4.match(again) and again not in (call_id, channel_id)
+    assert call_id_for(channel_id, again) not in (call_id, again)
+
+
+def test_call_ids_of_distinct_channels_never_collide() -> None:
+    """Many channels in Asterisk's forms (consecutive uniqueids, avr's UUIDs) and re-entries: all ids distinct."""
+    channels = [f"1712345678.{n}" for n in range(20_000)] + [f"1712345679.{n}" for n in range(20_000)]
+    channels += [str(uuid.uuid5(uuid.NAMESPACE_URL, str(n))) for n in range(10_000)]
+    ids = {call_id_for(c) for c in channels} | {call_id_for(c, call_id_for(c)) for c in channels[:10_000]}
+    assert len(ids) == len(channels) + 10_000 and not ids & set(channels)
+
+
+def test_registry_finds_ari_calls_by_either_id_and_releases_the_channel_index() -> None:
+    """Events find calls by channel id (`by_channel`); API lookups take the call id or the channel id; the index
+    entry goes with the call (forget, discard) and never outlives it."""
+    clock, _, registry = _registry(retention=60)
+    call = CallRecord(call_id_for("1795262000.1"), "1795262000.1", INBOUND, 0.0, in_stasis=True)
+    registry.add(call)
+    assert registry.by_channel("1795262000.1") is call and registry.by_channel(call.id) is None
+    assert registry.find(call.id) is call and registry.find("1795262000.1") is None
+    assert registry.require("1795262000.1") is call and registry.live(call.id) is call
+    assert registry.describe("1795262000.1")["id"] == call.id
+    registry.end_call(call, 16, "Normal Clearing")
+    assert registry.by_channel("1795262000.1") is call  # readable during the retention, by either id
+    clock.advance(60)
+    assert registry.by_channel("1795262000.1") is None and registry._by_channel == {} and registry._calls == {}
+    with pytest.raises(NotFound):
+        registry.require("1795262000.1")
+    pending = CallRecord(call_id_for("chan-2"), "chan-2", "outbound", 0.0, pending=True)
+    registry.add(pending)
+    registry.discard(pending)
+    assert registry.by_channel("chan-2") is None and registry._by_channel == {}
+
+
+def test_registry_channel_index_holds_ari_calls_only() -> None:
+    """A media leg (kept under its channel id) is not an ARI call's channel: by_channel does not see it; an
+    AudioSocket call's channel is not indexed either (its id is its AudioSocket UUID)."""
+    _, _, registry = _registry()
+    leg = MediaLegRecord(MEDIA_CHANNEL_PREFIX + "x", "x", "call-1", 0.0)
+    registry.add(leg)
+    assert registry.by_channel(leg.id) is None and registry.describe(leg.id)["kind"] == "media"
+    with pytest.raises(Conflict):
+        registry.require(leg.id)
+
+
 def test_registry_publishes_state_changes_only_on_a_real_change() -> None:
     clock, sink, registry = _registry()
-    call = CallRecord("c1", INBOUND, 0.0)
+    call = CallRecord("c1", "chan-1", INBOUND, 0.0)
     registry.add(call)
     registry.refresh(call)
     assert sink.events == []
@@ -203,7 +268,7 @@ class Rig:
 
 
 def _call(bridge_id: str | None = None) -> CallRecord:
-    call = CallRecord("1795262000.1", INBOUND, 0.0, in_stasis=True, answered_at=0.0)
+    call = CallRecord(call_id_for("1795262000.1"), "1795262000.1", INBOUND, 0.0, in_stasis=True, answered_at=0.0)
     call.ari_bridge_id = bridge_id
     return call
 
@@ -225,7 +290,7 @@ def test_media_leg_in_a_temporary_bridge_from_start_to_release() -> None:
     bridge_id = TEMP_BRIDGE_PREFIX + leg.uuid
     assert rig.paths("POST")[1:] == [f"/bridges/{bridge_id}", f"/bridges/{bridge_id}/addChannel"]
     assert rig.ari.find("POST", f"/bridges/{bridge_id}/addChannel")[0].params == {
-        "channel": [call.id, leg.channel_id]}
+        "channel": [call.channel_id, leg.channel_id]}
     assert call.ari_bridge_id == bridge_id and leg.started and rig.ended == []
     rig.work[leg.uuid].callback(None)
     assert rig.ended == [(leg.uuid, None, False)]
@@ -316,9 +381,9 @@ def test_the_call_leaving_a_temporary_bridge_stops_its_legs() -> None:
     rig.feed(stasis_start(leg.channel_id))
     fired(started, "the leg did not start")
     bridge_id = TEMP_BRIDGE_PREFIX + leg.uuid
-    rig.feed(left_bridge(bridge_id, leg.channel_id, [call.id]))  # the media channel itself: nothing
+    rig.feed(left_bridge(bridge_id, leg.channel_id, [call.channel_id]))  # the media channel itself: nothing
     assert rig.ended == []
-    rig.feed(left_bridge(bridge_id, call.id, [leg.channel_id]))
+    rig.feed(left_bridge(bridge_id, call.channel_id, [leg.channel_id]))
     assert rig.ended == [(leg.uuid, "cancelled", True)]
 
 

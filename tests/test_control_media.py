@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from avr.ari.errors import AriError
 from avr.control.errors import Conflict, Invalid, NotFound, Timeout, Unavailable
+from avr.control.records import call_id_for
 from tests.ari_fakes import (
     answered_inbound,
     ari_404,
@@ -34,14 +35,14 @@ def test_play_playlist_is_one_ari_playback_and_events_come_once() -> None:
     h.feed(playback_event("PlaybackStarted", "pb-1", cid, "playing"))
     assert h.sink.types() == ["playback.started"]
     h.ari.release()
-    assert outcome[0] == {"playbackId": "pb-1", "callId": cid, "kind": "media", "state": "playing",
+    assert outcome[0] == {"playbackId": "pb-1", "callId": call_id_for(cid), "kind": "media", "state": "playing",
                           "media": ["sound:beep", "sound:hello-world"]}
     h.feed(playback_event("PlaybackContinuing", "pb-1", cid, "continuing"),
            playback_event("PlaybackStarted", "pb-1", cid, "playing", "sound:hello-world"),
            playback_event("PlaybackFinished", "pb-1", cid, "done", "sound:hello-world"))
     assert h.sink.types() == ["playback.started", "playback.finished"]
     assert h.sink.of("playback.finished")[0]["data"] == {"playbackId": "pb-1", "kind": "media", "status": "done"}
-    assert h.sink.of("playback.started")[0]["callId"] == cid
+    assert h.sink.of("playback.started")[0]["callId"] == call_id_for(cid)
 
 
 def test_play_from_capture_missing_file_fails() -> None:
@@ -164,8 +165,8 @@ def test_play_pcm_in_a_temporary_bridge_and_cleanup() -> None:
     bridge = f"avr-tmp-{uuid}"
     assert h.ari.find("POST", f"/bridges/{bridge}")[0].params == {"type": "mixing", "name": bridge}
     assert h.ari.find("POST", f"/bridges/{bridge}/addChannel")[0].params == {"channel": [cid, media]}
-    assert outcome[0] == {"playbackId": uuid, "callId": cid, "kind": "pcm", "state": "playing", "rate": 8000,
-                          "durationMs": 1000}
+    assert outcome[0] == {"playbackId": uuid, "callId": call_id_for(cid), "kind": "pcm", "state": "playing",
+                          "rate": 8000, "durationMs": 1000}
     assert h.sink.types() == ["playback.started"]
     h.feed(entered_bridge(bridge, cid, [cid]), entered_bridge(bridge, media, [cid, media]))
     assert h.sink.types() == ["playback.started"]  # temporary bridges are invisible
@@ -193,7 +194,7 @@ def test_play_pcm_into_the_bridge_the_call_is_in() -> None:
     h.feed(entered_bridge(bridge, media, [a, b, media]))
     played.callback(None)
     assert not h.ari.find("POST", ".*/removeChannel") and not h.ari.find("DELETE", "/bridges/.*")
-    assert h.run(h.control.get_bridge(bridge))["calls"] == [a, b]
+    assert h.run(h.control.get_bridge(bridge))["calls"] == [call_id_for(a), call_id_for(b)]
     assert h.run(h.control.get_call(a))["state"] == "bridged"
 
 
@@ -346,7 +347,8 @@ def test_record_from_capture() -> None:
                                             "beep": False, "ifExists": "fail", "terminateOn": "none"}
     h.feed(events[0])
     h.ari.release()
-    assert outcome[0] == {"name": "avr-fixture-rec1", "callId": cid, "format": "wav", "state": "recording"}
+    assert outcome[0] == {"name": "avr-fixture-rec1", "callId": call_id_for(cid), "format": "wav",
+                          "state": "recording"}
     h.feed(*events[1:])
     assert h.sink.types() == ["recording.started", "recording.finished"]
     assert h.sink.of("recording.finished")[0]["data"] == {"name": "avr-fixture-rec1", "format": "wav",
@@ -360,7 +362,7 @@ def test_record_default_name_and_conflicts() -> None:
     cid = answered_inbound(h, "1795262358.263")
     h.clock.advance(1.5)
     result = h.run(h.control.record(cid))
-    assert result["name"] == "call-1795262358-263-1500"
+    assert result["name"] == f"call-{call_id_for(cid)}-1500"  # asterisk-api's call-<callId>-<epoch ms>
     with pytest.raises(Conflict, match="in progress"):
         h.run(h.control.record(cid, result["name"]))
     h.ari.on("POST", f"/channels/{cid}/record",
@@ -442,9 +444,9 @@ def test_a_media_leg_is_in_the_call_registry_while_its_channel_exists() -> None:
     d, outcome, uuid, pcm, rate, played = _start_pcm(h, cid)
     media = f"avr-media-{uuid}"
     assert h.run(h.control.get_call(media)) == {"id": media, "kind": "media", "channelId": media, "uuid": uuid,
-                                                "callId": cid, "state": "answered",
+                                                "callId": call_id_for(cid), "state": "answered",
                                                 "createdAt": "1970-01-01T00:00:05.000Z"}
-    assert [c["id"] for c in h.run(h.control.list_calls())] == [cid]
+    assert [c["id"] for c in h.run(h.control.list_calls())] == [call_id_for(cid)]
     with pytest.raises(Conflict):  # call control never acts on a leg as on a call
         h.run(h.control.hangup(media))
     h.feed(stasis_start(media, args=[uuid]))

@@ -9,6 +9,7 @@ from zope.interface.verify import verifyObject
 from avr.ari.errors import AriError, AriUnavailable
 from avr.control.errors import Conflict, Invalid, NotFound, Unavailable
 from avr.control.model import CallControl
+from avr.control.records import call_id_for
 from avr.interfaces import IAriClient, IAriEventListener, IAudioInjector, ICallControl, IEventSink
 from tests.ari_fakes import (
     FakeAri,
@@ -68,7 +69,8 @@ def test_originate_answer_hangup_from_capture() -> None:
     h.ari.on("POST", "/channels", fixture_response("hangup", "POST", "/ari/channels?endpoint=Local/6100")
              ["response_body"])
     call = h.run(h.control.originate("Local/6100@cap-ari", caller_id="AVR <2000>", timeout=20))
-    assert call["id"] == cid and call["state"] == "dialing" and call["direction"] == "outbound"
+    assert call["id"] == call_id_for(cid) and call["channelId"] == cid  # the call id is known before Asterisk acts
+    assert call["state"] == "dialing" and call["direction"] == "outbound"
     assert call["callerNumber"] == "2000" and call["calleeNumber"] == "Local/6100@cap-ari"
     req = h.ari.find("POST", "/channels")[0]
     assert req.params == {"endpoint": "Local/6100@cap-ari", "app": "avr", "channelId": cid, "timeout": 20,
@@ -80,7 +82,8 @@ def test_originate_answer_hangup_from_capture() -> None:
     h.run(h.control.hangup(cid))
     assert h.ari.find("DELETE")[0].params == {"reason": "normal"}
     h.feed(*events[start + 1:])
-    assert h.sink.types(cid) == ["call.created", "call.state_changed", "call.ended"]
+    assert h.sink.types(call["id"]) == ["call.created", "call.state_changed", "call.ended"]
+    assert {e["channelId"] for e in h.sink.events} == {cid}
     changed, ended = h.sink.of("call.state_changed")[0], h.sink.of("call.ended")[0]
     assert (changed["data"]["previousState"], changed["data"]["state"]) == ("dialing", "answered")
     assert changed["data"]["answeredAt"].endswith("Z")
@@ -111,8 +114,8 @@ def test_events_before_originate_response_are_held_then_published_in_order() -> 
     h.feed(*events)
     assert h.sink.events == [] and h.run(h.control.list_calls()) == []
     h.ari.release()
-    assert outcome[0]["id"] == cid
-    assert h.sink.types(cid) == ["call.created", "call.ended"]
+    assert outcome[0]["id"] == call_id_for(cid)
+    assert h.sink.types(call_id_for(cid)) == ["call.created", "call.ended"]
     ended = h.sink.of("call.ended")[0]["data"]
     assert ended["dialStatus"] == "BUSY" and ended["cause"] == 17 and ended["causeText"] == "User busy"
     assert ended["previousState"] == "dialing"
@@ -125,7 +128,7 @@ def test_no_answer_rings_then_ends_with_cause_19() -> None:
     h = make(ids=[cid])
     h.run(h.control.originate("Local/6105@cap-ari", timeout=3))
     h.feed(*events)
-    assert h.sink.types(cid) == ["call.created", "call.state_changed", "call.ended"]
+    assert h.sink.types(call_id_for(cid)) == ["call.created", "call.state_changed", "call.ended"]
     assert h.sink.of("call.state_changed")[0]["data"]["state"] == "ringing"
     assert h.sink.of("call.ended")[0]["data"]["cause"] == 19
 
@@ -196,7 +199,7 @@ def test_originate_to_the_dialplan_is_continued_and_tracked_until_destroyed() ->
     with pytest.raises(Conflict, match="dialplan"):
         h.run(h.control.play("c1", ["sound:beep"]))
     h.feed(hangup_request("c1", 16), destroyed("c1", 16))
-    assert h.sink.types("c1") == ["call.created", "call.state_changed", "call.ended"]
+    assert h.sink.types(call_id_for("c1")) == ["call.created", "call.state_changed", "call.ended"]
 
 
 def test_failed_hand_off_hangs_up() -> None:
@@ -280,19 +283,29 @@ def test_auto_answer_failure_is_logged_not_raised() -> None:
     h = make("answer")
     h.ari.on("POST", "/channels/in-1/answer", ari_404())
     h.feed(stasis_start("in-1", "Ring"), hangup_request("in-1", 16), stasis_end("in-1"))
-    assert h.sink.types("in-1") == ["call.created", "call.ended"]
+    assert h.sink.types(call_id_for("in-1")) == ["call.created", "call.ended"]
 
 
 def test_inbound_channel_back_in_the_app_is_a_new_call() -> None:
-    """A channel that left the app (call ended) and enters it again is tracked as a new inbound call."""
+    """A channel that left the app (call ended) and enters it again is tracked as a new inbound call, with an id of
+    its own; the channel id names the newest call, the ended one stays readable by its id until its retention is
+    over (which leaves the new call's channel index alone)."""
     h = make("none")
     cid = answered_inbound(h)
+    first = call_id_for(cid)
     h.feed(stasis_end(cid))
     h.feed(stasis_start(cid, "Up"))
-    assert h.sink.types(cid) == ["call.ended", "call.created"]
-    assert h.run(h.control.get_call(cid))["state"] == "answered"
+    second = h.sink.of("call.created")[0]["callId"]
+    assert second == call_id_for(cid, first) and second not in (first, cid)
+    assert h.sink.types(first) == ["call.ended"] and h.sink.types(second) == ["call.created"]
+    assert h.run(h.control.get_call(cid))["id"] == second
+    assert h.run(h.control.get_call(first))["state"] == "ended"
     h.clock.advance(300)
+    with pytest.raises(NotFound):
+        h.run(h.control.get_call(first))
     assert h.run(h.control.get_call(cid))["state"] == "answered"
+    h.feed(dtmf(cid, "5"))
+    assert h.sink.of("call.dtmf")[0]["callId"] == second
 
 
 def test_internal_and_unknown_channels_never_become_calls() -> None:
@@ -399,7 +412,7 @@ def test_dtmf_received_from_capture() -> None:
     h.feed(*events)
     digits = [e["data"]["digit"] for e in h.sink.of("call.dtmf")]
     assert digits[:3] == ["1", "2", "#"] and "A" in digits
-    assert all(e["callId"] == cid for e in h.sink.of("call.dtmf"))
+    assert all(e["callId"] == call_id_for(cid) and e["channelId"] == cid for e in h.sink.of("call.dtmf"))
     assert len(h.sink.of("call.ended")) == 1
 
 
@@ -407,7 +420,8 @@ def test_send_dtmf() -> None:
     """send_dtmf sends the digits with the optional timings (the routes check the digits and timings)."""
     h = make("none")
     cid = answered_inbound(h)
-    assert h.run(h.control.send_dtmf(cid, "12#", between=100, duration=120)) == {"callId": cid, "dtmf": "12#"}
+    assert h.run(h.control.send_dtmf(cid, "12#", between=100, duration=120)) == {"callId": call_id_for(cid),
+                                                                                 "dtmf": "12#"}
     assert h.ari.find("POST", f"/channels/{cid}/dtmf")[0].params == {"dtmf": "12#", "between": 100,
                                                                       "duration": 120}
 
@@ -481,7 +495,7 @@ def test_resync_after_restart_ends_vanished_calls() -> None:
     h.control.ari_connected()
     assert [r.path for r in h.ari.find("GET")] == ["/channels", "/bridges"]
     ended = h.sink.of("call.ended")
-    assert {e["callId"] for e in ended} == {cid, "out-1"}
+    assert {e["callId"] for e in ended} == {call_id_for(cid), call_id_for("out-1")}
     assert all(e["data"]["cause"] is None and "gone" in e["data"]["note"] for e in ended)
     assert h.control.status() | {"ari": "connected", "activeCalls": 0} == h.control.status()
     h.feed(destroyed(cid))
@@ -505,12 +519,35 @@ def test_resync_adopts_new_stasis_channels_and_keeps_live_ones() -> None:
     h.control.ari_disconnected("x")
     h.control.ari_connected()
     created = h.sink.of("call.created")
-    assert [e["callId"] for e in created] == ["new-1"] and created[0]["data"]["resynced"] is True
+    assert [e["callId"] for e in created] == [call_id_for("new-1")] and created[0]["data"]["resynced"] is True
+    assert created[0]["data"]["channelId"] == "new-1"
     assert created[0]["data"]["args"] == ["inbound", "7"]
     assert h.ari.find("POST", "/channels/new-1/answer")
     assert h.ari.find("DELETE", "/channels/avr-media-9") and h.ari.find("DELETE", "/bridges/avr-tmp-old")
     assert h.run(h.control.get_call(cid))["state"] == "bridged"
     assert h.sink.of("call.ended") == []
+
+
+def test_call_ids_survive_a_resync_and_an_avr_restart() -> None:
+    """The id of a call is the same after a reconnect (the model's record kept) and after an avr restart (the call
+    rebuilt from GET /channels by a new model, with no other ARI request), for inbound and originated calls."""
+    h = make("none", ids=["0d5e3f0a-6b7c-4d8e-9f01-23456789abcd"])
+    inbound = h.run(h.control.get_call(answered_inbound(h, "1795262000.7")))
+    outbound = h.run(h.control.originate("PJSIP/1001"))
+    h.feed(stasis_start(outbound["channelId"], "Up"))
+    listing = [channel("1795262000.7", "Up"), channel(outbound["channelId"], "Up")]
+    h.ari.on("GET", "/channels", listing)
+    h.control.ari_disconnected("x")
+    h.control.ari_connected()
+    assert [c["id"] for c in h.run(h.control.list_calls())] == [inbound["id"], outbound["id"]]
+    restarted = make("none")
+    restarted.ari.on("GET", "/channels", listing)
+    restarted.control.ari_disconnected("x")
+    restarted.control.ari_connected()
+    assert [r.path for r in restarted.ari.requests] == ["/channels", "/bridges"]
+    again = restarted.run(restarted.control.list_calls())
+    assert [(c["id"], c["channelId"]) for c in again] == [(inbound["id"], "1795262000.7"),
+                                                          (outbound["id"], outbound["channelId"])]
 
 
 def test_resync_destroys_vanished_bridges_and_adopts_ours() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from avr.control.records import call_id_for
 from tests.ari_fakes import make, stasis_end, stasis_start, state_change
 
 
@@ -25,7 +26,7 @@ def test_caller_gone_while_ringing_is_never_answered() -> None:
     h.feed(stasis_start("in-1", "Ring"))
     assert [c.getTime() for c in h.clock.getDelayedCalls()] == [3.0]
     h.feed(stasis_end("in-1"))
-    assert h.sink.types("in-1")[-1] == "call.ended"
+    assert h.sink.types(call_id_for("in-1"))[-1] == "call.ended"
     assert 3.0 not in [c.getTime() for c in h.clock.getDelayedCalls()]  # (what is left: the ended call's retention)
     h.clock.advance(10)
     assert not h.ari.find("POST", "/channels/in-1/answer")

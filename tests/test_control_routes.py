@@ -26,7 +26,7 @@ from avr.ari.errors import AriError, AriUnavailable
 from avr.control import errors
 from avr.control.call_registry import CallRegistry
 from avr.control.hub import EventsHub
-from avr.control.records import OUTBOUND, CallRecord
+from avr.control.records import OUTBOUND, CallRecord, call_id_for
 from avr.control.routes import NOT_CONFIGURED, ControlRoutes
 from avr.control.tasks import TaskGroup
 from avr.http.json import add_route, install_error_handlers
@@ -37,7 +37,8 @@ from tests.helpers import fired, wav_file
 API_KEY = "k3y-for-tests"
 BASE = "http://avr.test"
 
-CALL = {"id": "1700000000.1", "state": "answered", "direction": "outbound"}
+CHANNEL = "1700000000.1"
+CALL = {"id": call_id_for(CHANNEL), "channelId": CHANNEL, "state": "answered", "direction": "outbound"}
 BRIDGE = {"id": "b-1", "name": "conf", "type": "mixing", "calls": []}
 AGENT = {"uuid": "0f6b2d9e-1111-4c1c-9d3e-5a2f7b9c0d11", "state": "active", "stsUrl": None, "createdAt": None}
 RECORDING = {"name": "rec-1", "format": "wav"}
@@ -234,7 +235,8 @@ class Api:
         self.clock = Clock()
         self.hub = EventsHub(self.clock, ping_interval=0)
         self.registry = CallRegistry(self.clock, self.hub, TaskGroup(self.clock))
-        self.record = CallRecord(CALL["id"], OUTBOUND, 1700000000.0, state="answered", answered_at=1700000001.0)
+        self.record = CallRecord(CALL["id"], CHANNEL, OUTBOUND, 1700000000.0, state="answered",
+                                 answered_at=1700000001.0)
         self.registry.add(self.record)
         self.app = Klein()
         install_error_handlers(self.app)
@@ -485,10 +487,11 @@ def test_agent_fields_are_validated(path: str, body: dict, problem: str) -> None
 
 
 def test_hangup_with_default_body_and_query_reasons() -> None:
-    """DELETE /calls/:id: reason from the body or the query, default normal."""
+    """DELETE /calls/:id: reason from the body or the query, default normal; ``callId`` is the call's, also when the
+    URL names its channel."""
     api = Api(FakeControl())
-    assert api.request("DELETE", "/calls/c1")[:2] == (200, {"status": "hungup", "callId": "c1", "reason": "normal",
-                                                           "call": CALL})
+    assert api.request("DELETE", f"/calls/{CHANNEL}")[:2] == (200, {"status": "hungup", "callId": CALL["id"],
+                                                                   "reason": "normal", "call": CALL})
     api.request("DELETE", "/calls/c1", {"reason": "busy"})
     api.request("DELETE", "/calls/c1?reason=rejected")
     api.request("DELETE", "/calls/c1?reason=busy", {"reason": "busy"})

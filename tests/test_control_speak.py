@@ -11,6 +11,7 @@ import pytest
 from treq.testing import StubTreq
 
 from avr.control.errors import Conflict, NotFound
+from avr.control.records import call_id_for
 from avr.control.speak import SpeakFailed
 from avr.speech.openai_tts import OpenAiTts
 from avr.testing.tts import FakeTtsServer
@@ -57,7 +58,7 @@ def test_speak_plays_the_speech_and_answers_once_played() -> None:
     assert h.sink.of("call.speak_finished")[0]["data"] == {"text": "Hello there", "voice": "vivian",
                                                            "language": "English",
                                                            "durationSeconds": pytest.approx(duration)}
-    assert [t for t in h.sink.types(cid) if t.startswith(("call.speak", "playback"))] == [
+    assert [t for t in h.sink.types(call_id_for(cid)) if t.startswith(("call.speak", "playback"))] == [
         "call.speak_started", "playback.started", "playback.finished", "call.speak_finished"]
 
 
@@ -74,7 +75,7 @@ def test_a_bridged_call_stays_in_its_bridge() -> None:
     h.feed(entered_bridge(bridge, f"avr-media-{uuid}", [a, b, f"avr-media-{uuid}"]))
     played.callback(None)
     assert not h.ari.find("POST", ".*/removeChannel") and not h.ari.find("DELETE", "/bridges/.*")
-    assert h.run(h.control.get_bridge(bridge))["calls"] == [a, b]
+    assert h.run(h.control.get_bridge(bridge))["calls"] == [call_id_for(a), call_id_for(b)]
 
 
 def test_a_new_speak_interrupts_the_one_being_synthesised() -> None:

@@ -68,7 +68,7 @@ def test_openclaw_webhook_gets_asterisk_apis_envelope_and_events() -> None:
     webhook = OpenClawWebhook(http, clock, "http://plugin.test/voice/webhook")
     registry = CallRegistry(clock, AsteriskApiEvents(webhook), TaskGroup(clock))
     webhook.registry = registry
-    call = CallRecord("c1", INBOUND, 1767225600.0, caller_number="6596542555", callee_number="6100")
+    call = CallRecord("c1", "1767225600.7", INBOUND, 1767225600.0, caller_number="6596542555", callee_number="6100")
     registry.add(call)
     for type_, data in [
         ("call.created", {"direction": "inbound", "state": "ringing"}),
@@ -88,6 +88,7 @@ def test_openclaw_webhook_gets_asterisk_apis_envelope_and_events() -> None:
     assert all(set(b) == {"event", "data", "timestamp"} for b in receiver.bodies)
     inbound = receiver.bodies[0]["data"]
     assert inbound["id"] == "c1" and inbound["callerNumber"] == "6596542555" and inbound["direction"] == "inbound"
+    assert inbound["channelId"] == "1767225600.7"
     assert receiver.bodies[3]["data"]["digit"] == "7"
     assert receiver.bodies[4]["data"]["transcription"] == "all done"
     assert receiver.bodies[5]["data"]["durationSeconds"] == 0.5

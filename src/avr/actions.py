@@ -138,7 +138,7 @@ class DialplanActions:
 
     def _ari_call(self, uniqueid: str | None, name: str | None) -> CallRecord | None:
         assert self.registry is not None
-        found = self.registry.find(uniqueid) if uniqueid is not None else None
+        found = self.registry.by_channel(uniqueid) if uniqueid is not None else None
         if found is None and name is not None:
             found = next((c for c in self.registry if c.channel_name == name and not c.ended), None)
         return found if found is not None and not found.ended else None

@@ -227,7 +227,7 @@ class Agents:
         agent = _Agent(call, AgentRecord(leg.uuid, base, self.clock.seconds()), leg, automatic)
         self._agents[call.id] = agent
         call.agent = agent.record
-        payload = {"from": call.caller_number, "to": call.callee_number, "uniqueid": call.id,
+        payload = {"from": call.caller_number, "to": call.callee_number, "uniqueid": call.channel_id,
                    "channel": call.channel_name, **spec.payload}
         try:
             url = await runner.route(leg.uuid, base, payload)
@@ -284,12 +284,12 @@ class Agents:
         if failed and not call.ended and self.on_failure == "hangup" and not self.tasks.stopped:
             self.log.info("Hanging up call {id}: its agent failed (ARI_AGENT_ON_FAILURE=hangup)", id=call.id)
             call.requested_reason = call.requested_reason or "normal"
-            self.ari.hang_up_quietly(call.id)
+            self.ari.hang_up_quietly(call.channel_id)
 
     # -- events ---------------------------------------------------------------------------------------------------
 
     def _on_stasis_start(self, event: dict) -> None:
-        call = self.registry.find((event.get("channel") or {}).get("id"))
+        call = self.registry.by_channel((event.get("channel") or {}).get("id"))
         if call is None or call.ended:
             return
         if call.direction == INBOUND and call.id not in self._wanted and call.id not in self._agents:
@@ -311,6 +311,6 @@ class Agents:
         return self.default
 
     def _on_state_change(self, event: dict) -> None:
-        call = self.registry.find((event.get("channel") or {}).get("id"))
+        call = self.registry.by_channel((event.get("channel") or {}).get("id"))
         if call is not None:
             self._maybe_start(call)

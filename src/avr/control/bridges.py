@@ -115,7 +115,7 @@ class Bridges:
         if call.transfer_pending:
             raise Conflict(f"Call {call_id} is being transferred")
         await self.ari.require().request("POST", f"/bridges/{path_segment(bridge.id)}/addChannel",
-                                         {"channel": call.id})
+                                         {"channel": call.channel_id})
         if bridge.id in self._bridges and not call.ended:
             self.member_entered(bridge, call)
         return bridge.to_dict()
@@ -127,7 +127,7 @@ class Bridges:
         if call.id not in bridge.calls:
             raise Conflict(f"Call {call_id} is not in bridge {bridge_id}")
         await self.ari.require().request("POST", f"/bridges/{path_segment(bridge.id)}/removeChannel",
-                                         {"channel": call.id})
+                                         {"channel": call.channel_id})
         self.member_left(bridge, call.id)
         return bridge.to_dict()
 
@@ -187,7 +187,7 @@ class Bridges:
     def _bridge_event(self, event: dict) -> tuple[str | None, CallRecord | None]:
         bridge_id = (event.get("bridge") or {}).get("id")
         channel_id = (event.get("channel") or {}).get("id")
-        call = self.registry.find(channel_id)
+        call = self.registry.by_channel(channel_id)
         return (bridge_id if isinstance(bridge_id, str) else None), call
 
     def _on_channel_entered_bridge(self, event: dict) -> None:

@@ -72,7 +72,7 @@ class RegistryObserver:
             call, call.started_at,
             channel_id=_text(call.payload.get("uniqueid")), channel_name=_text(call.payload.get("channel")),
         )
-        ari = self.registry.find(record.channel_id)
+        ari = self.registry.by_channel(record.channel_id)
         if ari is not None:
             record.linked_call_id = ari.id
             ari.linked_call_id = record.id

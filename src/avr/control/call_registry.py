@@ -5,9 +5,15 @@ creates for calls (`MediaLegRecord`, kept by `avr.control.media_leg`); the ARI s
 machine's single way forward (`CallRegistry.refresh`) and single exit (`CallRegistry.end_call`), and the publishing
 of events.
 
-The lookups the call-control components use (`find`, `require`, `live`, `active`, iteration) see ARI calls only, so
-no ARI operation ever acts on another kind of call; `listing` and `describe` (``GET /calls``, ``/events``) see
-every call.
+The lookups the call-control components use (`find`, `by_channel`, `require`, `live`, `active`, iteration) see ARI
+calls only, so no ARI operation ever acts on another kind of call; `listing` and `describe` (``GET /calls``,
+``/events``) see every call.
+
+Ids: every record is kept by its API id (an ARI call's is a UUID derived from its channel id, see
+`avr.control.records.call_id_for`); ARI events name channels, so the ARI calls are also indexed by channel id
+(`by_channel`), kept in step by `add` and `forget`. The lookups made for API requests (`describe`, `require`,
+`live`) take either id: a call id first, else the channel id of an ARI call. The two never clash: call ids are
+hashes, channel ids are Asterisk's ``1712345678.42`` or the random UUIDs avr gives the channels it originates.
 
 Components that hold something for a call (a bridge membership, a playback, a recording, a media leg) release it
 in a callback given to `CallRegistry.on_call_ended`; they run after ``call.ended`` is published, in the order they
@@ -56,6 +62,8 @@ class CallRegistry:
     tasks: TaskGroup
     retention: float = DEFAULT_RETENTION
     _calls: dict[str, AnyCallRecord] = field(factory=dict, init=False)
+    #: The ARI calls by channel id: the newest call of each channel (a channel may enter the app again).
+    _by_channel: dict[str, CallRecord] = field(factory=dict, init=False)
     _ended_callbacks: list[Callable[[CallRecord], None]] = field(factory=list, init=False)
     _stopped: bool = field(default=False, init=False)
     log = Logger()
@@ -71,8 +79,11 @@ class CallRegistry:
                 if not c.ended and not c.pending and not isinstance(c, MediaLegRecord)]
 
     def describe(self, call_id: str) -> dict[str, Any]:
-        """One call of any kind, live or ended within the retention, as JSON. :raises NotFound:"""
-        call = self._calls.get(call_id)
+        """
+        One call of any kind, live or ended within the retention, as JSON; ``call_id`` may be an ARI call's channel
+        id. :raises NotFound:
+        """
+        call = self._resolve(call_id)
         if call is None or call.pending:
             raise NotFound(f"Call {call_id} not found")
         return call.to_dict()
@@ -80,6 +91,9 @@ class CallRegistry:
     def lookup(self, call_id: Any) -> AnyCallRecord | None:
         """The record of ``call_id``, of any kind (pending or ended too), if any."""
         return self._calls.get(call_id) if isinstance(call_id, str) else None
+
+    def _resolve(self, call_id: str) -> AnyCallRecord | None:
+        return self._calls.get(call_id) or self._by_channel.get(call_id)
 
     # -- ARI calls ----------------------------------------------------------------------------------------------
 
@@ -95,13 +109,17 @@ class CallRegistry:
         call = self._calls.get(call_id) if isinstance(call_id, str) else None
         return call if isinstance(call, CallRecord) else None
 
+    def by_channel(self, channel_id: Any) -> CallRecord | None:
+        """The ARI call on channel ``channel_id`` (its newest; pending or ended too), if any."""
+        return self._by_channel.get(channel_id) if isinstance(channel_id, str) else None
+
     def require(self, call_id: str) -> CallRecord:
         """
-        A known ARI call, live or ended within the retention.
+        A known ARI call, live or ended within the retention, by call id or channel id.
 
         :raises NotFound: unknown. :raises Conflict: another kind of call (ARI cannot act on it).
         """
-        call = self._calls.get(call_id)
+        call = self._resolve(call_id)
         if call is None or call.pending:
             raise NotFound(f"Call {call_id} not found")
         if not isinstance(call, CallRecord):
@@ -123,8 +141,13 @@ class CallRegistry:
     # -- membership ---------------------------------------------------------------------------------------------
 
     def add(self, call: AnyCallRecord) -> None:
-        """Track ``call`` (its id must be new, or belong to a record `forget` removed)."""
+        """
+        Track ``call`` (its id must be new, or belong to a record `forget` removed); an ARI call becomes its
+        channel's call.
+        """
         self._calls[call.id] = call
+        if isinstance(call, CallRecord):
+            self._by_channel[call.channel_id] = call
 
     def accepted(self, call: CallRecord) -> None:
         """Asterisk accepted the originate of the pending ``call``: send the events held back meanwhile."""
@@ -144,6 +167,8 @@ class CallRegistry:
         call.retention = None
         if self._calls.get(call.id) is call:
             del self._calls[call.id]
+        if isinstance(call, CallRecord) and self._by_channel.get(call.channel_id) is call:
+            del self._by_channel[call.channel_id]
 
     def on_call_ended(self, callback: Callable[[CallRecord], None]) -> None:
         """Call ``callback(call)`` whenever a call ends, right after its ``call.ended`` is published."""
@@ -224,6 +249,8 @@ class CallRegistry:
         event: dict[str, Any] = {"type": type_}
         if call is not None:
             event["callId"] = call.id
+            if isinstance(call, CallRecord):
+                event["channelId"] = call.channel_id
         if bridge_id is not None:
             event["bridgeId"] = bridge_id
         event["timestamp"] = iso(self.clock.seconds())

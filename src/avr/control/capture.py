@@ -205,7 +205,7 @@ class AudioCaptures:
         self.legs.claim(snoop)
         in_stasis = self.legs.wait_stasis(snoop)
         try:
-            await ari.request("POST", f"/channels/{path_segment(call.id)}/snoop/{path_segment(snoop)}",
+            await ari.request("POST", f"/channels/{path_segment(call.channel_id)}/snoop/{path_segment(snoop)}",
                               {"app": self.app, "spy": "in", "whisper": "none"})
             await in_stasis
         except Exception as e:
@@ -298,7 +298,7 @@ class AudioCaptures:
         self._stop(capture)
 
     def _maybe_auto_start(self, event: dict) -> None:
-        call = self.registry.find((event.get("channel") or {}).get("id"))
+        call = self.registry.by_channel((event.get("channel") or {}).get("id"))
         if (call is None or call.ended or call.direction != INBOUND or call.answered_at is None
                 or not call.in_stasis or self.asr_sessions is None or call.id in self._auto_started):
             return

@@ -31,6 +31,7 @@ from avr.control.records import (
     INBOUND,
     OUTBOUND,
     CallRecord,
+    call_id_for,
     cause_text,
 )
 from avr.control.tasks import TaskGroup
@@ -199,27 +200,30 @@ class Channels:
         """Originate a call into the app (see `originate`); the record is tracked before Asterisk is asked."""
         ari = self.ari.require()
         name, number = parse_caller_id(caller_id)
-        call = CallRecord(self.new_id(), OUTBOUND, self.clock.seconds(), endpoint=endpoint, caller_number=number,
+        channel_id = self.new_id()
+        call = CallRecord(call_id_for(channel_id), channel_id, OUTBOUND, self.clock.seconds(), endpoint=endpoint,
+                          caller_number=number,
                           caller_name=name, callee_number=endpoint, subscribed=True, pending=True, dialplan=dialplan,
                           transferred_from=transferred_from)
         call.state = call.derived_state()
         self.registry.add(call)
         self.registry.publish("call.created", call.to_dict(), call)  # held back (pending) until Asterisk accepts
-        params = {"endpoint": endpoint, "app": self.app, "channelId": call.id, "timeout": timeout,
+        params = {"endpoint": endpoint, "app": self.app, "channelId": channel_id, "timeout": timeout,
                   "callerId": caller_id}
         try:
             channel = await ari.request("POST", "/channels", params, {"variables": variables} if variables else None)
         except AriUnavailable:
             # The channel may exist (e.g. a timeout after Asterisk acted): make sure it does not ring on.
             self.registry.discard(call)
-            self._abandon(call.id, timeout)
+            self._abandon(channel_id, timeout)
             raise
         except BaseException:
             self.registry.discard(call)
             raise
         if isinstance(channel, dict):
             call.channel_name = str(channel.get("name") or "")
-        self.log.info("Originated call {id} to {endpoint}", id=call.id, endpoint=endpoint)
+        self.log.info("Originated call {id} (channel {channel}) to {endpoint}", id=call.id, channel=channel_id,
+                      endpoint=endpoint)
         self.registry.accepted(call)
         return call
 
@@ -239,7 +243,7 @@ class Channels:
         if call.direction == OUTBOUND:
             raise Conflict(f"Call {call_id} is outbound: the far end answers it")
         require_stasis(call)
-        await self.ari.require().request("POST", f"/channels/{path_segment(call.id)}/answer")
+        await self.ari.require().request("POST", f"/channels/{path_segment(call.channel_id)}/answer")
         self.registry.answered(call)
         return call.to_dict()
 
@@ -258,7 +262,7 @@ class Channels:
         ari = self.ari.require()
         call.requested_reason = reason
         try:
-            await ari.request("DELETE", f"/channels/{path_segment(call.id)}", {"reason": reason})
+            await ari.request("DELETE", f"/channels/{path_segment(call.channel_id)}", {"reason": reason})
         except AriError as e:
             if e.status != 404:
                 raise
@@ -280,16 +284,23 @@ class Channels:
         """
         call = self.registry.live(call_id)
         require_stasis(call)
-        await self.ari.require().request("POST", f"/channels/{path_segment(call.id)}/dtmf",
+        await self.ari.require().request("POST", f"/channels/{path_segment(call.channel_id)}/dtmf",
                                          {"dtmf": dtmf, "between": between, "duration": duration})
         return {"callId": call.id, "dtmf": dtmf}
 
     # -- inbound ------------------------------------------------------------------------------------------------
 
-    def inbound(self, channel: dict, args: list[str], resynced: bool = False) -> CallRecord:
-        """A channel (ARI Channel JSON) that entered the app becomes an inbound call, given the inbound policy."""
+    def inbound(self, channel: dict, args: list[str], resynced: bool = False,
+                previous: CallRecord | None = None) -> CallRecord:
+        """
+        A channel (ARI Channel JSON) that entered the app becomes an inbound call, given the inbound policy.
+
+        :param previous: the ended call the channel had before it entered the app again (see `call_id_for`).
+        """
         caller = channel.get("caller") or {}
-        call = CallRecord(str(channel["id"]), INBOUND, self.clock.seconds(),
+        channel_id = str(channel["id"])
+        call = CallRecord(call_id_for(channel_id, previous.id if previous is not None else None), channel_id, INBOUND,
+                          self.clock.seconds(),
                           caller_number=str(caller.get("number") or ""), caller_name=str(caller.get("name") or ""),
                           callee_number=str((channel.get("dialplan") or {}).get("exten") or ""),
                           channel_name=str(channel.get("name") or ""), args=args, in_stasis=True)
@@ -300,12 +311,13 @@ class Channels:
         created = call.to_dict()
         if resynced:
             created["resynced"] = True
-        self.log.info("Inbound call {id} from {caller!r} to {callee!r}", id=call.id, caller=call.caller_number,
-                      callee=call.callee_number)
+        self.log.info("Inbound call {id} (channel {channel}) from {caller!r} to {callee!r}", id=call.id,
+                      channel=channel_id, caller=call.caller_number, callee=call.callee_number)
         self.registry.publish("call.created", created, call)
         if call.answered_at is None:
             if self.inbound_policy == "ring" or (self.inbound_policy == "answer" and self.ring_delay > 0):
-                self.ari.in_background("POST", f"/channels/{path_segment(call.id)}/ring", f"ringing call {call.id}")
+                self.ari.in_background("POST", f"/channels/{path_segment(call.channel_id)}/ring",
+                                       f"ringing call {call.id}")
             if self.inbound_policy == "answer":
                 if self.ring_delay > 0:
                     self._ringing[call.id] = self.tasks.later(self.ring_delay, self._answer_after_ringing, call)
@@ -329,7 +341,7 @@ class Channels:
 
     async def _auto_answer(self, call: CallRecord) -> None:
         try:
-            await self.ari.require().request("POST", f"/channels/{path_segment(call.id)}/answer")
+            await self.ari.require().request("POST", f"/channels/{path_segment(call.channel_id)}/answer")
         except (AriError, AriUnavailable) as e:
             if not call.ended:
                 self.log.warn("Cannot answer inbound call {id}: {error}", id=call.id, error=e)
@@ -346,7 +358,7 @@ class Channels:
         args = [str(a) for a in event.get("args") or []]
         if self.legs.is_media_channel(channel_id):
             return
-        call = self.registry.find(channel_id)
+        call = self.registry.by_channel(channel_id)
         if call is None:
             if channel_id in self._abandoned or not self.caller_allowed(channel):
                 self.ari.hang_up_quietly(channel_id)
@@ -355,9 +367,9 @@ class Channels:
             return
         if call.ended:
             if call.direction == INBOUND:
-                # The channel came back into the app (the dialplan sent it again): a new inbound call.
-                self.registry.forget(call)
-                self.inbound(channel, args)
+                # The channel came back into the app (the dialplan sent it again): a new inbound call, with an id
+                # of its own; the ended one stays readable for its retention.
+                self.inbound(channel, args, previous=call)
             return
         call.in_stasis = True
         if channel.get("state") == "Up" and call.answered_at is None:
@@ -375,17 +387,17 @@ class Channels:
         assert call.dialplan is not None
         context, extension, priority = call.dialplan
         try:
-            await self.ari.require().request("POST", f"/channels/{path_segment(call.id)}/continue",
+            await self.ari.require().request("POST", f"/channels/{path_segment(call.channel_id)}/continue",
                                              {"context": context, "extension": extension, "priority": priority})
         except (AriError, AriUnavailable) as e:
             if not call.ended:
                 self.log.warn("Cannot send call {id} to {extension}@{context}: {error}; hanging it up", id=call.id,
                               extension=extension, context=context, error=e)
-                self.ari.hang_up_quietly(call.id)
+                self.ari.hang_up_quietly(call.channel_id)
 
     def _on_stasis_end(self, event: dict) -> None:
         channel_id = (event.get("channel") or {}).get("id")
-        call = self.registry.find(channel_id)
+        call = self.registry.by_channel(channel_id)
         if call is None or call.ended:
             return
         call.in_stasis = False
@@ -403,7 +415,7 @@ class Channels:
         channel_id = (event.get("channel") or {}).get("id")
         if not isinstance(channel_id, str):
             return
-        call = self.registry.find(channel_id)
+        call = self.registry.by_channel(channel_id)
         if call is None:
             return
         code = event.get("cause")
@@ -417,7 +429,7 @@ class Channels:
 
     def _on_channel_state_change(self, event: dict) -> None:
         channel = event.get("channel") or {}
-        call = self.registry.find(channel.get("id"))
+        call = self.registry.by_channel(channel.get("id"))
         if call is None or call.ended:
             return
         state = channel.get("state")
@@ -428,7 +440,7 @@ class Channels:
         self.registry.refresh(call)
 
     def _on_channel_hangup_request(self, event: dict) -> None:
-        call = self.registry.find((event.get("channel") or {}).get("id"))
+        call = self.registry.by_channel((event.get("channel") or {}).get("id"))
         if call is None or call.ended:
             return
         cause = event.get("cause")
@@ -436,7 +448,7 @@ class Channels:
             call.hangup_request_cause = cause
 
     def _on_dial(self, event: dict) -> None:
-        call = self.registry.find((event.get("peer") or {}).get("id"))
+        call = self.registry.by_channel((event.get("peer") or {}).get("id"))
         status = event.get("dialstatus")
         if call is None or call.ended or not status:
             return
@@ -446,7 +458,7 @@ class Channels:
             self.registry.refresh(call)
 
     def _on_channel_dtmf_received(self, event: dict) -> None:
-        call = self.registry.find((event.get("channel") or {}).get("id"))
+        call = self.registry.by_channel((event.get("channel") or {}).get("id"))
         digit = event.get("digit")
         if call is None or call.ended or not isinstance(digit, str):
             return
@@ -454,7 +466,7 @@ class Channels:
 
     def _on_channel_caller_id(self, event: dict) -> None:
         channel = event.get("channel") or {}
-        call = self.registry.find(channel.get("id"))
+        call = self.registry.by_channel(channel.get("id"))
         if call is not None and not call.ended:
             caller = channel.get("caller") or {}
             call.caller_number = str(caller.get("number") or call.caller_number)

@@ -74,7 +74,7 @@ class MediaLeg:
     @property
     def joined(self) -> str:
         """The channel the leg is joined with: the call's, or `join_channel`."""
-        return self.join_channel or self.call.id
+        return self.join_channel or self.call.channel_id
 
     async def start(self, connect: Callable[[str], Deferred]) -> None:
         """
@@ -326,7 +326,7 @@ class MediaLegs:
     def _on_channel_left_bridge(self, event: dict) -> None:
         # The call left a temporary bridge (moved elsewhere): what its legs there carry can no longer be heard.
         bridge_id = (event.get("bridge") or {}).get("id")
-        call_id = (event.get("channel") or {}).get("id")
+        channel_id = (event.get("channel") or {}).get("id")
         for leg in list(self._temporary.get(bridge_id, ()) if isinstance(bridge_id, str) else ()):
-            if leg.joined == call_id and leg.started:
+            if leg.joined == channel_id and leg.started:
                 leg.stop()

@@ -2,10 +2,13 @@
 `CallControl`: the in-memory model of calls and bridges behind the call-control REST API, kept in step with
 Asterisk by the ARI events (`IAriEventListener`) and driving Asterisk through ARI REST (`IAriClient`).
 
-Identity: a call's API id is its ARI channel id. It needs no mapping table, stays the same across a resync or an
-avr restart (``GET /channels`` gives the same ids), and can be used with Asterisk's own tools. For calls avr
-originates, avr chooses the id (a UUID4) and registers the call before asking Asterisk, so events that arrive
-before Asterisk's response (they usually do) are never mistaken for an unknown channel.
+Identity: a call's API id is a version-4 UUID distinct from its ARI channel id, as asterisk-api's are (its
+clients take them for UUIDs); the channel id is the call's ``channelId``. The call id is derived from the channel id
+(`avr.control.records.call_id_for`), so it needs no table and no ARI request, and stays the same across a resync
+or an avr restart (``GET /channels`` gives the same channel ids). The API routes take either id (the channel id is
+what Asterisk's own tools show). For calls avr originates, avr chooses the channel id (a UUID4), so the call id is
+known and the call registered before Asterisk is asked: events that arrive before Asterisk's response (they
+usually do) are never mistaken for an unknown channel.
 
 Call states (`avr.control.records.STATES`): outbound ``dialing`` → ``ringing`` → ``answered``; inbound ``ringing``
 → ``answered``; ``answered`` ⇄ ``bridged`` (in a bridge made through the API or a transfer); any → ``ended``.
@@ -95,7 +98,8 @@ class CallControl:
     :param audiosocket_address: ``host:port`` where Asterisk reaches avr's AudioSocket server (for media legs).
     :param retention: seconds an ended call stays readable.
     :param setup_timeout: seconds to wait for Asterisk during multi-step setups (a media channel entering Stasis).
-    :param new_id: makes the ids of originated channels, created bridges and ARI playbacks (UUID4 by default).
+    :param new_id: makes the ids of originated channels (the calls' ids derive from them), created bridges and ARI
+        playbacks (UUID4 by default).
     :param pcm_lead_in: seconds of silence played before uploaded audio (see `Playbacks`).
     :param registry: the call registry shared with the AudioSocket side (its own ``sink`` and ``retention``
         apply); when not given, one is built on ``sink``.

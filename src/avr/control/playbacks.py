@@ -89,7 +89,7 @@ class Playbacks:
         playback = Playback(self.new_id(), call.id, "media", self.clock.seconds(), media=items)
         self._playbacks[playback.id] = playback
         try:
-            await ari.request("POST", f"/channels/{path_segment(call.id)}/play/{path_segment(playback.id)}",
+            await ari.request("POST", f"/channels/{path_segment(call.channel_id)}/play/{path_segment(playback.id)}",
                               {"media": items})
         except BaseException:
             if not playback.finished:
@@ -107,9 +107,9 @@ class Playbacks:
 
         :return: the playback. :raises NotFound: unknown call, or no such running playback on it.
         """
-        self.registry.require(call_id)
+        call = self.registry.require(call_id)
         playback = self._playbacks.get(playback_id)
-        if playback is None or playback.call_id != call_id:
+        if playback is None or playback.call_id != call.id:
             raise NotFound(f"Playback {playback_id} not found (or already finished)")
         playback.stop_requested = True
         leg = self._legs.get(playback.id)

@@ -89,7 +89,7 @@ class Recordings:
         recording = Recording(name, call.id, format, self.clock.seconds())
         self._live[name] = recording
         try:
-            await ari.request("POST", f"/channels/{path_segment(call.id)}/record", {
+            await ari.request("POST", f"/channels/{path_segment(call.channel_id)}/record", {
                 "name": name, "format": format, "maxDurationSeconds": max_duration, "beep": beep,
                 "ifExists": if_exists, "terminateOn": "none"})
         except AriError as e:

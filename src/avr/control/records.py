@@ -6,7 +6,9 @@ AudioSocket formats).
 
 from __future__ import annotations
 
+import hashlib
 import re
+import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
 from attrs import define, field
@@ -65,6 +67,25 @@ MEDIA_CHANNEL_PREFIX = "avr-media-"
 TEMP_BRIDGE_PREFIX = "avr-tmp-"
 
 
+#: The namespace of `call_id_for` (fixed: the same channel gives the same call id in every avr, run after run).
+_CALL_ID_NAMESPACE = uuid.UUID("6f1d3a52-9c1e-4b7a-8f0e-2d5c4b3a1e90").bytes
+
+
+def call_id_for(channel_id: str, previous: str | None = None) -> str:
+    """
+    The API id of the ARI call on channel ``channel_id``: a version-4 UUID, as asterisk-api's ids are, derived
+    from the channel id (the first 16 bytes of a SHA-256, with the version and variant bits of a v4 UUID). It is
+    always the same for one channel, so it survives a resync and an avr restart (rebuilt from ``GET /channels``)
+    with no ARI request and no table kept anywhere.
+
+    :param previous: the id of the channel's previous call, for a channel that entered the app again after its
+        call ended: the new call gets a new id (chained from the previous one), never its predecessor's.
+    """
+    name = channel_id if previous is None else f"{previous}/{channel_id}"
+    digest = hashlib.sha256(_CALL_ID_NAMESPACE + name.encode("utf-8", "surrogatepass")).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
 def iso(seconds: float | None) -> str | None:
     """`avr.timestamps.iso_millis` of ``seconds``, ``None`` for ``None`` (a moment that has not come)."""
     return None if seconds is None else iso_millis(seconds)
@@ -100,10 +121,14 @@ class AgentRecord:
 
 @define(eq=False)
 class CallRecord:
-    """One call: an ARI channel in (or originated into) the Stasis app. Its API id is its ARI channel id."""
+    """
+    One call: an ARI channel in (or originated into) the Stasis app. Its API id is `call_id_for` its ARI channel
+    id (a UUID distinct from the channel id, as asterisk-api's); ``channel_id`` is what ARI requests and events use.
+    """
 
     kind = "ari"
     id: str
+    channel_id: str
     direction: str
     created_at: float
     endpoint: str | None = None
@@ -167,7 +192,7 @@ class CallRecord:
         return {
             "id": self.id,
             "kind": self.kind,
-            "channelId": self.id,
+            "channelId": self.channel_id,
             "direction": self.direction,
             "state": self.state,
             "callerNumber": self.caller_number,

@@ -5,8 +5,9 @@ lost, so the model re-reads ``GET /channels`` and ``GET /bridges`` and reconcile
 * A call whose channel is gone is ended (``call.ended`` with cause ``null`` and a ``note``). An inbound call whose
   channel left the app is ended too; an originated one is still tracked until it is destroyed.
 * A channel in the Stasis app that the model does not know appears as an inbound call (``call.created`` with
-  ``resynced: true``), and gets the inbound policy if it is not answered. Leftover avr media channels and temporary
-  bridges are removed.
+  ``resynced: true``), and gets the inbound policy if it is not answered. Its call id is derived from its channel id
+  (`avr.control.records.call_id_for`), so a call found again after an avr restart has the id it had before.
+  Leftover avr media channels and temporary bridges are removed.
 * Tracked bridges that are gone are destroyed in the model; members are reconciled; a Stasis bridge holding some
   of our calls that the model does not know (made before avr restarted) is adopted.
 * Playbacks and live recordings that no longer exist are reported finished with status/state ``unknown``.
@@ -97,12 +98,12 @@ class Resync:
         ari = self.ari.require()
         # The answers describe Asterisk as it was when it sent them: a call or bridge created, or mentioned by an
         # event, after that point is newer than the answer and must not be judged by it.
-        known = {c.id for c in self.registry} | {b.id for b in self.bridges}
+        known = {c.channel_id for c in self.registry} | {b.id for b in self.bridges}
         self._seen = set()
         try:
             channels = [c for c in await ari.request("GET", "/channels") or [] if isinstance(c, dict) and "id" in c]
             bridges = [b for b in await ari.request("GET", "/bridges") or [] if isinstance(b, dict) and "id" in b]
-            newer = ({c.id for c in self.registry} | {b.id for b in self.bridges}) - known | self._seen
+            newer = ({c.channel_id for c in self.registry} | {b.id for b in self.bridges}) - known | self._seen
         finally:
             self._seen = None
         if self.tasks.stopped:
@@ -126,9 +127,9 @@ class Resync:
 
     def _resync_calls(self, by_id: dict[str, dict], newer: set[str]) -> None:
         for call in self.registry:
-            if call.ended or call.pending or call.id in newer:
+            if call.ended or call.pending or call.channel_id in newer:
                 continue
-            channel = by_id.get(call.id)
+            channel = by_id.get(call.channel_id)
             if channel is None:
                 self.registry.end_call(call, None, "Unknown", note="the channel was gone when ARI reconnected")
                 continue
@@ -141,7 +142,7 @@ class Resync:
                 call.answered_at = self.clock.seconds()
             self.registry.refresh(call)
         for channel_id, channel in by_id.items():
-            if channel_id in self.registry or not channel_in_app(channel, self.app):
+            if self.registry.by_channel(channel_id) is not None or not channel_in_app(channel, self.app):
                 continue
             if self.legs.is_media_channel(channel_id) or self.channels.is_abandoned(channel_id):
                 if not self.legs.owns_channel(channel_id):
@@ -155,13 +156,13 @@ class Resync:
 
     def _resync_bridges(self, bridges: list[dict], newer: set[str]) -> None:
         by_id = {str(b["id"]): b for b in bridges}
-        live = {c.id: c for c in self.registry.active()}
+        live = {c.channel_id: c for c in self.registry.active()}
         where: dict[str, str] = {}
         for ari_bridge in bridges:
             for channel_id in ari_bridge.get("channels") or []:
                 where[str(channel_id)] = str(ari_bridge["id"])
-        for call in live.values():
-            call.ari_bridge_id = where.get(call.id)
+        for channel_id, call in live.items():
+            call.ari_bridge_id = where.get(channel_id)
         for bridge in list(self.bridges):
             if bridge.id in newer:
                 continue
@@ -169,13 +170,14 @@ class Resync:
             if found is None:
                 self.bridges.gone(bridge)
                 continue
-            member_ids = [str(c) for c in found.get("channels") or [] if str(c) in live]
+            members = [live[str(c)] for c in found.get("channels") or [] if str(c) in live]
+            member_ids = {c.id for c in members}
             for call_id in list(bridge.calls):
                 if call_id not in member_ids:
                     self.bridges.member_left(bridge, call_id)
-            for call_id in member_ids:
+            for member in members:
                 if bridge.id in self.bridges:
-                    self.bridges.member_entered(bridge, live[call_id])
+                    self.bridges.member_entered(bridge, member)
         for bridge_id, ari_bridge in by_id.items():
             if bridge_id in self.bridges:
                 continue

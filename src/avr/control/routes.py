@@ -349,7 +349,7 @@ class ControlRoutes:
                 raise ApiError(400, "reason given twice (body and query) with different values")
             reason = validate({"reason": query_reason}, HANGUP)["reason"]
         call = await self._model.hangup(call_id, reason=reason or "normal")
-        return json_response(request, 200, {"status": "hungup", "callId": call_id, "reason": reason or "normal",
+        return json_response(request, 200, {"status": "hungup", "callId": call["id"], "reason": reason or "normal",
                                             "call": call})
 
     async def _answer(self, request: IRequest, id: str) -> bytes:

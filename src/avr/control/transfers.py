@@ -88,7 +88,7 @@ class Transfers:
 
     async def _transfer(self, call: CallRecord, endpoint: str, caller_id: str | None, timeout: int) -> dict:
         ari = self.ari.require()
-        channel = f"/channels/{path_segment(call.id)}"
+        channel = f"/channels/{path_segment(call.channel_id)}"
         target: CallRecord | None = None
         bridge: Bridge | None = None
         await ari.request("POST", f"{channel}/ring")
@@ -100,7 +100,7 @@ class Transfers:
             bridge = await self.bridges.create(f"transfer-{call.id}", "transfer")
             self._check_parties(call, target)
             await ari.request("POST", f"/bridges/{path_segment(bridge.id)}/addChannel",
-                              {"channel": [call.id, target.id]})
+                              {"channel": [call.channel_id, target.channel_id]})
             self._check_parties(call, target)
         except BaseException as e:
             self._transfer_failed(call, target, bridge, endpoint, e)
@@ -175,10 +175,10 @@ class Transfers:
     def _transfer_failed(self, call: CallRecord, target: CallRecord | None, bridge: Bridge | None, endpoint: str,
                          error: BaseException) -> None:
         if not call.ended:
-            self.ari.in_background("DELETE", f"/channels/{path_segment(call.id)}/ring",
+            self.ari.in_background("DELETE", f"/channels/{path_segment(call.channel_id)}/ring",
                                    f"stopping the ringing on call {call.id}")
         if target is not None and not target.ended:
-            self.ari.hang_up_quietly(target.id)
+            self.ari.hang_up_quietly(target.channel_id)
         if bridge is not None and bridge.id in self.bridges:
             self.ari.destroy_bridge_quietly(bridge.id)
             self.bridges.gone(bridge)
