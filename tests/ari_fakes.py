@@ -125,6 +125,7 @@ class FakeSink:
 
     def publish(self, event: dict) -> None:
         assert set(event) >= {"type", "timestamp", "data"} and ("callId" in event or "bridgeId" in event)
+        assert event.get("callId") != event.get("channelId", object())  # an ARI call's id is never its channel's
         json.dumps(event)  # must be JSON-ready
         self.events.append(event)
 

@@ -21,6 +21,7 @@ from treq.testing import StubTreq
 from avr.ari.client import AriClient
 from avr.ari.events import AriEventStream, endpoint_connector
 from avr.control.errors import Conflict
+from avr.control.records import call_id_for
 from avr.control.model import CallControl
 from avr.testing.ari import FakeAsterisk
 from tests.ari_fakes import FakeInjector, FakeSink
@@ -187,12 +188,13 @@ def test_transfer_success() -> None:
     out = w.launch(w.control.transfer(cid, "PJSIP/1003"))
     w.advance(1.0)
     result = out[0]
-    assert {c.id for c in w.fake.bridges[result["bridgeId"]].channels} == {cid, result["newCallId"]}
+    target = w.run(w.control.get_call(result["newCallId"]))["channelId"]
+    assert {c.id for c in w.fake.bridges[result["bridgeId"]].channels} == {cid, target}
     assert w.run(w.control.get_call(result["newCallId"]))["state"] == "bridged"
     w.hang_up(cid)
     assert w.fake.bridges == {}  # the transfer bridge goes with the first party that leaves
     assert w.run(w.control.get_call(result["newCallId"]))["state"] == "answered"
-    w.hang_up(result["newCallId"])
+    w.hang_up(target)
     w.close()
 
 
@@ -206,7 +208,7 @@ def test_asterisk_restart_resyncs() -> None:
     w.advance(6.0)
     assert w.stream.state == "connected" and w.control.status()["ari"] == "connected"
     ended = w.sink.of("call.ended")
-    assert len(ended) == 1 and ended[0]["callId"] == cid
+    assert len(ended) == 1 and ended[0]["callId"] == call_id_for(cid) and ended[0]["channelId"] == cid
     assert w.control.status()["activeCalls"] == 0
     w.close()
 

@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import deferLater
 
-from avr.control.records import MEDIA_CHANNEL_PREFIX
+from avr.control.records import MEDIA_CHANNEL_PREFIX, call_id_for
 from avr.sts.codec import ActionResult
 from avr.testing.sts import FakeStsServerFactory, FakeStsServerProtocol
 from tests.control_harness import EventsClient, of_call
@@ -58,10 +58,15 @@ class Agents:
                                                                  "agent": agent or {}})
         assert status == 201, body
         call_id = body["call"]["id"]
+        self.rig.channel_ids[call_id] = body["call"]["channelId"]
         assert self.client is not None
         await self.client.wait(of_call(call_id, "call.created"))
-        self.rig.fake.answer_remote(call_id)
+        self.rig.fake.answer_remote(self.channel(call_id))
         return call_id
+
+    def channel(self, call_id: str) -> str:
+        """The channel id of a call the rig originated."""
+        return self.rig.channel_ids[call_id]
 
     async def agent_of(self, call_id: str) -> tuple[str, FakeStsServerProtocol]:
         """Wait for the call's agent: its UUID and its STS session."""
@@ -114,11 +119,13 @@ async def test_outbound_ai_call_round_trip_at_16_khz(agents: Agents) -> None:
     call_id = await agents.outbound_with_agent(agent={"payload": {"campaign": "spring"}})
     uuid, session = await agents.agent_of(call_id)
     assert session.path == "/agent"
-    assert session.params["campaign"] == ["spring"] and session.params["uniqueid"] == [call_id]
+    # uniqueid is Asterisk's id of the call's channel, as in a dialplan /call payload
+    assert session.params["campaign"] == ["spring"] and session.params["uniqueid"] == [agents.channel(call_id)]
     assert session.params["to"] == ["PJSIP/1001"]
     media = MEDIA_CHANNEL_PREFIX + uuid
     fake = agents.rig.fake
-    assert [sorted(c.id for c in b.channels) for b in fake.bridges.values()] == [sorted([call_id, media])]
+    assert [sorted(c.id for c in b.channels) for b in fake.bridges.values()] == [sorted([agents.channel(call_id),
+                                                                                          media])]
     assert fake.channels[media].formats == "slin16"
     status, body = await agents.rig.request("GET", f"/calls/{call_id}")
     assert body["call"]["agent"]["uuid"] == uuid and body["call"]["agent"]["state"] == "active"
@@ -155,14 +162,15 @@ async def test_outbound_ai_call_round_trip_at_16_khz(agents: Agents) -> None:
 async def test_inbound_stasis_call_gets_the_agent_the_dialplan_names(agents: Agents) -> None:
     """Stasis(app,agent,<route>) hands the call to the route's agent, with the caller's facts as parameters."""
     client = await agents.start(sts_routes=(("sales", agents.url + "/sales"),))
-    call_id = agents.rig.fake.inbound_call("5551234", "100", args=["agent", "sales"])
+    channel_id = agents.rig.fake.inbound_call("5551234", "100", args=["agent", "sales"])
+    call_id = call_id_for(channel_id)
     uuid, session = await agents.agent_of(call_id)
     assert session.path == "/agent/sales"
     assert session.params["from"] == ["5551234"] and session.params["to"] == ["100"]
     session.send_transcript("agent", "Hello, sales here")
     transcript = await client.wait(of_call(call_id, "call.transcript"))
     assert transcript["data"] == {"role": "agent", "text": "Hello, sales here"}
-    agents.rig.fake.remote_hangup(call_id)
+    agents.rig.fake.remote_hangup(channel_id)
     await client.wait(of_call(call_id, "agent.ended"))
 
 
@@ -171,15 +179,15 @@ async def test_configured_default_agent_and_opting_out(agents: Agents) -> None:
     """ARI_AGENT gives inbound calls an agent; Stasis(app,noagent) declines it."""
     client = await agents.start(ari_agent="default")
     with_agent = agents.rig.fake.inbound_call("5551", "100")
-    _, session = await agents.agent_of(with_agent)
+    _, session = await agents.agent_of(call_id_for(with_agent))
     assert session.path == "/agent"
     without = agents.rig.fake.inbound_call("5552", "100", args=["noagent"])
-    await client.wait(of_call(without, "call.state_changed", state="answered"))
+    await client.wait(of_call(call_id_for(without), "call.state_changed", state="answered"))
     await deferLater(agents.reactor, 0.2, lambda: None)
-    assert not agents.events(without, "agent.started")
-    for call_id in (with_agent, without):
-        agents.rig.fake.remote_hangup(call_id)
-        await client.wait(of_call(call_id, "call.ended"))
+    assert not agents.events(call_id_for(without), "agent.started")
+    for channel_id in (with_agent, without):
+        agents.rig.fake.remote_hangup(channel_id)
+        await client.wait(of_call(call_id_for(channel_id), "call.ended"))
 
 
 @pytest_twisted.ensureDeferred
@@ -201,7 +209,7 @@ async def test_attach_and_detach_on_a_live_call(agents: Agents) -> None:
     assert ended["data"]["reason"] == "detached"
     await session.when_closed()
     fake = agents.rig.fake
-    await until(agents.reactor, lambda: set(fake.channels) == {call_id} and not fake.bridges)
+    await until(agents.reactor, lambda: set(fake.channels) == {agents.channel(call_id)} and not fake.bridges)
     status, body = await agents.rig.request("GET", f"/calls/{call_id}")
     assert body["call"]["state"] == "answered" and body["call"]["agent"] is None
     status, body = await agents.rig.request("DELETE", f"/calls/{call_id}/agent")
@@ -240,13 +248,15 @@ async def test_ai_transfers_to_a_human_who_answers(agents: Agents) -> None:
     assert results == [ActionResult("transfer", True)]
     transferred = await client.wait(of_call(call_id, "call.transferred"))
     target = transferred["data"]["targetCallId"]
+    _, body = await agents.rig.request("GET", f"/calls/{target}")
+    target_channel = body["call"]["channelId"]
     ended = await client.wait(of_call(call_id, "agent.ended"))
     assert ended["data"]["reason"] == "the call left the agent's bridge"
     await session.when_closed()
     fake = agents.rig.fake
     await until(agents.reactor, lambda: MEDIA_CHANNEL_PREFIX + uuid not in fake.channels)
     await until(agents.reactor, lambda: [sorted(c.id for c in b.channels) for b in fake.bridges.values()]
-                == [sorted([call_id, target])])
+                == [sorted([agents.channel(call_id), target_channel])])
     assert [(e["data"]["status"]) for e in agents.events(call_id, "agent.action")] == ["requested", "succeeded"]
     for party in (call_id, target):  # avr never drops the other party when one leaves
         await agents.hang_up(party)
@@ -264,7 +274,7 @@ async def test_ai_transfer_that_fails_keeps_caller_and_agent(agents: Agents, end
     assert not result.ok and error in (result.error or ""), result
     await client.wait(of_call(call_id, "call.transfer_failed"))
     fake = agents.rig.fake
-    assert call_id in fake.channels and MEDIA_CHANNEL_PREFIX + uuid in fake.channels
+    assert agents.channel(call_id) in fake.channels and MEDIA_CHANNEL_PREFIX + uuid in fake.channels
     assert session.is_connected
     # The agent still hears the caller.
     before = len(session.received_audio)
@@ -283,8 +293,8 @@ async def test_ai_sends_dtmf_and_hears_the_callers(agents: Agents) -> None:
     _, session = await agents.agent_of(call_id)
     session.send_dtmf_request("12#")
     assert await session.when_result() == [ActionResult("dtmf", True)]
-    await until(agents.reactor, lambda: agents.rig.fake.sent_dtmf.get(call_id) == ["1", "2", "#"])
-    agents.rig.fake.remote_dtmf(call_id, "5")
+    await until(agents.reactor, lambda: agents.rig.fake.sent_dtmf.get(agents.channel(call_id)) == ["1", "2", "#"])
+    agents.rig.fake.remote_dtmf(agents.channel(call_id), "5")
     await until(agents.reactor, lambda: session.dtmf == ["5"])
     session.send_dtmf_request("12x")
     results = await session.when_result(2)
@@ -301,7 +311,7 @@ async def test_caller_hangs_up_while_the_agent_speaks(agents: Agents) -> None:
     session.send_audio(numbered_frame(7) * 100, chunk_size=FRAME)  # 2 s of speech
     connection = agents.rig.fake.audiosocket(MEDIA_CHANNEL_PREFIX + uuid)
     await until(agents.reactor, lambda: len(connection.frames) >= 5)
-    agents.rig.fake.remote_hangup(call_id)
+    agents.rig.fake.remote_hangup(agents.channel(call_id))
     await client.wait(of_call(call_id, "call.ended"))
     ended = await client.wait(of_call(call_id, "agent.ended"))
     assert ended["data"]["reason"] == "the call ended"
@@ -330,7 +340,7 @@ async def test_sts_dies_mid_call_and_the_call_continues(agents: Agents) -> None:
     session.drop()
     await client.wait(of_call(call_id, "agent.ended"))
     fake = agents.rig.fake
-    await until(agents.reactor, lambda: set(fake.channels) == {call_id} and not fake.bridges)
+    await until(agents.reactor, lambda: set(fake.channels) == {agents.channel(call_id)} and not fake.bridges)
     status, body = await agents.rig.request("GET", f"/calls/{call_id}")
     assert body["call"]["state"] == "answered"
     status, body = await agents.rig.request("POST", f"/calls/{call_id}/agent")

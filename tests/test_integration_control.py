@@ -22,7 +22,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from avr.config import Config
-from avr.control.records import MEDIA_CHANNEL_PREFIX
+from avr.control.records import MEDIA_CHANNEL_PREFIX, call_id_for
 from avr.service import Avr, build, sts_connectors
 from avr.sts.connector import StsConnector
 from avr.testing.ari import FakeAsterisk
@@ -164,6 +164,8 @@ class ServiceRig:
         #: avr's own HTTP client (ARI REST); the test talks to avr through `http`
         self.avr_http = GatedHttpClient(self.http)
         self.resyncs = ResyncWatch()
+        #: The channel id of each call the rig originated, by call id.
+        self.channel_ids: dict[str, str] = {}
         globalLogPublisher.addObserver(self.resyncs)
         self.clients: list[EventsClient] = []
         self.avr: Avr | None = None
@@ -241,8 +243,9 @@ class ServiceRig:
                                                              "callerId": "5551234", "timeout": 30})
         assert status == 201, body
         call_id = body["call"]["id"]
+        self.channel_ids[call_id] = body["call"]["channelId"]
         await client.wait(of_call(call_id, "call.created"))
-        self.fake.answer_remote(call_id)
+        self.fake.answer_remote(self.channel_ids[call_id])
         await client.wait(of_call(call_id, "call.state_changed", state="answered"))
         return call_id
 
@@ -322,11 +325,11 @@ async def test_usage_examples_end_to_end(rig: ServiceRig) -> None:
     status, body = await rig.request("POST", "/calls", {"endpoint": "PJSIP/1001", "callerId": "5551234",
                                                         "timeout": 30})
     assert status == 201, body
-    call_id = body["call"]["id"]
-    assert call_id in rig.fake.channels
+    call_id, channel_id = body["call"]["id"], body["call"]["channelId"]
+    assert channel_id in rig.fake.channels and call_id == call_id_for(channel_id) != channel_id
     await client.wait(of_call(call_id, "call.created"))
     await client.wait(of_call(call_id, "call.state_changed", state="ringing"))
-    rig.fake.answer_remote(call_id)
+    rig.fake.answer_remote(channel_id)
     await client.wait(of_call(call_id, "call.state_changed", state="answered"))
     states = [m["data"]["state"] for m in client.messages if of_call(call_id, "call.state_changed")(m)]
     assert states == ["ringing", "answered"]
@@ -346,7 +349,7 @@ async def test_usage_examples_end_to_end(rig: ServiceRig) -> None:
     # DTMF before the recording: like Asterisk, the fake queues channel commands behind a running recording.
     status, body = await rig.request("POST", f"/calls/{call_id}/dtmf", {"dtmf": "123#"})
     assert (status, body) == (200, {"status": "ok", "dtmf": "123#"})
-    await until(rig.reactor, lambda: rig.fake.sent_dtmf.get(call_id) == ["1", "2", "3", "#"])
+    await until(rig.reactor, lambda: rig.fake.sent_dtmf.get(channel_id) == ["1", "2", "3", "#"])
 
     status, body = await rig.request("POST", f"/calls/{call_id}/record", {"format": "wav",
                                                                           "maxDurationSeconds": 300})
@@ -361,7 +364,7 @@ async def test_usage_examples_end_to_end(rig: ServiceRig) -> None:
     assert status == 200 and body["status"] == "hungup"
     ended = await client.wait(of_call(call_id, "call.ended"))
     assert ended["data"]["cause"] == 16
-    assert call_id not in rig.fake.channels and not rig.fake.live_recordings
+    assert channel_id not in rig.fake.channels and not rig.fake.live_recordings
     status, body = await rig.request("GET", "/calls")
     assert (status, body) == (200, {"calls": []})
     # A few more turns: nothing else may arrive for the call.
@@ -395,7 +398,8 @@ async def test_uploaded_wav_streams_paced_through_external_media(rig: ServiceRig
     playback_id = body["playback"]["playbackId"]
     media_channel = MEDIA_CHANNEL_PREFIX + playback_id
     assert media_channel in rig.fake.channels
-    assert [[c.id for c in b.channels] for b in rig.fake.bridges.values()] == [[call_id, media_channel]]
+    assert [[c.id for c in b.channels] for b in rig.fake.bridges.values()] == [[rig.channel_ids[call_id],
+                                                                                media_channel]]
     connection = rig.fake.audiosocket(media_channel)
     await client.wait(of_call(call_id, "playback.started", playbackId=playback_id))
 
@@ -420,7 +424,7 @@ async def test_uploaded_wav_streams_paced_through_external_media(rig: ServiceRig
     assert 0.8 * 0.02 * intervals <= last_time - first_time <= 0.02 * intervals + 0.25
 
     await until(rig.reactor, lambda: media_channel not in rig.fake.channels and not rig.fake.bridges)
-    assert set(rig.fake.channels) == {call_id}
+    assert set(rig.fake.channels) == {rig.channel_ids[call_id]}
     assert media_channel not in rig.fake.audiosockets
     status, body = await rig.request("GET", f"/calls/{call_id}")
     assert status == 200 and body["call"]["state"] == "answered"
@@ -452,9 +456,9 @@ async def test_asterisk_restart_mid_call(rig: ServiceRig) -> None:
     status, body = await rig.request("POST", "/calls", {"endpoint": "PJSIP/1001", "callerId": "5551234"})
     assert status == 201, body
     second = body["call"]["id"]
-    assert second != call_id and second in rig.fake.channels
+    assert second != call_id and body["call"]["channelId"] in rig.fake.channels
     await client.wait(of_call(second, "call.created"))
-    rig.fake.answer_remote(second)
+    rig.fake.answer_remote(body["call"]["channelId"])
     await client.wait(of_call(second, "call.state_changed", state="answered"))
     status, body = await rig.request("GET", "/calls")
     assert [c["id"] for c in body["calls"]] == [second]
@@ -473,15 +477,17 @@ async def test_inbound_call_is_created_and_answered(rig: ServiceRig) -> None:
     """With the default ARI_INBOUND=answer, a call entering Stasis(avr) shows up as call.created and is answered."""
     client = await started(rig)
     channel_id = rig.fake.inbound_call("5559876", "6000")
-    created = await client.wait(of_call(channel_id, "call.created"))
-    assert created["data"]["direction"] == "inbound"
-    await client.wait(of_call(channel_id, "call.state_changed", state="answered"))
+    call_id = call_id_for(channel_id)
+    created = await client.wait(of_call(call_id, "call.created"))
+    assert created["data"]["direction"] == "inbound" and created["channelId"] == channel_id
+    await client.wait(of_call(call_id, "call.state_changed", state="answered"))
     assert rig.fake.channels[channel_id].state == "Up"
-    status, body = await rig.request("GET", f"/calls/{channel_id}")
-    assert status == 200 and body["call"]["state"] == "answered"
+    for id_ in (call_id, channel_id):  # either id names the call
+        status, body = await rig.request("GET", f"/calls/{id_}")
+        assert status == 200 and body["call"]["state"] == "answered" and body["call"]["id"] == call_id
     rig.fake.remote_hangup(channel_id)
-    await client.wait(of_call(channel_id, "call.ended"))
-    assert types_of(client, channel_id).count("call.created") == 1
+    await client.wait(of_call(call_id, "call.ended"))
+    assert types_of(client, call_id).count("call.created") == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -520,14 +526,15 @@ async def test_call_created_during_a_resync_survives_it(rig: ServiceRig) -> None
     await held.reached.addTimeout(WAIT, rig.reactor)
     client = await rig.events()
     channel_id = rig.fake.inbound_call("5559876", "6000")
-    await client.wait(of_call(channel_id, "call.state_changed", state="answered"))
+    call_id = call_id_for(channel_id)
+    await client.wait(of_call(call_id, "call.state_changed", state="answered"))
     held.release()
     await rig.until_synced(1)
     await deferLater(rig.reactor, 0.05, lambda: None)
     assert rig.fake.channels[channel_id].state == "Up"  # the call is alive in Asterisk...
-    status, body = await rig.request("GET", f"/calls/{channel_id}")
+    status, body = await rig.request("GET", f"/calls/{call_id}")
     assert status == 200 and body["call"]["state"] == "answered", body  # ...so it must be alive in avr
-    assert "call.ended" not in types_of(client, channel_id)
-    status, body = await rig.request("DELETE", f"/calls/{channel_id}")
+    assert "call.ended" not in types_of(client, call_id)
+    status, body = await rig.request("DELETE", f"/calls/{call_id}")
     assert status == 200, body
-    await client.wait(of_call(channel_id, "call.ended"))
+    await client.wait(of_call(call_id, "call.ended"))

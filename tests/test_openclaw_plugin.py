@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 import pytest
@@ -17,12 +18,16 @@ from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
 from twisted.web.server import Site
 
+from avr.control.records import call_id_for
 from avr.frames import audio_kind_for_rate
 from avr.testing.asr import BUFFER_SIZE, FakeAsrServerFactory
 from avr.testing.tts import FakeTtsServer
 from tests.control_harness import WAIT, connect_events, of_call
 from tests.helpers import until
 from tests.test_integration_control import API_KEY, ServiceRig, rig  # noqa: F401 - the fixture
+
+#: A call id as asterisk-api makes them (``crypto.randomUUID()``, a v4 UUID), the strictest a client may check.
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 pytestmark = pytest.mark.integration
 
@@ -120,10 +125,13 @@ async def test_the_plugins_conversation_loop(rig: ServiceRig) -> None:  # noqa: 
 
         result = await plugin.originate("PJSIP/1001", "5551234", 30)
         call_id = result["callId"]  # the plugin reads callId
-        assert call_id == result["call"]["id"]
-        await events.wait(of_call(call_id, "call.created"))
-        rig.fake.answer_remote(call_id)
-        await events.wait(of_call(call_id, "call.ready"))
+        channel_id = result["call"]["channelId"]
+        assert call_id == result["call"]["id"] and UUID4.match(call_id) and call_id != channel_id
+        created = await events.wait(of_call(call_id, "call.created"))
+        assert created["channelId"] == channel_id  # the plugin reads event.channelId
+        rig.fake.answer_remote(channel_id)
+        ready = await events.wait(of_call(call_id, "call.ready"))
+        assert ready["channelId"] == channel_id
         assert (await plugin.get_call(call_id))["call"]["state"] == "answered"
         assert [c["id"] for c in (await plugin.list_calls())["calls"]] == [call_id]
 
@@ -145,6 +153,7 @@ async def test_the_plugins_conversation_loop(rig: ServiceRig) -> None:  # noqa: 
         for _ in range(BUFFER_SIZE // len(SPEECH) + 1):
             rig.fake.audiosocket(leg).send_audio(kind, SPEECH)
         frame = await frames.wait(of_call(call_id, "call.audio_frame"))
+        assert frame["channelId"] == channel_id
         assert frame["data"]["sampleCount"] == len(SPEECH) // 2 and frame["data"]["sampleRate"] == 16000
         assert base64.b64decode(frame["data"]["data"]) == SPEECH
         partial = await events.wait(of_call(call_id, "call.transcription"))
@@ -193,7 +202,7 @@ async def test_hang_up_during_capture_and_speech_leaves_nothing(rig: ServiceRig)
         await plugin.start_audio_capture(call_id)
         speaking = Deferred.fromCoroutine(plugin.speak(call_id, "never heard"))
         await tts.when_requests(1).addTimeout(WAIT, reactor)
-        rig.fake.remote_hangup(call_id)
+        rig.fake.remote_hangup(rig.channel_ids[call_id])
         with pytest.raises(PluginError, match="409"):
             await speaking.addTimeout(WAIT, reactor)
         await events.wait(of_call(call_id, "call.audio_capture_stopped"))
@@ -222,9 +231,9 @@ async def test_allowlist_through_the_fake_asterisk(rig: ServiceRig, tmp_path: An
     events = await rig.events()
     blocked = rig.fake.inbound_call("6591110000", "6100")
     allowed = rig.fake.inbound_call("+65 9654 2555", "6100")
-    await events.wait(of_call(allowed, "call.created"))
+    await events.wait(of_call(call_id_for(allowed), "call.created"))
     await until(rig.reactor, lambda: blocked not in rig.fake.channels)  # hung up by avr
-    assert not [m for m in events.messages if m.get("callId") == blocked]
+    assert not [m for m in events.messages if blocked in (m.get("callId"), m.get("channelId"))]
     status, body = await rig.request("POST", "/calls", {"endpoint": "PJSIP/6591110000@trunk"})
     assert status == 403 and body == {"error": "Outbound call blocked by allowlist",
                                       "endpoint": "PJSIP/6591110000@trunk", "extractedNumber": "6591110000",
@@ -238,4 +247,4 @@ async def test_allowlist_through_the_fake_asterisk(rig: ServiceRig, tmp_path: An
     status, body = await rig.request("GET", "/allowlist")
     assert status == 200 and body["error"].startswith("not JSON")
     rig.fake.remote_hangup(allowed)
-    await events.wait(of_call(allowed, "call.ended"))
+    await events.wait(of_call(call_id_for(allowed), "call.ended"))

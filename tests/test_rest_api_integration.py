@@ -156,14 +156,14 @@ async def test_originate_answer_play_dtmf_hangup_with_events(rig: Rig) -> None:
     status, body = await rig.call_api("POST", "/calls", {"endpoint": "PJSIP/1001", "callerId": "Bob <5551234>",
                                                          "timeout": 30})
     assert status == 201, body
-    call_id = body["call"]["id"]
-    assert call_id in rig.fake.channels
+    call_id, channel_id = body["call"]["id"], body["call"]["channelId"]
+    assert channel_id in rig.fake.channels and call_id != channel_id
     await client.wait(of_call(call_id, "call.created"))
     status, body = await rig.call_api("GET", "/calls")
     assert [c["id"] for c in body["calls"]] == [call_id]
 
-    rig.fake.answer_remote(call_id)
-    await rig.tap.wait(lambda e: e["type"] == "StasisStart" and e["channel"]["id"] == call_id)
+    rig.fake.answer_remote(channel_id)
+    await rig.tap.wait(lambda e: e["type"] == "StasisStart" and e["channel"]["id"] == channel_id)
     await client.wait(of_call(call_id, "call.state_changed", state="answered"))
 
     status, body = await rig.call_api("POST", f"/calls/{call_id}/play", {"media": ["sound:hello-world",
@@ -178,15 +178,15 @@ async def test_originate_answer_play_dtmf_hangup_with_events(rig: Rig) -> None:
     status, body = await rig.call_api("POST", f"/calls/{call_id}/dtmf", {"dtmf": "12#", "duration": 40,
                                                                          "between": 0})
     assert (status, body) == (200, {"status": "ok", "dtmf": "12#"})
-    rig.fake.remote_dtmf(call_id, "5", duration_ms=300)
+    rig.fake.remote_dtmf(channel_id, "5", duration_ms=300)
     await client.wait(of_call(call_id, "call.dtmf", digit="5"))
-    assert rig.fake.sent_dtmf[call_id] == ["1", "2", "#"]
+    assert rig.fake.sent_dtmf[channel_id] == ["1", "2", "#"]
 
     status, body = await rig.call_api("DELETE", f"/calls/{call_id}", {"reason": "normal"})
     assert status == 200 and body["status"] == "hungup"
     ended = await client.wait(of_call(call_id, "call.ended"))
     assert ended["data"]["cause"] == 16
-    assert call_id not in rig.fake.channels
+    assert channel_id not in rig.fake.channels
     status, body = await rig.call_api("GET", "/calls")
     assert body == {"calls": []}
 

@@ -242,9 +242,12 @@ class AudioCaptures:
             capture.asr.send_audio(pcm)
         if self.frames is not None and self.frames.wants_audio_frames:
             now = self.clock.seconds()
-            self.frames.publish({"type": AUDIO_FRAME, "callId": capture.call.id, "timestamp": iso(now), "data": {
-                "timestamp": int(now * 1000), "format": CAPTURE_FORMAT, "sampleRate": CAPTURE_RATE, "channels": 1,
-                "sampleCount": len(pcm) // 2, "data": base64.b64encode(pcm).decode("ascii")}})
+            call = capture.call
+            self.frames.publish({"type": AUDIO_FRAME, "callId": call.id, "channelId": call.channel_id,
+                                 "timestamp": iso(now), "data": {
+                                     "timestamp": int(now * 1000), "format": CAPTURE_FORMAT,
+                                     "sampleRate": CAPTURE_RATE, "channels": 1, "sampleCount": len(pcm) // 2,
+                                     "data": base64.b64encode(pcm).decode("ascii")}})
 
     async def stop(self, call_id: str) -> dict:
         """

@@ -3,7 +3,7 @@ asterisk-api's event dialect, next to avr's: the events its clients (the OpenCla
 after the avr event they come from, on ``/events`` and the events webhook; and asterisk-api's own webhook
 (``OPENCLAW_WEBHOOK_URL``) with its envelope and event set.
 
-On ``/events`` (`AsteriskApiEvents`), in the same envelope ``{type, callId, timestamp, data}``:
+On ``/events`` (`AsteriskApiEvents`), in the same envelope ``{type, callId, channelId, timestamp, data}``:
 
 ================================  ==========================================================================
 avr event                          asterisk-api event after it
@@ -52,7 +52,9 @@ def asterisk_api_events(event: dict) -> list[dict]:
     data = event.get("data") or {}
 
     def derived(type_: str, body: dict) -> dict:
-        return {"type": type_, "callId": event.get("callId"), "timestamp": event.get("timestamp"), "data": body}
+        extra = {"channelId": event["channelId"]} if "channelId" in event else {}
+        return {"type": type_, "callId": event.get("callId"), **extra, "timestamp": event.get("timestamp"),
+                "data": body}
 
     if kind == "call.state_changed" and data.get("state") == "answered" and "answeredAt" in data:
         return [derived("call.ready", {})]
