@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface.verify import verifyObject
 
+from avr.fastpaths import FastPaths
 from avr.config import ConfigError
 from avr.interfaces import IStsConnector, IStsHandler, IStsSession
 from avr.sts.codec import (
@@ -433,8 +434,13 @@ def test_unusable_ca_file_is_a_config_error(tmp_path):
 # -- real loopback sockets
 
 
-async def _loopback_session(url_for, listen, connector):
-    """Open a session through ``connector`` to a fake echo STS served by ``listen``, exchange audio, close."""
+async def _loopback_session(url_for, listen, connector, reads_directly=False):
+    """
+    Open a session through ``connector`` to a fake echo STS served by ``listen``, exchange audio, close.
+
+    :param reads_directly: the TCP connection hands its reads to the session itself (not through the endpoint's
+        forwarding wrapper).
+    """
     from twisted.internet import reactor
 
     server = FakeStsServerFactory(reactor, echo=True)
@@ -443,6 +449,7 @@ async def _loopback_session(url_for, listen, connector):
     try:
         session = await connector(reactor).connect(url_for(port.getHost().port), UUID, handler)
         conn = await server.session_opened(UUID)
+        assert (session.transport.protocol is session) == reads_directly
         session.send_audio(b"\x01\x02" * 160)
         session.send_dtmf("7")
         await handler.wait_for("audio", 320)
@@ -483,6 +490,18 @@ async def test_loopback_ws_session():
         lambda port: f"ws://127.0.0.1:{port}/?from=2000",
         lambda reactor, server: reactor.listenTCP(0, server, interface="127.0.0.1"),
         lambda reactor: WebSocketStsConnector(reactor),
+        reads_directly=True,
+    )
+
+
+@pytest.mark.integration
+@pytest_twisted.ensureDeferred
+async def test_loopback_ws_session_without_fast_paths():
+    """FAST_PATHS=off: the same session, every read through autobahn and the endpoint's wrapper."""
+    await _loopback_session(
+        lambda port: f"ws://127.0.0.1:{port}/",
+        lambda reactor, server: reactor.listenTCP(0, server, interface="127.0.0.1"),
+        lambda reactor: WebSocketStsConnector(reactor, fast_paths=FastPaths(write_through=False, direct_frames=False)),
     )
 
 

@@ -92,13 +92,10 @@ class Resampler:
         self.to_rate = to_rate
         self._stream = None if from_rate == to_rate else soxr.ResampleStream(
             from_rate, to_rate, 1, dtype="float32", vr=True)
+        #: True when no conversion happens (`convert` returns its input).
+        self.identity = self._stream is None
         self._odd = b""
         self._holding = False
-
-    @property
-    def identity(self) -> bool:
-        """True when no conversion happens."""
-        return self._stream is None
 
     @property
     def holding(self) -> bool:
@@ -248,6 +245,8 @@ class InboundAudio:
         self._prior = SLIN
         self._unclear_frames = 0
         self._warned_unknown = False
+        # The kind whose frames are passed through as they are: slin at `rate`, codec locked (the fast path).
+        self._slin_kind: int | None = None
 
     @property
     def guess(self) -> str:
@@ -265,6 +264,8 @@ class InboundAudio:
         :return: PCM16LE at `rate` (the kind's); possibly empty.
         :raises ValueError: ``kind`` is not an audio kind.
         """
+        if kind == self._slin_kind and not self._odd and not len(payload) & 1:
+            return payload  # the common case: slin at the call's rate, locked, whole samples
         rate = AUDIO_KIND_RATES.get(kind)
         if rate is None:
             raise ValueError(f"not an audio kind: 0x{kind:02x}")
@@ -273,11 +274,14 @@ class InboundAudio:
         if kind != Kind.SLIN8:
             if self.codec is None:
                 self._lock(SLIN)
+            self._slin_kind = kind
             return self._slin(payload)
         if self.codec is None and payload:
             self._detect(payload)
         codec = self.guess
         if codec == SLIN:
+            if self.codec == SLIN:
+                self._slin_kind = kind
             return self._slin(payload)
         self._odd = b""
         return audioop.ulaw2lin(payload, 2) if codec == ULAW else audioop.alaw2lin(payload, 2)
@@ -297,6 +301,7 @@ class InboundAudio:
                           uuid=self.uuid, old=self.rate, new=rate)
         self.rate = rate
         self._odd = b""
+        self._slin_kind = None
 
     def _detect(self, payload: bytes) -> None:
         if len(payload) >= _MIN_SAMPLES * 2:

@@ -234,10 +234,10 @@ class Call:
 
     def _sts_input(self, pcm: bytes) -> bytes:
         """Caller audio at the call's rate, converted to the session's input rate (one stream: no drift)."""
-        rate = self._inbound.rate
-        if self._to_sts is None or self._to_sts.from_rate != rate:
-            self._to_sts = Resampler(rate, self._session.input_rate)  # type: ignore[arg-type,union-attr]
-        return self._to_sts.convert(pcm)
+        to_sts = self._to_sts
+        if to_sts is None or to_sts.from_rate != self._inbound.rate:
+            to_sts = self._to_sts = Resampler(self._inbound.rate, self._session.input_rate)  # type: ignore[arg-type,union-attr]
+        return pcm if to_sts.identity else to_sts.convert(pcm)
 
     def caller_dtmf(self, digit: str) -> None:
         if self.ended:
@@ -280,7 +280,8 @@ class Call:
                 self._start_playout(Kind.SLIN8)
             call_rate = AUDIO_KIND_RATES[self._out_kind]  # type: ignore[index]
             self._outbound = Resampler(self._session.output_rate, call_rate)
-        self._queue.feed(self._outbound.convert(pcm))  # type: ignore[union-attr]
+        outbound = self._outbound
+        self._queue.feed(pcm if outbound.identity else outbound.convert(pcm))  # type: ignore[union-attr]
 
     def sts_interruption(self) -> None:
         if self.ended:

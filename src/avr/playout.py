@@ -91,6 +91,10 @@ class PlaybackQueue:
         if self._dry:
             self._slip = self._slip + self._dry if self._dry <= HICCUP_TICKS else 0
             self._dry = 0
+        frames = self._frames
+        if len(pcm) == self.frame_bytes and not self._partial and len(frames) < self.max_frames:
+            frames.append(pcm)  # the common case: one whole frame
+            return
         if self._partial:
             pcm = self._partial + pcm
             self._partial = b""
@@ -113,7 +117,7 @@ class PlaybackQueue:
         """The frame to play at this tick, or ``None`` when there is nothing to play."""
         frames = self._frames
         if frames:
-            if self._slip:
+            if self._slip and len(frames) > CATCH_UP_DEPTH + 1:
                 self._catch_up(frames)
             return frames.popleft()
         self._lag = 0  # ran dry: whatever comes next is on time
@@ -130,11 +134,12 @@ class PlaybackQueue:
         return frame
 
     def _catch_up(self, frames: deque[bytes]) -> None:
-        """Drop the oldest frame if the slip explains the frames standing behind the one about to play (see above)."""
+        """
+        More than `CATCH_UP_DEPTH` frames stand behind the one about to play: drop the oldest if the slip explains
+        them (see above).
+        """
         self._since_cut += 1
         behind = len(frames) - 1
-        if behind <= CATCH_UP_DEPTH:
-            return
         if behind > self._slip + CATCH_UP_DEPTH:  # sent ahead of real time: the slip is absorbed
             self._slip = 0
         elif self._since_cut >= CATCH_UP_SPACING:

@@ -6,10 +6,12 @@ Twisted's ``EPollReactor.doPoll`` hands every ready socket to ``_doReadOrWrite``
 which asks the connection for its ``logPrefix()`` and pushes a context dictionary around the call, only so that
 legacy ``twisted.python.log`` messages written during that read carry the connection's name as their ``system``.
 avr logs through `twisted.logger`, which does not read that context, and each call has two sockets that are read
-50 times a second: at 200 calls, the context was 9 % of the reactor thread's time (BENCHMARKS.md, "What bounds avr").
-`LeanEPollReactor` calls ``_doReadOrWrite`` directly; reading, writing, disconnecting and the handling of
-exceptions stay Twisted's own code. What is lost: a legacy ``log.err`` from inside a read (a protocol raising) is
-logged with system ``-`` instead of the connection's name; its traceback still names the protocol.
+50 times a second: at 200 calls, the context was 9 % of the reactor thread's time (BENCHMARKS.md, "What bounds
+avr"). `LeanEPollReactor` calls ``_doReadOrWrite`` directly, and does what it does for the common event (readable,
+nothing else) inline: ``fileno`` checked, ``doRead``, Twisted's own disconnection on a reason or an exception
+(tests/test_reactor.py runs both reactors through the same cases). What is lost: a legacy ``log.err`` from inside
+a read (a protocol raising) is logged with system ``-`` instead of the connection's name; its traceback still
+names the protocol.
 
 ``twistd avr`` installs it unless another reactor was chosen (``twistd --reactor=…``) or ``FAST_PATHS=off``;
 ``twistd --reactor=avr-epoll`` selects it for any application (``twisted/plugins/avr_reactor.py``).
@@ -18,12 +20,17 @@ logged with system ``-`` instead of the connection's name; its traceback still n
 from __future__ import annotations
 
 import errno
+import sys
+from select import EPOLLIN
+from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.main import installReactor
+from twisted.internet.posixbase import _NO_FILEDESC
+from twisted.python import log
 
 #: The `EPollReactor` internals `LeanEPollReactor.doPoll` uses.
-EPOLL_USES = ("_poller", "_selectables", "_doReadOrWrite")
+EPOLL_USES = ("_poller", "_selectables", "_doReadOrWrite", "_disconnectSelectable")
 
 
 class LeanEPollReactor(EPollReactor):
@@ -41,15 +48,37 @@ class LeanEPollReactor(EPollReactor):
         handle = self._doReadOrWrite
         for fd, event in events:
             selectable = selectables.get(fd)
-            if selectable is not None:
+            if selectable is None:
+                continue
+            if event != EPOLLIN:
                 handle(selectable, fd, event)
+                continue
+            # Readable, nothing else (the common case): what _doReadOrWrite does for it, without the call.
+            why: Any
+            try:
+                if selectable.fileno() == -1:
+                    why, in_read = _NO_FILEDESC, False
+                else:
+                    why, in_read = selectable.doRead(), True
+            except BaseException:
+                why, in_read = sys.exc_info()[1], False
+                log.err()
+            if why:
+                self._disconnectSelectable(selectable, why, in_read)
 
     doIteration = doPoll
 
 
 def install() -> LeanEPollReactor:
-    """Install a `LeanEPollReactor` as the global reactor (``twistd --reactor=avr-epoll``) and return it."""
+    """
+    Install a `LeanEPollReactor` as the global reactor (``twistd --reactor=avr-epoll``) and return it.
+
+    :raises RuntimeError: the installed Twisted's `EPollReactor` lacks an internal it uses (`EPOLL_USES`).
+    """
     reactor = LeanEPollReactor()
+    missing = [name for name in EPOLL_USES if not hasattr(reactor, name)]
+    if missing:
+        raise RuntimeError(f"Twisted's EPollReactor has no {', '.join(missing)}")
     installReactor(reactor)
     return reactor
 

@@ -63,7 +63,8 @@ def makeService(options: Options) -> IService:
 def install_reactor(fast_paths: bool) -> None:
     """
     Install `avr.reactor.LeanEPollReactor` as the global reactor, unless one is installed already (chosen with
-    ``twistd --reactor``), ``fast_paths`` is false (``FAST_PATHS=off``) or there is no epoll here.
+    ``twistd --reactor``), ``fast_paths`` is false (``FAST_PATHS=off``), there is no epoll here, or the installed
+    Twisted lacks an internal it uses (then with a warning).
     """
     if not fast_paths or "twisted.internet.reactor" in sys.modules:
         return
@@ -71,7 +72,10 @@ def install_reactor(fast_paths: bool) -> None:
         from avr.reactor import install
     except ImportError:  # no epoll on this platform: Twisted's default reactor
         return
-    install()
+    try:
+        install()
+    except RuntimeError as e:
+        Logger().warn("avr's reactor is off ({problem}); running on Twisted's default", problem=e)
 
 
 def build_real_service(reactor: Any, config: Config) -> IService:
