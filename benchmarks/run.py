@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, UTC
+from statistics import median
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -140,12 +141,12 @@ def arrival_label(arrivals: str, phases: int) -> str:
 
 
 def run_one(relay: str, calls: int, rate: int, arrivals: str, phases: int, args: argparse.Namespace,
-            logs: Path) -> dict[str, Any]:
-    """One measurement: fresh echo STS and relay processes, one load generator run."""
+            logs: Path, number: int = 1) -> dict[str, Any]:
+    """One measurement (the ``number``-th of its case): fresh echo STS and relay processes, one load generator run."""
     relay_setup, harness_setup = cpu_split(args.isolation)
     load_average = _load_average()
     sts_port, port = free_port(), free_port()
-    tag = f"{relay}-{rate}-{calls}-{arrival_label(arrivals, phases)}"
+    tag = f"{relay}-{rate}-{calls}-{arrival_label(arrivals, phases)}" + (f"-{number}" if number > 1 else "")
     with open(logs / f"echo-{tag}.log", "wb") as echo_log, open(logs / f"{tag}.out", "wb") as relay_log:
         echo = subprocess.Popen([sys.executable, "-m", "benchmarks.echo_sts", "--port", str(sts_port)],
                                 cwd=ROOT, env=base_env(), stdout=echo_log, stderr=subprocess.STDOUT,
@@ -222,26 +223,37 @@ def tables(report: dict[str, Any]) -> str:
         at_rate = [r for r in runs if r["rate"] == rate and _label(r) == label]
         relays = [relay for relay in RELAYS if any(r["relay"] == relay for r in at_rate)]
         ns = sorted({r["calls"] for r in at_rate})
-        find = {(r["relay"], r["calls"]): r for r in at_rate}
+        find: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for r in at_rate:
+            find.setdefault((r["relay"], r["calls"]), []).append(r)
         out.append(f"#### {rate / 1000:g} kHz ({rate // 50 * 2}-byte frames), {_spread(at_rate[0])}, "
                    f"{at_rate[0]['window_s']:.0f} s window, {_isolation(at_rate[0])}\n")
+        repeated = max(len(v) for v in find.values()) > 1
         head = ["N"]
         for relay in relays:
-            head += [f"{relay} CPU ms per call-second", f"{relay} calls/core", f"{relay} RSS KB per call"]
+            head += [f"{relay} CPU ms per call-second" + (" (median, range)" if repeated else ""),
+                     f"{relay} calls/core", f"{relay} RSS KB per call"]
+        compared = relays[:2] == ["avr", "node"]
+        if compared:
+            head.append("avr ÷ node" + (" (median, range)" if repeated else ""))
         head += ["echo STS CPU (cores)", "load client CPU (cores)", "load average (1 min)"]
         rows = []
         for n in ns:
             row = [str(n)]
             for relay in relays:
-                r = find.get((relay, n))
-                p = r["processes"]["relay"] if r else None
-                row += [_fmt(p["cpu_ms_per_call_second"], 3) if p else "–",
-                        _fmt(round(1000 / p["cpu_ms_per_call_second"])) if p and p["cpu_ms_per_call_second"] else "–",
-                        _fmt(p["rss_kb_per_call"], 1) if p else "–"]
+                cpu = [r["processes"]["relay"]["cpu_ms_per_call_second"] for r in find.get((relay, n), [])]
+                rss = [r["processes"]["relay"]["rss_kb_per_call"] for r in find.get((relay, n), [])]
+                row += [_spread_of(cpu, 3),
+                        _fmt(round(1000 / median(cpu))) if cpu and median(cpu) else "–",
+                        _fmt(median(rss), 1) if rss else "–"]
+            if compared:
+                row.append(_spread_of(_ratios(find.get(("avr", n), []), find.get(("node", n), [])), 2))
             harness = [find[(relay, n)] for relay in relays if (relay, n) in find]
-            row.append(" / ".join(_fmt(r["processes"]["echo"]["cpu_share_of_core"]) for r in harness))
-            row.append(" / ".join(_fmt(r["processes"]["loadgen"]["cpu_share_of_core"]) for r in harness))
-            row.append(" / ".join(_fmt((r.get("load_average") or [None])[0]) for r in harness))
+            row.append(" / ".join(_fmt(median(r["processes"]["echo"]["cpu_share_of_core"] for r in rs))
+                                  for rs in harness))
+            row.append(" / ".join(_fmt(median(r["processes"]["loadgen"]["cpu_share_of_core"] for r in rs))
+                                  for rs in harness))
+            row.append(" / ".join(_fmt((rs[0].get("load_average") or [None])[0]) for rs in harness))
             rows.append(row)
         out.append(_table(head, rows))
         head = ["N", "relay", "interval deviation p50 / p99 / max (ms)", "echo delay p50 / p99 / max (ms)",
@@ -250,18 +262,33 @@ def tables(report: dict[str, Any]) -> str:
         rows = []
         for n in ns:
             for relay in relays:
-                r = find.get((relay, n))
-                if r is None:
-                    continue
-                d, e, s = r["interval_deviation_ms"], r["echo_delay_ms"], r["send_lateness_ms"]
-                rows.append([str(n), relay, f"{_fmt(d['p50'])} / {_fmt(d['p99'])} / {_fmt(d['max'])}",
-                             f"{_fmt(e['p50'])} / {_fmt(e['p99'])} / {_fmt(e['max'])}", str(r["frames_sent"]),
-                             str(r["frames_lost"]), str(r["frames_late"]), f"{r['calls_up']}/{n}",
-                             f"{_fmt(s['p99'])} / {_fmt(s['max'])}",
-                             " / ".join(_fmt(r["processes"][name].get("run_queue_wait_ms_per_s"), 1)
-                                        for name in ("relay", "echo", "loadgen"))])
+                for number, r in enumerate(find.get((relay, n), []), 1):
+                    d, e, s = r["interval_deviation_ms"], r["echo_delay_ms"], r["send_lateness_ms"]
+                    rows.append([
+                        str(n), relay if number == 1 else f"{relay} (run {number})",
+                        f"{_fmt(d['p50'])} / {_fmt(d['p99'])} / {_fmt(d['max'])}",
+                        f"{_fmt(e['p50'])} / {_fmt(e['p99'])} / {_fmt(e['max'])}", str(r["frames_sent"]),
+                        str(r["frames_lost"]), str(r["frames_late"]), f"{r['calls_up']}/{n}",
+                        f"{_fmt(s['p99'])} / {_fmt(s['max'])}",
+                        " / ".join(_fmt(r["processes"][name].get("run_queue_wait_ms_per_s"), 1)
+                                   for name in ("relay", "echo", "loadgen"))])
         out.append(_table(head, rows))
     return "\n".join(out)
+
+
+def _spread_of(values: list[float], digits: int) -> str:
+    """The median of ``values``, with their range when there are several: ``2.90 (2.85–3.02)``."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return _fmt(values[0], digits)
+    return f"{_fmt(median(values), digits)} ({_fmt(min(values), digits)}–{_fmt(max(values), digits)})"
+
+
+def _ratios(avr: list[dict[str, Any]], node: list[dict[str, Any]]) -> list[float]:
+    """avr's CPU per call-second over Node's, round by round (each pair measured back to back)."""
+    return [a["processes"]["relay"]["cpu_ms_per_call_second"] / b["processes"]["relay"]["cpu_ms_per_call_second"]
+            for a, b in zip(avr, node, strict=False) if b["processes"]["relay"]["cpu_ms_per_call_second"]]
 
 
 def _label(run: dict[str, Any]) -> str:
@@ -335,6 +362,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--isolation", choices=("none", "pin", "nice"), default="none",
                         help="none (default): every process anywhere, as on a real server; pin: the relay on a CPU "
                              "of its own, the harness on the others; nice: the harness at nice 10")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure each case this many times (the relays taking turns); the cost table shows "
+                             "the median and range, the quality table every run")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--drain", type=float, default=2.0,
@@ -364,14 +394,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for calls in args.calls.split(",")]
     plan += [(int(args.rates.split(",")[0]), int(calls), "groups", 1) for calls in args.in_step.split(",") if calls]
     for rate, calls, how, phases in plan:
-        for relay in relays:
-            result = run_one(relay, calls, rate, how, phases, args, logs)
-            report["runs"].append(result)
-            relay_cpu = result["processes"]["relay"]["cpu_ms_per_call_second"]
-            sys.stderr.write(f"{relay:>4} {rate} Hz N={calls:<4} {arrival_label(how, phases):<7} {relay_cpu:.3f} ms "
-                             f"CPU per call-second, deviation p99 {result['interval_deviation_ms']['p99']} ms, "
-                             f"echo delay p50 {result['echo_delay_ms']['p50']} ms, lost {result['frames_lost']}, "
-                             f"late {result['frames_late']}, load average {result['load_average']}\n")
+        for number in range(1, args.repeat + 1):
+            for relay in relays:
+                result = run_one(relay, calls, rate, how, phases, args, logs, number)
+                report["runs"].append(result)
+                relay_cpu = result["processes"]["relay"]["cpu_ms_per_call_second"]
+                sys.stderr.write(
+                    f"{relay:>4} {rate} Hz N={calls:<4} {arrival_label(how, phases):<7} {relay_cpu:.3f} ms CPU per "
+                    f"call-second, deviation p99 {result['interval_deviation_ms']['p99']} ms, echo delay p50 "
+                    f"{result['echo_delay_ms']['p50']} ms, lost {result['frames_lost']}, late {result['frames_late']}, "
+                    f"load average {result['load_average']}\n")
     (logs / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     sys.stderr.write(tables(report) + f"\nreport: {logs / 'report.json'}\n")
     if args.publish:

@@ -307,6 +307,33 @@ def test_audio_waiting_for_the_sts_joins_the_live_audio_seamlessly() -> None:
     assert b"".join(session.audio) == b"".join(reference.convert(frame) for frame in frames)
 
 
+def test_caller_audio_stays_sample_aligned_and_follows_a_kind_change() -> None:
+    """
+    Once frames flow to the session as they are, odd-length frames (a byte of a sample in the next frame) still
+    join up exactly, a switch to 8 kHz is converted to the session's 16 kHz, and nothing reaches the session once
+    the call has ended.
+    """
+    world = World()
+    _, call = world.connect()
+    session = world.sts.open(U1, input_rate=16000)
+    audio = bytes(range(256)) * 15  # 3840 bytes: six 20 ms frames at 16 kHz
+    for size in (640, 640, 639, 640, 641, 640):
+        call.caller_audio(0x12, audio[:size])
+        audio = audio[size:]
+    assert b"".join(session.audio) == (bytes(range(256)) * 15)
+    assert all(len(chunk) % 2 == 0 for chunk in session.audio)
+    session.audio.clear()
+    reference = Resampler(8000, 16000)
+    low = tone(8000, 100)
+    for i in range(0, len(low), 320):
+        call.caller_audio(0x10, low[i:i + 320])
+    assert b"".join(session.audio) == b"".join(reference.convert(low[i:i + 320]) for i in range(0, len(low), 320))
+    call.end("test", linger=False)
+    before = list(session.audio)
+    call.caller_audio(0x10, low[:320])
+    assert session.audio == before
+
+
 def test_a_rate_change_before_the_sts_opens_drops_the_audio_of_the_old_rate() -> None:
     """Asterisk switching from 8 to 16 kHz while the STS connects: only audio at the new rate is kept."""
     world = World()

@@ -286,6 +286,10 @@ class InboundAudio:
         self._odd = b""
         return audioop.ulaw2lin(payload, 2) if codec == ULAW else audioop.alaw2lin(payload, 2)
 
+    def passes_through(self, kind: int) -> bool:
+        """True when `feed` returns frames of ``kind`` with an even length as they are (slin, codec locked)."""
+        return kind == self._slin_kind and not self._odd
+
     def _slin(self, payload: bytes) -> bytes:
         if self._odd:
             payload = self._odd + payload

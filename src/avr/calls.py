@@ -105,6 +105,8 @@ class Call:
     _pending_bytes: int = 0
     _pending_rate: int | None = None
     _to_sts: Resampler | None = None
+    # (kind, session) once frames of that kind go to that session as they are: no decoding, no resampling.
+    _route: tuple[int, IStsSession] | None = field(default=None, init=False)
     _out_kind: int | None = None
     _outbound: Resampler | None = None
     _queue: PlaybackQueue | None = None
@@ -150,6 +152,7 @@ class Call:
         if self.ended:
             return
         self.ended = True
+        self._route = None
         self.end_reason = reason
         self.ticker.discard(self)
         if self._queue is not None:
@@ -218,6 +221,11 @@ class Call:
     # -- ICallSink: from Asterisk ------------------------------------------------------------------------------
 
     def caller_audio(self, kind: int, payload: bytes) -> None:
+        route = self._route
+        if route is not None and route[0] == kind and route[1] is self._session and not len(payload) & 1:
+            route[1].send_audio(payload)  # the common case, settled (see the end of this method)
+            return
+        self._route = None
         if self.ended:
             return
         if self._out_kind is None:
@@ -231,6 +239,9 @@ class Call:
         pcm = self._sts_input(pcm)
         if pcm:  # a resampler holds back its first few milliseconds
             self._session.send_audio(pcm)
+        if self._inbound.passes_through(kind) and self._to_sts.identity:  # type: ignore[union-attr]
+            # Frames of this kind need nothing but sending, as long as this session lasts.
+            self._route = (kind, self._session)
 
     def _sts_input(self, pcm: bytes) -> bytes:
         """Caller audio at the call's rate, converted to the session's input rate (one stream: no drift)."""
