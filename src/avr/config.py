@@ -185,9 +185,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Connections the kernel queues for both servers while avr is busy, so a burst of calls is not dropped; "
             "Linux caps it at net.core.somaxconn"),
     Setting("fast_paths", "FAST_PATHS", _boolean, True,
-            "Use the fast paths (write-through sends, direct WebSocket data frames), which rely on Twisted and "
-            "autobahn internals checked at start-up (one that fails its check is turned off, with a warning); "
-            "off = their public APIs only"),
+            "Use the fast paths (avr's lean epoll reactor, write-through sends, direct WebSocket data frames), "
+            "which rely on Twisted and autobahn internals checked at start-up (one that fails its check is turned "
+            "off, with a warning); off = Twisted's default reactor and their public APIs only"),
     Setting("sts_url", "STS_URL", _url("ws", "wss", "http", "https"), None,
             "Speech-to-speech service: ws(s):// (AVR STS protocol) or http(s):// (legacy streaming); "
             "unset = built-in echo agent"),
