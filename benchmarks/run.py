@@ -75,13 +75,17 @@ def base_env() -> dict[str, str]:
 
 
 def relay_command(relay: str, port: int, sts_port: int, rate: int, log: Path,
-                  avr_source: Path | None = None) -> tuple[list[str], dict[str, str]]:
+                  avr_source: Path | None = None, settings: dict[str, str] | None = None,
+                  ) -> tuple[list[str], dict[str, str]]:
     """
     The command line and environment that start ``relay`` on ``port``, talking to the echo STS.
 
     :param avr_source: another checkout of avr to run instead of this one (e.g. an older commit, for before/after).
+    :param settings: avr settings (environment variables) for the avr relay, e.g. ``{"POLL_BATCH_MS": "0"}``.
     """
     env = base_env()
+    if relay == "avr":
+        env.update(settings or {})
     if relay == "avr" and avr_source is not None:
         env["PYTHONPATH"] = os.pathsep.join((str(avr_source), str(avr_source / "src")))
     env["PORT"] = str(port)
@@ -154,7 +158,8 @@ def run_one(relay: str, calls: int, rate: int, arrivals: str, phases: int, args:
         server = None
         try:
             wait_for_port(sts_port, echo, "the echo STS")
-            command, env = relay_command(relay, port, sts_port, rate, logs / f"{tag}.log", args.avr_source)
+            command, env = relay_command(relay, port, sts_port, rate, logs / f"{tag}.log", args.avr_source,
+                                         dict(setting.split("=", 1) for setting in args.avr_setting))
             server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=relay_log, stderr=subprocess.STDOUT,
                                       preexec_fn=relay_setup)
             wait_for_port(port, server, relay)
@@ -359,6 +364,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="comma-separated N also run with every caller in step (groups of 1), at the first rate")
     parser.add_argument("--avr-source", type=Path,
                         help="run the avr of another checkout (its src/ and twisted/plugins/), e.g. to compare commits")
+    parser.add_argument("--avr-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="an avr setting (environment variable) for the avr relay, e.g. POLL_BATCH_MS=0; "
+                             "repeatable")
     parser.add_argument("--isolation", choices=("none", "pin", "nice"), default="none",
                         help="none (default): every process anywhere, as on a real server; pin: the relay on a CPU "
                              "of its own, the harness on the others; nice: the harness at nice 10")
@@ -383,6 +391,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logs.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"started": started.isoformat(timespec="seconds"), "machine": machine(),
                               "avr_source": str(args.avr_source) if args.avr_source else None,
+                              "avr_settings": args.avr_setting,
                               "warmup_s": args.warmup, "window_s": args.duration,
                               "isolation": args.isolation, "load_average": _load_average(),
                               "runs": []}
