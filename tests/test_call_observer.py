@@ -62,7 +62,7 @@ def test_an_audiosocket_call_is_listed_with_its_facts_and_no_secret() -> None:
     _, call = world.connect(payload=PAYLOAD)
     [created] = world.sink.events
     expected = {
-        "id": U1, "kind": "audiosocket", "uuid": U1, "state": "answered",
+        "id": U1, "callId": U1, "kind": "audiosocket", "uuid": U1, "state": "answered",
         "stsUrl": f"wss://agent.example/v1?token=***&from={U1}", "sampleRate": None, "codec": None,
         "channelId": "1770758888.32", "channelName": "PJSIP/2000-00000013", "linkedCallId": None,
         "createdAt": "2027-01-15T08:00:00.000Z", "endedAt": None, "endReason": None,

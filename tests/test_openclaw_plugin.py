@@ -132,6 +132,11 @@ async def test_the_plugins_conversation_loop(rig: ServiceRig) -> None:  # noqa: 
         rig.fake.answer_remote(channel_id)
         ready = await events.wait(of_call(call_id, "call.ready"))
         assert ready["channelId"] == channel_id
+        # A reconnecting plugin rebuilds its active calls from the snapshot's callId fields.
+        again = await connect_events(reactor, rig.port_of("keyless-events"), None)
+        rig.clients.append(again)
+        snapshot = await again.wait(lambda m: m["type"] == "snapshot")
+        assert [c["callId"] for c in snapshot["calls"]] == [call_id]
         assert (await plugin.get_call(call_id))["call"]["state"] == "answered"
         assert [c["id"] for c in (await plugin.list_calls())["calls"]] == [call_id]
 

@@ -188,9 +188,10 @@ class CallRecord:
         return RINGING
 
     def to_dict(self) -> dict[str, Any]:
-        """The call as JSON."""
+        """The call as JSON (``callId`` repeats ``id``: the OpenClaw plugin reads it from ``/events`` snapshots)."""
         return {
             "id": self.id,
+            "callId": self.id,
             "kind": self.kind,
             "channelId": self.channel_id,
             "direction": self.direction,
@@ -258,6 +259,7 @@ class AudioSocketCallRecord:
         codec = self.call.codec
         return {
             "id": self.id,
+            "callId": self.id,
             "kind": self.kind,
             "uuid": self.id,
             "state": self.state,
