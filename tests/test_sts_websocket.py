@@ -483,25 +483,19 @@ async def _failed_connect(certificates, trust_root, host):
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("fast_paths", [FastPaths(), FastPaths(write_through=False, direct_frames=False)],
+                         ids=["fast paths", "FAST_PATHS=off"])
 @pytest_twisted.ensureDeferred
-async def test_loopback_ws_session():
-    """A real ws:// session with the fake STS: init first, audio echoed, DTMF delivered, clean close."""
+async def test_loopback_ws_session(fast_paths):
+    """
+    A real ws:// session with the fake STS: init first, audio echoed, DTMF delivered, clean close; with the fast
+    paths the TCP connection hands its reads to the session directly, without them through the endpoint's wrapper.
+    """
     await _loopback_session(
         lambda port: f"ws://127.0.0.1:{port}/?from=2000",
         lambda reactor, server: reactor.listenTCP(0, server, interface="127.0.0.1"),
-        lambda reactor: WebSocketStsConnector(reactor),
-        reads_directly=True,
-    )
-
-
-@pytest.mark.integration
-@pytest_twisted.ensureDeferred
-async def test_loopback_ws_session_without_fast_paths():
-    """FAST_PATHS=off: the same session, every read through autobahn and the endpoint's wrapper."""
-    await _loopback_session(
-        lambda port: f"ws://127.0.0.1:{port}/",
-        lambda reactor, server: reactor.listenTCP(0, server, interface="127.0.0.1"),
-        lambda reactor: WebSocketStsConnector(reactor, fast_paths=FastPaths(write_through=False, direct_frames=False)),
+        lambda reactor: WebSocketStsConnector(reactor, fast_paths=fast_paths),
+        reads_directly=fast_paths.direct_frames,
     )
 
 

@@ -5,7 +5,11 @@ avr's two fast paths through private internals of Twisted and autobahn: what eac
   the reactor's next pass; reads and writes `twisted.internet.tcp.Connection` internals.
 - **Direct WebSocket data frames** (`avr.sts.wsframes`, used by `avr.sts.websocket.StsClientProtocol`): caller
   audio is framed and written, and the STS's complete text frames are read, around autobahn's message machinery,
-  while autobahn's connection state says it is idle.
+  while autobahn's connection state says it is idle; the STS connection hands its reads to the protocol without
+  the endpoint's forwarding wrapper.
+
+A third, `avr.reactor` (Twisted's epoll reactor without the legacy log context around each read), is chosen
+before the reactor exists, by `avr.tap`; ``FAST_PATHS=off`` keeps Twisted's default there too.
 
 `FastPaths.detect` checks both once, at start-up, and logs which are active. A path whose check fails is off, with
 a warning: calls go on through the public APIs, only slower. ``FAST_PATHS=off`` turns both off (to compare, or to

@@ -6,12 +6,12 @@ Twisted's ``EPollReactor.doPoll`` hands every ready socket to ``_doReadOrWrite``
 which asks the connection for its ``logPrefix()`` and pushes a context dictionary around the call, only so that
 legacy ``twisted.python.log`` messages written during that read carry the connection's name as their ``system``.
 avr logs through `twisted.logger`, which does not read that context, and each call has two sockets that are read
-50 times a second: at 200 calls, the context was 9 % of the reactor thread's time (BENCHMARKS.md, "What bounds
-avr"). `LeanEPollReactor` calls ``_doReadOrWrite`` directly, and does what it does for the common event (readable,
-nothing else) inline: ``fileno`` checked, ``doRead``, Twisted's own disconnection on a reason or an exception
-(tests/test_reactor.py runs both reactors through the same cases). What is lost: a legacy ``log.err`` from inside
-a read (a protocol raising) is logged with system ``-`` instead of the connection's name; its traceback still
-names the protocol.
+50 times a second: at 200 calls, the context was 9 % of the reactor thread's time (BENCHMARKS.md, "What changed
+in 2026-12"). `LeanEPollReactor` calls ``_doReadOrWrite`` directly, and does what it does for the common event
+(readable, nothing else) inline: ``fileno`` checked, ``doRead``, Twisted's own disconnection on a reason or an
+exception (tests/test_reactor.py runs both reactors through the same cases). What is lost: a legacy ``log.err``
+from inside a read (a protocol raising) is logged with system ``-`` instead of the connection's name; its
+traceback still names the protocol.
 
 ``twistd avr`` installs it unless another reactor was chosen (``twistd --reactor=…``) or ``FAST_PATHS=off``;
 ``twistd --reactor=avr-epoll`` selects it for any application (``twisted/plugins/avr_reactor.py``).
@@ -20,7 +20,6 @@ names the protocol.
 from __future__ import annotations
 
 import errno
-import sys
 from select import EPOLLIN
 from typing import Any
 
@@ -60,8 +59,8 @@ class LeanEPollReactor(EPollReactor):
                     why, in_read = _NO_FILEDESC, False
                 else:
                     why, in_read = selectable.doRead(), True
-            except BaseException:
-                why, in_read = sys.exc_info()[1], False
+            except BaseException as e:
+                why, in_read = e, False
                 log.err()
             if why:
                 self._disconnectSelectable(selectable, why, in_read)

@@ -52,8 +52,6 @@ def makeService(options: Options) -> IService:
     install_reactor(options["avr-config"].fast_paths)
     from twisted.internet import reactor
 
-    Logger().info("Reactor: {reactor}", reactor=f"{type(reactor).__module__}.{type(reactor).__qualname__}")
-
     # What is loaded by now lives as long as the process: keep it out of the cyclic collector's scans, so that a
     # full collection (which holds up every call's audio while it runs) only walks objects made since.
     reactor.callWhenRunning(gc.freeze)
