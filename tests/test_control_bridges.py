@@ -66,11 +66,14 @@ def test_add_and_remove_from_capture_event_order() -> None:
     h.run(h.control.add_to_bridge(bridge_id, b))
     assert h.sink.types() == ["bridge.channel_entered", "call.state_changed"] * 2
     assert h.run(h.control.get_call(a))["state"] == "bridged"
-    assert h.run(h.control.get_bridge(bridge_id))["calls"] == [call_id_for(a), call_id_for(b)]
+    bridge = h.run(h.control.get_bridge(bridge_id))
+    assert bridge["calls"] == [call_id_for(a), call_id_for(b)]
+    assert bridge["channelIds"] == [a, b]  # as asterisk-api's bridge records have them
     h.sink.clear()
     h.run(h.control.remove_from_bridge(bridge_id, a))
     h.feed(left_bridge(bridge_id, a, [b]))
     assert h.sink.types() == ["bridge.channel_left", "call.state_changed"]
+    assert h.run(h.control.get_bridge(bridge_id))["channelIds"] == [b]
     assert h.sink.of("call.state_changed")[0]["data"] == {"previousState": "bridged", "state": "answered"}
     assert h.ari.find("POST", f"/bridges/{bridge_id}/removeChannel")[0].params == {"channel": a}
 
@@ -167,7 +170,8 @@ def test_transfer_success() -> None:
     call_id, target_id = call_id_for(cid), call_id_for("t-1")
     assert outcome[0] == {"callId": call_id, "newCallId": target_id, "bridgeId": "br-1",
                           "bridge": {"id": "br-1", "name": f"transfer-{call_id}", "type": "mixing", "kind": "transfer",
-                                     "calls": [call_id, target_id], "createdAt": outcome[0]["bridge"]["createdAt"]}}
+                                     "calls": [call_id, target_id], "channelIds": [cid, "t-1"],
+                                     "createdAt": outcome[0]["bridge"]["createdAt"]}}
     assert h.ari.find("DELETE", f"/channels/{cid}/ring")
     assert h.ari.find("POST", "/bridges/br-1/addChannel")[0].params == {"channel": [cid, "t-1"]}
     assert h.run(h.control.get_call(cid))["state"] == "bridged"

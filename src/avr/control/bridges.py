@@ -142,6 +142,7 @@ class Bridges:
         if previous is not None and previous is not bridge:
             self.member_left(previous, call.id)
         bridge.calls.append(call.id)
+        bridge.channels[call.id] = call.channel_id
         call.bridge_id = bridge.id
         call.ari_bridge_id = bridge.id
         self.registry.publish("bridge.channel_entered", {"callId": call.id}, bridge_id=bridge.id)
@@ -152,6 +153,7 @@ class Bridges:
         if call_id not in bridge.calls:
             return
         bridge.calls.remove(call_id)
+        bridge.channels.pop(call_id, None)
         call = self.registry.find(call_id)
         if call is not None:
             if call.bridge_id == bridge.id:

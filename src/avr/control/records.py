@@ -310,16 +310,20 @@ class Bridge:
     name: str | None
     created_at: float
     kind: str = "user"
+    #: The call ids of the members, in the order they entered.
     calls: list[str] = field(factory=list)
+    #: The ARI channel of each member, by call id.
+    channels: dict[str, str] = field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The bridge as JSON."""
+        """The bridge as JSON: its members' call ids (``calls``) and, as asterisk-api's, channel ids."""
         return {
             "id": self.id,
             "name": self.name,
             "type": "mixing",
             "kind": self.kind,
             "calls": list(self.calls),
+            "channelIds": [self.channels[c] for c in self.calls],
             "createdAt": iso(self.created_at),
         }
 
