@@ -184,6 +184,20 @@ def test_audio_sent_ahead_of_real_time_is_never_cut() -> None:
     assert [n for _, n, _ in played] == list(range(50 + 100 + 140 + 100 + 100 + 30))
 
 
+def test_an_agent_streaming_in_real_time_chunks_is_never_cut() -> None:
+    """
+    140 ms chunks every 140 ms, one chunk in five a tick late: the queue fills after each chunk and drains before
+    the next (no standing queue), so nothing is dropped however often the late chunks leave a tick empty.
+    """
+    arrivals: dict[int, int] = {}
+    for chunk in range(100):
+        arrivals[chunk * 7 + (1 if chunk % 5 == 4 else 0)] = 7
+    queue = PlaybackQueue(320)
+    played = play(queue, arrivals, 720)
+    assert queue.caught_up == 0
+    assert [n for _, n, _ in played] == list(range(700))
+
+
 def test_a_pause_is_not_a_hiccup() -> None:
     """Dry for longer than a hiccup (the agent paused): the next stream's lead is its own, and kept in full."""
     arrivals = real_time(range(50))

@@ -38,6 +38,11 @@ CATCH_UP_SPACING = 5
 #: Ticks (500 ms) a queue may run dry and still be one stream with a hiccup in it, rather than a pause between two.
 HICCUP_TICKS = 25
 
+#: Ticks (500 ms) more than `CATCH_UP_DEPTH` frames must have stood queued before any is dropped: an agent that
+#: streams in real time but in chunks (say 140 ms at a time) fills the queue after each chunk and lets it drain
+#: before the next, which is not a standing queue.
+STANDING_TICKS = 25
+
 
 def frame_bytes_for_rate(rate: int) -> int:
     """Bytes of one 20 ms frame of mono PCM16 at ``rate`` Hz (320 at 8 kHz, 640 at 16 kHz, 1764 at 44.1 kHz)."""
@@ -61,9 +66,9 @@ class PlaybackQueue:
     and so does every frame after it, since they keep coming one per tick: without a remedy, each hiccup of the
     network or of the agent would add 20 ms to the rest of the call. The queue counts those empty ticks of a stream
     (its *slip*: dry for at most `HICCUP_TICKS`, then fed again; a longer gap is a pause and starts afresh), and
-    while more than `CATCH_UP_DEPTH` frames stand behind the one playing it drops one frame every `CATCH_UP_SPACING`
-    ticks, never more than the slip (counted in `caught_up`). A queue deeper than the slip explains was sent ahead
-    of real time: nothing of it is dropped.
+    once more than `CATCH_UP_DEPTH` frames have stood behind the one playing for `STANDING_TICKS` it drops one frame
+    every `CATCH_UP_SPACING` ticks, never more than the slip (counted in `caught_up`). A queue deeper than the slip
+    explains was sent ahead of real time: nothing of it is dropped.
     """
 
     frame_bytes: int
@@ -81,10 +86,13 @@ class PlaybackQueue:
     _lag: int = 0
     #: Frames dropped to take back the delay that ticks with nothing to play added to a stream.
     caught_up: int = 0
-    # Ticks in a row with nothing to play; the stream's slip (see above); ticks since a frame was dropped for it.
+    # Ticks in a row with nothing to play; the stream's slip (see above); ticks since a frame was dropped for it;
+    # ticks so far, and the last one at which no more than CATCH_UP_DEPTH frames stood behind the one playing.
     _dry: int = 0
     _slip: int = 0
     _since_cut: int = CATCH_UP_SPACING
+    _ticks: int = 0
+    _shallow: int = 0
 
     def feed(self, pcm: bytes) -> None:
         """Queue ``pcm`` (PCM16LE at the playback rate) behind what is already queued."""
@@ -116,10 +124,14 @@ class PlaybackQueue:
     def next_frame(self) -> bytes | None:
         """The frame to play at this tick, or ``None`` when there is nothing to play."""
         frames = self._frames
+        self._ticks += 1
         if frames:
-            if self._slip and len(frames) > CATCH_UP_DEPTH + 1:
+            if len(frames) <= CATCH_UP_DEPTH + 1:
+                self._shallow = self._ticks
+            elif self._slip and self._ticks - self._shallow >= STANDING_TICKS:
                 self._catch_up(frames)
             return frames.popleft()
+        self._shallow = self._ticks
         self._lag = 0  # ran dry: whatever comes next is on time
         self._dry += 1
         if not self._partial:
@@ -135,8 +147,8 @@ class PlaybackQueue:
 
     def _catch_up(self, frames: deque[bytes]) -> None:
         """
-        More than `CATCH_UP_DEPTH` frames stand behind the one about to play: drop the oldest if the slip explains
-        them (see above).
+        More than `CATCH_UP_DEPTH` frames have stood behind the one about to play for `STANDING_TICKS`: drop the
+        oldest if the slip explains them (see above).
         """
         self._since_cut += 1
         behind = len(frames) - 1
