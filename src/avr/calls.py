@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Mapping
 
-from attrs import define, field
+from attrs import define, field, frozen
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -45,6 +45,41 @@ PENDING_AUDIO_SECONDS = 2.0
 #: Seconds an ended call keeps its STS session open at most, so that the actions the agent asked for (a transfer
 #: rings up to 120 s) can still report their outcome to it.
 ACTION_LINGER = 130.0
+
+
+@frozen
+class PlaybackDrops:
+    """Agent audio frames dropped from a playback queue (`avr.playout.PlaybackQueue`), by cause."""
+
+    #: The queue was full (`PlaybackQueue.dropped`).
+    full: int = 0
+    #: Playback fell too far behind real time, the server overloaded (`PlaybackQueue.late_dropped`).
+    overload: int = 0
+    #: Dropped to take back the delay hiccups of the agent's stream added (`PlaybackQueue.caught_up`).
+    caught_up: int = 0
+
+    def __add__(self, other: PlaybackDrops) -> PlaybackDrops:
+        return PlaybackDrops(self.full + other.full, self.overload + other.overload,
+                             self.caught_up + other.caught_up)
+
+
+@frozen
+class FrameTotals:
+    """The per-frame counters of calls added up (`CallManager.frame_totals`)."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    late_frames: int = 0
+    drops: PlaybackDrops = PlaybackDrops()
+
+    def __add__(self, other: FrameTotals) -> FrameTotals:
+        return FrameTotals(self.frames_in + other.frames_in, self.frames_out + other.frames_out,
+                           self.late_frames + other.late_frames, self.drops + other.drops)
+
+    @classmethod
+    def of(cls, call: Call) -> FrameTotals:
+        """One call's counters."""
+        return cls(call.frames_in, call.frames_out, call.late_frames, call.playback_drops)
 
 
 @implementer(ICallActions)
@@ -98,6 +133,13 @@ class Call:
     ambient: AmbientNoise | None = None
     ended: bool = False
     end_reason: str | None = None
+    #: Audio frames received from Asterisk (the per-frame counters: plain ints, read by ``/metrics`` and the end of
+    #: call summary; nothing else is done per frame).
+    frames_in: int = field(default=0, init=False)
+    #: Audio frames sent to Asterisk.
+    frames_out: int = field(default=0, init=False)
+    #: Frames sent more than `avr.playout.LATE_SECONDS` (20 ms) after their playback slot (counted by the ticker).
+    late_frames: int = field(default=0, init=False)
     _inbound: InboundAudio = field(init=False)
     _session: IStsSession | None = None
     _connecting: Deferred | None = None
@@ -221,6 +263,7 @@ class Call:
     # -- ICallSink: from Asterisk ------------------------------------------------------------------------------
 
     def caller_audio(self, kind: int, payload: bytes) -> None:
+        self.frames_in += 1
         route = self._route
         if route is not None and route[0] == kind and route[1] is self._session and not len(payload) & 1:
             route[1].send_audio(payload)  # the common case, settled (see the end of this method)
@@ -368,8 +411,8 @@ class Call:
             self._mixer = self.ambient.mixer(rate, frame_bytes_for_rate(rate))
         self.ticker.add(self)
 
-    def play_frame(self) -> None:
-        """Called by the ticker every 20 ms: send the next queued frame to Asterisk, if any."""
+    def play_frame(self) -> bool:
+        """Called by the ticker every 20 ms: send the next queued frame to Asterisk, if any (:return: if sent)."""
         queue = self._queue
         assert queue is not None
         frame = queue.next_frame()
@@ -379,8 +422,19 @@ class Call:
             frame = queue.next_frame()
         if self._mixer is not None:
             frame = self._mixer.mix(frame)
-        if frame is not None:
-            self.leg.send_audio(self._out_kind, frame)  # type: ignore[arg-type]
+        if frame is None:
+            return False
+        self.leg.send_audio(self._out_kind, frame)  # type: ignore[arg-type]
+        self.frames_out += 1
+        return True
+
+    @property
+    def playback_drops(self) -> PlaybackDrops:
+        """The agent audio frames dropped so far on this call, by cause (see `PlaybackQueue`)."""
+        queue = self._queue
+        if queue is None:
+            return PlaybackDrops()
+        return PlaybackDrops(queue.dropped, queue.late_dropped, queue.caught_up)
 
     def missed(self, ticks: int) -> None:
         """Called by the ticker when it had to skip ticks (overload): keep the agent's audio near real time."""
@@ -421,6 +475,8 @@ class CallManager:
     actions: ICallActions = field(factory=NoActions)
     ambient: AmbientNoise | None = None
     _calls: dict[str, Call] = field(factory=dict)
+    #: The counters of the calls that have ended, added up as each ends.
+    _ended_totals: FrameTotals = field(factory=FrameTotals, init=False)
     log = Logger()
 
     def attach(self, leg: IAudioSocketLeg) -> ICallSink:
@@ -472,6 +528,14 @@ class CallManager:
     def _ended(self, call: Call) -> None:
         if self._calls.get(call.uuid) is call:
             del self._calls[call.uuid]
+            self._ended_totals += FrameTotals.of(call)
+
+    def frame_totals(self) -> FrameTotals:
+        """The per-frame counters of every call so far, live and ended (read at ``/metrics`` scrapes)."""
+        totals = self._ended_totals
+        for call in self._calls.values():
+            totals += FrameTotals.of(call)
+        return totals
 
     def __len__(self) -> int:
         """Live calls."""

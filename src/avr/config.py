@@ -280,6 +280,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("keyless_events_port", "KEYLESS_EVENTS_PORT", _integer(0, 65535), None,
             "Extra HTTP port, on 127.0.0.1 only, serving the same routes, where WS /events needs no API key (the "
             "OpenClaw voice-call plugin opens /events without one); every other route there still needs the key"),
+    Setting("metrics_port", "METRICS_PORT", _integer(0, 65535), None,
+            "Extra HTTP port, on METRICS_HOST, serving GET /metrics alone without the API key (for a Prometheus "
+            "that cannot send one); /metrics on HTTP_PORT/API_PORT still needs the key"),
+    Setting("metrics_host", "METRICS_HOST", _text, "127.0.0.1",
+            "Interface the METRICS_PORT server listens on (loopback by default: anyone who reaches it reads the "
+            "metrics)"),
     Setting("inbound_ring_delay", "INBOUND_RING_DELAY_MS", _integer(0, 600000), 3000,
             "With ARI_INBOUND=answer: milliseconds an inbound call rings (the caller hears ringback) before avr "
             "answers it; 0 = at once"),
@@ -374,6 +380,8 @@ class Config:
     api_port: int | None = None
     api_host: str = "0.0.0.0"
     keyless_events_port: int | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     inbound_ring_delay: int = 3000
     allowlist_file: str = "allowlist.json"
     asr_url: str | None = None
@@ -433,6 +441,12 @@ class Config:
         if self.keyless_events_port is not None:
             listeners.append(HttpListener("keyless-events", LOOPBACK, self.keyless_events_port, keyless_events=True))
         return listeners
+
+    def metrics_listener(self) -> HttpListener | None:
+        """Where ``GET /metrics`` is served alone and without the API key (``METRICS_PORT``), if anywhere."""
+        if self.metrics_port is None:
+            return None
+        return HttpListener("metrics", self.metrics_host, self.metrics_port)
 
     def __repr__(self) -> str:
         return "Config(" + ", ".join(f"{k}={v!r}" for k, v in self.describe().items()) + ")"
@@ -557,7 +571,7 @@ def _pick(
 def _consistency_problems(config: Config) -> list[str]:
     problems = []
     ports = [("PORT", config.port), ("HTTP_PORT", config.http_port), ("API_PORT", config.api_port),
-             ("KEYLESS_EVENTS_PORT", config.keyless_events_port)]
+             ("KEYLESS_EVENTS_PORT", config.keyless_events_port), ("METRICS_PORT", config.metrics_port)]
     given = [(name, number) for name, number in ports if number]
     for i, (name, number) in enumerate(given):
         for other, other_number in given[i + 1:]:

@@ -203,6 +203,10 @@ class PostQueue:
     fresh_http: Any = field(default=None, repr=False)
     #: Events dropped so far because the queue was full.
     dropped: int = field(default=0, init=False)
+    #: Events delivered (a 2xx answer), failed for good (every attempt failed), and retries made, so far.
+    delivered: int = field(default=0, init=False)
+    failed: int = field(default=0, init=False)
+    retried: int = field(default=0, init=False)
     _lanes: dict[Hashable, _Lane] = field(factory=dict, init=False, repr=False)
     _lengths: _Lengths = field(factory=_Lengths, init=False, repr=False)
     _seq: Iterator[int] = field(factory=itertools.count, init=False, repr=False)
@@ -391,6 +395,7 @@ class PostQueue:
                 if self._stopping:
                     error += "; not retried: shutting down"
                     break
+                self.retried += 1
             outcome: _Outcome = await delivery.wait(self._attempt(delivery))
             if delivery.abandoned is not None:
                 return
@@ -400,9 +405,11 @@ class PostQueue:
                     what=delivery.what, status=outcome.status, attempt=attempt,
                 )
                 delivery.settle(outcome.body)
+                self.delivered += 1
                 self._delivered()
                 return
             error = outcome.error
+        self.failed += 1
         self.log.error(
             "{what} to {url} not delivered after {attempts} attempt(s): {error}",
             what=delivery.what, url=redact_url(self.url), attempts=attempts, error=error,

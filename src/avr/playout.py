@@ -17,6 +17,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from avr.histogram import Buckets
+
 #: Frame duration, seconds: Asterisk's own ptime and the rate its softmix bridges expect.
 FRAME_SECONDS = 0.020
 
@@ -42,6 +44,15 @@ HICCUP_TICKS = 25
 #: streams in real time but in chunks (say 140 ms at a time) fills the queue after each chunk and lets it drain
 #: before the next, which is not a standing queue.
 STANDING_TICKS = 25
+
+
+#: A frame is *late* when it left more than this many seconds (one whole frame) after its slot on the ticker's
+#: schedule: by then the slot of the frame after it has come (`FrameTicker`, ``Player.late_frames``).
+LATE_SECONDS = FRAME_SECONDS
+
+#: Upper bounds (seconds) of the buckets of `FrameTicker.lateness`; `LATE_SECONDS` is one of them, so the late frames
+#: are exactly those above that bucket.
+LATENESS_BOUNDS = (0.001, 0.002, 0.005, 0.01, LATE_SECONDS, 0.04, 0.06, 0.1, 0.25)
 
 
 def frame_bytes_for_rate(rate: int) -> int:
@@ -202,8 +213,11 @@ class PlaybackQueue:
 class Player(Protocol):
     """Something the ticker drives: plays at most one frame per call of `play_frame`."""
 
-    def play_frame(self) -> None:
-        """Send the next frame, if any."""
+    #: Frames this player sent that left more than `LATE_SECONDS` after their slot (the ticker counts them).
+    late_frames: int
+
+    def play_frame(self) -> bool:
+        """Send the next frame, if any. :return: whether a frame was sent."""
 
     def missed(self, ticks: int) -> None:
         """The ticker skipped ``ticks`` of this player's ticks (the reactor was held up beyond ``max_catch_up``)."""
@@ -220,6 +234,11 @@ class FrameTicker:
     is told how many of its own were (`Player.missed`), so that its queued audio does not fall further and further
     behind real time (see `PlaybackQueue.fell_behind`). The ticker runs only while at least one player is registered.
 
+    How late each frame left is measured once per step, not per frame: every frame sent in one step shares the
+    step's lateness (the clock at the start of the step minus the step's slot, ``start + n × 20 ms / phases``), and
+    `lateness` counts the step's frames in that lateness's bucket. A player's frames sent in a step more than
+    `LATE_SECONDS` late are added to its ``late_frames``.
+
     With ``phases`` > 1 the players are dealt into that many groups (a new player joins the smallest), served in
     turn every ``20 ms / phases``: each player still gets one frame per 20 ms on an absolute schedule, but a tick
     sends only a share of all calls' frames, so the frames of the calls served last in a tick are not held up behind
@@ -232,6 +251,8 @@ class FrameTicker:
     phases: int = 1
     _groups: list[dict[int, Player]] = field(init=False)
     _group_of: dict[int, int] = field(factory=dict)
+    #: How late the frames left (seconds after their slot), every frame sent so far; read by ``/metrics``.
+    lateness: Buckets = field(factory=lambda: Buckets(LATENESS_BOUNDS))
     _loop: LoopingCall | None = None
     _served: int = 0
     log = Logger()
@@ -280,14 +301,39 @@ class FrameTicker:
         if first > self._served + 1:
             self._skipped(self._served + 1, first - 1)
         self._served = last
+        loop = self._loop
+        assert loop is not None and loop.starttime is not None
+        start, step_seconds, now = loop.starttime, self.interval / self.phases, self.clock.seconds()
         for step in range(first, last + 1):
+            late = now - start - step * step_seconds
+            if late > LATE_SECONDS:
+                self._serve_late(step, late)
+                continue
+            sent = 0
             for player in list(self._groups[step % self.phases].values()):
                 try:
-                    player.play_frame()
+                    if player.play_frame():
+                        sent += 1
                 except Exception:
                     # One call's failure must never stop the others' audio.
                     self.log.failure("Playback failed for {player!r}", player=player)
                     self.discard(player)
+            if sent:
+                self.lateness.observe(max(late, 0.0), sent)
+
+    def _serve_late(self, step: int, late: float) -> None:
+        """Serve a step more than `LATE_SECONDS` after its slot: as `_tick` does, and count late frames per player."""
+        sent = 0
+        for player in list(self._groups[step % self.phases].values()):
+            try:
+                if player.play_frame():
+                    sent += 1
+                    player.late_frames += 1
+            except Exception:
+                self.log.failure("Playback failed for {player!r}", player=player)
+                self.discard(player)
+        if sent:
+            self.lateness.observe(late, sent)
 
     def _skipped(self, first: int, last: int) -> None:
         """Steps ``first`` to ``last`` (inclusive) were skipped: tell each group's players how many were theirs."""

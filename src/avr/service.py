@@ -11,6 +11,7 @@ from typing import Any
 
 from attrs import define, evolve
 from klein import Klein
+from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
@@ -42,11 +43,14 @@ from avr.fastpaths import FastPaths
 from avr.http.allowlist import AllowlistRoutes
 from avr.http.core import CoreRoutes
 from avr.http.json import install_error_handlers
+from avr.http.metrics import MetricsRoutes, metrics_site
 from avr.http.site import AvrSite, RequestGate
 from avr.httpstream import StreamingHttpClient
-from avr.interfaces import IAudioInjector, IStsConnector, IWebhooks
+from avr.interfaces import IAudioInjector, IEventSink, IStsConnector, IWebhooks
+from avr.metrics import AvrCollector, CallEventMetrics, MeteredStsConnector
 from avr.observers import CallObservers, WebhookObserver
 from avr.pipeline.connector import PipelineConnector, pipeline_settings, vad_settings
+from avr.pipeline.latency import PipelineLatencies
 from avr.pipeline.vad import ThreadedVadRunner
 from avr.playout import PLAYOUT_PHASES, FrameTicker
 from avr.registrations import Registrations
@@ -181,15 +185,17 @@ def audiosocket_address(config: Config) -> str:
 
 def build_control(
     reactor: Any, config: Config, http_client: Any, injector: IAudioInjector, fresh_http_client: Any = None,
-    listener: AudioListener | None = None,
+    listener: AudioListener | None = None, call_events: CallEventMetrics | None = None,
 ) -> ControlService:
     """
-    The call registry and where its events go (the /events hub, the events webhook), with ARI configured the
-    call-control side too: ARI client, events stream, model.
+    The call registry and where its events go (the /events hub, the events webhook, ``call_events``), with ARI
+    configured the call-control side too: ARI client, events stream, model.
     """
     hub = EventsHub(reactor)
     events_webhook = None
-    sinks: list[Any] = [hub]
+    sinks: list[IEventSink] = [hub]
+    if call_events is not None:
+        sinks.append(call_events)
     if config.events_webhook_url is not None:
         events_webhook = EventsWebhook(
             http_client, reactor, config.events_webhook_url,
@@ -205,6 +211,8 @@ def build_control(
     # asterisk-api's events after avr's, for every receiver (the OpenClaw webhook forwards its call.ready).
     sink = AsteriskApiEvents(FanOut(*sinks))
     registry = CallRegistry(reactor, sink, TaskGroup(reactor))
+    if call_events is not None:
+        call_events.registry = registry
     if openclaw is not None:
         openclaw.registry = registry
     if config.ari_url is None:
@@ -281,10 +289,13 @@ class Avr:
     registry: CallRegistry
     control: CallControl | None = None
     http_app: Klein | None = None
+    #: The server's Prometheus registry (``GET /metrics``).
+    metrics: CollectorRegistry | None = None
 
 
 def sts_connectors(
-    reactor: Any, config: Config, fast_paths: FastPaths = FastPaths()
+    reactor: Any, config: Config, fast_paths: FastPaths = FastPaths(),
+    pipeline_latencies: PipelineLatencies | None = None,
 ) -> dict[str | None, IStsConnector]:
     """
     The STS connector of each URL scheme, for `avr.sts.connector.StsConnector`; the key ``None`` serves calls
@@ -292,6 +303,7 @@ def sts_connectors(
 
     :param reactor: for the connections and their timers (IReactorTCP + IReactorTime).
     :param fast_paths: the fast paths the WebSocket sessions take (`FastPaths.detect`).
+    :param pipeline_latencies: where pipeline mode counts its stage latencies (give the same to `build`).
     :raises avr.config.ConfigError: ``STS_CA_FILE`` cannot be used.
     """
     timeout = config.sts_connect_timeout / 1000
@@ -303,14 +315,14 @@ def sts_connectors(
         settings = pipeline_settings(config)
         default = PipelineConnector(
             StreamingHttpClient(reactor, timeout, config.sts_ca_file), reactor, settings, vad_settings(config),
-            ThreadedVadRunner.create(reactor) if settings.barge_in else None,
+            ThreadedVadRunner.create(reactor) if settings.barge_in else None, pipeline_latencies,
         )
     return {"ws": websocket, "wss": websocket, "http": http, "https": http, None: default}
 
 
 def build(
     reactor: Any, config: Config, *, http_client: Any, sts_connector: IStsConnector, fresh_http_client: Any = None,
-    fast_paths: FastPaths = FastPaths(),
+    fast_paths: FastPaths = FastPaths(), pipeline_latencies: PipelineLatencies | None = None,
 ) -> Avr:
     """
     Build avr for ``config``.
@@ -321,15 +333,21 @@ def build(
     :param fresh_http_client: a treq `HTTPClient` that never reuses a connection; the webhooks send a request again
         with it when its kept-alive connection closed before any response (default: ``http_client``).
     :param fast_paths: the fast paths the AudioSocket connections take (`FastPaths.detect`).
+    :param pipeline_latencies: the stage latencies the pipeline connector counts (``sts_connectors``), for
+        ``/metrics`` (in pipeline mode).
     """
     log = Logger(namespace="avr.service")
     top = MultiService()
+    # The server's own registry (never prometheus_client's global one): tests build many servers in one process.
+    metrics = CollectorRegistry()
+    call_events = CallEventMetrics(metrics)
+    sts_connector = MeteredStsConnector(sts_connector, reactor, metrics)
     admissions = Admissions(reactor)
     webhooks = WebhookClient.from_config(http_client, reactor, config, fresh_http_client)
     ticker = FrameTicker(reactor, phases=PLAYOUT_PHASES)
     # Added before the calls, so stopped after them: the calls ended at shutdown still reach /events.
     control = build_control(reactor, config, http_client, PcmInjector(admissions, ticker), fresh_http_client,
-                            AudioListener(admissions))
+                            AudioListener(admissions), call_events)
     control.setName("control")
     control.setServiceParent(top)
     calls = CallManager(
@@ -351,6 +369,12 @@ def build(
     factory = AudioSocketFactory(calls, reactor, uuid_timeout=config.uuid_timeout, idle_timeout=config.idle_timeout,
                                  fast_paths=fast_paths)
     CallsService(calls, factory, admissions, webhooks).setServiceParent(top)
+    senders: list[tuple[str, Any]] = [("webhook", webhooks), ("events_webhook", control.events_webhook),
+                                      ("openclaw_webhook", control.openclaw_webhook)]
+    deliveries = {name: sender.deliveries for name, sender in senders
+                  if sender is not None and sender.deliveries is not None}
+    metrics.register(AvrCollector(calls, ticker, control.registry, control.hub, deliveries, control.stream,
+                                  pipeline_latencies if agent_mode(config) == PIPELINE_MODE else None))
 
     audiosocket = ListeningService(
         server_endpoint(reactor, config.bind_address, config.port, config.listen_backlog),
@@ -371,8 +395,11 @@ def build(
         control_routes.install(app)
         allowlist_routes = AllowlistRoutes(control.allowlist, config.api_key)
         allowlist_routes.install(app)
+        metrics_routes = MetricsRoutes(metrics, config.api_key)
+        metrics_routes.install(app)
         gate = RequestGate(app.url_map, config.api_key, config.http_max_body,
-                           {**core.policies(), **control_routes.policies(), **allowlist_routes.policies()})
+                           {**core.policies(), **control_routes.policies(), **allowlist_routes.policies(),
+                            **metrics_routes.policies()})
         resource = app.resource()
         for listener in listeners:
             site_gate = evolve(gate, keyless=frozenset({"control.events"})) if listener.keyless_events else gate
@@ -384,12 +411,21 @@ def build(
             )
             http.setName(listener.name)
             http.setServiceParent(top)
+    metrics_listener = config.metrics_listener()
+    if metrics_listener is not None:
+        scrape = ListeningService(
+            server_endpoint(reactor, metrics_listener.host, metrics_listener.port, config.listen_backlog),
+            metrics_site(metrics, config.http_max_body, reactor),
+            f"AVR metrics listening on port {{port}} ({metrics_listener.host}; GET /metrics without the API key)",
+        )
+        scrape.setName(metrics_listener.name)
+        scrape.setServiceParent(top)
     # The HTTP server first, as avr-core logs it: registrations can arrive before the first AudioSocket call.
     audiosocket.setName("audiosocket")
     audiosocket.setServiceParent(top)
     _log_mode(log, config)
     return Avr(service=top, calls=calls, admissions=admissions, registrations=registrations, webhooks=webhooks,
-               registry=control.registry, control=control.control, http_app=app)
+               registry=control.registry, control=control.control, http_app=app, metrics=metrics)
 
 
 def _log_mode(log: Logger, config: Config) -> None:

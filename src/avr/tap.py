@@ -82,10 +82,12 @@ def build_real_service(reactor: Any, config: Config) -> IService:
     from twisted.web.client import Agent, HTTPConnectionPool
 
     from avr.fastpaths import FastPaths
+    from avr.pipeline.latency import PipelineLatencies
     from avr.service import build, sts_connectors
     from avr.sts.connector import StsConnector
 
     fast_paths = FastPaths.detect(reactor, config.fast_paths)
+    latencies = PipelineLatencies()
     pool = HTTPConnectionPool(reactor, persistent=True)
     avr = build(
         reactor,
@@ -93,8 +95,9 @@ def build_real_service(reactor: Any, config: Config) -> IService:
         http_client=HTTPClient(Agent(reactor, pool=pool)),
         # Without a pool of its own an Agent opens a new connection per request (and closes it after).
         fresh_http_client=HTTPClient(Agent(reactor)),
-        sts_connector=StsConnector(sts_connectors(reactor, config, fast_paths)),
+        sts_connector=StsConnector(sts_connectors(reactor, config, fast_paths, latencies)),
         fast_paths=fast_paths,
+        pipeline_latencies=latencies,
     )
     PoolCloser(pool).setServiceParent(avr.service)
     return avr.service

@@ -406,6 +406,9 @@ class AriEventStream:
         self._opened_at = 0.0
         #: Why the last connection or attempt ended (readable, no secrets), for status reports.
         self.last_error: str | None = None
+        #: Connections opened (the first one included) and attempts that failed, so far (for ``/metrics``).
+        self.connections = 0
+        self.failed_attempts = 0
 
     @property
     def state(self) -> str:
@@ -449,6 +452,7 @@ class AriEventStream:
     def attempt_failed(self, failure: Failure) -> Failure:
         """An attempt failed (no connection, or no upgrade): remember why; ClientService retries."""
         self._state = DISCONNECTED
+        self.failed_attempts += 1
         self.last_error = _describe(failure)
         return failure
 
@@ -468,6 +472,7 @@ class AriEventStream:
     def _opened(self, connection: AriEventsProtocol) -> None:
         self._connection = connection
         self._state = CONNECTED
+        self.connections += 1
         self._opened_at = self._clock.seconds()
         self.last_error = None
         self.log.info("Connected to the ARI events WebSocket for Stasis app {app}", app=self.app)

@@ -78,6 +78,16 @@ class CallRegistry:
         return [c.to_dict() for c in self._calls.values()
                 if not c.ended and not c.pending and not isinstance(c, MediaLegRecord)]
 
+    def active_by_kind(self) -> dict[str, int]:
+        """
+        The calls that are up, counted by kind (``ari``, ``audiosocket``): the calls of `listing`, for ``/metrics``.
+        """
+        counts = {"ari": 0, "audiosocket": 0}
+        for c in self._calls.values():
+            if not c.ended and not c.pending and not isinstance(c, MediaLegRecord):
+                counts[c.kind] = counts.get(c.kind, 0) + 1
+        return counts
+
     def describe(self, call_id: str) -> dict[str, Any]:
         """
         One call of any kind, live or ended within the retention, as JSON; ``call_id`` may be an ARI call's channel

@@ -31,6 +31,8 @@ class InjectedPlayback:
     leg: IAudioSocketLeg | None = None
     _audio_kind: int = 0
     _queue: PlaybackQueue | None = None
+    #: Frames sent more than 20 ms after their slot (`avr.playout.Player`).
+    late_frames: int = 0
     kind = "playback"
     log = Logger()
 
@@ -50,14 +52,16 @@ class InjectedPlayback:
             reason = Failure(TimeoutError(f"no AudioSocket connection for playback {self.uuid}"))
         self.stop(reason)
 
-    def play_frame(self) -> None:
-        """Send the next frame; after the last one, hang up and report success."""
+    def play_frame(self) -> bool:
+        """Send the next frame; after the last one, hang up and report success. :return: whether a frame was sent."""
         assert self._queue is not None and self.leg is not None
         frame = self._queue.next_frame()
         if frame is not None:
             self.leg.send_audio(self._audio_kind, frame)
-        elif self._queue.idle:
+            return True
+        if self._queue.idle:
             self._finish(None)
+        return False
 
     def missed(self, ticks: int) -> None:
         """Ticks skipped under overload only delay the end of an uploaded recording: all of it is still played."""

@@ -12,6 +12,7 @@ from avr.config import Config
 from avr.httpstream import StreamingHttpClient
 from avr.interfaces import IStsConnector, IStsHandler
 from avr.logtext import redact_url
+from avr.pipeline.latency import PipelineLatencies
 from avr.pipeline.session import PipelineSession
 from avr.pipeline.turns import PipelineSettings
 from avr.pipeline.vad import CallVad, IVadRunner, VadSettings
@@ -48,10 +49,13 @@ class PipelineConnector:
     :param client: opens the HTTP exchanges.
     :param clock: timers (timeouts, ASR reopening, greeting).
     :param vad_runner: runs the barge-in detectors (``None`` when ``settings.barge_in`` is off).
+    :param latencies: where the sessions count the stages' latencies (for ``/metrics``).
     """
 
     def __init__(self, client: StreamingHttpClient, clock: Any, settings: PipelineSettings,
-                 vad: VadSettings | None = None, vad_runner: IVadRunner | None = None) -> None:
+                 vad: VadSettings | None = None, vad_runner: IVadRunner | None = None,
+                 latencies: PipelineLatencies | None = None) -> None:
+        self.latencies = latencies if latencies is not None else PipelineLatencies()
         self.client = client
         self.clock = clock
         self.settings = settings
@@ -63,7 +67,7 @@ class PipelineConnector:
     def connect(self, url: str | None, uuid: str, handler: IStsHandler) -> Deferred:
         """Open the call's ASR stream; :return: a Deferred firing with the `PipelineSession`."""
         log.info("Pipeline for call {uuid}: ASR {asr}", uuid=uuid, asr=redact_url(self.settings.asr_url))
-        session = PipelineSession(uuid, handler, self.client, self.clock, self.settings)
+        session = PipelineSession(uuid, handler, self.client, self.clock, self.settings, latencies=self.latencies)
         if self.settings.barge_in:
             assert self.vad_runner is not None
             session.vad = CallVad(self.vad_runner, self.vad, session.vad_event, uuid)

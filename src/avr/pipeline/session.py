@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from avr.httpstream import StreamingHttpClient
 from avr.interfaces import IStsHandler, IStsSession
+from avr.pipeline.latency import PipelineLatencies
 from avr.pipeline.services import AsrStream
 from avr.pipeline.turns import Conversation, PipelineSettings, Reply
 from avr.pipeline.vad import SPEECH_REAL_START, VAD_RATE, CallVad
@@ -50,6 +51,7 @@ class PipelineSession:
     One call's pipeline. Build it, then `start` (opens the ASR stream).
 
     :param vad: the call's voice activity detector (``None``: no barge-in, ``INTERRUPT_LISTENING=true``).
+    :param latencies: where the replies count the stages' latencies (``None``: nowhere).
     """
 
     uuid: str
@@ -60,6 +62,7 @@ class PipelineSession:
     vad: CallVad | None = None
     conversation: Conversation = field(factory=Conversation)
     input_rate: int = VAD_RATE
+    latencies: PipelineLatencies | None = None
     _asr: AsrStream | None = None
     _asr_opened_at: float | None = None
     _asr_failures: int = 0
@@ -182,7 +185,8 @@ class PipelineSession:
 
     def _reply_with(self, begin: Any, greeting: bool) -> None:
         reply = Reply(self.uuid, self.client, self.clock, self.settings, self._agent_audio,
-                      lambda text: self._replied(reply, text, greeting), self.handler.sts_error)
+                      lambda text: self._replied(reply, text, greeting), self.handler.sts_error,
+                      latencies=self.latencies)
         self._reply = reply
         begin(reply)
 

@@ -14,6 +14,7 @@ from attrs import define, field, frozen
 from twisted.logger import Logger
 
 from avr.httpstream import StreamingHttpClient
+from avr.pipeline.latency import PipelineLatencies
 from avr.pipeline.llmstream import LlmError, LlmEvent, LlmStatus, LlmText
 from avr.pipeline.services import LlmAnswer, TtsAnswer
 from avr.pipeline.text import SentenceSplitter
@@ -69,6 +70,8 @@ class _Sentence:
     answer: TtsAnswer | None = None
     audio: list[bytes] = field(factory=list)
     done: bool = False
+    #: ``clock.seconds()`` when it was sent to the TTS; ``None`` once its first audio came (measured once).
+    sent_at: float | None = None
 
 
 @define(eq=False)
@@ -79,6 +82,7 @@ class Reply:
     text (citations removed; ``status`` fillers left out) once, when everything is played or given up.
 
     :param headers: sent with every request (``X-UUID``).
+    :param latencies: where the stages' latencies are counted (``None``: nowhere).
     """
 
     uuid: str
@@ -90,6 +94,11 @@ class Reply:
     on_error: Callable[[str], None]
     text: str = ""
     finished: bool = False
+    latencies: PipelineLatencies | None = None
+    # ``clock.seconds()`` of the user's turn (`ask`); whether its first LLM text, its first audio are still awaited.
+    _turn_at: float = 0.0
+    _awaiting_text: bool = False
+    _awaiting_audio: bool = False
     _splitter: SentenceSplitter = field(factory=SentenceSplitter)
     _sentences: list[_Sentence] = field(factory=list)
     _playing: int = 0  # index of the sentence whose audio plays now
@@ -107,6 +116,8 @@ class Reply:
     def ask(self, conversation: Conversation, message: str) -> None:
         """Send the conversation (whose last entry is ``message``) to the LLM and speak its answer."""
         self._llm_done = False
+        self._turn_at = self.clock.seconds()
+        self._awaiting_text = self._awaiting_audio = True
         self._llm = LlmAnswer.create(self.clock, self.settings.timeout, self._llm_event, self._llm_ended)
         self._post(self.settings.llm_url, conversation.request_body(self.uuid, message), self._llm, "LLM")
 
@@ -138,6 +149,9 @@ class Reply:
         if self.finished:
             return
         if isinstance(event, LlmText):
+            if self._awaiting_text and event.content and self.latencies is not None:
+                self._awaiting_text = False
+                self.latencies.llm_first_text.observe(self.clock.seconds() - self._turn_at)
             self.text += event.content
             for sentence in self._splitter.feed(event.content):
                 self._add(sentence)
@@ -176,15 +190,26 @@ class Reply:
                 self.clock, self.settings.timeout, self.settings.tts_rate, self.settings.tts_rate,
                 partial(self._audio, index), partial(self._tts_ended, index))
             body = json.dumps({"text": sentence.text}, ensure_ascii=False).encode("utf-8")
+            sentence.sent_at = self.clock.seconds()
             self._post(self.settings.tts_url, body, sentence.answer, "TTS")
 
     def _audio(self, index: int, pcm: bytes) -> None:
         if self.finished:
             return
+        sentence = self._sentences[index]
+        if sentence.sent_at is not None and pcm and self.latencies is not None:
+            self.latencies.tts_first_audio.observe(self.clock.seconds() - sentence.sent_at)
+            sentence.sent_at = None
         if index == self._playing:
-            self.on_audio(pcm)
+            self._play(pcm)
         else:
-            self._sentences[index].audio.append(pcm)
+            sentence.audio.append(pcm)
+
+    def _play(self, pcm: bytes) -> None:
+        if self._awaiting_audio and pcm and self.latencies is not None:
+            self._awaiting_audio = False
+            self.latencies.turn_first_audio.observe(self.clock.seconds() - self._turn_at)
+        self.on_audio(pcm)
 
     def _tts_ended(self, index: int, reason: str | None) -> None:
         if self.finished:
@@ -199,7 +224,7 @@ class Reply:
             if self._playing < len(self._sentences):
                 waiting = self._sentences[self._playing]
                 for pcm in waiting.audio:
-                    self.on_audio(pcm)
+                    self._play(pcm)
                 waiting.audio.clear()
         self._start_more()
         self._check_finished()
