@@ -36,7 +36,7 @@ from avr.interfaces import (
     IStsSession,
 )
 from avr.logtext import clip, url_repr
-from avr.playout import FRAME_SECONDS, FrameTicker, PlaybackQueue, frame_bytes_for_rate
+from avr.playout import FRAME_SECONDS, PLAYBACK_MAX_FRAMES, FrameTicker, PlaybackQueue, frame_bytes_for_rate
 from avr.sts.codec import ActionMessage, ActionRequest, ActionResult, InvalidAction
 
 #: Caller audio kept while the STS connection opens (seconds); older audio is dropped first.
@@ -131,6 +131,8 @@ class Call:
     kind: int | None = None
     #: ``AMBIENT_NOISE_FILE``, mixed under the outbound audio (and played alone while the agent is silent).
     ambient: AmbientNoise | None = None
+    #: Most frames of agent audio queued (``PLAYBACK_MAX_SECONDS``); beyond it audio is dropped, with one warning.
+    playback_frames: int = PLAYBACK_MAX_FRAMES
     ended: bool = False
     end_reason: str | None = None
     #: Audio frames received from Asterisk (the per-frame counters: plain ints, read by ``/metrics`` and the end of
@@ -205,6 +207,9 @@ class Call:
         if self.leg.connected:
             self.leg.hang_up()
         self.log.info("Call ended: {uuid} ({reason})", uuid=self.uuid, reason=reason)
+        if self._queue is not None and self._queue.dropped:
+            self.log.warn("Call {uuid}: {frames} frames of agent audio did not fit in the playback queue "
+                          "(PLAYBACK_MAX_SECONDS) and were dropped", uuid=self.uuid, frames=self._queue.dropped)
         if self._queue is not None and self._queue.caught_up:
             self.log.info("Call {uuid}: {frames} frames of agent audio were dropped to take back the delay that "
                           "hiccups of its stream added", uuid=self.uuid, frames=self._queue.caught_up)
@@ -406,10 +411,17 @@ class Call:
     def _start_playout(self, kind: int) -> None:
         self._out_kind = kind
         rate = AUDIO_KIND_RATES[kind]
-        self._queue = PlaybackQueue(frame_bytes_for_rate(rate))
+        self._queue = PlaybackQueue(frame_bytes_for_rate(rate), max_frames=self.playback_frames,
+                                    on_full=self._playback_full)
         if self.ambient is not None:
             self._mixer = self.ambient.mixer(rate, frame_bytes_for_rate(rate))
         self.ticker.add(self)
+
+    def _playback_full(self, dropped: int) -> None:
+        """The playback queue was full for the first time on this call (`PlaybackQueue.on_full`)."""
+        self.log.warn("Call {uuid}: the agent sent more audio than PLAYBACK_MAX_SECONDS ({seconds:g} s) ahead of "
+                      "playback; dropping what does not fit (one warning per call; the total is logged at its end)",
+                      uuid=self.uuid, seconds=self.playback_frames * FRAME_SECONDS, dropped=dropped)
 
     def play_frame(self) -> bool:
         """Called by the ticker every 20 ms: send the next queued frame to Asterisk, if any (:return: if sent)."""
@@ -448,6 +460,16 @@ class Call:
                 uuid=self.uuid, seconds=dropped * FRAME_SECONDS, frames=dropped, total=queue.late_dropped)
 
 
+@frozen
+class Refusal:
+    """Why avr takes no new call now (`CallManager.refusal`)."""
+
+    #: ``draining`` (shutting down) or ``max_calls`` (``MAX_CALLS`` calls are live).
+    code: str
+    #: The sentence for logs and HTTP error bodies.
+    message: str
+
+
 @implementer(ICallRouter)
 @define(eq=False)
 class CallManager:
@@ -463,6 +485,8 @@ class CallManager:
     :param require_registration: ``REQUIRE_CALL_INIT``: refuse connections nobody expects.
     :param actions: carries out what the agents of dialplan calls ask for (`avr.actions.DialplanActions`).
     :param ambient: ``AMBIENT_NOISE_FILE``, under every call's outbound audio.
+    :param max_calls: ``MAX_CALLS``: most calls live at once (0: no limit); a call beyond it is refused.
+    :param playback_frames: most frames of agent audio a call queues (``PLAYBACK_MAX_SECONDS``).
     """
 
     clock: IReactorTime
@@ -474,10 +498,23 @@ class CallManager:
     require_registration: bool = False
     actions: ICallActions = field(factory=NoActions)
     ambient: AmbientNoise | None = None
+    max_calls: int = 0
+    playback_frames: int = PLAYBACK_MAX_FRAMES
+    #: Set when avr drains (`avr.drain.Drain`): every new call is refused.
+    draining: bool = False
     _calls: dict[str, Call] = field(factory=dict)
     #: The counters of the calls that have ended, added up as each ends.
     _ended_totals: FrameTotals = field(factory=FrameTotals, init=False)
+    _idle_waiters: list[Deferred[None]] = field(factory=list, init=False)
     log = Logger()
+
+    def refusal(self) -> Refusal | None:
+        """Why a new call would be refused now (draining, ``MAX_CALLS`` reached), or ``None``: it would be taken."""
+        if self.draining:
+            return Refusal("draining", "avr is draining (shutting down): it takes no new calls")
+        if self.max_calls and len(self._calls) >= self.max_calls:
+            return Refusal("max_calls", f"{len(self._calls)} calls are live, the most MAX_CALLS allows")
+        return None
 
     def attach(self, leg: IAudioSocketLeg) -> ICallSink:
         """See `ICallRouter.attach`."""
@@ -502,10 +539,13 @@ class CallManager:
         :param observer: who hears the call's events (default: this manager's, for dialplan calls).
         :param actions: what carries out the agent's requests (default: this manager's, for dialplan calls).
         :param kind: the leg's audio kind, when avr chose its format (an ARI media leg).
-        :raises CallRefused: a call with the leg's UUID is live.
+        :raises CallRefused: a call with the leg's UUID is live; avr is draining; ``max_calls`` calls are live.
         """
         if leg.uuid in self._calls:
             raise CallRefused(f"call {leg.uuid} is already connected")
+        refusal = self.refusal()
+        if refusal is not None:
+            raise CallRefused(refusal.message)
         call = Call(
             uuid=leg.uuid,
             leg=leg,
@@ -520,6 +560,7 @@ class CallManager:
             started_at=self.clock.seconds(),
             kind=kind,
             ambient=self.ambient,
+            playback_frames=self.playback_frames,
         )
         self._calls[call.uuid] = call
         call.start()
@@ -536,6 +577,23 @@ class CallManager:
         for call in self._calls.values():
             totals += FrameTotals.of(call)
         return totals
+            if not self._calls and self._idle_waiters:
+                waiters, self._idle_waiters = self._idle_waiters, []
+                for waiter in waiters:
+                    waiter.callback(None)
+
+    def when_idle(self) -> Deferred[None]:
+        """A Deferred firing once no call is live (at once if none is); cancelling it stops the wait."""
+        if not self._calls:
+            return succeed(None)
+
+        def cancel(d: Deferred[None]) -> None:
+            if d in self._idle_waiters:
+                self._idle_waiters.remove(d)
+
+        waiter: Deferred[None] = Deferred(cancel)
+        self._idle_waiters.append(waiter)
+        return waiter
 
     def __len__(self) -> int:
         """Live calls."""

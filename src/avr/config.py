@@ -246,6 +246,17 @@ SETTINGS: tuple[Setting, ...] = (
             "beyond that POST /call answers 503"),
     Setting("http_max_body", "HTTP_MAX_BODY", _integer(1024, 64 * 1024 * 1024), 64 * 1024,
             "Largest accepted JSON request body, in bytes"),
+    Setting("drain_timeout", "DRAIN_TIMEOUT", _integer(0, 86400), 30,
+            "Seconds live calls may go on after SIGTERM (new calls are refused meanwhile) before the rest are hung "
+            "up and avr exits; 0 = hang up at once"),
+    Setting("max_calls", "MAX_CALLS", _integer(0, 1_000_000), 0,
+            "Most agent calls (AudioSocket calls: dialplan calls and agents on ARI calls) live at once; beyond it "
+            "a new AudioSocket connection is hung up, POST /call and ARI originates answer 503; 0 = no limit"),
+    Setting("sts_max_message", "STS_MAX_MESSAGE", _integer(1024, 256 * 1024 * 1024), 16 * 1024 * 1024,
+            "Largest message an STS WebSocket may send, in bytes; a bigger one ends that call's STS session "
+            "(close code 1009)"),
+    Setting("playback_max_seconds", "PLAYBACK_MAX_SECONDS", _integer(1, 86400), 300,
+            "Seconds of agent audio queued per call at most; audio beyond it is dropped (one warning per call)"),
     Setting("ari_url", "ARI_URL", _url("http", "https"), None,
             "Asterisk HTTP base, e.g. http://127.0.0.1:8088 (unset = call-control routes answer 503)"),
     Setting("ari_username", "ARI_USERNAME", _text, None, "ARI user (ari.conf)"),
@@ -365,6 +376,10 @@ class Config:
     call_init_ttl: int = 60
     call_init_max: int = 1000
     http_max_body: int = 64 * 1024
+    drain_timeout: int = 30
+    max_calls: int = 0
+    sts_max_message: int = 16 * 1024 * 1024
+    playback_max_seconds: int = 300
     ari_url: str | None = None
     ari_username: str | None = None
     ari_password: str | None = None

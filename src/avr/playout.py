@@ -10,7 +10,7 @@ however long the call.
 from __future__ import annotations
 
 from collections import deque
-from typing import Protocol
+from typing import Callable, Protocol
 
 from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
@@ -54,6 +54,9 @@ LATE_SECONDS = FRAME_SECONDS
 #: are exactly those above that bucket.
 LATENESS_BOUNDS = (0.001, 0.002, 0.005, 0.01, LATE_SECONDS, 0.04, 0.06, 0.1, 0.25)
 
+#: Frames of agent audio a call's playback queue holds by default (300 s: ``PLAYBACK_MAX_SECONDS``).
+PLAYBACK_MAX_FRAMES = 50 * 300
+
 
 def frame_bytes_for_rate(rate: int) -> int:
     """Bytes of one 20 ms frame of mono PCM16 at ``rate`` Hz (320 at 8 kHz, 640 at 16 kHz, 1764 at 44.1 kHz)."""
@@ -84,8 +87,10 @@ class PlaybackQueue:
 
     frame_bytes: int
     #: Most frames held (older audio keeps playing; audio beyond this is dropped and counted in `dropped`).
-    max_frames: int = 50 * 300
+    max_frames: int = PLAYBACK_MAX_FRAMES
     dropped: int = 0
+    #: Called with `dropped` the first time audio is dropped because the queue is full (to report it once).
+    on_full: Callable[[int], None] | None = None
     #: Frames playback may fall behind real time before the oldest are dropped.
     max_lag: int = MAX_LAG_FRAMES
     #: Frames dropped to catch up with real time.
@@ -124,8 +129,11 @@ class PlaybackQueue:
             room = self.max_frames - len(self._frames)
             count = whole // size
             if count > room:
+                first = not self.dropped
                 self.dropped += count - room
                 count = room
+                if first and self.on_full is not None:
+                    self.on_full(self.dropped)
             if count == 1 and whole == len(pcm):
                 self._frames.append(pcm)
             else:

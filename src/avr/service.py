@@ -26,6 +26,8 @@ from avr.ari.client import AriClient
 from avr.ari.events import AriEventStream, endpoint_connector
 from avr.audiosocket import AudioSocketFactory
 from avr.calls import CallManager
+from avr.drain import Drain
+from avr.health import Health
 from avr.ambient import AmbientNoise
 from avr.config import PIPELINE_MODE, STS_MODE, Config, agent_mode, redact_url, unused_settings
 from avr.control.agents import AgentSpec
@@ -52,7 +54,7 @@ from avr.observers import CallObservers, WebhookObserver
 from avr.pipeline.connector import PipelineConnector, pipeline_settings, vad_settings
 from avr.pipeline.latency import PipelineLatencies
 from avr.pipeline.vad import ThreadedVadRunner
-from avr.playout import PLAYOUT_PHASES, FrameTicker
+from avr.playout import FRAME_SECONDS, PLAYOUT_PHASES, FrameTicker
 from avr.registrations import Registrations
 from avr.speech.openai_tts import OpenAiTts
 from avr.speech.streaming_asr import StreamingAsrSession, asr_dialer
@@ -98,10 +100,31 @@ class ListeningService(Service):
             self.privilegedStartService()
         Service.startService(self)
 
+    @property
+    def listening(self) -> bool:
+        """The port is open."""
+        return self.port is not None
+
     def stopService(self) -> Deferred:
         Service.stopService(self)
         port, self.port = self.port, None
         return maybeDeferred(port.stopListening) if port is not None else succeed(None)
+
+
+class AvrService(MultiService):
+    """
+    avr's service tree. Stopping it drains first (`avr.drain.Drain`: new calls refused, live ones given up to
+    ``DRAIN_TIMEOUT``), every service still running meanwhile; then its services stop, in reverse order.
+    """
+
+    def __init__(self, drain: Drain) -> None:
+        MultiService.__init__(self)
+        self.drain = drain
+
+    def stopService(self) -> Deferred:
+        d = self.drain.run()
+        d.addCallback(lambda _: MultiService.stopService(self))
+        return d
 
 
 @define(eq=False)
@@ -281,7 +304,7 @@ def server_endpoint(reactor: IReactorTCP, address: str, port: int, backlog: int)
 class Avr:
     """The wired-up server: its service tree plus the parts tests want to reach."""
 
-    service: MultiService
+    service: AvrService
     calls: CallManager
     admissions: Admissions
     registrations: Registrations
@@ -291,6 +314,8 @@ class Avr:
     http_app: Klein | None = None
     #: The server's Prometheus registry (``GET /metrics``).
     metrics: CollectorRegistry | None = None
+    drain: Drain | None = None
+    health: Health | None = None
 
 
 def sts_connectors(
@@ -308,7 +333,8 @@ def sts_connectors(
     """
     timeout = config.sts_connect_timeout / 1000
     rate = config.sts_sample_rate
-    websocket = WebSocketStsConnector(reactor, timeout, config.sts_ca_file, sample_rate=rate, fast_paths=fast_paths)
+    websocket = WebSocketStsConnector(reactor, timeout, config.sts_ca_file, sample_rate=rate, fast_paths=fast_paths,
+                                      max_message=config.sts_max_message)
     http = HttpStsConnector(reactor, timeout, config.sts_ca_file, sample_rate=rate)
     default: IStsConnector = EchoStsConnector(reactor, sample_rate=rate)
     if agent_mode(config) == PIPELINE_MODE:
@@ -337,7 +363,6 @@ def build(
         ``/metrics`` (in pipeline mode).
     """
     log = Logger(namespace="avr.service")
-    top = MultiService()
     # The server's own registry (never prometheus_client's global one): tests build many servers in one process.
     metrics = CollectorRegistry()
     call_events = CallEventMetrics(metrics)
@@ -349,7 +374,6 @@ def build(
     control = build_control(reactor, config, http_client, PcmInjector(admissions, ticker), fresh_http_client,
                             AudioListener(admissions), call_events)
     control.setName("control")
-    control.setServiceParent(top)
     calls = CallManager(
         clock=reactor,
         connector=sts_connector,
@@ -361,10 +385,16 @@ def build(
         actions=DialplanActions(control.control, control.registry),
         ambient=(AmbientNoise.load(config.ambient_noise_file, config.ambient_noise_level)
                  if config.ambient_noise_file is not None else None),
+        max_calls=config.max_calls,
+        playback_frames=round(config.playback_max_seconds / FRAME_SECONDS),
     )
+    drain = Drain(calls, reactor, config.drain_timeout)
+    top = AvrService(drain)
+    control.setServiceParent(top)
     if control.control is not None:
         # The agents of ARI calls run on the AudioSocket side, which needs call control first (for their actions).
         control.control.agent_runner = AgentRunner(calls, webhooks, config.sts_url)
+        control.control.refusal = calls.refusal  # no originate while draining or at MAX_CALLS
     registrations = Registrations(admissions, config.call_init_ttl, calls.start_call, config.call_init_max)
     factory = AudioSocketFactory(calls, reactor, uuid_timeout=config.uuid_timeout, idle_timeout=config.idle_timeout,
                                  fast_paths=fast_paths)
@@ -381,12 +411,15 @@ def build(
         factory,
         "AVR AudioSocket Server listening on port {port}",
     )
+    audiosocket.setName("audiosocket")
+    health = Health(calls, control.control, drain, lambda: audiosocket.listening, agent_mode(config))
     app = None
     listeners = config.http_listeners()
     if listeners:
         app = Klein()
         install_error_handlers(app)
-        core = CoreRoutes.from_config(config, registrations, webhooks, lambda: _health(calls, control))
+        core = CoreRoutes.from_config(config, registrations, webhooks, health.fields, health.not_ready,
+                                      calls.refusal)
         core.install(app)
         control_routes = ControlRoutes(
             control.control, control.hub, control.registry, max_body=config.http_max_body, api_key=config.api_key,
@@ -421,11 +454,11 @@ def build(
         scrape.setName(metrics_listener.name)
         scrape.setServiceParent(top)
     # The HTTP server first, as avr-core logs it: registrations can arrive before the first AudioSocket call.
-    audiosocket.setName("audiosocket")
     audiosocket.setServiceParent(top)
     _log_mode(log, config)
     return Avr(service=top, calls=calls, admissions=admissions, registrations=registrations, webhooks=webhooks,
-               registry=control.registry, control=control.control, http_app=app, metrics=metrics)
+               registry=control.registry, control=control.control, http_app=app, metrics=metrics, drain=drain,
+               health=health)
 
 
 def _log_mode(log: Logger, config: Config) -> None:
@@ -448,15 +481,3 @@ def _log_mode(log: Logger, config: Config) -> None:
     unused = unused_settings(config)
     if unused:
         log.warn("Settings with no effect in {mode} mode: {names}", mode=mode, names=", ".join(unused))
-
-
-def _health(calls: CallManager, control: ControlService) -> dict[str, Any]:
-    # ``ari`` is asterisk-api's boolean (clients test ``if (health.ari)``); the state in words is ``ariState``.
-    fields: dict[str, Any] = {"audiosocketCalls": len(calls)}
-    if control.control is None:
-        fields["ariState"] = "not configured"
-    else:
-        fields.update(control.control.status())
-        fields["ariState"] = fields["ari"]
-    fields["ari"] = fields["ariState"] == "connected"
-    return fields

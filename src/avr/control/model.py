@@ -50,6 +50,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from avr.allowlist import Allowlist
+from avr.calls import Refusal
 from avr.config import INBOUND_POLICIES
 from avr.control.agents import AgentSpec, Agents
 from avr.control.ari_link import AriLink
@@ -58,7 +59,7 @@ from avr.control.call_registry import DEFAULT_RETENTION, CallRegistry
 from avr.control.capture import AsrSessions, AudioCaptures, AudioListener
 from avr.control.channels import Channels
 from avr.control.hub import EventsHub
-from avr.control.errors import Conflict
+from avr.control.errors import Conflict, Unavailable
 from avr.control.media_leg import MediaLegs
 from avr.control.playbacks import Playbacks
 from avr.control.recordings import Recordings
@@ -114,6 +115,7 @@ class CallControl:
     :param listener: takes the AudioSocket connections of audio captures (``None``: capture unavailable).
     :param asr_sessions: makes the streaming ASR session of a captured call (``None``: no ASR).
     :param frames: the ``/events`` hub, for the ``call.audio_frame`` events subscribers ask for.
+    :param refusal: says why no call may be originated now (`Unavailable` then), or ``None``.
     """
 
     ari: IAriClient | None
@@ -138,6 +140,9 @@ class CallControl:
     listener: AudioListener | None = None
     asr_sessions: AsrSessions | None = None
     frames: EventsHub | None = None
+    #: Why no call may be originated now (avr draining, ``MAX_CALLS`` reached), or ``None``
+    #: (`avr.calls.CallManager.refusal`; settable once the AudioSocket side is built).
+    refusal: Callable[[], Refusal | None] | None = None
     tasks: TaskGroup = field(init=False)
     link: AriLink = field(init=False)
     registry: CallRegistry = field(init=False)
@@ -277,7 +282,14 @@ class CallControl:
     async def originate(self, endpoint: str, caller_id: str | None = None, timeout: int = 30,
                         variables: dict | None = None, context: str | None = None, extension: str | None = None,
                         priority: int | None = None, agent: AgentSpec | None = None) -> dict:
-        """See `Channels.originate`; with ``agent``, see `Agents.want`."""
+        """
+        See `Channels.originate`; with ``agent``, see `Agents.want`.
+
+        :raises Unavailable: avr is draining or at ``MAX_CALLS`` (``refusal``).
+        """
+        refusal = self.refusal() if self.refusal is not None else None
+        if refusal is not None:
+            raise Unavailable(refusal.message, reason=refusal.code)
         if agent is not None:
             if context is not None or extension is not None:
                 raise Conflict("a call sent to the dialplan cannot get an agent")

@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 import avr
+from avr.calls import Refusal
 from avr.config import redact_url
 from avr.http.auth import check_api_key
 from avr.http.json import ApiError, add_route, json_response, json_type, read_json_body
@@ -34,7 +35,10 @@ class CoreRoutes:
     :param webhooks: sends ``call_initiated`` and reads its ``sts_url`` override.
     :param max_body: largest accepted request body, in bytes (``HTTP_MAX_BODY``).
     :param api_key: when set, required by ``POST /call`` (header ``X-API-Key`` or query ``api_key``); ``/health``
-        stays open.
+        and ``/ready`` stay open (load balancers and orchestrators probe without keys).
+    :param status: more fields for ``GET /health`` (`avr.health.Health.fields`).
+    :param not_ready: why avr is not ready, for ``GET /ready`` (`avr.health.Health.not_ready`; empty: ready).
+    :param refusal: why ``POST /call`` is refused now (draining, ``MAX_CALLS``: `avr.calls.CallManager.refusal`).
     """
 
     log = Logger()
@@ -46,23 +50,33 @@ class CoreRoutes:
     api_key: str | None = field(default=None, repr=False)
     #: More fields for ``GET /health`` (live AudioSocket calls, ARI state), read at each request.
     status: Callable[[], Mapping[str, Any]] = dict
+    not_ready: Callable[[], list[dict[str, str]]] = list
+    refusal: Callable[[], Refusal | None] = lambda: None
 
     @classmethod
     def from_config(
         cls, config: Any, registrations: Registrations, webhooks: IWebhooks,
-        status: Callable[[], Mapping[str, Any]] = dict,
+        status: Callable[[], Mapping[str, Any]] = dict, not_ready: Callable[[], list[dict[str, str]]] = list,
+        refusal: Callable[[], Refusal | None] = lambda: None,
     ) -> CoreRoutes:
         """The routes for an `avr.config.Config`."""
-        return cls(config.sts_url, registrations, webhooks, config.http_max_body, config.api_key, status)
+        return cls(config.sts_url, registrations, webhooks, config.http_max_body, config.api_key, status, not_ready,
+                   refusal)
 
     def install(self, app: Klein) -> None:
-        """Register ``GET /health`` and ``POST /call`` on ``app`` (endpoints ``core.health`` and ``core.call``)."""
+        """
+        Register ``GET /health``, ``GET /ready`` and ``POST /call`` on ``app`` (endpoints ``core.health``,
+        ``core.ready`` and ``core.call``).
+        """
         add_route(app, "/health", self.health, methods=["GET"], endpoint="core.health")
+        add_route(app, "/ready", self.ready, methods=["GET"], endpoint="core.ready")
         add_route(app, "/call", self.call, methods=["POST"], endpoint="core.call")
 
     def policies(self) -> dict[str, RoutePolicy]:
-        """What the routes admit before their bodies are read (`avr.http.site`): ``/health`` is public."""
-        return {"core.health": RoutePolicy(public=True), "core.call": RoutePolicy(max_body=self.max_body)}
+        """What the routes admit before their bodies are read (`avr.http.site`): ``/health`` and ``/ready`` are
+        public."""
+        return {"core.health": RoutePolicy(public=True), "core.ready": RoutePolicy(public=True),
+                "core.call": RoutePolicy(max_body=self.max_body)}
 
     def health(self, request: IRequest) -> bytes:
         """
@@ -73,17 +87,31 @@ class CoreRoutes:
         body.update(self.status())
         return json_response(request, 200, body)
 
+    def ready(self, request: IRequest) -> bytes:
+        """
+        ``GET /ready``: 200 ``{"ready": true, "reasons": []}`` when avr takes new calls; 503 ``{"ready": false,
+        "reasons": [{"component", "reason"}, ...]}`` while it is draining, ARI (when configured) is not connected,
+        the AudioSocket port is not open or ``MAX_CALLS`` calls are live.
+        """
+        reasons = self.not_ready()
+        return json_response(request, 503 if reasons else 200, {"ready": not reasons, "reasons": reasons})
+
     async def call(self, request: IRequest) -> bytes:
         """
         ``POST /call`` with ``{"uuid": "<uuid>", "payload": {...}}``: decide the call's STS URL (``STS_URL`` or the
         ``call_initiated`` webhook's ``sts_url``, plus every payload field as a query parameter), register the call,
         and answer 200 ``{"sts_url": <url or null>, "override": <bool>}``; 503 (before the webhook is asked) while
-        ``CALL_INIT_MAX`` calls are already waiting for their AudioSocket connection.
+        ``CALL_INIT_MAX`` calls are already waiting for their AudioSocket connection, while avr is draining and
+        while ``MAX_CALLS`` calls are live (``reason``: ``draining``, ``max_calls``).
 
         The registration completes even if the client hangs up while the webhook is being asked.
         """
         check_api_key(request, self.api_key)
         uuid, payload = _parse_call(await read_json_body(request, self.max_body))
+        refusal = self.refusal()
+        if refusal is not None:
+            # The connection would be hung up on arrival: say so now, so the dialplan can send the call elsewhere.
+            raise ApiError(503, f"call not accepted: {refusal.message}", reason=refusal.code)
         try:
             self.registrations.check_room(uuid)
             registration = await _uncancellable(self._initiate(uuid, payload))

@@ -125,6 +125,9 @@ class StsClientProtocol(WebSocketClientProtocol):
         self._noted: set[str] = set()
         self._fast_paths = fast_paths
         self._direct = fast_paths.direct_frames
+        # Received frames go straight to onMessage (direct frames are under 64 KiB: a smaller STS_MAX_MESSAGE
+        # leaves every frame to autobahn, which enforces it).
+        self._direct_in = self._direct
         # Audio goes out as direct frames: they are on, and the session opened without compression.
         self._direct_open = False
         self._write: Any = None
@@ -196,12 +199,14 @@ class StsClientProtocol(WebSocketClientProtocol):
         super().connectionMade()
         self._timers.connected()
         self._write = self._fast_paths.writer(self.transport)
+        if 0 < getattr(self, "maxFramePayloadSize", 0) < 0x10000:
+            self._direct_in = False
         if self._direct:
             _read_directly(self)
 
     def dataReceived(self, data: bytes) -> None:
         """Hand complete text frames at a frame boundary straight to `onMessage`; the rest to autobahn."""
-        if (self._direct and self.state == _OPEN and self.current_frame is None and not self.inside_message
+        if (self._direct_in and self.state == _OPEN and self.current_frame is None and not self.inside_message
                 and not self.data):
             frames, used = leading_text_frames(data)
             for payload in frames:
@@ -299,6 +304,11 @@ class StsClientProtocol(WebSocketClientProtocol):
             self._opening.fire(Failure(StsConnectError(self._connect_failure(reason))))
             return
         text = self._closed_text(wasClean, code, reason)
+        if getattr(self, "wasMaxFramePayloadSizeExceeded", False) or getattr(
+                self, "wasMaxMessagePayloadSizeExceeded", False):
+            limit = getattr(self, "maxMessagePayloadSize", 0)
+            text = f"message larger than STS_MAX_MESSAGE ({limit} bytes; close code 1009)"
+            log.error("STS for call {uuid} sent a {what}: session ended", uuid=self.uuid, what=text)
         log.info("STS session for call {uuid} ended: {reason}", uuid=self.uuid, reason=text)
         try:
             self._handler.sts_closed(text)
@@ -342,6 +352,7 @@ class WebSocketStsConnector:
     :param close_timeout: seconds the STS gets to finish the closing handshake.
     :param sample_rate: the rate of the PCM16 exchanged with the STS, both ways (``STS_SAMPLE_RATE``).
     :param fast_paths: the fast paths the sessions take (`avr.fastpaths`).
+    :param max_message: ``STS_MAX_MESSAGE``: largest message (and frame) the STS may send, in bytes.
     """
 
     def __init__(
@@ -352,8 +363,10 @@ class WebSocketStsConnector:
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         sample_rate: int = 8000,
         fast_paths: FastPaths = FastPaths(),
+        max_message: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self._reactor = reactor
+        self._max_message = max_message
         self._fast_paths = fast_paths
         self._sample_rate = sample_rate
         self._dialer = Dialer(reactor, connect_timeout, load_trust_root(trust_root))
@@ -374,7 +387,9 @@ class WebSocketStsConnector:
         except Exception:
             return fail(StsConnectError("not a valid ws:// or wss:// URL"))
         disable_autobahn_timers(factory)
-        factory.setProtocolOptions(maxMessagePayloadSize=MAX_MESSAGE_BYTES)
+        # STS_MAX_MESSAGE: a bigger frame or message fails the connection with 1009 (the direct frames are under
+        # 64 KiB and checked against the same limit in dataReceived).
+        factory.setProtocolOptions(maxMessagePayloadSize=self._max_message, maxFramePayloadSize=self._max_message)
         # autobahn types ``protocol`` as a class; buildProtocol only calls it.
         factory.protocol = partial(StsClientProtocol, uuid, handler, self._reactor,  # type: ignore[assignment]
                                    self._close_timeout, self._sample_rate, self._fast_paths)
