@@ -570,6 +570,10 @@ class CallManager:
         if self._calls.get(call.uuid) is call:
             del self._calls[call.uuid]
             self._ended_totals += FrameTotals.of(call)
+            if not self._calls and self._idle_waiters:
+                waiters, self._idle_waiters = self._idle_waiters, []
+                for waiter in waiters:
+                    waiter.callback(None)
 
     def frame_totals(self) -> FrameTotals:
         """The per-frame counters of every call so far, live and ended (read at ``/metrics`` scrapes)."""
@@ -577,10 +581,6 @@ class CallManager:
         for call in self._calls.values():
             totals += FrameTotals.of(call)
         return totals
-            if not self._calls and self._idle_waiters:
-                waiters, self._idle_waiters = self._idle_waiters, []
-                for waiter in waiters:
-                    waiter.callback(None)
 
     def when_idle(self) -> Deferred[None]:
         """A Deferred firing once no call is live (at once if none is); cancelling it stops the wait."""
