@@ -200,7 +200,9 @@ def _service_with_busy_calls(timeout_ms: int, calls: int = 50, transcripts: int 
     sink = WebhookSink(reactor)
     http = StubTreq(sink)
     sts = FakeStsConnector()
-    avr = build(reactor, Config(webhook_url=URL, webhook_timeout=timeout_ms), http_client=http, sts_connector=sts)
+    # DRAIN_TIMEOUT=0: the calls end as the server stops (what these tests look at).
+    avr = build(reactor, Config(webhook_url=URL, webhook_timeout=timeout_ms, drain_timeout=0), http_client=http,
+                sts_connector=sts)
     avr.service.startService()
     sink.script("transcription", WebhookReply.never())
     uuids = [f"935652e3-7c59-4edc-b17f-{n:012d}" for n in range(calls)]

@@ -122,9 +122,9 @@ class AvrService(MultiService):
         self.drain = drain
 
     def stopService(self) -> Deferred:
-        d = self.drain.run()
-        d.addCallback(lambda _: MultiService.stopService(self))
-        return d
+        stopped: Deferred = Deferred()  # fires (``called``) only once every service has stopped
+        self.drain.run().addCallback(lambda _: MultiService.stopService(self)).chainDeferred(stopped)
+        return stopped
 
 
 @define(eq=False)
