@@ -2,7 +2,8 @@
 The call-control REST API (asterisk-api's routes) and ``/events``, installed on avr's Klein app next to avr-core's
 ``/health`` and ``/call``.
 
-Every route but ``GET /`` needs the API key when one is configured. Request bodies are validated (wrong types and
+``GET /`` answers the API overview (JSON), or a browser the live calls page (`avr.http.page`). Every route but
+``GET /`` needs the API key when one is configured. Request bodies are validated (wrong types and
 out-of-range values are a 400 listing every problem; unknown fields are accepted, as asterisk-api accepts them, and
 named in the ``X-AVR-Ignored-Fields`` response header) and ids are checked before use. Every
 error is JSON: the model's `ControlError` carries its status; Asterisk's answers map to 400/404/409/422 or 502 with
@@ -50,6 +51,7 @@ from avr.control.request_fields import (
 from avr.control.wav import WavError, decode_wav
 from avr.http.auth import check_api_key, strip_credentials
 from avr.http.json import ApiError, add_route, json_response, read_json_body
+from avr.http.page import LiveCallsPage, wants_html
 from avr.http.site import RoutePolicy, key_waived
 from avr.interfaces import ICallControl
 from avr.logtext import clip
@@ -127,6 +129,15 @@ def _agent_spec(fields: dict[str, Any]) -> AgentSpec:
     return AgentSpec(fields.get("sts_url"), fields.get("route"), fields.get("payload") or {})
 
 
+def summary(doc: str | None) -> str:
+    """
+    The description of a route in ``GET /``: the first paragraph of its handler's docstring (its summary, however
+    many lines it is wrapped over), on one line.
+    """
+    paragraph = (doc or "").strip().split("\n\n", 1)[0]
+    return " ".join(paragraph.split())
+
+
 # --- the routes ------------------------------------------------------------------------------------------------------
 
 
@@ -188,6 +199,7 @@ class ControlRoutes:
     :param api_key: required on every route but ``GET /`` when not ``None``.
     :param clock: the reactor's time (part of the wiring contract; the routes themselves keep no timers).
     :param max_upload: largest uploaded WAV file, in bytes.
+    :param page: what ``GET /`` answers a browser (`avr.http.page`).
     """
 
     control: ICallControl | None
@@ -197,6 +209,7 @@ class ControlRoutes:
     api_key: str | None = field(repr=False)
     clock: IReactorTime
     max_upload: int = MAX_UPLOAD_BYTES
+    page: LiveCallsPage = field(factory=LiveCallsPage.load, repr=False)
     _app: Klein | None = field(default=None, init=False)
     _descriptions: dict[str, str] = field(factory=dict, init=False)
     _events_resource: Any = field(default=None, init=False)
@@ -215,7 +228,7 @@ class ControlRoutes:
         for route in _ROUTES:
             handler = getattr(self, "_" + route.name)
             endpoint = "control." + route.name
-            self._descriptions[endpoint] = (handler.__doc__ or "").strip().splitlines()[0]
+            self._descriptions[endpoint] = summary(handler.__doc__)
             add_route(app, route.path, self._guarded(route, handler), methods=[route.method], endpoint=endpoint)
 
     def policies(self) -> dict[str, RoutePolicy]:
@@ -273,10 +286,15 @@ class ControlRoutes:
                       path=clip(request.path.decode("latin-1")), fields=names)
         return values
 
-    # --- handlers (the first docstring line is the description in GET /) ---------------------------------------------
+    # --- handlers (the first paragraph of the docstring is the description in GET /) ---------------------------------
 
     async def _index(self, request: IRequest) -> bytes:
-        """API overview with every available endpoint."""
+        """
+        API overview with every available endpoint (JSON); a browser (Accept: text/html) gets the live calls page.
+        """
+        if wants_html(request):
+            return self.page.render(request)
+        request.setHeader(b"vary", b"Accept")
         endpoints: dict[str, str] = {}
         assert self._app is not None
         rules = sorted(self._app.url_map.iter_rules(), key=lambda r: r.rule)
@@ -300,9 +318,7 @@ class ControlRoutes:
         if endpoint in self._descriptions:
             return self._descriptions[endpoint]
         assert self._app is not None
-        doc = getattr(self._app.endpoints.get(endpoint), "__doc__", None) or ""
-        lines = doc.strip().splitlines()
-        return lines[0] if lines else ""
+        return summary(getattr(self._app.endpoints.get(endpoint), "__doc__", None))
 
     async def _events(self, request: IRequest) -> Any:
         """WebSocket: real-time call event stream (a snapshot, then one JSON message per event)."""

@@ -36,14 +36,22 @@ class AllowlistRoutes:
         return {"allowlist.show": RoutePolicy(), "allowlist.reload": RoutePolicy(max_body=1024)}
 
     def show(self, request: IRequest) -> bytes:
-        """The allowlist: ``{"inbound", "outbound", "note", "file", "error"}`` (``error``: why the file was last
-        refused, the lists shown being the ones kept)."""
+        """
+        Show the allowlist in force: the inbound and outbound numbers, and why its file was last refused.
+
+        ``{"inbound", "outbound", "note", "file", "error"}`` (``error``: why the file was last refused, the lists
+        shown being the ones kept).
+        """
         check_api_key(request, self.api_key)
         return json_response(request, 200, self._listing(self._configured()))
 
     def reload(self, request: IRequest) -> bytes:
-        """Read the allowlist file again: 200 ``{"status": "reloaded", "inbound", "outbound"}``; 422 when the file
-        cannot be used (the lists in force are kept and returned)."""
+        """
+        Read the allowlist file again (422 when it cannot be used: the lists in force are kept).
+
+        200 ``{"status": "reloaded", "inbound", "outbound"}``; 422 when the file cannot be used (the lists in force
+        are kept and returned).
+        """
         check_api_key(request, self.api_key)
         allowlist = self._configured()
         try:

@@ -80,6 +80,8 @@ class CoreRoutes:
 
     def health(self, request: IRequest) -> bytes:
         """
+        Liveness: 200 with avr's version, its pending registrations, live calls and the ARI state; never fails.
+
         ``GET /health``: 200 ``{"status": "ok", "service": "avr", "version": ..., "registrations": n, ...}`` plus the
         fields of ``status`` (never fails: a health check must answer while ARI is down).
         """
@@ -98,6 +100,8 @@ class CoreRoutes:
 
     async def call(self, request: IRequest) -> bytes:
         """
+        Register an AudioSocket call before it connects (the dialplan's CURL()) and decide its STS URL.
+
         ``POST /call`` with ``{"uuid": "<uuid>", "payload": {...}}``: decide the call's STS URL (``STS_URL`` or the
         ``call_initiated`` webhook's ``sts_url``, plus every payload field as a query parameter), register the call,
         and answer 200 ``{"sts_url": <url or null>, "override": <bool>}``; 503 (before the webhook is asked) while
