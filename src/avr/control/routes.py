@@ -132,10 +132,10 @@ def _agent_spec(fields: dict[str, Any]) -> AgentSpec:
 def summary(doc: str | None) -> str:
     """
     The description of a route in ``GET /``: the first paragraph of its handler's docstring (its summary, however
-    many lines it is wrapped over), on one line.
+    many lines it is wrapped over), on one line, without the reStructuredText literal quotes.
     """
     paragraph = (doc or "").strip().split("\n\n", 1)[0]
-    return " ".join(paragraph.split())
+    return " ".join(paragraph.split()).replace("``", "")
 
 
 # --- the routes ------------------------------------------------------------------------------------------------------
