@@ -10,7 +10,6 @@ from configparser import ConfigParser
 from pathlib import Path
 
 import pytest
-from twisted.python import usage
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,7 +121,7 @@ def test_unit_runs_twistd_avr_with_valid_options() -> None:
     assert args[:3] == ["--nodaemon", "--pidfile=", "avr"]
     options = ServerOptions()
     # twistd's options and the avr subcommand parse; then avr refuses the absent /etc/avr/avr.conf.
-    with pytest.raises(usage.UsageError, match="/etc/avr/avr.conf"):
+    with pytest.raises(SystemExit, match="/etc/avr/avr.conf"):
         options.parseOptions(args)
     assert options["nodaemon"] and options["pidfile"] == "" and options.subCommand == "avr"
     assert args[3:] == ["--config", "/etc/avr/avr.conf"]

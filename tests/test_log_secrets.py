@@ -15,12 +15,14 @@ from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.web.test.requesthelper import DummyRequest
 
 from avr.config import Config
+from avr.frames import HANGUP_FRAME, Kind, encode_frame, encode_uuid
+from avr.logs import json_line, text_line
 from avr.http.auth import check_api_key, presented_api_keys, redacted_access_log, strip_credentials
 from avr.http.json import ApiError
 from avr.service import build, sts_connectors
 from avr.sts.connector import StsConnector
 from avr.testing.ari import FakeAsterisk
-from tests.raw_http import exchange, status_of, upgrade
+from tests.raw_http import connect, exchange, status_of, upgrade
 
 pytestmark = pytest.mark.integration
 
@@ -35,9 +37,13 @@ UUID = "935652e3-7c59-4edc-b17f-9646a9c2a265"
 
 
 def rendered(event: LogEvent) -> str:
-    """Everything an observer could write for ``event``: its text, every field (as a JSON logger would), traceback."""
+    """
+    Everything an observer could write for ``event``: its text, every field (as a JSON logger would), traceback, and
+    the lines avr's own observer writes in either ``LOG_FORMAT``.
+    """
     failure = event.get("log_failure")
-    return "\n".join([formatEvent(event), repr(event), failure.getTraceback() if failure is not None else ""])
+    return "\n".join([formatEvent(event), repr(event), failure.getTraceback() if failure is not None else "",
+                      text_line(event), json_line(event)])
 
 
 def leaks(events: list[LogEvent]) -> list[str]:
@@ -124,13 +130,14 @@ async def test_events_handshakes_log_no_key_even_with_autobahn_debug_on(every_lo
     assert leaks(every_log_event) == []
 
 
-@pytest.mark.logs_errors(r"call_initiated for call .* not delivered after 1 attempt\(s\): connection refused")
+@pytest.mark.logs_errors(
+    r"(call_initiated|call_started|call_ended) for call .* not delivered after 1 attempt\(s\): connection refused")
 @pytest_twisted.ensureDeferred
 async def test_whole_service_logs_no_secret(log_events: list[LogEvent]) -> None:
     """
     avr with every secret configured (API key, ARI password, webhook secret, STS URL with a password and a token),
-    connected to the fake Asterisk: starting, /events clients, /call registrations, refused requests and stopping
-    write none of them to the log, at any level.
+    connected to the fake Asterisk: starting, /events clients, /call registrations, refused requests, a call (and
+    its summary line) and stopping write none of them to the log, at any level, in either format.
     """
     from twisted.internet import reactor
 
@@ -151,10 +158,14 @@ async def test_whole_service_logs_no_secret(log_events: list[LogEvent]) -> None:
             await exchange(reactor, server.port, post(f"/call?api_key={WRONG_KEY}", body)),
             await exchange(reactor, server.port, post(f"/calls?api_k%65y={WRONG_KEY}", b"{}")),
         ]
+        call = await connect(reactor, server.avr.service.getServiceNamed("audiosocket").port.getHost().port)
+        call.transport.write(encode_uuid(UUID) + encode_frame(Kind.SLIN8, bytes(320)) + HANGUP_FRAME)
+        await call.closed
     finally:
         await server.stop()
         await fake.close()
     assert [status_of(a) for a in answers] == [200, 200, 401, 401]
+    assert any(e.get("call_id") == UUID and "Call summary" in formatEvent(e) for e in log_events)
     found = leaks(log_events)
     assert found == [], "\n".join(found)
 

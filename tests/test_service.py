@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
 import pytest
@@ -9,7 +10,7 @@ from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 
 from avr.config import Config
-from avr.service import audiosocket_address, build
+from avr.service import ListenFailed, audiosocket_address, build
 from avr.tap import build_real_service
 from fakes import FakeStsConnector
 
@@ -65,10 +66,12 @@ def test_port_in_use_refuses_to_start() -> None:
     from twisted.internet.error import CannotListenError
     from twisted.internet.testing import RaisingMemoryReactor
 
-    reactor = RaisingMemoryReactor(listenException=CannotListenError("127.0.0.1", 5001, OSError("in use")))
+    reactor = RaisingMemoryReactor(
+        listenException=CannotListenError("127.0.0.1", 5001, OSError(errno.EADDRINUSE, "Address already in use")))
     avr = build(reactor, Config(), http_client=StubTreq(None), sts_connector=FakeStsConnector())
-    with pytest.raises(CannotListenError):
+    with pytest.raises(ListenFailed) as e:
         avr.service.privilegedStartService()
+    assert str(e.value) == "cannot listen on 127.0.0.1:5001 (PORT, BIND_ADDRESS): Address already in use"
 
 
 def test_health_reports_calls_and_ari_state() -> None:

@@ -44,7 +44,7 @@ def test_connect_fires_at_once_and_logs_the_echo_agent():
     _, _, _, events = open_echo()
     lines = [e for e in events if "echo agent" in e["log_format"]]
     assert len(lines) == 1
-    assert lines[0]["uuid"] == UUID
+    assert lines[0]["call_id"] == UUID
 
 
 def test_caller_audio_comes_straight_back():

@@ -89,7 +89,7 @@ def test_sends_before_open_are_dropped_not_queued():
     pump.flush()
     assert client.state == client.STATE_OPEN
     assert server.messages == [Init(UUID)]
-    dropped = [e for e in events if e["log_format"] == "STS for call {uuid} is not open: {what} not sent"]
+    dropped = [e for e in events if e["log_format"] == "STS for call {call_id} is not open: {what} not sent"]
     assert [(e["log_level"].name, e["what"]) for e in dropped] == [("debug", "audio"), ("debug", "DTMF")]
 
 

@@ -145,7 +145,7 @@ class DialplanActions:
 
     @staticmethod
     def _refuse(call: Call, request: ActionRequest, why: str) -> Deferred[ActionResult]:
-        log.warn("Call {uuid}: the agent's {action} is refused: {why}", uuid=call.uuid, action=request.action,
+        log.warn("Call {call_id}: the agent's {action} is refused: {why}", call_id=call.uuid, action=request.action,
                  why=why)
         return succeed(ActionResult(request.action, False, why, request.id))
 

@@ -100,4 +100,4 @@ class Admissions:
         try:
             admission.expired(reason)
         except Exception:
-            self.log.failure("The {kind} admission of {uuid} failed to expire", kind=admission.kind, uuid=key)
+            self.log.failure("The {kind} admission of {call_id} failed to expire", kind=admission.kind, call_id=key)

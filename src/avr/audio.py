@@ -301,8 +301,8 @@ class InboundAudio:
 
     def _rate_changed(self, rate: int) -> None:
         if self.rate is not None:
-            self.log.warn("Call {uuid}: inbound audio rate changed from {old} Hz to {new} Hz",
-                          uuid=self.uuid, old=self.rate, new=rate)
+            self.log.warn("Call {call_id}: inbound audio rate changed from {old} Hz to {new} Hz",
+                          call_id=self.uuid, old=self.rate, new=rate)
         self.rate = rate
         self._odd = b""
         self._slin_kind = None
@@ -325,13 +325,13 @@ class InboundAudio:
         if self._unclear_frames == _UNKNOWN_WARN_FRAMES and not self._warned_unknown:
             self._warned_unknown = True
             self.log.warn(
-                "Call {uuid}: audio on kind 0x10 is not recognisable as slin, u-law or A-law after {frames} frames "
+                "Call {call_id}: audio on kind 0x10 is not recognisable as slin, u-law or A-law after {frames} frames "
                 "(an unsupported codec from Dial(AudioSocket/...) without c()?); decoding as {guess}",
-                uuid=self.uuid, frames=self._unclear_frames, guess=self.guess)
+                call_id=self.uuid, frames=self._unclear_frames, guess=self.guess)
 
     def _lock(self, codec: str) -> None:
         self.codec = codec
         if self.uuid is None:
             self.log.info("Audio codec detected: {codec}", codec=codec)
         else:
-            self.log.info("Audio codec detected: {codec} (call {uuid})", codec=codec, uuid=self.uuid)
+            self.log.info("Audio codec detected: {codec} (call {call_id})", codec=codec, call_id=self.uuid)

@@ -197,30 +197,31 @@ class AudioSocketProtocol(Protocol):
             if digit in DTMF_DIGITS:
                 self._to_sink(self._sink.caller_dtmf, digit)
             else:
-                self.log.warn("Call {uuid}: ignoring DTMF byte 0x{byte:02x}", uuid=self.uuid, byte=frame.payload[0])
+                self.log.warn("Call {call_id}: ignoring DTMF byte 0x{byte:02x}", call_id=self.uuid,
+                              byte=frame.payload[0])
         elif kind == Kind.HANGUP:
-            self.log.info("Call {uuid}: Asterisk sent a hangup frame", uuid=self.uuid)
+            self.log.info("Call {call_id}: Asterisk sent a hangup frame", call_id=self.uuid)
             self._end("hangup frame", send_hangup=False)
         elif kind == Kind.ERROR:
             code = f"0x{frame.payload[0]:02x}" if frame.payload else "none"
-            self.log.warn("Call {uuid}: Asterisk sent an error frame (code {code})", uuid=self.uuid, code=code)
+            self.log.warn("Call {call_id}: Asterisk sent an error frame (code {code})", call_id=self.uuid, code=code)
             self._end(f"error frame (code {code})", send_hangup=False)
         elif kind == Kind.UUID:
-            self.log.warn("Call {uuid}: ignoring a second UUID frame", uuid=self.uuid)
+            self.log.warn("Call {call_id}: ignoring a second UUID frame", call_id=self.uuid)
 
     def _first_frame(self, frame: Frame) -> None:
         # The parser refuses any other first kind at its header.
         self._cancel_uuid_timer()
         self.uuid = decode_uuid(frame.payload)
-        self.log.info("AudioSocket call {uuid} connected from {peer}", uuid=self.uuid, peer=self.peer)
+        self.log.info("AudioSocket call {call_id} connected from {peer}", call_id=self.uuid, peer=self.peer)
         try:
             sink = self.factory.router.attach(self)
         except CallRefused as e:
-            self.log.warn("AudioSocket call {uuid} refused: {reason}", uuid=self.uuid, reason=e.reason)
+            self.log.warn("AudioSocket call {call_id} refused: {reason}", call_id=self.uuid, reason=e.reason)
             self.hang_up()
             return
         except Exception:
-            self.log.failure("AudioSocket call {uuid}: the router failed; closing", uuid=self.uuid)
+            self.log.failure("AudioSocket call {call_id}: the router failed; closing", call_id=self.uuid)
             self.hang_up()
             return
         if self._closing:
@@ -233,8 +234,8 @@ class AudioSocketProtocol(Protocol):
             self.log.warn("AudioSocket connection from {peer}: malformed frame ({reason}); closing",
                           peer=self.peer, reason=reason)
         else:
-            self.log.warn("Call {uuid}: malformed frame from Asterisk ({reason}); hanging up",
-                          uuid=self.uuid, reason=reason)
+            self.log.warn("Call {call_id}: malformed frame from Asterisk ({reason}); hanging up",
+                          call_id=self.uuid, reason=reason)
         self._end(f"malformed frame: {reason}", send_hangup=True)
 
     def _to_sink(self, method: Callable[..., None], *args: Any) -> None:
@@ -245,7 +246,7 @@ class AudioSocketProtocol(Protocol):
 
     def _sink_failed(self) -> None:
         """(In an ``except`` block.) The call raised on an inbound frame: log it and hang up."""
-        self.log.failure("Call {uuid}: the call failed on an inbound frame; hanging up", uuid=self.uuid)
+        self.log.failure("Call {call_id}: the call failed on an inbound frame; hanging up", call_id=self.uuid)
         self._end("internal error", send_hangup=True)
 
     def _end(self, reason: str, send_hangup: bool) -> None:
@@ -268,12 +269,12 @@ class AudioSocketProtocol(Protocol):
         try:
             self._sink.caller_gone(reason)
         except Exception:
-            self.log.failure("Call {uuid}: the call failed while ending", uuid=self.uuid)
+            self.log.failure("Call {call_id}: the call failed while ending", call_id=self.uuid)
 
     def idle_timed_out(self, seconds: float) -> None:
         """Called by `IdleWatch`: no frame moved either way for ``seconds``; hang up and end the call."""
-        self.log.warn("Call {uuid}: no frame to or from Asterisk for {seconds} s; hanging up",
-                      uuid=self.uuid, seconds=seconds)
+        self.log.warn("Call {call_id}: no frame to or from Asterisk for {seconds} s; hanging up",
+                      call_id=self.uuid, seconds=seconds)
         self._end(f"no frame either way for {seconds} s (AUDIOSOCKET_IDLE_TIMEOUT)", send_hangup=True)
 
     def _keep_alive(self) -> None:
@@ -379,7 +380,7 @@ class IdleWatch:
             try:
                 connection.idle_timed_out(self.timeout)
             except Exception:
-                self.log.failure("Ending idle AudioSocket call {uuid} failed", uuid=connection.uuid)
+                self.log.failure("Ending idle AudioSocket call {call_id} failed", call_id=connection.uuid)
             self.discard(connection)
 
 

@@ -36,6 +36,7 @@ from avr.interfaces import (
     IStsSession,
 )
 from avr.logtext import clip, url_repr
+from avr.observers import CallObservers
 from avr.playout import FRAME_SECONDS, PLAYBACK_MAX_FRAMES, FrameTicker, PlaybackQueue, frame_bytes_for_rate
 from avr.sts.codec import ActionMessage, ActionRequest, ActionResult, InvalidAction
 
@@ -142,6 +143,8 @@ class Call:
     frames_out: int = field(default=0, init=False)
     #: Frames sent more than `avr.playout.LATE_SECONDS` (20 ms) after their playback slot (counted by the ticker).
     late_frames: int = field(default=0, init=False)
+    #: Times the STS session could not be opened (for the end-of-call summary).
+    sts_connect_failures: int = field(default=0, init=False)
     _inbound: InboundAudio = field(init=False)
     _session: IStsSession | None = None
     _connecting: Deferred | None = None
@@ -182,7 +185,7 @@ class Call:
     def start(self) -> None:
         """Announce the call and open its STS session."""
         self.observer.call_started(self)
-        self.log.info("Call started: {uuid} (STS: {sts})", uuid=self.uuid,
+        self.log.info("Call started: {call_id} (STS: {sts})", call_id=self.uuid,
                       sts=redact_url(self.sts_url) if self.sts_url else "built-in echo agent")
         d = self._connecting = self.connector.connect(self.sts_url, self.uuid, self)
         d.addCallbacks(self._sts_opened, self._sts_failed)
@@ -206,13 +209,13 @@ class Call:
             self._connecting.cancel()
         if self.leg.connected:
             self.leg.hang_up()
-        self.log.info("Call ended: {uuid} ({reason})", uuid=self.uuid, reason=reason)
+        self.log.info("Call ended: {call_id} ({reason})", call_id=self.uuid, reason=reason)
         if self._queue is not None and self._queue.dropped:
-            self.log.warn("Call {uuid}: {frames} frames of agent audio did not fit in the playback queue "
-                          "(PLAYBACK_MAX_SECONDS) and were dropped", uuid=self.uuid, frames=self._queue.dropped)
+            self.log.warn("Call {call_id}: {frames} frames of agent audio did not fit in the playback queue "
+                          "(PLAYBACK_MAX_SECONDS) and were dropped", call_id=self.uuid, frames=self._queue.dropped)
         if self._queue is not None and self._queue.caught_up:
-            self.log.info("Call {uuid}: {frames} frames of agent audio were dropped to take back the delay that "
-                          "hiccups of its stream added", uuid=self.uuid, frames=self._queue.caught_up)
+            self.log.info("Call {call_id}: {frames} frames of agent audio were dropped to take back the delay that "
+                          "hiccups of its stream added", call_id=self.uuid, frames=self._queue.caught_up)
         if self._requests and linger:
             self._linger = self.clock.callLater(ACTION_LINGER, self._linger_over)
             return
@@ -261,7 +264,8 @@ class Call:
         self._connecting = None
         if failure.check(CancelledError) and self.ended:
             return
-        self.log.error("STS connection failed for call {uuid}: {reason}", uuid=self.uuid,
+        self.sts_connect_failures += 1
+        self.log.error("STS connection failed for call {call_id}: {reason}", call_id=self.uuid,
                        reason=clip(failure.getErrorMessage() or type(failure.value).__name__))
         self.end("STS unreachable")
 
@@ -301,7 +305,7 @@ class Call:
     def caller_dtmf(self, digit: str) -> None:
         if self.ended:
             return
-        self.log.info("DTMF {digit} on call {uuid}", digit=digit, uuid=self.uuid)
+        self.log.info("DTMF {digit} on call {call_id}", digit=digit, call_id=self.uuid)
         self.observer.dtmf(self, digit)
         if self._session is not None:
             self._session.send_dtmf(digit)
@@ -348,7 +352,8 @@ class Call:
         dropped = self._queue.clear() if self._queue is not None else 0
         if self._outbound is not None:
             self._outbound.clear()
-        self.log.info("Interruption on call {uuid}: {frames} queued frames dropped", uuid=self.uuid, frames=dropped)
+        self.log.info("Interruption on call {call_id}: {frames} queued frames dropped", call_id=self.uuid,
+                      frames=dropped)
         self.observer.interruption(self)
 
     def sts_transcript(self, role: str, text: str) -> None:
@@ -356,12 +361,12 @@ class Call:
             self.observer.transcript(self, role, text)
 
     def sts_error(self, message: str) -> None:
-        self.log.warn("STS error on call {uuid}: {message}", uuid=self.uuid, message=clip(message))
+        self.log.warn("STS error on call {call_id}: {message}", call_id=self.uuid, message=clip(message))
 
     def sts_closed(self, reason: str) -> None:
         self._session = None
         if not self.ended:
-            self.log.warn("STS closed call {uuid}: {reason}", uuid=self.uuid, reason=reason)
+            self.log.warn("STS closed call {call_id}: {reason}", call_id=self.uuid, reason=reason)
             self.end(f"STS closed: {reason}")
 
     def sts_action(self, request: ActionMessage) -> None:
@@ -373,7 +378,7 @@ class Call:
         self._request_count += 1
         number = self._request_count
         self._requests[number] = request
-        self.log.info("Agent on call {uuid} asks to {action}: {request!r}", uuid=self.uuid, action=request.action,
+        self.log.info("Agent on call {call_id} asks to {action}: {request!r}", call_id=self.uuid, action=request.action,
                       request=request)
         self.observer.agent_action(self, request, None)
         if isinstance(request, InvalidAction):
@@ -382,13 +387,14 @@ class Call:
         try:
             d = self.actions.perform(self, request)
         except Exception as e:
-            self.log.failure("Call {uuid}: carrying out {action} failed", uuid=self.uuid, action=request.action)
+            self.log.failure("Call {call_id}: carrying out {action} failed", call_id=self.uuid, action=request.action)
             d = succeed(ActionResult(request.action, False, f"internal error ({type(e).__name__})", request.id))
         d.addErrback(self._action_failed, request)
         d.addCallback(lambda result: self._settle(number, request, result))
 
     def _action_failed(self, failure: Failure, request: ActionRequest) -> ActionResult:
-        self.log.failure("Call {uuid}: carrying out {action} failed", failure, uuid=self.uuid, action=request.action)
+        self.log.failure("Call {call_id}: carrying out {action} failed", failure, call_id=self.uuid,
+                         action=request.action)
         return ActionResult(request.action, False, f"internal error ({type(failure.value).__name__})", request.id)
 
     def _settle(self, number: int, request: ActionMessage, result: ActionResult) -> None:
@@ -396,9 +402,9 @@ class Call:
         if self._requests.pop(number, None) is None:
             return
         if result.ok:
-            self.log.info("Call {uuid}: {action} done", uuid=self.uuid, action=result.action)
+            self.log.info("Call {call_id}: {action} done", call_id=self.uuid, action=result.action)
         else:
-            self.log.info("Call {uuid}: {action} not done: {error}", uuid=self.uuid, action=result.action,
+            self.log.info("Call {call_id}: {action} not done: {error}", call_id=self.uuid, action=result.action,
                           error=clip(result.error or ""))
         if self._session is not None:
             self._session.send_action_result(result)
@@ -419,9 +425,9 @@ class Call:
 
     def _playback_full(self, dropped: int) -> None:
         """The playback queue was full for the first time on this call (`PlaybackQueue.on_full`)."""
-        self.log.warn("Call {uuid}: the agent sent more audio than PLAYBACK_MAX_SECONDS ({seconds:g} s) ahead of "
+        self.log.warn("Call {call_id}: the agent sent more audio than PLAYBACK_MAX_SECONDS ({seconds:g} s) ahead of "
                       "playback; dropping what does not fit (one warning per call; the total is logged at its end)",
-                      uuid=self.uuid, seconds=self.playback_frames * FRAME_SECONDS, dropped=dropped)
+                      call_id=self.uuid, seconds=self.playback_frames * FRAME_SECONDS, dropped=dropped)
 
     def play_frame(self) -> bool:
         """Called by the ticker every 20 ms: send the next queued frame to Asterisk, if any (:return: if sent)."""
@@ -455,9 +461,9 @@ class Call:
         dropped = queue.fell_behind(ticks)
         if dropped:
             self.log.warn(
-                "Call {uuid}: playback fell {seconds:.1f} s behind real time (server overloaded); dropped the oldest "
-                "{frames} frames ({total} on this call so far)",
-                uuid=self.uuid, seconds=dropped * FRAME_SECONDS, frames=dropped, total=queue.late_dropped)
+                "Call {call_id}: playback fell {seconds:.1f} s behind real time (server overloaded); dropped the "
+                "oldest {frames} frames ({total} on this call so far)",
+                call_id=self.uuid, seconds=dropped * FRAME_SECONDS, frames=dropped, total=queue.late_dropped)
 
 
 @frozen
@@ -487,6 +493,7 @@ class CallManager:
     :param ambient: ``AMBIENT_NOISE_FILE``, under every call's outbound audio.
     :param max_calls: ``MAX_CALLS``: most calls live at once (0: no limit); a call beyond it is refused.
     :param playback_frames: most frames of agent audio a call queues (``PLAYBACK_MAX_SECONDS``).
+    :param every_call: hears the events of every call, whoever else does (the end-of-call summary).
     """
 
     clock: IReactorTime
@@ -500,6 +507,7 @@ class CallManager:
     ambient: AmbientNoise | None = None
     max_calls: int = 0
     playback_frames: int = PLAYBACK_MAX_FRAMES
+    every_call: ICallObserver | None = None
     #: Set when avr drains (`avr.drain.Drain`): every new call is refused.
     draining: bool = False
     _calls: dict[str, Call] = field(factory=dict)
@@ -546,12 +554,15 @@ class CallManager:
         refusal = self.refusal()
         if refusal is not None:
             raise CallRefused(refusal.message)
+        observer = observer or self.observer
+        if self.every_call is not None:
+            observer = CallObservers(observer, self.every_call)
         call = Call(
             uuid=leg.uuid,
             leg=leg,
             sts_url=sts_url,
             connector=self.connector,
-            observer=observer or self.observer,
+            observer=observer,
             ticker=self.ticker,
             on_end=self._ended,
             clock=self.clock,

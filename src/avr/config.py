@@ -14,9 +14,10 @@ import os
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
-from attrs import frozen
+from attrs import field, frozen
 from dotenv import dotenv_values
 
+from avr.logs import LOG_FORMATS, LOG_LEVELS
 from avr.logtext import redact_url
 from avr.urls import is_sts_url
 
@@ -318,6 +319,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Language of /speak when the request names none"),
     Setting("tts_timeout", "TTS_TIMEOUT_MS", _integer(1000, 600000), 30000,
             "Milliseconds the OpenAI-compatible TTS may take to answer /speak's synthesis"),
+    Setting("log_level", "LOG_LEVEL", _choice(*LOG_LEVELS), "info",
+            "Lowest level of the lines logged: debug, info, warn or error (debug adds autobahn's and Twisted's "
+            "chatter)"),
+    Setting("log_format", "LOG_FORMAT", _choice(*LOG_FORMATS), "text",
+            "text (readable lines, millisecond timestamps) or json (one JSON object per line)"),
 )
 
 _BY_ATTRIBUTE = {s.attribute: s for s in SETTINGS}
@@ -337,6 +343,8 @@ class HttpListener:
     port: int
     #: ``GET /events`` is served without the API key here (`Config.keyless_events_port`).
     keyless_events: bool = False
+    #: The settings that give its host and port, for errors (``HTTP_PORT, BIND_ADDRESS``).
+    settings: str = field(default="", eq=False)
 
 
 @frozen(repr=False)
@@ -406,6 +414,8 @@ class Config:
     tts_default_voice: str = "vivian"
     tts_default_language: str = "English"
     tts_timeout: int = 30000
+    log_level: str = "info"
+    log_format: str = "text"
 
     @property
     def streaming_asr_url(self) -> str | None:
@@ -450,18 +460,20 @@ class Config:
         """
         listeners = []
         if self.http_port is not None:
-            listeners.append(HttpListener("http", self.bind_address, self.http_port))
+            listeners.append(HttpListener("http", self.bind_address, self.http_port,
+                                          settings="HTTP_PORT, BIND_ADDRESS"))
         if self.api_port is not None and not (self.api_port == self.http_port and self.api_port != 0):
-            listeners.append(HttpListener("api", self.api_host, self.api_port))
+            listeners.append(HttpListener("api", self.api_host, self.api_port, settings="API_PORT, API_HOST"))
         if self.keyless_events_port is not None:
-            listeners.append(HttpListener("keyless-events", LOOPBACK, self.keyless_events_port, keyless_events=True))
+            listeners.append(HttpListener("keyless-events", LOOPBACK, self.keyless_events_port, keyless_events=True,
+                                          settings="KEYLESS_EVENTS_PORT"))
         return listeners
 
     def metrics_listener(self) -> HttpListener | None:
         """Where ``GET /metrics`` is served alone and without the API key (``METRICS_PORT``), if anywhere."""
         if self.metrics_port is None:
             return None
-        return HttpListener("metrics", self.metrics_host, self.metrics_port)
+        return HttpListener("metrics", self.metrics_host, self.metrics_port, settings="METRICS_PORT, METRICS_HOST")
 
     def __repr__(self) -> str:
         return "Config(" + ", ".join(f"{k}={v!r}" for k, v in self.describe().items()) + ")"

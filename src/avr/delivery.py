@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, OrderedDict
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -183,6 +183,9 @@ class PostQueue:
     :param shutdown_grace: seconds `stop` gives the events that are not dropped.
     :param fresh_http: the client that sends a request again when its connection closed before any response: give
         one that never reuses a connection (``HTTPClient(Agent(reactor))``); ``None``: ``http``.
+    :param key_field: the log field a lane's key goes in, in the lines about its deliveries (``call_id`` when the
+        keys are calls' UUIDs); ``None``: not logged.
+    :param on_failed: told the key of each event not delivered after every attempt (a call's summary counts them).
     """
 
     log = Logger()
@@ -201,6 +204,8 @@ class PostQueue:
     max_reply: int = MAX_REPLY_BYTES
     shutdown_grace: float = SHUTDOWN_GRACE
     fresh_http: Any = field(default=None, repr=False)
+    key_field: str | None = None
+    on_failed: Callable[[Hashable], None] | None = field(default=None, repr=False)
     #: Events dropped so far because the queue was full.
     dropped: int = field(default=0, init=False)
     #: Events delivered (a 2xx answer), failed for good (every attempt failed), and retries made, so far.
@@ -386,6 +391,7 @@ class PostQueue:
                 self.log.info(
                     "{what}: attempt {attempt}/{attempts} failed ({error}); retrying in {delay}s",
                     what=delivery.what, attempt=attempt - 1, attempts=attempts, error=error, delay=delay,
+                    **self._key(delivery.key),
                 )
                 delivery.sleeping = True
                 await delivery.wait(self._sleep(delay))
@@ -402,7 +408,7 @@ class PostQueue:
             if outcome.error is None:
                 self.log.debug(
                     "{what} delivered (HTTP {status}, attempt {attempt})",
-                    what=delivery.what, status=outcome.status, attempt=attempt,
+                    what=delivery.what, status=outcome.status, attempt=attempt, **self._key(delivery.key),
                 )
                 delivery.settle(outcome.body)
                 self.delivered += 1
@@ -412,8 +418,14 @@ class PostQueue:
         self.failed += 1
         self.log.error(
             "{what} to {url} not delivered after {attempts} attempt(s): {error}",
-            what=delivery.what, url=redact_url(self.url), attempts=attempts, error=error,
+            what=delivery.what, url=redact_url(self.url), attempts=attempts, error=error, **self._key(delivery.key),
         )
+        if self.on_failed is not None:
+            self.on_failed(delivery.key)
+
+    def _key(self, key: Hashable) -> dict[str, Hashable]:
+        """The log fields naming a lane's key (see ``key_field``)."""
+        return {self.key_field: key} if self.key_field is not None else {}
 
     def _attempt(self, delivery: _Delivery) -> Deferred[_Outcome]:
         """One POST, bounded by the timeout; fires with an `_Outcome`, never fails."""

@@ -34,8 +34,8 @@ class CallObservers:
             try:
                 notify(observer)
             except Exception:
-                self.log.failure("Call observer {observer!r} failed on {event} of call {uuid}",
-                                 observer=observer, event=event, uuid=call.uuid)
+                self.log.failure("Call observer {observer!r} failed on {event} of call {call_id}",
+                                 observer=observer, event=event, call_id=call.uuid)
 
     def call_started(self, call: Call) -> None:
         self._each("call_started", call, lambda o: o.call_started(call))

@@ -79,7 +79,7 @@ class RegisteredCall:
     def expired(self, reason: Failure) -> None:
         """See `IAdmission.expired`: an expiry is logged (a replacement was logged when it was registered)."""
         if reason.check(TimeoutError):
-            self.log.info("Call {uuid} registration expired: {reason}", uuid=self.registration.uuid,
+            self.log.info("Call {call_id} registration expired: {reason}", call_id=self.registration.uuid,
                           reason=reason.getErrorMessage())
 
 
@@ -141,10 +141,11 @@ class Registrations:
             self.log.info("Accepting registrations again ({count} refused while full)", count=self._refused)
             self._refused = 0
         if isinstance(self.admissions.get(key), RegisteredCall):
-            self.log.info("Call {uuid} registered again: replacing its previous registration", uuid=key)
+            self.log.info("Call {call_id} registered again: replacing its previous registration", call_id=key)
         registration = Registration(key, payload, sts_url, override, self.admissions.clock.seconds())
         self.admissions.expect(key, RegisteredCall(registration, self.start), self.ttl_seconds)
-        self.log.debug("Call {uuid} registered; waiting {ttl}s for its AudioSocket", uuid=key, ttl=self.ttl_seconds)
+        self.log.debug("Call {call_id} registered; waiting {ttl}s for its AudioSocket", call_id=key,
+                       ttl=self.ttl_seconds)
         return registration
 
     def get(self, uuid: str) -> Registration | None:

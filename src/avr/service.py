@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorTCP, IStreamServerEndpoint
 from twisted.logger import Logger
 
@@ -25,6 +26,7 @@ from avr.allowlist import Allowlist
 from avr.ari.client import AriClient
 from avr.ari.events import AriEventStream, endpoint_connector
 from avr.audiosocket import AudioSocketFactory
+from avr.call_summary import CallSummaries
 from avr.calls import CallManager
 from avr.drain import Drain
 from avr.health import Health
@@ -64,19 +66,25 @@ from avr.sts.websocket import WebSocketStsConnector
 from avr.webhooks import WebhookClient
 
 
+class ListenFailed(Exception):
+    """A server cannot listen (port in use, address not of this host); the message is one line naming both."""
+
+
 @define(eq=False)
 class ListeningService(Service):
     """
     Listens on an endpoint while running, and logs the line operators look for once the port is open.
 
-    A failure to listen (port in use) raises from `privilegedStartService`, so twistd refuses to start instead of
-    running without the listener.
+    A failure to listen (port in use) raises `ListenFailed` from `privilegedStartService`, so twistd refuses to start
+    instead of running without the listener.
     """
 
     endpoint: IStreamServerEndpoint
     factory: IProtocolFactory
     #: Log line with a ``{port}`` field, e.g. ``AVR AudioSocket Server listening on port {port}``.
     banner: str
+    #: The settings that say where it listens, named in the error when it cannot: ``PORT, BIND_ADDRESS``.
+    settings: str = ""
     port: IListeningPort | None = None
     log = Logger()
 
@@ -90,6 +98,11 @@ class ListeningService(Service):
         if not outcome:
             raise RuntimeError("listening did not complete synchronously")
         if not IListeningPort.providedBy(outcome[0]):
+            error = outcome[0].value
+            if isinstance(error, CannotListenError):
+                reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+                raise ListenFailed(f"cannot listen on {error.interface or '*'}:{error.port}"
+                                   f"{f' ({self.settings})' if self.settings else ''}: {reason}") from None
             outcome[0].raiseException()
         self.port = outcome[0]
         address: Any = outcome[0].getHost()  # a TCP endpoint's: IPv4Address or IPv6Address
@@ -368,7 +381,9 @@ def build(
     call_events = CallEventMetrics(metrics)
     sts_connector = MeteredStsConnector(sts_connector, reactor, metrics)
     admissions = Admissions(reactor)
-    webhooks = WebhookClient.from_config(http_client, reactor, config, fresh_http_client)
+    summaries = CallSummaries(reactor, agent_mode(config))
+    webhooks = WebhookClient.from_config(http_client, reactor, config, fresh_http_client,
+                                         on_failed=summaries.webhook_failed)
     ticker = FrameTicker(reactor, phases=PLAYOUT_PHASES)
     # Added before the calls, so stopped after them: the calls ended at shutdown still reach /events.
     control = build_control(reactor, config, http_client, PcmInjector(admissions, ticker), fresh_http_client,
@@ -387,6 +402,7 @@ def build(
                  if config.ambient_noise_file is not None else None),
         max_calls=config.max_calls,
         playback_frames=round(config.playback_max_seconds / FRAME_SECONDS),
+        every_call=summaries,
     )
     drain = Drain(calls, reactor, config.drain_timeout)
     top = AvrService(drain)
@@ -410,6 +426,7 @@ def build(
         server_endpoint(reactor, config.bind_address, config.port, config.listen_backlog),
         factory,
         "AVR AudioSocket Server listening on port {port}",
+        "PORT, BIND_ADDRESS",
     )
     audiosocket.setName("audiosocket")
     health = Health(calls, control.control, drain, lambda: audiosocket.listening, agent_mode(config))
@@ -441,6 +458,7 @@ def build(
                 AvrSite(resource, site_gate, reactor=reactor),
                 "AVR HTTP Server listening on port {port}" + (
                     " (127.0.0.1 only; /events without the API key)" if listener.keyless_events else ""),
+                listener.settings,
             )
             http.setName(listener.name)
             http.setServiceParent(top)
@@ -450,6 +468,7 @@ def build(
             server_endpoint(reactor, metrics_listener.host, metrics_listener.port, config.listen_backlog),
             metrics_site(metrics, config.http_max_body, reactor),
             f"AVR metrics listening on port {{port}} ({metrics_listener.host}; GET /metrics without the API key)",
+            metrics_listener.settings,
         )
         scrape.setName(metrics_listener.name)
         scrape.setServiceParent(top)

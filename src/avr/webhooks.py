@@ -12,7 +12,7 @@ transcriptions, interruptions and digits are dropped; ``call_initiated``, ``call
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Callable, Hashable, Mapping
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, succeed
@@ -56,6 +56,7 @@ class WebhookClient:
     :param backoff_base: seconds before the first retry; doubled before each further one ...
     :param backoff_cap: ... up to this many seconds.
     :param fresh_http: sends a request again whose connection closed before any response (see `PostQueue`).
+    :param on_failed: told the UUID of the call of each event not delivered after every attempt.
     """
 
     log = Logger()
@@ -69,6 +70,7 @@ class WebhookClient:
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     fresh_http: Any = field(default=None, repr=False)
+    on_failed: Callable[[Hashable], None] | None = field(default=None, repr=False)
     #: The delivery engine (``None`` without a URL).
     deliveries: PostQueue | None = field(default=None, init=False, repr=False)
 
@@ -79,13 +81,17 @@ class WebhookClient:
                 secret_headers={SECRET_HEADER: self.secret} if self.secret is not None else {},
                 timeout=self.timeout, retries=self.retries, backoff_base=self.backoff_base,
                 backoff_cap=self.backoff_cap, never_dropped=NEVER_DROPPED, fresh_http=self.fresh_http,
+                key_field="call_id", on_failed=self.on_failed,
             )
 
     @classmethod
-    def from_config(cls, http: Any, clock: IReactorTime, config: Any, fresh_http: Any = None) -> WebhookClient:
+    def from_config(
+        cls, http: Any, clock: IReactorTime, config: Any, fresh_http: Any = None,
+        on_failed: Callable[[Hashable], None] | None = None,
+    ) -> WebhookClient:
         """A client for the ``webhook_*`` settings of an `avr.config.Config`."""
         return cls(http, clock, config.webhook_url, config.webhook_secret, config.webhook_timeout / 1000,
-                   config.webhook_retry, fresh_http=fresh_http)
+                   config.webhook_retry, fresh_http=fresh_http, on_failed=on_failed)
 
     def emit(self, uuid: str, type: str, payload: Mapping[str, Any]) -> None:
         """
@@ -97,7 +103,7 @@ class WebhookClient:
             if body is not None and self.deliveries is not None:
                 self.deliveries.post(uuid, type, _what(uuid, type), body)
         except Exception:
-            self.log.failure("Webhook {type} for call {uuid} not sent", type=type, uuid=uuid)
+            self.log.failure("Webhook {type} for call {call_id} not sent", type=type, call_id=uuid)
 
     def call_initiated(self, uuid: str, payload: Mapping[str, Any]) -> Deferred[str | None]:
         """
@@ -112,7 +118,7 @@ class WebhookClient:
                 return succeed(None)
             reply = self.deliveries.ask(uuid, "call_initiated", _what(uuid, "call_initiated"), body)
         except Exception:
-            self.log.failure("Webhook call_initiated for call {uuid} not sent", uuid=uuid)
+            self.log.failure("Webhook call_initiated for call {call_id} not sent", call_id=uuid)
             return succeed(None)
         return reply.addCallback(self._sts_url_from_reply, uuid)
 
@@ -131,14 +137,14 @@ class WebhookClient:
         if self.deliveries is None:
             return None
         if type not in WEBHOOK_TYPES:
-            self.log.error("Webhook {type} for call {uuid} not sent: unknown event type", type=type, uuid=uuid)
+            self.log.error("Webhook {type} for call {call_id} not sent: unknown event type", type=type, call_id=uuid)
             return None
         if payload is None:
             payload = {}
         if not isinstance(payload, Mapping):
             self.log.error(
-                "Webhook {type} for call {uuid} not sent: payload must be an object, not {kind}",
-                type=type, uuid=uuid, kind=payload.__class__.__name__,
+                "Webhook {type} for call {call_id} not sent: payload must be an object, not {kind}",
+                type=type, call_id=uuid, kind=payload.__class__.__name__,
             )
             return None
         envelope = {"uuid": uuid, "type": type, "timestamp": iso_millis(self.clock.seconds()),
@@ -147,7 +153,8 @@ class WebhookClient:
             return json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode("utf-8")
         except (TypeError, ValueError) as e:
             self.log.error(
-                "Webhook {type} for call {uuid} not sent: payload is not JSON ({error})", type=type, uuid=uuid, error=e
+                "Webhook {type} for call {call_id} not sent: payload is not JSON ({error})", type=type, call_id=uuid,
+                error=e,
             )
             return None
 
@@ -155,7 +162,7 @@ class WebhookClient:
         try:
             return self._parse_reply(body, uuid)
         except Exception:
-            self.log.failure("Reading the call_initiated reply for call {uuid} failed", uuid=uuid)
+            self.log.failure("Reading the call_initiated reply for call {call_id} failed", call_id=uuid)
             return None
 
     def _parse_reply(self, body: bytes | None, uuid: str) -> str | None:
@@ -164,21 +171,22 @@ class WebhookClient:
         try:
             reply = decode_json(body)
         except ValueError:
-            self.log.info("Webhook response received: {body}", body=_shorten(body.decode("utf-8", "replace")))
-            self.log.warn("Ignoring the call_initiated reply for call {uuid}: not JSON", uuid=uuid)
+            self.log.info("Webhook response received: {body}", body=_shorten(body.decode("utf-8", "replace")),
+                          call_id=uuid)
+            self.log.warn("Ignoring the call_initiated reply for call {call_id}: not JSON", call_id=uuid)
             return None
-        self.log.info("Webhook response received: {body}", body=_loggable_reply(reply))
+        self.log.info("Webhook response received: {body}", body=_loggable_reply(reply), call_id=uuid)
         if not isinstance(reply, dict) or reply.get("sts_url") is None:
             return None
         url = reply["sts_url"]
         if not is_sts_url(url):
             self.log.warn(
-                "Ignoring sts_url in the call_initiated reply for call {uuid}: "
+                "Ignoring sts_url in the call_initiated reply for call {call_id}: "
                 "not a ws://, wss://, http:// or https:// URL",
-                uuid=uuid,
+                call_id=uuid,
             )
             return None
-        self.log.info("Overriding STS URL: {url}", url=redact_url(url))
+        self.log.info("Overriding STS URL: {url}", url=redact_url(url), call_id=uuid)
         return url
 
 

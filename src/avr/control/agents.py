@@ -214,7 +214,7 @@ class Agents:
         try:
             await self._start(call, spec, automatic=True)
         except (ControlError, AriError, AriUnavailable) as e:
-            self.log.warn("Cannot start the agent of call {id}: {error}", id=call.id,
+            self.log.warn("Cannot start the agent of call {call_id}: {error}", call_id=call.id,
                           error=getattr(e, "message", str(e)))
 
     async def _start(self, call: CallRecord, spec: AgentSpec, automatic: bool) -> _Agent:
@@ -247,7 +247,7 @@ class Agents:
             raise
         agent.record.state = "active"
         agent.announced = True
-        self.log.info("Agent {uuid} on call {id} (STS: {sts})", uuid=leg.uuid, id=call.id,
+        self.log.info("Agent {agent_id} on call {call_id} (STS: {sts})", agent_id=leg.uuid, call_id=call.id,
                       sts=redact_url(url) if url else "built-in echo agent")
         self.registry.publish("agent.started", {"uuid": leg.uuid, "stsUrl": agent.record.to_dict()["stsUrl"]},
                               call)
@@ -279,10 +279,11 @@ class Agents:
 
     def _ended(self, agent: _Agent, reason: str, failed: bool = False) -> None:
         call = agent.call
-        self.log.info("Agent {uuid} left call {id}: {reason}", uuid=agent.record.uuid, id=call.id, reason=reason)
+        self.log.info("Agent {agent_id} left call {call_id}: {reason}", agent_id=agent.record.uuid, call_id=call.id,
+                      reason=reason)
         self.registry.publish("agent.ended", {"uuid": agent.record.uuid, "reason": reason}, call)
         if failed and not call.ended and self.on_failure == "hangup" and not self.tasks.stopped:
-            self.log.info("Hanging up call {id}: its agent failed (ARI_AGENT_ON_FAILURE=hangup)", id=call.id)
+            self.log.info("Hanging up call {call_id}: its agent failed (ARI_AGENT_ON_FAILURE=hangup)", call_id=call.id)
             call.requested_reason = call.requested_reason or "normal"
             self.ari.hang_up_quietly(call.channel_id)
 
@@ -298,7 +299,7 @@ class Agents:
                 try:
                     self.check(spec)
                 except ControlError as e:
-                    self.log.warn("Inbound call {id} asks for an agent: {error}", id=call.id, error=e.message)
+                    self.log.warn("Inbound call {call_id} asks for an agent: {error}", call_id=call.id, error=e.message)
                     return
                 self._wanted[call.id] = spec
         self._maybe_start(call)

@@ -64,8 +64,8 @@ class RegistryObserver:
         previous = self.registry.lookup(call.uuid)
         if previous is not None:
             if not previous.ended:
-                self.log.warn("Call {uuid} is not shown in /calls: a live {kind} call has that id", uuid=call.uuid,
-                              kind=previous.kind)
+                self.log.warn("Call {call_id} is not shown in /calls: a live {kind} call has that id",
+                              call_id=call.uuid, kind=previous.kind)
                 return
             self.registry.forget(previous)
         record = AudioSocketCallRecord(

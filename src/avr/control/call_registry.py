@@ -234,20 +234,20 @@ class CallRegistry:
         if call.requested_reason:
             data["hangupReason"] = call.requested_reason
         data.update(extra)
-        self.log.info("Call {id} ended: cause {cause} ({text})", id=call.id, cause=cause, text=text)
+        self.log.info("Call {call_id} ended: cause {cause} ({text})", call_id=call.id, cause=cause, text=text)
         self.publish("call.ended", data, call)
         for callback in self._ended_callbacks:
             try:
                 callback(call)
             except Exception:
-                self.log.failure("Call control: releasing what call {id} held failed", id=call.id)
+                self.log.failure("Call control: releasing what call {call_id} held failed", call_id=call.id)
         hooks, call.on_end = call.on_end, []
         call.on_stasis = []
         for hook in hooks:
             try:
                 hook()
             except Exception:
-                self.log.failure("Call control: an end hook of call {id} failed", id=call.id)
+                self.log.failure("Call control: an end hook of call {call_id} failed", call_id=call.id)
         self.retain(call)
 
     # -- events -------------------------------------------------------------------------------------------------

@@ -229,7 +229,7 @@ class AudioCaptures:
         try:
             await session.start()
         except AsrError as e:
-            self.log.warn("Call {id}: {error}", id=call.id, error=str(e))
+            self.log.warn("Call {call_id}: {error}", call_id=call.id, error=str(e))
             self.registry.publish("call.audio_capture_error", {"error": str(e)}, call)
             return
         if capture.stopping is not None or call.ended:
@@ -267,8 +267,8 @@ class AudioCaptures:
             # Set before the stop runs: releasing the leg reports its end (`_leg_ended`) at once.
             stopping = capture.stopping = Deferred()
             run = Deferred.fromCoroutine(self._stopped(capture))
-            run.addErrback(lambda f: self.log.failure("Stopping the audio capture of call {id} failed", f,
-                                                      id=capture.call.id))
+            run.addErrback(lambda f: self.log.failure("Stopping the audio capture of call {call_id} failed", f,
+                                                      call_id=capture.call.id))
             run.addBoth(lambda _: stopping.callback(None))
         # Each caller gets its own Deferred: one being cancelled does not cancel the stop.
         d: Deferred = Deferred()
@@ -313,7 +313,7 @@ class AudioCaptures:
             await self.start(call.id)
         except Exception as e:
             if not call.ended:
-                self.log.warn("Call {id}: audio capture not started: {error}", id=call.id, error=e)
+                self.log.warn("Call {call_id}: audio capture not started: {error}", call_id=call.id, error=e)
 
     def call_ended(self, call: CallRecord) -> None:
         """The call ended: its capture stops (ASR flushed, leg and snoop gone)."""

@@ -222,8 +222,8 @@ class Channels:
             raise
         if isinstance(channel, dict):
             call.channel_name = str(channel.get("name") or "")
-        self.log.info("Originated call {id} (channel {channel}) to {endpoint}", id=call.id, channel=channel_id,
-                      endpoint=endpoint)
+        self.log.info("Originated call {call_id} (channel {channel}) to {endpoint}", call_id=call.id,
+                      channel=channel_id, endpoint=endpoint)
         self.registry.accepted(call)
         return call
 
@@ -311,7 +311,7 @@ class Channels:
         created = call.to_dict()
         if resynced:
             created["resynced"] = True
-        self.log.info("Inbound call {id} (channel {channel}) from {caller!r} to {callee!r}", id=call.id,
+        self.log.info("Inbound call {call_id} (channel {channel}) from {caller!r} to {callee!r}", call_id=call.id,
                       channel=channel_id, caller=call.caller_number, callee=call.callee_number)
         self.registry.publish("call.created", created, call)
         if call.answered_at is None:
@@ -344,7 +344,7 @@ class Channels:
             await self.ari.require().request("POST", f"/channels/{path_segment(call.channel_id)}/answer")
         except (AriError, AriUnavailable) as e:
             if not call.ended:
-                self.log.warn("Cannot answer inbound call {id}: {error}", id=call.id, error=e)
+                self.log.warn("Cannot answer inbound call {call_id}: {error}", call_id=call.id, error=e)
             return
         self.registry.answered(call)
 
@@ -391,8 +391,8 @@ class Channels:
                                              {"context": context, "extension": extension, "priority": priority})
         except (AriError, AriUnavailable) as e:
             if not call.ended:
-                self.log.warn("Cannot send call {id} to {extension}@{context}: {error}; hanging it up", id=call.id,
-                              extension=extension, context=context, error=e)
+                self.log.warn("Cannot send call {call_id} to {extension}@{context}: {error}; hanging it up",
+                              call_id=call.id, extension=extension, context=context, error=e)
                 self.ari.hang_up_quietly(call.channel_id)
 
     def _on_stasis_end(self, event: dict) -> None:

@@ -107,7 +107,7 @@ class Transfers:
             raise
         for party in (call, target):
             self.bridges.member_entered(bridge, party)
-        self.log.info("Transferred call {id} to {endpoint} (new call {new}, bridge {bridge})", id=call.id,
+        self.log.info("Transferred call {call_id} to {endpoint} (new call {new}, bridge {bridge})", call_id=call.id,
                       endpoint=endpoint, new=target.id, bridge=bridge.id)
         self.registry.publish("call.transferred",
                               {"endpoint": endpoint, "targetCallId": target.id, "bridgeId": bridge.id}, call)
@@ -191,6 +191,6 @@ class Transfers:
         if target is not None and target.ended:
             data["cause"] = target.cause
             data["causeText"] = target.cause_text
-        self.log.info("Transfer of call {id} to {endpoint} failed: {reason}", id=call.id, endpoint=endpoint,
+        self.log.info("Transfer of call {call_id} to {endpoint} failed: {reason}", call_id=call.id, endpoint=endpoint,
                       reason=reason)
         self.registry.publish("call.transfer_failed", data, call)

@@ -132,8 +132,8 @@ class CoreRoutes:
         url = routed_sts_url(override_url, self.sts_url, payload)
         registration = self.registrations.register(uuid, payload, url, override_url is not None)
         self.log.info(
-            "Call {uuid} initialised: STS URL {url} (override: {override})",
-            uuid=uuid, url=redact_url(url) if url else "<echo agent>", override=registration.override,
+            "Call {call_id} initialised: STS URL {url} (override: {override})",
+            call_id=uuid, url=redact_url(url) if url else "<echo agent>", override=registration.override,
         )
         return registration
 

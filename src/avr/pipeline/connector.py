@@ -66,7 +66,7 @@ class PipelineConnector:
 
     def connect(self, url: str | None, uuid: str, handler: IStsHandler) -> Deferred:
         """Open the call's ASR stream; :return: a Deferred firing with the `PipelineSession`."""
-        log.info("Pipeline for call {uuid}: ASR {asr}", uuid=uuid, asr=redact_url(self.settings.asr_url))
+        log.info("Pipeline for call {call_id}: ASR {asr}", call_id=uuid, asr=redact_url(self.settings.asr_url))
         session = PipelineSession(uuid, handler, self.client, self.clock, self.settings, latencies=self.latencies)
         if self.settings.barge_in:
             assert self.vad_runner is not None

@@ -108,7 +108,7 @@ class PipelineSession:
             self._asr_connecting = None
             asr.io.attach(exchange)
             self._asr_opened_at = self.clock.seconds()
-            log.info("ASR stream open for call {uuid}", uuid=self.uuid)
+            log.info("ASR stream open for call {call_id}", call_id=self.uuid)
             if self._started is not None:
                 started, self._started = self._started, None
                 self._opened = True
@@ -208,7 +208,7 @@ class PipelineSession:
     def vad_event(self, event: str) -> None:
         """From the call's VAD: confirmed speech while the agent speaks is a barge-in."""
         if event == SPEECH_REAL_START and self.speaking and not self._closed:
-            log.info("Barge-in on call {uuid}", uuid=self.uuid)
+            log.info("Barge-in on call {call_id}", call_id=self.uuid)
             self.interrupt()
 
     def interrupt(self) -> None:
@@ -246,5 +246,5 @@ class PipelineSession:
         self._stop_all()
         if not self._opened:
             return  # never opened: the start Deferred reports it
-        log.info("Pipeline session for call {uuid} ended: {reason}", uuid=self.uuid, reason=reason)
+        log.info("Pipeline session for call {call_id} ended: {reason}", call_id=self.uuid, reason=reason)
         self.handler.sts_closed(reason)

@@ -247,7 +247,8 @@ class CallVad:
             self._model = model
 
     def _failed(self, failure: Failure) -> None:
-        log.failure("Call {uuid}: the voice activity detector could not start (no barge-in)", failure, uuid=self.uuid)
+        log.failure("Call {call_id}: the voice activity detector could not start (no barge-in)", failure,
+                    call_id=self.uuid)
 
     def feed(self, pcm: bytes) -> None:
         """Caller audio (8 kHz)."""
@@ -274,7 +275,7 @@ class CallVad:
 
     def _score_failed(self, failure: Failure) -> None:
         self._pending -= 1
-        log.failure("Call {uuid}: voice activity detection failed on a frame", failure, uuid=self.uuid)
+        log.failure("Call {call_id}: voice activity detection failed on a frame", failure, call_id=self.uuid)
 
     def close(self) -> None:
         """The call is over: give the model back. Idempotent."""
@@ -282,8 +283,8 @@ class CallVad:
             return
         self._closed = True
         if self.dropped:
-            log.warn("Call {uuid}: {frames} VAD frames dropped (the detector thread was overloaded)",
-                     uuid=self.uuid, frames=self.dropped)
+            log.warn("Call {call_id}: {frames} VAD frames dropped (the detector thread was overloaded)",
+                     call_id=self.uuid, frames=self.dropped)
         if self._model is not None:
             model, self._model = self._model, None
             self.runner.close(model)

@@ -253,7 +253,7 @@ class StreamingAsrSession:
         self.dropped += 1
         if not self._dropping and not self._stopping:
             self._dropping = True
-            log.info("ASR for call {call}: dropping audio while the ASR connection is {state}", call=self.call_id,
+            log.info("ASR for call {call_id}: dropping audio while the ASR connection is {state}", call_id=self.call_id,
                      state="busy" if connection is not None else "down")
 
     def reset(self) -> None:
@@ -320,7 +320,7 @@ class StreamingAsrSession:
             return
         self._connection = connection
         self._attempts = 0
-        log.info("ASR for call {call} connected to {url}", call=self.call_id, url=redact_url(self.url))
+        log.info("ASR for call {call_id} connected to {url}", call_id=self.call_id, url=redact_url(self.url))
         if self.language.strip().lower() != "auto":
             connection.send_action("config", language=self.language)
 
@@ -330,18 +330,18 @@ class StreamingAsrSession:
             self._connection = None
         if self._stopping or self._ended:
             return
-        log.warn("ASR connection for call {call} lost ({reason})", call=self.call_id, reason=clip(reason))
+        log.warn("ASR connection for call {call_id} lost ({reason})", call_id=self.call_id, reason=clip(reason))
         self._schedule_reconnect(reason)
 
     def _schedule_reconnect(self, reason: str) -> None:
         if self._attempts >= self.max_reconnects:
             self._ended = True
-            log.error("ASR for call {call}: giving up after {attempts} reconnect attempts ({reason})",
-                      call=self.call_id, attempts=self._attempts, reason=clip(reason))
+            log.error("ASR for call {call_id}: giving up after {attempts} reconnect attempts ({reason})",
+                      call_id=self.call_id, attempts=self._attempts, reason=clip(reason))
             self.on_lost(f"ASR connection lost: {reason} ({self._attempts} reconnect attempts failed)")
             return
         self._attempts += 1
-        log.info("ASR for call {call}: reconnect attempt {attempt}/{most} in {delay:g} s", call=self.call_id,
+        log.info("ASR for call {call_id}: reconnect attempt {attempt}/{most} in {delay:g} s", call_id=self.call_id,
                  attempt=self._attempts, most=self.max_reconnects, delay=self.reconnect_delay)
         self._retry = self.clock.callLater(self.reconnect_delay, self._reconnect)
 
@@ -365,20 +365,21 @@ class StreamingAsrSession:
     def message(self, payload: bytes, is_binary: bool) -> None:
         """One message from the server (see the module docstring)."""
         if is_binary:
-            log.debug("ASR for call {call}: ignoring a binary message", call=self.call_id)
+            log.debug("ASR for call {call_id}: ignoring a binary message", call_id=self.call_id)
             return
         try:
             message = decode_json(payload)
         except ValueError:
-            log.warn("ASR for call {call}: ignoring a message that is not JSON: {start!r}", call=self.call_id,
+            log.warn("ASR for call {call_id}: ignoring a message that is not JSON: {start!r}", call_id=self.call_id,
                      start=clip(payload.decode("utf-8", "replace")))
             return
         if not isinstance(message, dict):
-            log.warn("ASR for call {call}: ignoring a message that is not an object", call=self.call_id)
+            log.warn("ASR for call {call_id}: ignoring a message that is not an object", call_id=self.call_id)
         elif "status" in message:
-            log.info("ASR status for call {call}: {status}", call=self.call_id, status=clip(str(message["status"])))
+            log.info("ASR status for call {call_id}: {status}", call_id=self.call_id,
+                     status=clip(str(message["status"])))
         elif "error" in message or "code" in message:
-            log.warn("ASR error for call {call}: {error}", call=self.call_id,
+            log.warn("ASR error for call {call_id}: {error}", call_id=self.call_id,
                      error=clip(str(message.get("error") or message.get("message") or message.get("code"))))
         elif isinstance(message.get("text"), str):
             result = Transcription(message["text"], message.get("is_partial") is True,
@@ -386,9 +387,9 @@ class StreamingAsrSession:
             try:
                 self.on_transcription(result)
             except Exception:
-                log.failure("ASR for call {call}: the transcription could not be handled", call=self.call_id)
+                log.failure("ASR for call {call_id}: the transcription could not be handled", call_id=self.call_id)
             if result.is_final and self._final is not None and not self._final.called:
                 self._final.callback(None)
         else:
-            log.warn("ASR for call {call}: ignoring an unexpected message {keys}", call=self.call_id,
+            log.warn("ASR for call {call_id}: ignoring an unexpected message {keys}", call_id=self.call_id,
                      keys=sorted(message)[:10])

@@ -60,7 +60,7 @@ class EchoStsSession:
 
     def send_dtmf(self, digit: str) -> None:
         """Ignored: the echo agent has nothing to say about keys."""
-        log.debug("Echo agent for call {uuid}: ignoring DTMF {digit!r}", uuid=self.uuid, digit=digit)
+        log.debug("Echo agent for call {call_id}: ignoring DTMF {digit!r}", call_id=self.uuid, digit=digit)
 
     def send_action_result(self, result: Any) -> None:
         """Dropped: the echo agent never asks for actions."""
@@ -94,5 +94,5 @@ class EchoStsConnector:
 
     def connect(self, url: str | None, uuid: str, handler: IStsHandler) -> Deferred:
         """:return: a Deferred that has already fired with an `EchoStsSession`."""
-        log.info("No STS configured: call {uuid} talks to the built-in echo agent", uuid=uuid)
+        log.info("No STS configured: call {call_id} talks to the built-in echo agent", call_id=uuid)
         return succeed(EchoStsSession(uuid, handler, self._clock, self._delay, self._sample_rate))

@@ -54,7 +54,7 @@ class HttpStsSession:
     def opened(self, exchange: HttpExchange) -> HttpStsSession:
         """The POST is on the wire: the session is open."""
         self.exchange = exchange
-        log.info("Legacy HTTP STS stream open for call {uuid}", uuid=self.uuid)
+        log.info("Legacy HTTP STS stream open for call {call_id}", call_id=self.uuid)
         return self
 
     # -- IStsSession
@@ -66,7 +66,7 @@ class HttpStsSession:
 
     def send_dtmf(self, digit: str) -> None:
         """The legacy protocol has no DTMF channel: ignored."""
-        log.debug("Legacy HTTP STS for call {uuid}: DTMF {digit!r} not sent (no DTMF channel)", uuid=self.uuid,
+        log.debug("Legacy HTTP STS for call {call_id}: DTMF {digit!r} not sent (no DTMF channel)", call_id=self.uuid,
                   digit=digit)
 
     def send_action_result(self, result: Any) -> None:
@@ -84,7 +84,7 @@ class HttpStsSession:
         if 200 <= head.status < 300:
             return
         text = f"STS answered HTTP {head.status} {head.phrase}".rstrip()
-        log.warn("Legacy HTTP STS for call {uuid}: {error}", uuid=self.uuid, error=text)
+        log.warn("Legacy HTTP STS for call {call_id}: {error}", call_id=self.uuid, error=text)
         self._handler.sts_error(text)
         if self.exchange is not None:
             self.exchange.close(f"STS answered HTTP {head.status}")
@@ -100,7 +100,7 @@ class HttpStsSession:
         """The end of the session, whoever ended it."""
         if reason is None:
             reason = "the STS ended the audio stream"
-        log.info("Legacy HTTP STS session for call {uuid} ended: {reason}", uuid=self.uuid, reason=reason)
+        log.info("Legacy HTTP STS session for call {call_id} ended: {reason}", call_id=self.uuid, reason=reason)
         self._handler.sts_closed(reason)
 
 
@@ -130,7 +130,7 @@ class HttpStsConnector:
         """
         if url is None:
             return fail(StsConnectError("no STS HTTP URL"))
-        log.info("Connecting to legacy HTTP STS: {url}", url=redact_url(url))
+        log.info("Connecting to legacy HTTP STS: {url}", url=redact_url(url), call_id=uuid)
         session = HttpStsSession(uuid, handler, self._sample_rate)
         d = self._client.post(url, _headers(uuid), None, session, label=f"Legacy HTTP STS for call {uuid}",
                               peer="the STS")

@@ -150,7 +150,7 @@ class StsClientProtocol(WebSocketClientProtocol):
         try:
             payload = encode_dtmf(digit)
         except ValueError:
-            log.warn("STS for call {uuid}: not sending invalid DTMF digit {digit!r}", uuid=self.uuid, digit=digit)
+            log.warn("STS for call {call_id}: not sending invalid DTMF digit {digit!r}", call_id=self.uuid, digit=digit)
             return
         self.sendMessage(payload, isBinary=False)
 
@@ -163,7 +163,7 @@ class StsClientProtocol(WebSocketClientProtocol):
         if not self._was_open:
             # Only reachable by misuse: the connector hands the session out once open, and the call keeps its own
             # audio until then. Not raising: a send never breaks the call's real-time audio path.
-            log.debug("STS for call {uuid} is not open: {what} not sent", uuid=self.uuid, what=what)
+            log.debug("STS for call {call_id} is not open: {what} not sent", call_id=self.uuid, what=what)
             return False
         # Closing (either side) or closed: the STS no longer takes audio.
         return self.state == _OPEN and not self._close_requested
@@ -224,7 +224,7 @@ class StsClientProtocol(WebSocketClientProtocol):
         self.sendMessage(encode_init(self.uuid), isBinary=False)
         self._was_open = True
         self._direct_open = self._direct and self._perMessageCompress is None
-        log.info("STS WebSocket open for call {uuid}", uuid=self.uuid)
+        log.info("STS WebSocket open for call {call_id}", call_id=self.uuid)
         self._opening.fire(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -242,7 +242,7 @@ class StsClientProtocol(WebSocketClientProtocol):
                 try:
                     self._handler.sts_audio(pcm)
                 except Exception:
-                    log.failure("STS for call {uuid}: the call failed to handle audio", uuid=self.uuid)
+                    log.failure("STS for call {call_id}: the call failed to handle audio", call_id=self.uuid)
             return
         try:
             message = decode_message(payload)
@@ -253,7 +253,7 @@ class StsClientProtocol(WebSocketClientProtocol):
         try:
             self._dispatch(message)
         except Exception:
-            log.failure("STS for call {uuid}: the call failed to handle {kind}", uuid=self.uuid,
+            log.failure("STS for call {call_id}: the call failed to handle {kind}", call_id=self.uuid,
                         kind=type(message).__name__)
 
     def _dispatch(self, message: Any) -> None:
@@ -266,21 +266,21 @@ class StsClientProtocol(WebSocketClientProtocol):
             case Transcript(role=role, text=text):
                 self._handler.sts_transcript(role, text)
             case StsErrorMessage(message=text):
-                log.warn("STS for call {uuid} reported an error: {message}", uuid=self.uuid, message=clip(text))
+                log.warn("STS for call {call_id} reported an error: {message}", call_id=self.uuid, message=clip(text))
                 self._handler.sts_error(text)
             case HangupRequest() | TransferRequest() | DtmfRequest() | InvalidAction():
                 self._handler.sts_action(message)
             case UnknownMessage(type=kind):
-                log.debug("STS for call {uuid}: ignoring message of unknown type {type!r}", uuid=self.uuid,
+                log.debug("STS for call {call_id}: ignoring message of unknown type {type!r}", call_id=self.uuid,
                           type=clip(kind))
 
     def _note(self, kind: str, fmt: str, **fields: Any) -> None:
         # The first oddity of each kind is a warning; repeats (a broken peer sends many) go to debug.
         if kind in self._noted:
-            log.debug(fmt, uuid=self.uuid, **fields)
+            log.debug(fmt, call_id=self.uuid, **fields)
         else:
             self._noted.add(kind)
-            log.warn(fmt + " (repeats are logged at debug level)", uuid=self.uuid, **fields)
+            log.warn(fmt + " (repeats are logged at debug level)", call_id=self.uuid, **fields)
 
     def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
         """The STS started or answered the closing handshake: make sure the TCP connection goes away in time."""
@@ -308,12 +308,12 @@ class StsClientProtocol(WebSocketClientProtocol):
                 self, "wasMaxMessagePayloadSizeExceeded", False):
             limit = getattr(self, "maxMessagePayloadSize", 0)
             text = f"message larger than STS_MAX_MESSAGE ({limit} bytes; close code 1009)"
-            log.error("STS for call {uuid} sent a {what}: session ended", uuid=self.uuid, what=text)
-        log.info("STS session for call {uuid} ended: {reason}", uuid=self.uuid, reason=text)
+            log.error("STS for call {call_id} sent a {what}: session ended", call_id=self.uuid, what=text)
+        log.info("STS session for call {call_id} ended: {reason}", call_id=self.uuid, reason=text)
         try:
             self._handler.sts_closed(text)
         except Exception:
-            log.failure("STS for call {uuid}: the call failed to handle the end of the session", uuid=self.uuid)
+            log.failure("STS for call {call_id}: the call failed to handle the end of the session", call_id=self.uuid)
 
     def _connect_failure(self, reason: str | None) -> str:
         host = self.factory.host
@@ -381,7 +381,7 @@ class WebSocketStsConnector:
         """
         if url is None:
             return fail(StsConnectError("no STS WebSocket URL"))
-        log.info("Connecting to STS WebSocket: {url}", url=redact_url(url))
+        log.info("Connecting to STS WebSocket: {url}", url=redact_url(url), call_id=uuid)
         try:
             factory = WebSocketClientFactory(url, reactor=self._reactor, useragent=f"avr/{__version__}")
         except Exception:

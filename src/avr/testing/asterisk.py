@@ -463,8 +463,8 @@ class SimulatedAsterisk(Protocol):
         self._timers.pop("idle", None)
         quiet = self.clock.seconds() - self._last_activity
         if quiet + _EPSILON >= self.idle_timeout:  # type: ignore[operator]
-            self.log.info("Simulated Asterisk {uuid}: no activity for {timeout} s, closing",
-                          uuid=self.uuid, timeout=self.idle_timeout)
+            self.log.info("Simulated Asterisk {call_id}: no activity for {timeout} s, closing",
+                          call_id=self.uuid, timeout=self.idle_timeout)
             self._close("idle timeout")
         else:
             self._timers["idle"] = self.clock.callLater(self.idle_timeout - quiet, self._check_idle)  # type: ignore[operator]
@@ -472,7 +472,7 @@ class SimulatedAsterisk(Protocol):
     def _violation(self, what: str) -> None:
         """Asterisk's answer to a bad message: log an error and reset the connection."""
         self.violations.append(what)
-        self.log.info("Simulated Asterisk {uuid}: {what}; resetting the connection", uuid=self.uuid, what=what)
+        self.log.info("Simulated Asterisk {call_id}: {what}; resetting the connection", call_id=self.uuid, what=what)
         self._ended = True
         self.end_reason = f"protocol violation: {what}"
         self._stop_timers()
