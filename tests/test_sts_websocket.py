@@ -43,13 +43,17 @@ UUID = "935652e3-1a2b-4c3d-8e9f-0123456789ab"
 URL = "ws://sts.example:9000/agent?from=2000&to=5001"
 
 
-def pair(server_factory=None, handler=None, clock=None, greet=True, **protocol_kwargs):
-    """A client protocol and a fake STS connection joined in memory (handshake done when ``greet``)."""
+def pair(server_factory=None, handler=None, clock=None, greet=True, options=None, **protocol_kwargs):
+    """
+    A client protocol and a fake STS connection joined in memory (handshake done when ``greet``); ``options`` are
+    autobahn's protocol options of the client's factory.
+    """
     clock = clock or Clock()
     server_factory = server_factory or FakeStsServerFactory(clock)
     handler = handler or RecordingStsHandler()
     client_factory = WebSocketClientFactory(URL, reactor=clock)
     disable_autobahn_timers(client_factory)
+    client_factory.setProtocolOptions(failByDrop=False, **(options or {}))  # as WebSocketStsConnector sets it
     client = StsClientProtocol(UUID, handler, clock, **protocol_kwargs)
     client.factory = client_factory
     server = server_factory.buildProtocol(None)
@@ -843,6 +847,31 @@ def test_invalid_utf8_in_a_fragmented_text_message_fails_the_connection():
     assert client.state == client.STATE_CLOSED
     assert [e[0] for e in handler.events] == ["closed"]
     assert "invalid UTF-8" in handler.closed[0]
+
+
+@pytest.mark.logs_errors(r"sent a message larger than STS_MAX_MESSAGE \(1024 bytes; close code 1009\)")
+def test_a_failed_connection_is_closed_with_its_code_then_dropped_if_unanswered():
+    """
+    A message over STS_MAX_MESSAGE (1009) closes the connection with that code, so the STS learns why; what it
+    sends after that is not delivered; if it never answers the close, the close timeout drops the connection.
+    """
+    client, server, handler, pump, clock = pair(close_timeout=2.0, options={
+        "maxMessagePayloadSize": 1024, "maxFramePayloadSize": 1024})
+    wire: list[bytes] = []
+    server.dataReceived = wire.append
+    client.dataReceived(_frame(encode_transcript("agent", "x" * 1024)) + _audio_frames(b"\x01"))
+    pump.flush()
+    close = [payload for opcode, _, payload in _client_frames(b"".join(wire)) if opcode == 0x8]
+    assert len(close) == 1 and struct.unpack("!H", close[0][:2]) == (1009,)
+    client.dataReceived(_audio_frames(b"\x02"))
+    assert handler.events == [] and client.state == client.STATE_CLOSING
+    clock.advance(1.9)
+    pump.flush()
+    assert handler.events == []
+    clock.advance(0.1)
+    pump.flush()
+    assert handler.closed == ["message larger than STS_MAX_MESSAGE (1024 bytes; close code 1009)"]
+    assert clock.getDelayedCalls() == []
 
 
 def test_utf8_encoded_surrogates_are_not_delivered_as_text():

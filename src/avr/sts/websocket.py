@@ -70,6 +70,7 @@ _UPGRADE_FAILED = re.compile(r"upgrade failed \[(\d+)\]:\s*(.*)")
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSED = WebSocketProtocol.STATE_CLOSED
+_CLOSING = WebSocketProtocol.STATE_CLOSING
 _SEND_GROUND = WebSocketProtocol.SEND_STATE_GROUND
 
 
@@ -282,6 +283,17 @@ class StsClientProtocol(WebSocketClientProtocol):
             self._noted.add(kind)
             log.warn(fmt + " (repeats are logged at debug level)", call_id=self.uuid, **fields)
 
+    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False) -> None:
+        """
+        Start (or answer) the closing handshake and give it the close timeout; once avr closes, whether by
+        `close` or because autobahn failed the connection (STS_MAX_MESSAGE, invalid UTF-8...), nothing the STS sends
+        after it is delivered.
+        """
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+        if self.state == _CLOSING:
+            self._close_requested = self._close_requested or not isReply
+            self._timers.closing()
+
     def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
         """The STS started or answered the closing handshake: make sure the TCP connection goes away in time."""
         result = super().onCloseFrame(code, reasonRaw)
@@ -332,6 +344,10 @@ class StsClientProtocol(WebSocketClientProtocol):
         return f"connection closed during the WebSocket handshake ({reason})"
 
     def _closed_text(self, was_clean: bool, code: int | None, reason: str | None) -> str:
+        if getattr(self, "failedByMe", False) and self.localCloseCode is not None:
+            # autobahn failed the connection (a protocol error of the STS): its close code and reason say why.
+            why = (self.localCloseReason or b"").decode("utf-8", "replace")
+            return f"failed (code {self.localCloseCode}" + (f": {why})" if why else ")")
         detail = f"code {code}" + (f": {reason}" if reason else "")
         if was_clean and self._close_requested:
             return f"closed ({detail})"
@@ -387,9 +403,11 @@ class WebSocketStsConnector:
         except Exception:
             return fail(StsConnectError("not a valid ws:// or wss:// URL"))
         disable_autobahn_timers(factory)
-        # STS_MAX_MESSAGE: a bigger frame or message fails the connection with 1009 (the direct frames are under
-        # 64 KiB and checked against the same limit in dataReceived).
-        factory.setProtocolOptions(maxMessagePayloadSize=self._max_message, maxFramePayloadSize=self._max_message)
+        # STS_MAX_MESSAGE: a bigger frame or message fails the connection with 1009 (the direct frame reads take only
+        # whole frames under 64 KiB, and are off below that limit: autobahn checks the rest). A failed connection is
+        # closed with its code, so the STS learns why (not a bare TCP drop); the closing timer bounds the handshake.
+        factory.setProtocolOptions(maxMessagePayloadSize=self._max_message, maxFramePayloadSize=self._max_message,
+                                   failByDrop=False)
         # autobahn types ``protocol`` as a class; buildProtocol only calls it.
         factory.protocol = partial(StsClientProtocol, uuid, handler, self._reactor,  # type: ignore[assignment]
                                    self._close_timeout, self._sample_rate, self._fast_paths)
