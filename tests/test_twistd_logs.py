@@ -189,3 +189,17 @@ def test_text_lines_with_milliseconds_at_info(tmp_path: Path, ports: tuple[int, 
     stamp = summary.split(" ")[0]
     assert len(stamp) == len("2026-01-01T12:00:00.000+0000") and stamp[19] == "."
     assert not any(" DEBUG " in line for line in lines)
+
+
+def test_debug_level_shows_the_chatter(tmp_path: Path, ports: tuple[int, int]) -> None:
+    """``LOG_LEVEL=debug``: Twisted's factory line for a webhook's connection shows, as a debug line."""
+    audiosocket, http = ports
+    avr = Twistd(tmp_path, "--port", str(audiosocket), "--http-port", str(http), LOG_LEVEL="debug",
+                 WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/hooks")
+    try:
+        avr.wait_for("AVR AudioSocket Server listening")
+        one_call(audiosocket, str(uuid.uuid4()))
+        line = avr.wait_for("Starting factory")
+    finally:
+        avr.stop()
+    assert " DEBUG [" in line

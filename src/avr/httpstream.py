@@ -277,14 +277,16 @@ class HttpExchange(Protocol):
     :param secure: the connection is TLS (open at the handshake rather than at connect).
     :param label: names the exchange in logs (e.g. ``ASR for call <uuid>``).
     :param peer: names the server in end reasons (``connection closed by the ASR``).
+    :param call_id: the UUID of the call the exchange is for, logged as ``call_id``.
     """
 
     transport: Any  # a TCP or TLS transport: a producer consumer that can abort
 
     def __init__(self, head: bytes, body: bytes | None, receiver: IHttpReceiver, secure: bool,
-                 label: str = "HTTP exchange", peer: str = "the server") -> None:
+                 label: str = "HTTP exchange", peer: str = "the server", call_id: str | None = None) -> None:
         self.label = label
         self.peer = peer
+        self.call_id = call_id
         self._head = head
         self._body = body
         self._receiver = receiver
@@ -402,7 +404,8 @@ class HttpExchange(Protocol):
                 else:
                     self._end(None)
             except Exception:
-                log.failure("{label}: the receiver failed to handle the response", label=self.label)
+                log.failure("{label}: the receiver failed to handle the response", label=self.label,
+                            call_id=self.call_id)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """End the exchange (or fail the opening) with the reason."""
@@ -434,11 +437,11 @@ class HttpExchange(Protocol):
             self.transport.loseConnection()
         if self._dropped_bytes:
             log.warn("{label}: {dropped} bytes of the request body dropped (connection too slow)",
-                     label=self.label, dropped=self._dropped_bytes)
+                     label=self.label, dropped=self._dropped_bytes, call_id=self.call_id)
         try:
             self._receiver.response_ended(reason)
         except Exception:
-            log.failure("{label}: the receiver failed to handle the end", label=self.label)
+            log.failure("{label}: the receiver failed to handle the end", label=self.label, call_id=self.call_id)
 
 
 class StreamingHttpClient:
@@ -455,10 +458,10 @@ class StreamingHttpClient:
         self._dialer = Dialer(reactor, connect_timeout, load_trust_root(trust_root))
 
     def post(self, url: str, headers: Sequence[tuple[str, str]], body: bytes | None, receiver: IHttpReceiver,
-             label: str = "HTTP exchange", peer: str = "the server") -> Deferred:
+             label: str = "HTTP exchange", peer: str = "the server", call_id: str | None = None) -> Deferred:
         """
         POST to ``url``: ``body`` at once (with ``Content-Length``), or ``None`` for a chunked body streamed with
-        `HttpExchange.send_body`.
+        `HttpExchange.send_body`; ``label``, ``peer`` and ``call_id`` as for `HttpExchange`.
 
         :return: a Deferred firing with the open `HttpExchange`, or failing with `StsConnectError` (bad URL,
             refused, timed out, TLS); cancelling it abandons the attempt.
@@ -473,5 +476,5 @@ class StreamingHttpClient:
             head = request_head(url, headers, None if body is None else len(body))
         except (ValueError, UnicodeEncodeError):
             return fail(StsConnectError("not a valid http:// or https:// URL"))
-        factory = Factory.forProtocol(lambda: HttpExchange(head, body, receiver, secure, label, peer))
+        factory = Factory.forProtocol(lambda: HttpExchange(head, body, receiver, secure, label, peer, call_id))
         return self._dialer.dial(host, port, secure, factory)

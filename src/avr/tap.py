@@ -69,6 +69,7 @@ def makeService(options: Options) -> IService:
     if config.log_level == "debug":
         import txaio
 
+        txaio.use_twisted()  # what importing autobahn.twisted does; set_global_log_level needs it first
         txaio.set_global_log_level("debug")  # type: ignore[attr-defined] # autobahn's own debug lines, off unless asked for
     # What is loaded by now lives as long as the process: keep it out of the cyclic collector's scans, so that a
     # full collection (which holds up every call's audio while it runs) only walks objects made since.

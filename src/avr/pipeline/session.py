@@ -102,7 +102,8 @@ class PipelineSession:
         self._asr = asr
         headers = [("X-UUID", self.uuid), ("Content-Type", "application/octet-stream")]
         d = self._asr_connecting = self.client.post(self.settings.asr_url, headers, None, asr,
-                                                    label=f"ASR for call {self.uuid}", peer="the ASR")
+                                                    label=f"ASR for call {self.uuid}", peer="the ASR",
+                                                    call_id=self.uuid)
 
         def opened(exchange: Any) -> None:
             self._asr_connecting = None

@@ -130,7 +130,7 @@ class Reply:
 
     def _post(self, url: str, body: bytes, receiver: Any, what: str) -> None:
         d = self.client.post(url, self.headers, body, receiver, label=f"{what} for call {self.uuid}",
-                             peer=f"the {what}")
+                             peer=f"the {what}", call_id=self.uuid)
         self._pending.append(d)
 
         def opened(exchange: Any) -> None:

@@ -133,5 +133,5 @@ class HttpStsConnector:
         log.info("Connecting to legacy HTTP STS: {url}", url=redact_url(url), call_id=uuid)
         session = HttpStsSession(uuid, handler, self._sample_rate)
         d = self._client.post(url, _headers(uuid), None, session, label=f"Legacy HTTP STS for call {uuid}",
-                              peer="the STS")
+                              peer="the STS", call_id=uuid)
         return d.addCallback(session.opened)
