@@ -5,9 +5,10 @@ from __future__ import annotations
 import gc
 import re
 import sys
-from typing import Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import pytest
+import pytest_twisted
 from twisted.logger import (
     FilteringLogObserver,
     LogEvent,
@@ -106,3 +107,20 @@ def log_events() -> Iterator[list[LogEvent]]:
         yield events
     finally:
         globalLogPublisher.removeObserver(events.append)
+
+
+@pytest_twisted.async_yield_fixture
+async def core_rig() -> AsyncIterator[Any]:
+    """
+    avr as `avr.service.build` wires it with its peers on loopback (tests/test_integration_core.py's ``Rig``: the test
+    starts it with its settings), on the running reactor; stopped, and its ports closed, after the test.
+    """
+    from twisted.internet import reactor
+
+    from tests.test_integration_core import Rig
+
+    rig = Rig(reactor)
+    try:
+        yield rig
+    finally:
+        await rig.stop()

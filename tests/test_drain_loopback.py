@@ -6,7 +6,7 @@ on real sockets. The drain's rules on a memory reactor are tests/test_drain.py's
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -25,84 +25,73 @@ LATE = "7e1d2c3b-4a59-4687-9a0b-1c2d3e4f5a62"
 REGISTERED = "7e1d2c3b-4a59-4687-9a0b-1c2d3e4f5a63"
 
 
-@pytest_twisted.async_yield_fixture
-async def rig() -> AsyncIterator[Rig]:
-    from twisted.internet import reactor
-
-    r = Rig(reactor)
-    try:
-        yield r
-    finally:
-        await r.stop()
-
-
-async def refused_while_draining(rig: Rig) -> None:
+async def refused_while_draining(core_rig: Rig) -> None:
     """A new AudioSocket connection hears a hang-up frame and is closed; POST /call and /ready answer 503."""
-    late = await rig.dial(uuid=LATE)
-    await until(rig.reactor, lambda: not late.connected)
+    late = await core_rig.dial(uuid=LATE)
+    await until(core_rig.reactor, lambda: not late.connected)
     assert [f.kind for _, f in late.received] == [Kind.HANGUP]
-    assert LATE not in [c.uuid for c in rig.sts.connections]
-    code, body = await rig.post_call(REGISTERED, {"from": "2000"})
+    assert LATE not in [c.uuid for c in core_rig.sts.connections]
+    code, body = await core_rig.post_call(REGISTERED, {"from": "2000"})
     assert code == 503 and body["reason"] == "draining"
-    response = await rig.http.get(f"http://127.0.0.1:{rig.port_of('http')}/ready")
+    response = await core_rig.http.get(f"http://127.0.0.1:{core_rig.port_of('http')}/ready")
     assert response.code == 503 and (await response.json())["reasons"][0]["component"] == "drain"
 
 
-async def live_call(rig: Rig) -> tuple[SimulatedAsterisk, Any]:
-    asterisk = await rig.dial(Continuous.from_pcm(tone(8000, 200), duration=None), uuid=LIVE)
-    return asterisk, await rig.session(LIVE)
+async def live_call(core_rig: Rig) -> tuple[SimulatedAsterisk, Any]:
+    asterisk = await core_rig.dial(Continuous.from_pcm(tone(8000, 200), duration=None), uuid=LIVE)
+    return asterisk, await core_rig.session(LIVE)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_live_call_goes_on_through_the_drain_and_ends_on_its_own(rig: Rig) -> None:
+async def test_a_live_call_goes_on_through_the_drain_and_ends_on_its_own(core_rig: Rig) -> None:
     """
     SIGTERM's stop with a call up: nothing new is taken, the live call goes on both ways (nobody hangs it up), and
     when the caller hangs up the drain is over and avr stops, with the call's call_ended webhook and event.
     """
-    rig.start(drain_timeout=30)
-    events = await connect_events(rig.reactor, rig.port_of("http"), None)
-    asterisk, sts = await live_call(rig)
-    stopped: Deferred = rig.avr.service.stopService()  # type: ignore[union-attr]
+    core_rig.start(drain_timeout=30)
+    events = await connect_events(core_rig.reactor, core_rig.port_of("http"), None)
+    asterisk, sts = await live_call(core_rig)
+    stopped: Deferred = core_rig.avr.service.stopService()  # type: ignore[union-attr]
     assert not stopped.called
 
-    await refused_while_draining(rig)
+    await refused_while_draining(core_rig)
     heard = len(sts.received_audio)
     sts.send_audio(tone(8000, 100, 300))
-    await until(rig.reactor, lambda: len(audio_frames(asterisk)) >= 5 and len(sts.received_audio) > heard)
+    await until(core_rig.reactor, lambda: len(audio_frames(asterisk)) >= 5 and len(sts.received_audio) > heard)
     assert not stopped.called and asterisk.connected
 
     asterisk.send_frame(HANGUP_FRAME)  # the caller hangs up
-    await stopped.addTimeout(5, rig.reactor)
+    await stopped.addTimeout(5, core_rig.reactor)
     assert Kind.HANGUP not in [f.kind for _, f in asterisk.received]  # avr never hung it up
     ended = await events.wait(of_call(LIVE, "call.ended", reason="Asterisk: hangup frame"))
     assert ended["data"]["previousState"] == "answered"
-    hooks = await rig.sink.when_received(2).addTimeout(5, rig.reactor)
+    hooks = await core_rig.sink.when_received(2).addTimeout(5, core_rig.reactor)
     assert [(h.type, h.uuid) for h in hooks] == [("call_started", LIVE), ("call_ended", LIVE)]
-    assert not rig.avr.service.getServiceNamed("audiosocket").listening  # type: ignore[union-attr]
+    assert not core_rig.avr.service.getServiceNamed("audiosocket").listening  # type: ignore[union-attr]
     await close_events(events)
 
 
 @pytest_twisted.ensureDeferred
-async def test_at_drain_timeout_a_lingering_call_is_hung_up_cleanly(rig: Rig) -> None:
+async def test_at_drain_timeout_a_lingering_call_is_hung_up_cleanly(core_rig: Rig) -> None:
     """
     DRAIN_TIMEOUT=1: a call still live a second into the drain gets a hang-up frame, its STS session is closed, its
     call_ended webhook is delivered and its call.ended event sent, and avr stops.
     """
-    rig.start(drain_timeout=1)
-    events = await connect_events(rig.reactor, rig.port_of("http"), None)
-    asterisk, sts = await live_call(rig)
-    began = rig.reactor.seconds()
-    stopped: Deferred = rig.avr.service.stopService()  # type: ignore[union-attr]
+    core_rig.start(drain_timeout=1)
+    events = await connect_events(core_rig.reactor, core_rig.port_of("http"), None)
+    asterisk, sts = await live_call(core_rig)
+    began = core_rig.reactor.seconds()
+    stopped: Deferred = core_rig.avr.service.stopService()  # type: ignore[union-attr]
     assert not stopped.called and asterisk.connected
 
-    await stopped.addTimeout(5, rig.reactor)
-    assert rig.reactor.seconds() - began >= 1
+    await stopped.addTimeout(5, core_rig.reactor)
+    assert core_rig.reactor.seconds() - began >= 1
     assert [f.kind for _, f in asterisk.received][-1:] == [Kind.HANGUP] and not asterisk.connected
-    was_clean, code, _ = await sts.when_closed().addTimeout(5, rig.reactor)
+    was_clean, code, _ = await sts.when_closed().addTimeout(5, core_rig.reactor)
     assert was_clean and code == 1000
     ended = await events.wait(of_call(LIVE, "call.ended", reason="server shutting down"))
     assert ended["data"]["previousState"] == "answered"
-    hooks = await rig.sink.when_received(2).addTimeout(5, rig.reactor)
+    hooks = await core_rig.sink.when_received(2).addTimeout(5, core_rig.reactor)
     assert [(h.type, h.uuid) for h in hooks] == [("call_started", LIVE), ("call_ended", LIVE)]
-    assert rig.avr.calls.get(LIVE) is None  # type: ignore[union-attr]
+    assert core_rig.avr.calls.get(LIVE) is None  # type: ignore[union-attr]
     await close_events(events)

@@ -7,7 +7,6 @@ frame reads of `avr.fastpaths` on, and ``PLAYBACK_MAX_SECONDS`` (the most agent 
 from __future__ import annotations
 
 import re
-from typing import AsyncIterator
 
 import pytest
 import pytest_twisted
@@ -25,17 +24,6 @@ U1 = "1d2c3b4a-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
 U2 = "1d2c3b4a-5e6f-4a7b-8c9d-0e1f2a3b4c5e"
 
 
-@pytest_twisted.async_yield_fixture
-async def rig() -> AsyncIterator[Rig]:
-    from twisted.internet import reactor
-
-    r = Rig(reactor)
-    try:
-        yield r
-    finally:
-        await r.stop()
-
-
 def audio_message(size: int) -> bytes:
     """An STS ``audio`` message of exactly ``size`` bytes: JSON with base64 PCM, padded with spaces after it."""
     base64_chars = size - len(encode_audio(b""))
@@ -43,24 +31,24 @@ def audio_message(size: int) -> bytes:
     return message + b" " * (size - len(message))
 
 
-async def call(rig: Rig, uuid: str) -> tuple[SimulatedAsterisk, FakeStsServerProtocol]:
-    asterisk = await rig.dial(uuid=uuid)
-    return asterisk, await rig.session(uuid)
+async def call(core_rig: Rig, uuid: str) -> tuple[SimulatedAsterisk, FakeStsServerProtocol]:
+    asterisk = await core_rig.dial(uuid=uuid)
+    return asterisk, await core_rig.session(uuid)
 
 
-async def assert_ended_by_the_limit(rig: Rig, uuid: str, asterisk: SimulatedAsterisk, sts: FakeStsServerProtocol,
+async def assert_ended_by_the_limit(core_rig: Rig, uuid: str, asterisk: SimulatedAsterisk, sts: FakeStsServerProtocol,
                                     limit: int) -> None:
     """The STS got close code 1009; the call is over and said so: hang-up frame, webhook, event, nothing left."""
-    was_clean, code, _ = await sts.when_closed().addTimeout(5, rig.reactor)
+    was_clean, code, _ = await sts.when_closed().addTimeout(5, core_rig.reactor)
     assert code == 1009
     reason = f"STS closed: message larger than STS_MAX_MESSAGE ({limit} bytes; close code 1009)"
-    await until(rig.reactor, lambda: not asterisk.connected)
+    await until(core_rig.reactor, lambda: not asterisk.connected)
     assert [f.kind for _, f in asterisk.received][-1:] == [Kind.HANGUP]
-    ended = await rig.sink.when_received(2).addTimeout(5, rig.reactor)
+    ended = await core_rig.sink.when_received(2).addTimeout(5, core_rig.reactor)
     assert [(w.type, w.uuid) for w in ended] == [("call_started", uuid), ("call_ended", uuid)]
-    assert rig.avr is not None
-    assert rig.avr.calls.get(uuid) is None and len(rig.avr.calls) == 0 and len(rig.avr.calls.ticker) == 0
-    record = rig.avr.registry.lookup(uuid)
+    assert core_rig.avr is not None
+    assert core_rig.avr.calls.get(uuid) is None and len(core_rig.avr.calls) == 0 and len(core_rig.avr.calls.ticker) == 0
+    record = core_rig.avr.registry.lookup(uuid)
     assert record is not None and record.ended and record.to_dict()["endReason"] == reason
 
 
@@ -68,18 +56,18 @@ async def assert_ended_by_the_limit(rig: Rig, uuid: str, asterisk: SimulatedAste
 @pytest.mark.logs_errors(r"STS for call 1d2c3b4a-.* sent a message larger than STS_MAX_MESSAGE \(4096 bytes; close "
                          r"code 1009\): session ended")
 @pytest_twisted.ensureDeferred
-async def test_a_message_over_a_small_sts_max_message_ends_the_call(rig: Rig, log_events: list[LogEvent]) -> None:
+async def test_a_message_over_a_small_sts_max_message_ends_the_call(core_rig: Rig, log_events: list[LogEvent]) -> None:
     """
     STS_MAX_MESSAGE=4096 (under 64 KiB: the direct frame reads are off, autobahn checks every frame): a message of
     4096 bytes plays; one of 4097 bytes (a single small frame the direct reads would have taken) closes the session
     with 1009, logged as an error, and ends the call cleanly.
     """
-    rig.start(sts_max_message=4096)
-    asterisk, sts = await call(rig, U1)
+    core_rig.start(sts_max_message=4096)
+    asterisk, sts = await call(core_rig, U1)
     sts.send_raw(audio_message(4096))
-    await until(rig.reactor, lambda: len(audio_frames(asterisk)) >= 1)
+    await until(core_rig.reactor, lambda: len(audio_frames(asterisk)) >= 1)
     sts.send_raw(audio_message(4097))
-    await assert_ended_by_the_limit(rig, U1, asterisk, sts, 4096)
+    await assert_ended_by_the_limit(core_rig, U1, asterisk, sts, 4096)
     info = [formatEvent(e) for e in log_events]
     assert any(re.search(rf"STS session for call {U1} ended: message larger than STS_MAX_MESSAGE", m) for m in info)
     assert any(f"Call ended: {U1} (STS closed: message larger than STS_MAX_MESSAGE" in m for m in info)
@@ -89,19 +77,19 @@ async def test_a_message_over_a_small_sts_max_message_ends_the_call(rig: Rig, lo
 @pytest.mark.logs_errors(r"sent a message larger than STS_MAX_MESSAGE \(131072 bytes; close code 1009\)")
 @pytest.mark.parametrize("fragments", [1, 3], ids=["one frame", "fragmented"])
 @pytest_twisted.ensureDeferred
-async def test_a_message_over_a_large_sts_max_message_ends_the_call(rig: Rig, fragments: int) -> None:
+async def test_a_message_over_a_large_sts_max_message_ends_the_call(core_rig: Rig, fragments: int) -> None:
     """
     STS_MAX_MESSAGE=128 KiB with the direct frame reads on (they take only whole frames under 64 KiB): a message
     over the limit, in one frame or in fragments each small enough for them, still gets 1009.
     """
     limit = 128 * 1024
-    rig.start(sts_max_message=limit)
-    asterisk, sts = await call(rig, U1)
+    core_rig.start(sts_max_message=limit)
+    asterisk, sts = await call(core_rig, U1)
     sts.send_audio(tone(8000, 40))  # the session works, by the direct reads
-    await until(rig.reactor, lambda: len(audio_frames(asterisk)) >= 2)
+    await until(core_rig.reactor, lambda: len(audio_frames(asterisk)) >= 2)
     message = audio_message(limit + 1)
     sts.sendMessage(message, isBinary=False, fragmentSize=len(message) // fragments + 1)
-    await assert_ended_by_the_limit(rig, U1, asterisk, sts, limit)
+    await assert_ended_by_the_limit(core_rig, U1, asterisk, sts, limit)
 
 
 def test_playback_max_seconds_bounds_a_calls_queue_and_reports_it(monkeypatch: pytest.MonkeyPatch,

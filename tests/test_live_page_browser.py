@@ -102,17 +102,6 @@ class Page:
 
 
 @pytest_twisted.async_yield_fixture
-async def rig() -> AsyncIterator[Rig]:
-    from twisted.internet import reactor
-
-    r = Rig(reactor)
-    try:
-        yield r
-    finally:
-        await r.stop()
-
-
-@pytest_twisted.async_yield_fixture
 async def page(tmp_path: Path) -> AsyncIterator[Page]:
     driver = await deferToThread(chromium, tmp_path / "profile")
     try:
@@ -122,14 +111,14 @@ async def page(tmp_path: Path) -> AsyncIterator[Page]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_page_shows_a_live_call_from_start_to_end(rig: Rig, page: Page) -> None:
+async def test_the_page_shows_a_live_call_from_start_to_end(core_rig: Rig, page: Page) -> None:
     """
     The page asks for the API key once; a dialplan call (POST /call, then AudioSocket) appears with its state,
     channel, agent, a running talk time, the caller's digits and both sides' transcript lines, and is shown ended
     with avr's reason when the caller hangs up.
     """
-    rig.start(api_key=KEY)
-    base = f"http://127.0.0.1:{rig.port_of('http')}"
+    core_rig.start(api_key=KEY)
+    base = f"http://127.0.0.1:{core_rig.port_of('http')}"
     await page.run(page.driver.get, base + "/")
 
     # The key, once: the overlay goes, the events stream is live, the empty page says so.
@@ -141,12 +130,12 @@ async def test_the_page_shows_a_live_call_from_start_to_end(rig: Rig, page: Page
     await page.displayed("empty")
     await page.wait(lambda d: d.execute_script(TEXTS, "#server")[0].startswith("avr "), "the server line")
 
-    response = await rig.http.post(base + "/call", headers={"X-API-Key": KEY}, json={"uuid": U1, "payload": {
+    response = await core_rig.http.post(base + "/call", headers={"X-API-Key": KEY}, json={"uuid": U1, "payload": {
         "from": "2000", "to": "5001", "uniqueid": "1770758888.32", "channel": "PJSIP/2000-00000013"}})
     assert response.code == 200
     await response.content()
-    asterisk = await rig.dial(Continuous.from_pcm(tone(8000, 200), duration=None), uuid=U1)
-    sts = await rig.session(U1)
+    asterisk = await core_rig.dial(Continuous.from_pcm(tone(8000, 200), duration=None), uuid=U1)
+    sts = await core_rig.session(U1)
 
     card = f'article.call[data-call-id="{U1}"]'
     await page.shows(card + " .state", "TALKING")  # "talking", upper-cased by the style
