@@ -19,11 +19,15 @@ from zope.interface.verify import verifyObject
 from avr.admissions import Admissions
 from avr.call_summary import CallSummaries
 from avr.calls import CallManager
+from avr.control.call_registry import CallRegistry
+from avr.control.records import INBOUND, OUTBOUND, CallRecord
+from avr.control.tasks import TaskGroup
 from avr.delivery import PostQueue
 from avr.interfaces import ICallObserver
 from avr.logs import LevelFilter, json_line, local_millis, log_observer, text_line
 from avr.playout import FrameTicker
 from avr.testing.webhooks import WebhookReply, WebhookSink
+from ari_fakes import FakeSink
 from fakes import FakeLeg, FakeStsConnector, RecordingObserver
 
 U1 = "935652e3-7c59-4edc-b17f-9646a9c2a265"
@@ -175,8 +179,8 @@ def test_one_summary_line_when_the_caller_hangs_up(log_events: list[LogEvent]) -
     [line] = summaries(log_events)
     fields = {k: v for k, v in line.items() if not k.startswith("log_")}
     assert fields == {
-        "call_id": U1, "duration": 12.346, "ended_by": "caller", "reason": "Asterisk: hangup frame",
-        "end_reason": "hangup", "frames_in": 5, "frames_out": 0, "late_frames": 0,
+        "call_id": U1, "kind": "audiosocket", "duration": 12.346, "ended_by": "caller",
+        "reason": "Asterisk: hangup frame", "end_reason": "hangup", "frames_in": 5, "frames_out": 0, "late_frames": 0,
         "sts_url": "wss://sts.example/agent?token=***", "sts_mode": "websocket", "sts_connect_failures": 0,
         "webhook_failures": 1,
     }
@@ -215,3 +219,27 @@ def test_a_call_webhook_that_fails_is_counted_and_logged_under_the_call(log_even
     assert failed == [U1]
     [error] = [e for e in log_events if e.get("log_level") == LogLevel.error]
     assert error["call_id"] == U1 and "not delivered after 1 attempt(s)" in formatEvent(error)
+
+
+def test_an_ari_call_ends_with_a_summary_line_too(log_events: list[LogEvent]) -> None:
+    """A call in the Stasis app without an agent: how long, whether answered, who ended it and why."""
+    clock = Clock()
+    registry = CallRegistry(clock, FakeSink(), TaskGroup(clock))
+    inbound = CallRecord("c1", "chan-1", INBOUND, 0.0)
+    outbound = CallRecord("c2", "chan-2", OUTBOUND, 0.0)
+    for call in (inbound, outbound):
+        registry.add(call)
+    clock.advance(3)
+    registry.answered(inbound)
+    clock.advance(60.5)
+    registry.end_call(inbound, 16, "Normal Clearing")
+    outbound.requested_reason = "busy"
+    registry.end_call(outbound, 16, "Normal Clearing")
+    lines = [e for e in log_events if "Call summary" in formatEvent(e)]
+    assert [formatEvent(e) for e in lines] == [
+        ("Call summary c1: inbound ARI call, 63.500 s (60.500 s answered), ended by asterisk (cause 16: Normal "
+         "Clearing)"),
+        "Call summary c2: outbound ARI call, 63.500 s (not answered), ended by avr (busy)",
+    ]
+    assert [(e["call_id"], e["kind"], e["ended_by"], e["cause"], e["answered_at"]) for e in lines] == [
+        ("c1", "ari", "asterisk", 16, "1970-01-01T00:00:03.000Z"), ("c2", "ari", "avr", 16, None)]

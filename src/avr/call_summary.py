@@ -87,6 +87,7 @@ class CallSummaries:
             "{frames_out}, {late_frames} late; STS {sts_url} ({sts_mode}), {sts_connect_failures} connect "
             "failure(s); {webhook_failures} webhook failure(s)",
             call_id=call.uuid,
+            kind="audiosocket",
             duration=round(max(0.0, self.clock.seconds() - call.started_at), 3),
             ended_by=ENDED_BY.get(label, "other"),
             reason=clip(reason),

@@ -234,7 +234,17 @@ class CallRegistry:
         if call.requested_reason:
             data["hangupReason"] = call.requested_reason
         data.update(extra)
-        self.log.info("Call {call_id} ended: cause {cause} ({text})", call_id=call.id, cause=cause, text=text)
+        self.log.info(
+            "Call summary {call_id}: {direction} ARI call, {duration:.3f} s ({talk}), ended by {ended_by} "
+            "({reason})",
+            call_id=call.id, kind="ari", direction=call.direction, duration=round(call.ended_at - call.created_at, 3),
+            talk=(f"{call.ended_at - call.answered_at:.3f} s answered" if call.answered_at is not None
+                  else "not answered"),
+            answered_at=iso(call.answered_at) if call.answered_at is not None else None,
+            # avr's own hang-ups (REST API, agent) say why; any other end is Asterisk's (caller, callee, network).
+            ended_by="avr" if call.requested_reason else "asterisk",
+            reason=call.requested_reason or f"cause {cause}: {text}", cause=cause, cause_text=text,
+        )
         self.publish("call.ended", data, call)
         for callback in self._ended_callbacks:
             try:
