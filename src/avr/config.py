@@ -279,7 +279,8 @@ SETTINGS: tuple[Setting, ...] = (
             "What happens to an ARI call whose agent fails (its STS closed or cannot be reached): hangup, or "
             "continue without agent"),
     Setting("api_key", "API_KEY", _secret, None,
-            "When set, required as X-API-Key (or ?api_key=) on every route but GET / and GET /health", secret=True),
+            "When set, required as X-API-Key (or ?api_key=) on every route but GET /, GET /health, GET /ready "
+            "and GET /openapi.json", secret=True),
     Setting("events_webhook_url", "EVENTS_WEBHOOK_URL", _url("http", "https"), None,
             "Receiver of call-control events (the /events JSON)"),
     Setting("openclaw_webhook_url", "OPENCLAW_WEBHOOK_URL", _url("http", "https"), None,

@@ -48,6 +48,7 @@ from avr.http.allowlist import AllowlistRoutes
 from avr.http.core import CoreRoutes
 from avr.http.json import install_error_handlers
 from avr.http.metrics import MetricsRoutes, metrics_site
+from avr.http.openapi import OpenApiRoutes
 from avr.http.site import AvrSite, RequestGate
 from avr.httpstream import StreamingHttpClient
 from avr.interfaces import IAudioInjector, IEventSink, IStsConnector, IWebhooks
@@ -447,9 +448,11 @@ def build(
         allowlist_routes.install(app)
         metrics_routes = MetricsRoutes(metrics, config.api_key)
         metrics_routes.install(app)
+        openapi_routes = OpenApiRoutes()
+        openapi_routes.install(app)
         gate = RequestGate(app.url_map, config.api_key, config.http_max_body,
                            {**core.policies(), **control_routes.policies(), **allowlist_routes.policies(),
-                            **metrics_routes.policies()})
+                            **metrics_routes.policies(), **openapi_routes.policies()})
         resource = app.resource()
         for listener in listeners:
             site_gate = evolve(gate, keyless=frozenset({"control.events"})) if listener.keyless_events else gate

@@ -8,6 +8,10 @@ A body is checked by `validate` against a tuple of `Field`: wrong types and out-
 every problem; a field given as ``null`` counts as not given. Fields the route does not know are accepted and
 ignored, as asterisk-api accepts them (its clients send some: the OpenClaw plugin's ``maxDuration``); `unknown_fields`
 names them, so the route can tell the caller. A field may have aliases (other names clients send for it).
+
+Each check carries the JSON Schema of what it accepts (`Check`), written next to the code that enforces it:
+`body_schema` turns a tuple of fields into the request body schema of the OpenAPI document (`avr.http.openapi`).
+Where a rule has no JSON Schema form, the schema says what it can and the description says the rest.
 """
 
 from __future__ import annotations
@@ -42,14 +46,70 @@ class _Invalid(ValueError):
 
 
 @frozen
+class Check:
+    """A field's check (returns the value to use or raises `_Invalid`) and the JSON Schema of what it accepts."""
+
+    run: Callable[[Any], Any]
+    schema: dict[str, Any]
+
+    def __call__(self, value: Any) -> Any:
+        return self.run(value)
+
+
+@frozen
 class Field:
     """One allowed field of a JSON request body: ``check`` returns the value to use or raises `_Invalid`."""
 
     name: str
-    check: Callable[[Any], Any]
+    check: Check
     required: bool = False
     #: Other names the field is accepted under (when ``name`` is not given).
     aliases: tuple[str, ...] = ()
+
+
+def body_schema(fields: Iterable[Field], description: str = "") -> dict[str, Any]:
+    """
+    The JSON Schema of a body `validate` accepts for ``fields``: an object whose fields (and aliases) have their
+    checks' schemas, ``null`` allowed where a field is optional (it counts as not given), other fields allowed.
+    """
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for f in fields:
+        for name in (f.name, *f.aliases):
+            properties[name] = f.check.schema if f.required else nullable(f.check.schema)
+        if f.required:
+            required.append(f.name)
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` or ``null``."""
+    if "type" not in schema:
+        return {"anyOf": [schema, {"type": "null"}]}
+    types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    result = {**schema, "type": [*types, "null"]}
+    if "enum" in schema:
+        result["enum"] = [*schema["enum"], None]
+    return result
+
+
+#: Python's ``\s`` (the characters of `str.isspace`, which `str.strip` strips), spelled out for a character class: a
+#: JSON Schema pattern is an ECMA-262 regex, whose ``\s`` is another set (without \x1c-\x1f and \x85, with \ufeff).
+_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+def _pattern(regex: re.Pattern[str] | str, whole: bool = True) -> str:
+    r"""
+    A Python regex (``\s`` only inside character classes) as a JSON Schema pattern; ``whole``: one that must match
+    the whole value (``fullmatch``), so anchored (a pattern matches anywhere).
+    """
+    source = (regex.pattern if isinstance(regex, re.Pattern) else regex).replace(r"\s", _SPACE)
+    return f"^(?:{source})$" if whole else source
 
 
 def validate(body: Any, fields: Iterable[Field]) -> dict[str, Any]:
@@ -95,7 +155,7 @@ def json_key(value: Any) -> str:
     return repr(value)
 
 
-def _text(max_length: int, pattern: re.Pattern[str] | None = None, hint: str = "") -> Callable[[Any], str]:
+def _text(max_length: int, pattern: re.Pattern[str] | None = None, hint: str = "") -> Check:
     def check(value: Any) -> str:
         if not isinstance(value, str):
             raise _Invalid(f"must be a string, not {json_type(value)}")
@@ -109,10 +169,15 @@ def _text(max_length: int, pattern: re.Pattern[str] | None = None, hint: str = "
             raise _Invalid(hint)
         return value
 
-    return check
+    # The given patterns exclude control characters themselves.
+    return Check(check, {"type": "string", "minLength": 1, "maxLength": max_length,
+                         "pattern": _pattern(pattern) if pattern is not None else _NO_CONTROL_CHARS})
 
 
-def _integer(low: int, high: int) -> Callable[[Any], int]:
+_NO_CONTROL_CHARS = "^[^\\x00-\\x1f\\x7f]*$"
+
+
+def _integer(low: int, high: int) -> Check:
     def check(value: Any) -> int:
         if isinstance(value, float):
             raise _Invalid(f"must be a whole number, got {value!r}")
@@ -122,26 +187,29 @@ def _integer(low: int, high: int) -> Callable[[Any], int]:
             raise _Invalid(f"must be between {low} and {high}, got {value}")
         return value
 
-    return check
+    return Check(check, {"type": "integer", "minimum": low, "maximum": high})
 
 
-def _boolean(value: Any) -> bool:
+def _check_boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise _Invalid(f"must be true or false, not {json_type(value)}")
     return value
 
 
-def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
+_boolean = Check(_check_boolean, {"type": "boolean"})
+
+
+def _choice(choices: tuple[str, ...]) -> Check:
     def check(value: Any) -> str:
         if not isinstance(value, str) or value not in choices:
             raise _Invalid(f"must be one of {', '.join(choices)}")
         return value
 
-    return check
+    return Check(check, {"type": "string", "enum": list(choices)})
 
 
 def _media_uri(value: Any) -> str:
-    uri = _text(1000)(value)
+    uri = _MEDIA_TEXT(value)
     if "," in uri or uri.strip() != uri:
         # ARI takes a playlist as one comma-separated value: a comma would split this URI.
         raise _Invalid(f"{uri!r}: a media URI must not contain commas or surrounding spaces")
@@ -151,7 +219,18 @@ def _media_uri(value: Any) -> str:
     return uri
 
 
-def _media(value: Any) -> list[str]:
+_MEDIA_TEXT = _text(1000)
+_MEDIA_URI = {
+    "type": "string", "minLength": 2, "maxLength": 1000,
+    # A scheme, then no comma nor control character, and no space first or last.
+    "pattern": _pattern("(?:" + "|".join(MEDIA_SCHEMES) + ")"
+                        + r"[^,\s\x00-\x1f\x7f](?:[^,\x00-\x1f\x7f]*[^,\s\x00-\x1f\x7f])?"),
+    "description": "A media URI (" + ", ".join(MEDIA_SCHEMES) + "...), e.g. sound:hello-world; no commas (ARI's "
+                   "playlist separator), no surrounding spaces",
+}
+
+
+def _check_media(value: Any) -> list[str]:
     if isinstance(value, str):
         return [_media_uri(value)]
     if not isinstance(value, list):
@@ -167,7 +246,14 @@ def _media(value: Any) -> list[str]:
     return uris
 
 
-def _variables(value: Any) -> dict[str, str]:
+_media = Check(_check_media, {
+    "type": ["string", "array"], **{k: v for k, v in _MEDIA_URI.items() if k != "description"},
+    "items": _MEDIA_URI, "minItems": 1, "maxItems": MAX_MEDIA,
+    "description": f"One media URI or a playlist of 1 to {MAX_MEDIA}, played in order. {_MEDIA_URI['description']}.",
+})
+
+
+def _check_variables(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise _Invalid(f"must be an object of strings, not {json_type(value)}")
     if len(value) > 100:
@@ -182,23 +268,42 @@ def _variables(value: Any) -> dict[str, str]:
     return dict(value)
 
 
-def _dtmf(value: Any) -> str:
-    digits = _text(100, _DTMF, "must contain only DTMF characters 0-9, A-D, *, # and the pauses w (0.5 s) and "
-                                "W (1 s)")(value)
-    return digits.translate(str.maketrans("abcd", "ABCD"))
+_variables = Check(_check_variables, {
+    "type": "object", "maxProperties": 100, "propertyNames": {"pattern": _pattern(_VARIABLE_NAME)},
+    "additionalProperties": {"type": "string", "maxLength": 1000, "pattern": "^[^\\x00]*$"},
+    "description": "Channel variables to set on the new channel, name to value",
+})
+_DTMF_TEXT = _text(100, _DTMF, "must contain only DTMF characters 0-9, A-D, *, # and the pauses w (0.5 s) and "
+                               "W (1 s)")
+_dtmf = Check(lambda value: _DTMF_TEXT(value).translate(str.maketrans("abcd", "ABCD")), _DTMF_TEXT.schema)
 
 
-def _sts_url(value: Any) -> str:
-    url = _text(2000)(value)
+def _check_sts_url(value: Any) -> str:
+    url = _STS_TEXT(value)
     if not is_sts_url(url):
         raise _Invalid("must be a ws://, wss://, http:// or https:// URL")
     return url
 
 
-def _payload(value: Any) -> dict[str, Any]:
+_STS_TEXT = _text(2000)
+_sts_url = Check(_check_sts_url, {
+    "type": "string", "maxLength": 2000,
+    # A host name or IPv4 address (an IPv6 literal in brackets is accepted too), an optional port up to 65535.
+    "pattern": _pattern(r"(?:wss?|https?)://[A-Za-z0-9._~%-]+"
+                        r"(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?"
+                        r"(?:[/?#][^\s\x00-\x1f\x7f]*)?"),
+    "description": "The agent's STS URL: ws://, wss://, http:// or https://, a host (an IPv6 literal in brackets is "
+                   "accepted too), a port up to 65535",
+})
+
+
+def _check_payload(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _Invalid(f"must be an object, not {json_type(value)}")
     return dict(value)
+
+
+_payload = Check(_check_payload, {"type": "object", "description": "Call data for the agent (any JSON object)"})
 
 
 #: The fields of an agent (``POST /calls/:id/agent``, and ``agent`` in ``POST /calls``): what ``POST /call`` takes.
@@ -209,7 +314,7 @@ AGENT = (
 )
 
 
-def _agent(value: Any) -> dict[str, Any]:
+def _check_agent(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _Invalid(f"must be an object (sts_url, route, payload), not {json_type(value)}")
     try:
@@ -219,6 +324,17 @@ def _agent(value: Any) -> dict[str, Any]:
     if "sts_url" in agent and "route" in agent:
         raise _Invalid("give sts_url or route, not both")
     return agent
+
+
+#: The JSON Schema of the agent rule `validate` cannot state: ``sts_url`` and ``route`` (not ``null``) exclude each
+#: other.
+ONE_OF_URL_AND_ROUTE = {"not": {"type": "object", "required": ["sts_url", "route"], "properties": {
+    "sts_url": {"type": "string"}, "route": {"type": "string"}}}}
+_agent = Check(_check_agent, {
+    **body_schema(AGENT, "The AI agent: sts_url or route (an STS_ROUTES name), not both, and payload; all "
+                         "optional (neither: STS_URL)"),
+    **ONE_OF_URL_AND_ROUTE,
+})
 
 
 _ENDPOINT_HINT = "must be a dial string like 'PJSIP/1001' or 'PJSIP/5551234@trunk'"
@@ -254,7 +370,7 @@ TRANSFER = (
     Field("callerId", _text(128)),
     Field("timeout", _integer(1, 120)),
 )
-def _number(low: float, high: float) -> Callable[[Any], float]:
+def _number(low: float, high: float) -> Check:
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _Invalid(f"must be a number, not {json_type(value)}")
@@ -262,15 +378,20 @@ def _number(low: float, high: float) -> Callable[[Any], float]:
             raise _Invalid(f"must be between {low:g} and {high:g}, got {value:g}")
         return float(value)
 
-    return check
+    return Check(check, {"type": "number", "minimum": low, "maximum": high})
 
 
-def _speech_text(value: Any) -> str:
+def _check_speech_text(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _Invalid("text is required")
     if len(value) > 5000:
         raise _Invalid("text must be 5000 characters or fewer")
     return value
+
+
+_speech_text = Check(_check_speech_text, {"type": "string", "maxLength": 5000,
+                                          "pattern": _pattern(r"[^\s]", whole=False),
+                                          "description": "What to say (not only whitespace)"})
 
 
 SPEAK = (

@@ -307,8 +307,9 @@ class ControlRoutes:
             "version": avr.__version__,
             "description": "Asterisk call control over ARI, avr-core AudioSocket bridge, and a real-time event stream",
             "ari": self.control.status().get("ari") if self.control is not None else "not configured",
-            "authentication": ("API key required on every route but GET /health and GET /: header X-API-Key, "
-                               "Authorization: Bearer <key> or query parameter api_key")
+            "authentication": ("API key required on every route but GET /, GET /health, GET /ready and "
+                               "GET /openapi.json: header X-API-Key, Authorization: Bearer <key> or query parameter "
+                               "api_key")
             if self.api_key is not None else "none",
             "endpoints": endpoints,
         }
