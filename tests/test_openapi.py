@@ -19,6 +19,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from avr.config import Config
 from avr.control import request_fields
+from avr.http.json import ApiError
 from avr.http.metrics import metrics_site
 from avr.http.openapi import build_document
 from avr.service import build
@@ -183,3 +184,9 @@ def test_every_string_a_field_schema_allows_its_check_accepts(field: request_fie
 
     accepted()
 
+
+def test_a_whole_number_written_with_a_fraction_of_zero_is_accepted() -> None:
+    """JSON Schema's "integer" (and a JavaScript client) counts 30.0 as 30."""
+    assert request_fields.validate({"endpoint": "PJSIP/1", "timeout": 30.0}, request_fields.ORIGINATE)["timeout"] == 30
+    with pytest.raises(ApiError, match="must be a whole number"):
+        request_fields.validate({"endpoint": "PJSIP/1", "timeout": 30.5}, request_fields.ORIGINATE)

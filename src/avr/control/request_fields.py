@@ -180,7 +180,10 @@ _NO_CONTROL_CHARS = "^[^\\x00-\\x1f\\x7f]*$"
 def _integer(low: int, high: int) -> Check:
     def check(value: Any) -> int:
         if isinstance(value, float):
-            raise _Invalid(f"must be a whole number, got {value!r}")
+            # 30.0 is the JSON number 30 (JSON Schema's "integer" and JavaScript clients agree); 30.5 is not whole.
+            if not value.is_integer():
+                raise _Invalid(f"must be a whole number, got {value!r}")
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise _Invalid(f"must be a whole number, not {json_type(value)}")
         if not low <= value <= high:
