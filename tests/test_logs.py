@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, LogLevel, Logger, PredicateResult, formatEvent
+from twisted.logger import ILogFilterPredicate, LogEvent, LogLevel, Logger, PredicateResult, formatEvent
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
@@ -61,6 +61,7 @@ def test_the_level_filter_shows_what_is_at_the_level_or_above(level: str, shown:
     events = [event("debug", LogLevel.debug), factory_line("Starting"), factory_line("Stopping"),
               event("info"), event("warn", LogLevel.warn), event("error", LogLevel.error),
               event("critical", LogLevel.critical)]
+    verifyObject(ILogFilterPredicate, LevelFilter.named(level))
     verdicts = [LevelFilter.named(level)(e) for e in events]
     assert set(verdicts) <= {PredicateResult.maybe, PredicateResult.no}
     names = ["chatter" if "factory" in e["log_format"] else e["log_format"] for e in events]
