@@ -26,7 +26,7 @@ from tests.ari_fakes import FakeSink, answered_inbound, make
 
 U1 = "935652e3-7c59-4edc-b17f-9646a9c2a265"
 U2 = "0f6b2d9e-1111-4c1c-9d3e-5a2f7b9c0d11"
-PAYLOAD = {"from": "2000", "uniqueid": "1770758888.32", "channel": "PJSIP/2000-00000013"}
+PAYLOAD = {"from": "2000", "to": "5001", "uniqueid": "1770758888.32", "channel": "PJSIP/2000-00000013"}
 
 
 class World:
@@ -64,7 +64,8 @@ def test_an_audiosocket_call_is_listed_with_its_facts_and_no_secret() -> None:
     expected = {
         "id": U1, "callId": U1, "kind": "audiosocket", "uuid": U1, "state": "answered",
         "stsUrl": f"wss://agent.example/v1?token=***&from={U1}", "sampleRate": None, "codec": None,
-        "channelId": "1770758888.32", "channelName": "PJSIP/2000-00000013", "linkedCallId": None,
+        "channelId": "1770758888.32", "channelName": "PJSIP/2000-00000013",
+        "callerNumber": "2000", "calleeNumber": "5001", "linkedCallId": None,
         "createdAt": "2027-01-15T08:00:00.000Z", "endedAt": None, "endReason": None,
     }
     assert created == {"type": "call.created", "callId": U1, "timestamp": "2027-01-15T08:00:00.000Z",
@@ -82,6 +83,7 @@ def test_a_call_without_post_call_has_no_channel() -> None:
     [call] = world.registry.listing()
     assert call["stsUrl"] == "ws://sts.example:6030/?key=***"
     assert call["channelId"] is None and call["channelName"] is None
+    assert call["callerNumber"] is None and call["calleeNumber"] is None
 
 
 def test_agent_events_then_ended_and_retained() -> None:

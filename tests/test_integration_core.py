@@ -349,7 +349,7 @@ async def test_an_audiosocket_call_is_in_get_calls_and_on_events_without_ari(rig
         assert listed | {
             "id": U1, "kind": "audiosocket", "uuid": U1, "state": "answered", "stsUrl": body["sts_url"],
             "sampleRate": 8000, "codec": "slin", "channelId": "1770758888.32", "channelName": "PJSIP/2000-00000013",
-            "linkedCallId": None, "endedAt": None,
+            "callerNumber": "2000", "calleeNumber": None, "linkedCallId": None, "endedAt": None,
         } == listed
 
         asterisk.send_dtmf("5")

@@ -140,8 +140,8 @@ async def test_the_page_shows_a_live_call_from_start_to_end(core_rig: Rig, page:
     card = f'article.call[data-call-id="{U1}"]'
     await page.shows(card + " .state", "TALKING")  # "talking", upper-cased by the style
     assert await page.read(card + " .kind") == "AudioSocket"
-    assert await page.read(card + " .from") == "PJSIP/2000-00000013"
-    assert await page.read(card + " .to") == "agent"
+    assert await page.read(card + " .from") == "2000"
+    assert await page.read(card + " .to") == "5001"
     meta = await page.read(card + " .meta")
     assert "id" + U1[:8] in meta.replace(" ", "") and "channelPJSIP/2000-00000013" in meta.replace(" ", "")
     assert await page.read(card + " .dtmf") == "none yet"

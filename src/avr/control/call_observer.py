@@ -71,6 +71,7 @@ class RegistryObserver:
         record = AudioSocketCallRecord(
             call, call.started_at,
             channel_id=_text(call.payload.get("uniqueid")), channel_name=_text(call.payload.get("channel")),
+            caller_number=_text(call.payload.get("from")), callee_number=_text(call.payload.get("to")),
         )
         ari = self.registry.by_channel(record.channel_id)
         if ari is not None:

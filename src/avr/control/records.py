@@ -221,8 +221,8 @@ class CallRecord:
 class AudioSocketCallRecord:
     """
     A dialplan AudioSocket call (`avr.calls.Call`) as the call registry shows it. Its API id is its AudioSocket
-    UUID; ``channel_id``/``channel_name`` are its Asterisk channel's, when its ``POST /call`` payload named them
-    (``uniqueid``, ``channel``).
+    UUID; ``channel_id``/``channel_name`` are its Asterisk channel's and ``caller_number``/``callee_number`` its
+    parties, when its ``POST /call`` payload named them (``uniqueid``, ``channel``, ``from``, ``to``).
     """
 
     kind = "audiosocket"
@@ -232,6 +232,8 @@ class AudioSocketCallRecord:
     sts_url: str | None = field(init=False)
     channel_id: str | None = None
     channel_name: str | None = None
+    caller_number: str | None = None
+    callee_number: str | None = None
     #: The ARI call of the same channel, if the call-control model knows it.
     linked_call_id: str | None = None
     state: str = ANSWERED
@@ -268,6 +270,8 @@ class AudioSocketCallRecord:
             "codec": codec.lower() if codec is not None else None,
             "channelId": self.channel_id,
             "channelName": self.channel_name,
+            "callerNumber": self.caller_number,
+            "calleeNumber": self.callee_number,
             "linkedCallId": self.linked_call_id,
             "createdAt": iso(self.created_at),
             "endedAt": iso(self.ended_at),

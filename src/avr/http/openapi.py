@@ -99,8 +99,8 @@ _SCHEMAS: dict[str, Any] = {
     "Call": {
         **_object(("id", "kind", "state"), id=_STRING, callId={**_STRING, "description": "Repeats id"},
                   kind={"type": "string", "enum": ["ari", "audiosocket", "media"]}, state=_STRING,
-                  channelId=_NULLABLE_STRING, direction=_STRING, uuid=_STRING, callerNumber=_STRING,
-                  callerName=_STRING, calleeNumber=_STRING, endpoint=_NULLABLE_STRING,
+                  channelId=_NULLABLE_STRING, direction=_STRING, uuid=_STRING, callerNumber=_NULLABLE_STRING,
+                  callerName=_STRING, calleeNumber=_NULLABLE_STRING, endpoint=_NULLABLE_STRING,
                   channelName=_NULLABLE_STRING, args={"type": "array", "items": _STRING}, createdAt=_TIME,
                   answeredAt=_TIME, endedAt=_TIME, bridgeId=_NULLABLE_STRING, inStasis=_BOOLEAN,
                   dialStatus=_NULLABLE_STRING, hangupCause={"type": ["integer", "null"]},
